@@ -1,0 +1,437 @@
+//! One client association's request/response exchange with the RFC 5905 on-wire checks.
+//!
+//! The request carries a random transmit timestamp (RFC 9109 §4 / chrony): it tells an
+//! observer nothing about our clock, and an off-path attacker must guess 64 bits to
+//! forge a reply. The real send time stays here.
+//!
+//! A response is checked in this order before anything changes: it parses; it is mode
+//! 4; transmit ≠ 0; transmit ≠ the last accepted one; origin == our transmit, all 64
+//! bits; receive ≠ 0; authenticated as configured. Only then does the exchange record
+//! it, so forged or replayed packets cannot clear or move the expected origin.
+
+use crate::auth::{MacError, SymmetricKey, mac};
+use crate::wire::{
+    Header, KissCode, Leap, Mode, NtpShort, NtpTimestamp, Packet, PacketError, ReferenceId, Trailer,
+};
+
+/// Root distance at or beyond which a source is never used (RFC 5905's MAXDIST is
+/// lower; this is the hard limit of PROTOCOL.md).
+pub const MAX_ROOT_DISTANCE: f64 = 16.0;
+
+/// A response that was not accepted. The exchange's state is unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Reject {
+    #[error("malformed: {0}")]
+    Malformed(PacketError),
+    #[error("not a server-mode reply ({0:?})")]
+    WrongMode(Mode),
+    #[error("unsupported version {0}")]
+    UnsupportedVersion(u8),
+    #[error("transmit timestamp is zero")]
+    ZeroTransmit,
+    #[error("duplicate of an accepted reply")]
+    Duplicate,
+    #[error("no request outstanding")]
+    NotExpected,
+    #[error("origin timestamp does not match our request")]
+    BogusOrigin,
+    #[error("receive timestamp is zero")]
+    ZeroReceive,
+    #[error("authentication failed: {0}")]
+    Authentication(MacError),
+}
+
+/// A server's answer that passed every check.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Response {
+    Sample(Sample),
+    /// A kiss-o'-death (stratum 0). Authenticated if the exchange is keyed.
+    Kiss(KissCode),
+}
+
+/// One measurement of a server.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sample {
+    /// Server clock minus ours, seconds.
+    pub offset: f64,
+    /// Round trip less the server's processing time, seconds.
+    pub delay: f64,
+    pub leap: Leap,
+    pub version: u8,
+    pub stratum: u8,
+    pub poll: i8,
+    pub precision: i8,
+    pub reference_id: ReferenceId,
+    pub root_delay: f64,
+    pub root_dispersion: f64,
+    /// Our clock when the reply arrived.
+    pub received: NtpTimestamp,
+    /// Key id that authenticated the reply, if any.
+    pub key_id: Option<u32>,
+}
+
+impl Sample {
+    /// Upper bound on the server's error relative to its primary reference, as seen
+    /// from here (RFC 5905 §11.2.1, without our own dispersion).
+    pub fn root_distance(&self) -> f64 {
+        (self.root_delay + self.delay.max(0.0)) / 2.0 + self.root_dispersion
+    }
+
+    /// Why this sample must never be used to steer a clock, if it must not
+    /// (ADVERSARIAL 19).
+    pub fn unusable_reason(&self) -> Option<&'static str> {
+        if self.leap == Leap::Unsynchronized {
+            Some("server is unsynchronized (leap indicator 3)")
+        } else if self.stratum == 0 || self.stratum >= 16 {
+            Some("server stratum is 0 or 16+")
+        } else if self.root_distance() >= MAX_ROOT_DISTANCE {
+            Some("root distance is 16 s or more")
+        } else {
+            None
+        }
+    }
+}
+
+/// What a request is waiting for.
+#[derive(Debug, Clone, Copy)]
+struct Outstanding {
+    /// The random value we put in the transmit field; the reply's origin must match.
+    transmit_field: NtpTimestamp,
+    /// Our clock when the request left.
+    sent_at: NtpTimestamp,
+}
+
+/// The client side of NTP exchanges with one server.
+#[derive(Debug)]
+pub struct ClientExchange {
+    key: Option<SymmetricKey>,
+    poll: i8,
+    outstanding: Option<Outstanding>,
+    last_accepted_transmit: Option<NtpTimestamp>,
+}
+
+impl ClientExchange {
+    /// `key`: if set, requests are signed with it and replies must be signed with it
+    /// (that key id and no other).
+    pub fn new(key: Option<SymmetricKey>, poll: i8) -> Self {
+        Self {
+            key,
+            poll,
+            outstanding: None,
+            last_accepted_transmit: None,
+        }
+    }
+
+    /// Writes a new request, sent at local time `now`, into `out` (cleared first).
+    /// A reply to any earlier request is no longer accepted.
+    pub fn poll_request(&mut self, now: NtpTimestamp, out: &mut Vec<u8>) {
+        let transmit_field = NtpTimestamp::from_bits(rand::random());
+        let header = Header {
+            leap: Leap::NoWarning,
+            version: 4,
+            mode: Mode::Client,
+            stratum: 0,
+            poll: self.poll,
+            precision: 0,
+            root_delay: NtpShort::default(),
+            root_dispersion: NtpShort::default(),
+            reference_id: ReferenceId::default(),
+            reference_time: NtpTimestamp::ZERO,
+            origin_time: NtpTimestamp::ZERO,
+            receive_time: NtpTimestamp::ZERO,
+            transmit_time: transmit_field,
+        };
+        out.clear();
+        header.write(out);
+        if let Some(key) = &self.key {
+            mac::append_mac(key, out);
+        }
+        self.outstanding = Some(Outstanding {
+            transmit_field,
+            sent_at: now,
+        });
+    }
+
+    /// Checks a reply that arrived at local time `received`.
+    pub fn handle_response(
+        &mut self,
+        bytes: &[u8],
+        received: NtpTimestamp,
+    ) -> Result<Response, Reject> {
+        let packet = Packet::parse(bytes).map_err(Reject::Malformed)?;
+        let h = &packet.header;
+        if h.mode != Mode::Server {
+            return Err(Reject::WrongMode(h.mode));
+        }
+        if !(1..=4).contains(&h.version) {
+            return Err(Reject::UnsupportedVersion(h.version));
+        }
+        if h.transmit_time.is_zero() {
+            return Err(Reject::ZeroTransmit);
+        }
+        if self.last_accepted_transmit == Some(h.transmit_time) {
+            return Err(Reject::Duplicate);
+        }
+        let outstanding = self.outstanding.ok_or(Reject::NotExpected)?;
+        if h.origin_time != outstanding.transmit_field {
+            return Err(Reject::BogusOrigin);
+        }
+        let is_kiss = h.stratum == 0;
+        if h.receive_time.is_zero() && !is_kiss {
+            return Err(Reject::ZeroReceive);
+        }
+        let key_id = match &self.key {
+            Some(key) => {
+                mac::check_packet(key, &packet, bytes).map_err(Reject::Authentication)?;
+                Some(key.id())
+            }
+            None if packet.trailer == Some(Trailer::CryptoNak) => {
+                return Err(Reject::Authentication(MacError::CryptoNak));
+            }
+            None => None,
+        };
+
+        // Accepted: from here on the exchange may change.
+        self.outstanding = None;
+        self.last_accepted_transmit = Some(h.transmit_time);
+        if is_kiss {
+            return Ok(Response::Kiss(KissCode::from_reference_id(h.reference_id)));
+        }
+        let t1 = outstanding.sent_at;
+        let (t2, t3, t4) = (h.receive_time, h.transmit_time, received);
+        Ok(Response::Sample(Sample {
+            offset: (t2.seconds_since(t1) + t3.seconds_since(t4)) / 2.0,
+            delay: t4.seconds_since(t1) - t3.seconds_since(t2),
+            leap: h.leap,
+            version: h.version,
+            stratum: h.stratum,
+            poll: h.poll,
+            precision: h.precision,
+            reference_id: h.reference_id,
+            root_delay: h.root_delay.to_seconds(),
+            root_dispersion: h.root_dispersion.to_seconds(),
+            received,
+            key_id,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{KeyFileFormat, KeyStore};
+    use crate::proto::server::{Server, ServerOptions, SyncState};
+
+    const T1: NtpTimestamp = NtpTimestamp::from_bits(0x1000_0000_0000_0000);
+
+    fn keys() -> KeyStore {
+        KeyStore::parse(
+            "t",
+            "1 SHA256 HEX:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n\
+             2 AES128 HEX:000102030405060708090a0b0c0d0e0f\n\
+             3 MD5 HEX:000102030405060708090a0b0c0d0e0f\n",
+            KeyFileFormat::Chrony,
+        )
+        .unwrap()
+    }
+
+    /// A server whose clock is 0.25 s ahead, answering after 10 ms in flight each way.
+    fn serve(server: &Server, request: &[u8]) -> Vec<u8> {
+        let rx = T1.add_seconds(0.010 + 0.25);
+        let state = SyncState::local_reference(2, rx, -20);
+        let mut reply = Vec::new();
+        server
+            .handle_request(request, rx, &state, || rx.add_seconds(0.001), &mut reply)
+            .unwrap();
+        reply
+    }
+
+    const T4: NtpTimestamp = NtpTimestamp::from_bits(0x1000_0000_0000_0000 + (21 << 32) / 1000);
+
+    fn exchange(key_id: Option<u32>) -> (ClientExchange, Vec<u8>, Server) {
+        let key = key_id.and_then(|id| keys().get(id).cloned());
+        let mut client = ClientExchange::new(key, 6);
+        let mut request = Vec::new();
+        client.poll_request(T1, &mut request);
+        let server = Server::new(keys(), ServerOptions::default());
+        let reply = serve(&server, &request);
+        (client, reply, server)
+    }
+
+    #[test]
+    fn offset_and_delay_follow_rfc5905() {
+        let (mut client, reply, _) = exchange(None);
+        let Ok(Response::Sample(s)) = client.handle_response(&reply, T4) else {
+            panic!("rejected")
+        };
+        assert!((s.offset - 0.25).abs() < 1e-6, "{}", s.offset);
+        assert!((s.delay - 0.020).abs() < 1e-6, "{}", s.delay);
+        assert_eq!((s.stratum, s.key_id), (2, None));
+        assert_eq!(s.unusable_reason(), None);
+    }
+
+    #[test]
+    fn keyed_replies_verify_for_every_key_type() {
+        for id in [1, 2, 3] {
+            let (mut client, reply, _) = exchange(Some(id));
+            let Ok(Response::Sample(s)) = client.handle_response(&reply, T4) else {
+                panic!("key {id} rejected")
+            };
+            assert_eq!(s.key_id, Some(id));
+        }
+    }
+
+    /// ADVERSARIAL 18: each bogus reply is dropped and the expected origin survives, so
+    /// the genuine reply that follows is still accepted.
+    #[test]
+    fn on_wire_checks_drop_without_changing_state() {
+        let (mut client, good, _) = exchange(None);
+        let tweak = |offset: usize, value: u64| {
+            let mut b = good.clone();
+            b[offset..offset + 8].copy_from_slice(&value.to_be_bytes());
+            b
+        };
+        let origin = u64::from_be_bytes(good[24..32].try_into().unwrap());
+        let cases = [
+            (tweak(24, origin ^ 1), Reject::BogusOrigin),
+            (tweak(24, 0), Reject::BogusOrigin),
+            (tweak(40, 0), Reject::ZeroTransmit),
+            (tweak(32, 0), Reject::ZeroReceive),
+        ];
+        for (bad, why) in cases {
+            assert_eq!(client.handle_response(&bad, T4), Err(why));
+        }
+        assert!(client.handle_response(&good, T4).is_ok());
+        // The same reply again: a duplicate, and nothing is outstanding any more.
+        assert_eq!(client.handle_response(&good, T4), Err(Reject::Duplicate));
+        let mut later = good.clone();
+        later[47] ^= 1;
+        assert_eq!(client.handle_response(&later, T4), Err(Reject::NotExpected));
+    }
+
+    #[test]
+    fn duplicate_transmit_is_dropped_even_with_a_new_request_outstanding() {
+        let (mut client, first, server) = exchange(None);
+        client.handle_response(&first, T4).unwrap();
+        let mut request = Vec::new();
+        client.poll_request(T1, &mut request);
+        let mut replay = serve(&server, &request); // matching origin ...
+        replay[40..48].copy_from_slice(&first[40..48]); // ... but an old transmit
+        assert_eq!(client.handle_response(&replay, T4), Err(Reject::Duplicate));
+        let mut fresh = serve(&server, &request);
+        fresh[47] ^= 1; // a later transmit time than the first reply's
+        assert!(client.handle_response(&fresh, T4).is_ok());
+    }
+
+    /// ADVERSARIAL 20: a keyed exchange accepts only a valid MAC under its own key id.
+    #[test]
+    fn keyed_exchange_drops_anything_not_signed_with_its_key() {
+        let (mut client, good, _) = exchange(Some(1));
+        let plain = good[..48].to_vec();
+        let mut nak = plain.clone();
+        nak.extend_from_slice(&[0; 4]);
+        let mut other_key = plain.clone();
+        mac::append_mac(keys().get(2).unwrap(), &mut other_key);
+        let mut wrong_digest = good.clone();
+        let last = wrong_digest.len() - 1;
+        wrong_digest[last] ^= 1;
+        let truncated = good[..good.len() - 1].to_vec();
+        let cases = [
+            (plain, Reject::Authentication(MacError::Missing)),
+            (nak, Reject::Authentication(MacError::CryptoNak)),
+            (
+                other_key,
+                Reject::Authentication(MacError::WrongKeyId {
+                    got: 2,
+                    expected: 1,
+                }),
+            ),
+            (wrong_digest, Reject::Authentication(MacError::BadDigest)),
+            (truncated, Reject::Authentication(MacError::BadDigest)),
+        ];
+        for (bad, why) in cases {
+            assert_eq!(client.handle_response(&bad, T4), Err(why));
+        }
+        assert!(client.handle_response(&good, T4).is_ok(), "state survived");
+    }
+
+    #[test]
+    fn md5_reply_with_appended_extension_field_is_dropped() {
+        let (mut client, good, _) = exchange(Some(3));
+        assert_eq!(good.len(), 48 + 20);
+        let mut appended = good.clone();
+        appended.extend_from_slice(&[0x20, 0x05, 0x00, 0x10]);
+        appended.extend_from_slice(&[0; 12]);
+        assert!(client.handle_response(&appended, T4).is_err());
+        // An extension field slipped in before the MAC breaks the digest.
+        let mut inserted = good[..48].to_vec();
+        inserted.extend_from_slice(&[0x20, 0x05, 0x00, 0x10]);
+        inserted.extend_from_slice(&[0; 12]);
+        inserted.extend_from_slice(&good[48..]);
+        assert_eq!(
+            client.handle_response(&inserted, T4),
+            Err(Reject::Authentication(MacError::BadDigest))
+        );
+        assert!(client.handle_response(&good, T4).is_ok());
+    }
+
+    /// ADVERSARIAL 19: replies from unsynchronized or distant servers are flagged.
+    #[test]
+    fn unsynchronized_and_distant_servers_are_unusable() {
+        let (mut client, good, _) = exchange(None);
+        let Ok(Response::Sample(s)) = client.handle_response(&good, T4) else {
+            panic!()
+        };
+        let check = |f: &dyn Fn(&mut Sample)| {
+            let mut bad = s;
+            f(&mut bad);
+            bad.unusable_reason()
+        };
+        assert!(check(&|s| s.leap = Leap::Unsynchronized).is_some());
+        assert!(check(&|s| s.stratum = 16).is_some());
+        assert!(check(&|s| s.stratum = 0).is_some());
+        assert!(check(&|s| s.root_dispersion = 16.0).is_some());
+        assert!(check(&|s| s.root_delay = 32.0).is_some());
+        assert!(check(&|s| s.stratum = 15).is_none());
+    }
+
+    #[test]
+    fn kiss_codes_pass_the_same_checks() {
+        let (mut client, good, _) = exchange(None);
+        let mut kiss = good.clone();
+        kiss[1] = 0;
+        kiss[12..16].copy_from_slice(b"RATE");
+        let mut forged = kiss.clone();
+        forged[24] ^= 1;
+        assert_eq!(
+            client.handle_response(&forged, T4),
+            Err(Reject::BogusOrigin)
+        );
+        assert_eq!(
+            client.handle_response(&kiss, T4),
+            Ok(Response::Kiss(KissCode::Rate))
+        );
+    }
+
+    /// ADVERSARIAL 23: the transmit field is random, not the clock.
+    #[test]
+    fn transmit_timestamps_show_no_pattern() {
+        let mut client = ClientExchange::new(None, 6);
+        let mut seen = std::collections::HashSet::new();
+        let mut ones = [0u32; 64];
+        let mut request = Vec::new();
+        for i in 0..1000u64 {
+            client.poll_request(T1.add_seconds(i as f64), &mut request);
+            let t = u64::from_be_bytes(request[40..48].try_into().unwrap());
+            assert!(seen.insert(t), "repeated transmit timestamp");
+            for (bit, count) in ones.iter_mut().enumerate() {
+                *count += (t >> bit & 1) as u32;
+            }
+        }
+        // Each bit is set in about half of the requests (binomial, 1000 draws:
+        // 350..650 is beyond 9 standard deviations).
+        for (bit, count) in ones.iter().enumerate() {
+            assert!((350..650).contains(count), "bit {bit} set {count} times");
+        }
+    }
+}

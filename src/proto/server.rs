@@ -1,0 +1,374 @@
+//! The stateless NTP responder: request bytes and receive time in, reply bytes or a
+//! reason to stay silent out.
+//!
+//! It answers client-mode (3) requests of versions 1 to 4 only, echoing the version.
+//! A request with a MAC is answered under the same key if that key is in the store and
+//! the MAC verifies; otherwise it is dropped, or answered with a crypto-NAK if so
+//! configured. A reply is never larger than its request, so ntimed cannot amplify.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::auth::{KeyStore, mac};
+use crate::wire::{
+    Header, Leap, Mode, NtpShort, NtpTimestamp, Packet, PacketError, ReferenceId, Trailer,
+};
+
+/// What the server says about its own clock in every reply.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SyncState {
+    pub leap: Leap,
+    pub stratum: u8,
+    pub reference_id: ReferenceId,
+    pub reference_time: NtpTimestamp,
+    /// Round-trip delay to the primary reference, seconds.
+    pub root_delay: f64,
+    /// Error bound relative to the primary reference, seconds.
+    pub root_dispersion: f64,
+    /// log2 seconds.
+    pub precision: i8,
+}
+
+impl SyncState {
+    /// Not synchronized to anything: clients must not use these replies.
+    pub fn unsynchronized(precision: i8) -> Self {
+        Self {
+            leap: Leap::Unsynchronized,
+            stratum: 16,
+            reference_id: ReferenceId::from_ascii(b"INIT"),
+            reference_time: NtpTimestamp::ZERO,
+            root_delay: 0.0,
+            root_dispersion: 0.0,
+            precision,
+        }
+    }
+
+    /// Serving the local clock as a reference at `stratum` (chrony's `local stratum N`).
+    /// The reference time is `now`: the local clock is its own reference.
+    pub fn local_reference(stratum: u8, now: NtpTimestamp, precision: i8) -> Self {
+        Self {
+            leap: Leap::NoWarning,
+            stratum,
+            reference_id: ReferenceId::from_ascii(b"LOCL"),
+            reference_time: now,
+            root_delay: 0.0,
+            root_dispersion: 2f64.powi(precision.into()),
+            precision,
+        }
+    }
+}
+
+/// Why a request got no answer. Each is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    Malformed(PacketError),
+    UnsupportedVersion(u8),
+    /// Only client mode is answered here; symmetric modes belong to configured peers.
+    NotClientMode(Mode),
+    /// A crypto-NAK is a server's answer, never a request.
+    CryptoNakRequest,
+    UnknownKey(u32),
+    BadMac(u32),
+    /// Would have been larger than the request (never expected; a last guard).
+    WouldAmplify,
+}
+
+/// How a request was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    Plain,
+    /// Signed with this key id.
+    Keyed(u32),
+    /// The request's MAC failed; a crypto-NAK went back.
+    CryptoNak,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServerOptions {
+    /// Answer requests whose MAC fails with a crypto-NAK instead of dropping them.
+    /// Off by default: a NAK is unauthenticated and tells an attacker nothing useful
+    /// to a client, but it costs a reply.
+    pub crypto_nak: bool,
+}
+
+/// Counters, readable while the server runs.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    pub plain: AtomicU64,
+    pub keyed: AtomicU64,
+    pub crypto_naks_sent: AtomicU64,
+    pub malformed: AtomicU64,
+    pub refused: AtomicU64,
+    pub auth_failed: AtomicU64,
+}
+
+/// The stateless responder. Share it between sockets and threads.
+#[derive(Debug)]
+pub struct Server {
+    keys: KeyStore,
+    options: ServerOptions,
+    pub stats: ServerStats,
+}
+
+impl Server {
+    pub fn new(keys: KeyStore, options: ServerOptions) -> Self {
+        Self {
+            keys,
+            options,
+            stats: ServerStats::default(),
+        }
+    }
+
+    /// Handles one request received at `received`. On success the reply is in `reply`
+    /// (cleared first). `now` is read as late as possible, just before the transmit
+    /// timestamp is written; `state` describes this server's clock.
+    pub fn handle_request(
+        &self,
+        request: &[u8],
+        received: NtpTimestamp,
+        state: &SyncState,
+        now: impl FnOnce() -> NtpTimestamp,
+        reply: &mut Vec<u8>,
+    ) -> Result<Answer, DropReason> {
+        reply.clear();
+        let result = self.respond(request, received, state, now, reply);
+        let counter = match &result {
+            Ok(Answer::Plain) => &self.stats.plain,
+            Ok(Answer::Keyed(_)) => &self.stats.keyed,
+            Ok(Answer::CryptoNak) => &self.stats.crypto_naks_sent,
+            Err(DropReason::Malformed(_)) => &self.stats.malformed,
+            Err(DropReason::UnknownKey(_) | DropReason::BadMac(_)) => &self.stats.auth_failed,
+            Err(_) => &self.stats.refused,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if result.is_err() {
+            reply.clear();
+        }
+        result
+    }
+
+    fn respond(
+        &self,
+        request: &[u8],
+        received: NtpTimestamp,
+        state: &SyncState,
+        now: impl FnOnce() -> NtpTimestamp,
+        reply: &mut Vec<u8>,
+    ) -> Result<Answer, DropReason> {
+        let packet = Packet::parse(request).map_err(DropReason::Malformed)?;
+        let header = &packet.header;
+        if !(1..=4).contains(&header.version) {
+            return Err(DropReason::UnsupportedVersion(header.version));
+        }
+        if header.mode != Mode::Client {
+            return Err(DropReason::NotClientMode(header.mode));
+        }
+        // Authenticate before anything else is decided.
+        let (key, answer) = match packet.trailer {
+            None => (None, Answer::Plain),
+            Some(Trailer::CryptoNak) => return Err(DropReason::CryptoNakRequest),
+            Some(Trailer::Mac { key_id, .. }) => match self.keys.get(key_id) {
+                None if self.options.crypto_nak => (None, Answer::CryptoNak),
+                None => return Err(DropReason::UnknownKey(key_id)),
+                Some(key) => match mac::check_packet(key, &packet, request) {
+                    Ok(()) => (Some(key), Answer::Keyed(key_id)),
+                    Err(_) if self.options.crypto_nak => (None, Answer::CryptoNak),
+                    Err(_) => return Err(DropReason::BadMac(key_id)),
+                },
+            },
+        };
+        let mut response = Header {
+            leap: state.leap,
+            version: header.version,
+            mode: Mode::Server,
+            stratum: state.stratum,
+            poll: header.poll,
+            precision: state.precision,
+            root_delay: NtpShort::from_seconds(state.root_delay),
+            root_dispersion: NtpShort::from_seconds(state.root_dispersion),
+            reference_id: state.reference_id,
+            reference_time: state.reference_time,
+            origin_time: header.transmit_time,
+            receive_time: received,
+            transmit_time: NtpTimestamp::ZERO,
+        };
+        response.transmit_time = now();
+        response.write(reply);
+        match (key, answer) {
+            (Some(key), _) => mac::append_mac(key, reply),
+            (None, Answer::CryptoNak) => Trailer::CryptoNak.write(reply),
+            (None, _) => {}
+        }
+        if reply.len() > request.len() {
+            return Err(DropReason::WouldAmplify);
+        }
+        Ok(answer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::KeyFileFormat;
+
+    const RX: NtpTimestamp = NtpTimestamp::from_bits(0x1111_0000_0000_0000);
+    const TX: NtpTimestamp = NtpTimestamp::from_bits(0x1111_0000_0100_0000);
+    const CLIENT_TX: NtpTimestamp = NtpTimestamp::from_bits(0x0123_4567_89ab_cdef);
+
+    fn keys() -> KeyStore {
+        KeyStore::parse(
+            "t",
+            "1 SHA256 HEX:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n\
+             2 AES128 HEX:000102030405060708090a0b0c0d0e0f\n\
+             3 MD5 ASCII:md5secret\n",
+            KeyFileFormat::Chrony,
+        )
+        .unwrap()
+    }
+
+    fn request(version: u8, mode: Mode) -> Vec<u8> {
+        let header = Header {
+            leap: Leap::Unsynchronized,
+            version,
+            mode,
+            stratum: 0,
+            poll: 6,
+            precision: 0,
+            root_delay: NtpShort::default(),
+            root_dispersion: NtpShort::default(),
+            reference_id: ReferenceId::default(),
+            reference_time: NtpTimestamp::ZERO,
+            origin_time: NtpTimestamp::ZERO,
+            receive_time: NtpTimestamp::ZERO,
+            transmit_time: CLIENT_TX,
+        };
+        let mut out = Vec::new();
+        header.write(&mut out);
+        out
+    }
+
+    fn answer(server: &Server, req: &[u8]) -> (Result<Answer, DropReason>, Vec<u8>) {
+        let state = SyncState::local_reference(1, RX, -20);
+        let mut reply = Vec::new();
+        let result = server.handle_request(req, RX, &state, || TX, &mut reply);
+        (result, reply)
+    }
+
+    #[test]
+    fn plain_request_gets_a_server_reply_echoing_version_and_transmit() {
+        let server = Server::new(keys(), ServerOptions::default());
+        for version in 1..=4 {
+            let (result, reply) = answer(&server, &request(version, Mode::Client));
+            assert_eq!(result, Ok(Answer::Plain));
+            let p = Packet::parse(&reply).unwrap();
+            assert_eq!(p.header.version, version);
+            assert_eq!(p.header.mode, Mode::Server);
+            assert_eq!(p.header.stratum, 1);
+            assert_eq!(p.header.leap, Leap::NoWarning);
+            assert_eq!(p.header.reference_id, ReferenceId::from_ascii(b"LOCL"));
+            assert_eq!(p.header.origin_time, CLIENT_TX);
+            assert_eq!(p.header.receive_time, RX);
+            assert_eq!(p.header.transmit_time, TX);
+            assert_eq!(p.header.poll, 6);
+            assert_eq!(p.trailer, None);
+        }
+        assert_eq!(server.stats.plain.load(Ordering::Relaxed), 4);
+    }
+
+    #[test]
+    fn unsynchronized_state_is_announced() {
+        let server = Server::new(keys(), ServerOptions::default());
+        let mut reply = Vec::new();
+        let state = SyncState::unsynchronized(-20);
+        server
+            .handle_request(&request(4, Mode::Client), RX, &state, || TX, &mut reply)
+            .unwrap();
+        let p = Packet::parse(&reply).unwrap();
+        assert_eq!(
+            (p.header.leap, p.header.stratum),
+            (Leap::Unsynchronized, 16)
+        );
+    }
+
+    #[test]
+    fn keyed_request_is_answered_under_the_same_key() {
+        let server = Server::new(keys(), ServerOptions::default());
+        let store = keys();
+        for id in [1, 2, 3] {
+            let key = store.get(id).unwrap();
+            let mut req = request(4, Mode::Client);
+            mac::append_mac(key, &mut req);
+            let (result, reply) = answer(&server, &req);
+            assert_eq!(result, Ok(Answer::Keyed(id)));
+            assert_eq!(reply.len(), req.len(), "same key, same trailer length");
+            let p = Packet::parse(&reply).unwrap();
+            assert_eq!(mac::check_packet(key, &p, &reply), Ok(()));
+        }
+    }
+
+    #[test]
+    fn failed_mac_is_dropped_or_nakked_as_configured() {
+        let store = keys();
+        let mut req = request(4, Mode::Client);
+        mac::append_mac(store.get(1).unwrap(), &mut req);
+        let last = req.len() - 1;
+        req[last] ^= 0x80;
+        let mut unknown = request(4, Mode::Client);
+        unknown.extend_from_slice(&99u32.to_be_bytes());
+        unknown.extend_from_slice(&[0; 20]);
+
+        let quiet = Server::new(keys(), ServerOptions::default());
+        assert_eq!(answer(&quiet, &req), (Err(DropReason::BadMac(1)), vec![]));
+        assert_eq!(
+            answer(&quiet, &unknown),
+            (Err(DropReason::UnknownKey(99)), vec![])
+        );
+        assert_eq!(quiet.stats.auth_failed.load(Ordering::Relaxed), 2);
+
+        let nak = Server::new(keys(), ServerOptions { crypto_nak: true });
+        for r in [&req, &unknown] {
+            let (result, reply) = answer(&nak, r);
+            assert_eq!(result, Ok(Answer::CryptoNak));
+            assert_eq!(reply.len(), 52);
+            assert_eq!(
+                Packet::parse(&reply).unwrap().trailer,
+                Some(Trailer::CryptoNak)
+            );
+        }
+    }
+
+    #[test]
+    fn only_client_mode_is_answered() {
+        // ADVERSARIAL 25: modes 0, 2 (unconfigured), 4, 5, 6, 7 get no reply; so does 1
+        // until peering is configured.
+        let server = Server::new(keys(), ServerOptions::default());
+        for bits in [0u8, 1, 2, 4, 5, 6, 7] {
+            let mode = Mode::from_bits(bits);
+            let (result, reply) = answer(&server, &request(4, mode));
+            assert_eq!(result, Err(DropReason::NotClientMode(mode)));
+            assert!(reply.is_empty());
+        }
+        for version in [0, 5, 6, 7] {
+            let (result, _) = answer(&server, &request(version, Mode::Client));
+            assert_eq!(result, Err(DropReason::UnsupportedVersion(version)));
+        }
+        let mut nak = request(4, Mode::Client);
+        nak.extend_from_slice(&[0; 4]);
+        assert_eq!(answer(&server, &nak).0, Err(DropReason::CryptoNakRequest));
+        assert!(matches!(
+            answer(&server, &[0x23; 47]).0,
+            Err(DropReason::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn reply_is_never_larger_than_request() {
+        let server = Server::new(keys(), ServerOptions { crypto_nak: true });
+        // A request with extension fields is answered with the bare header.
+        let mut req = request(4, Mode::Client);
+        req.extend_from_slice(&[0x20, 0x05, 0x00, 0x10]);
+        req.extend_from_slice(&[0; 12]);
+        let (result, reply) = answer(&server, &req);
+        assert_eq!(result, Ok(Answer::Plain));
+        assert_eq!(reply.len(), 48);
+    }
+}
