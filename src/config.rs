@@ -1,1 +1,213 @@
+//! The TOML configuration. Everything is checked, and key files read, before anything
+//! starts; an error names the file, the line and the problem.
+//!
+//! ```toml
+//! [keys]
+//! file = "keys/example.keys"      # ntp.keys or chrony format, auto-detected
+//! [local]                         # serve as a reference when nothing better is synced
+//! stratum = 1
+//! [[server]]
+//! listen = "127.0.0.1:11123"      # repeatable; IPv4 and IPv6
+//! ```
+//!
+//! Relative paths are resolved from the directory holding the config file.
 
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::auth::{KeyFileFormat, KeyStore};
+
+/// Configs are small; a larger file is refused before it is read.
+const MAX_CONFIG_LEN: u64 = 1 << 20;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Config {
+    pub keys: Option<KeysSection>,
+    pub local: Option<LocalSection>,
+    #[serde(default, rename = "server")]
+    pub servers: Vec<ServerSection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct KeysSection {
+    pub file: PathBuf,
+    /// `auto` (default), `ntp` or `chrony`.
+    #[serde(default)]
+    pub format: KeyFileFormat,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LocalSection {
+    /// 1..=15.
+    pub stratum: u8,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ServerSection {
+    pub listen: SocketAddr,
+    /// Answer a request whose MAC fails with a crypto-NAK instead of silence.
+    #[serde(default)]
+    pub crypto_nak: bool,
+}
+
+/// A config that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}{}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+pub struct ConfigError {
+    pub file: String,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+/// A checked config with its key store loaded.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub keys: KeyStore,
+}
+
+impl Config {
+    /// Reads, parses and checks `path`, and loads the key file it names.
+    pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+        use std::io::Read;
+        let name = path.display().to_string();
+        let fail = |message: String| ConfigError {
+            file: name.clone(),
+            line: None,
+            message,
+        };
+        let file = std::fs::File::open(path).map_err(|e| fail(format!("cannot open: {e}")))?;
+        let mut text = String::new();
+        file.take(MAX_CONFIG_LEN + 1)
+            .read_to_string(&mut text)
+            .map_err(|e| fail(format!("cannot read: {e}")))?;
+        if text.len() as u64 > MAX_CONFIG_LEN {
+            return Err(fail(format!("larger than {MAX_CONFIG_LEN} bytes")));
+        }
+        let config = Self::parse(&name, &text)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let keys = match &config.keys {
+            Some(section) => KeyStore::load(&base.join(&section.file), section.format)
+                .map_err(|e| fail(format!("[keys] file: {e}")))?,
+            None => KeyStore::default(),
+        };
+        Ok(Loaded { config, keys })
+    }
+
+    /// Parses and checks config text; `name` is used in errors.
+    pub fn parse(name: &str, text: &str) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|e| ConfigError {
+            file: name.to_string(),
+            line: e.span().map(|span| line_of(text, span.start)),
+            message: e.message().trim().to_string(),
+        })?;
+        config.check().map_err(|(needle, message)| ConfigError {
+            file: name.to_string(),
+            line: find_line(text, needle),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot; on error, says which text to point at.
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        if let Some(local) = &self.local
+            && !(1..=15).contains(&local.stratum)
+        {
+            return Err((
+                "stratum",
+                format!("[local] stratum must be 1 to 15, not {}", local.stratum),
+            ));
+        }
+        if self.servers.is_empty() {
+            return Err((
+                "",
+                "nothing to run: add a [[server]] with a listen address".into(),
+            ));
+        }
+        for (i, server) in self.servers.iter().enumerate() {
+            if self.servers[..i].iter().any(|s| s.listen == server.listen) {
+                return Err(("listen", format!("{} is listed twice", server.listen)));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn line_of(text: &str, byte: usize) -> usize {
+    text.as_bytes()
+        .iter()
+        .take(byte)
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// The first line that mentions `needle`, for errors found after parsing.
+fn find_line(text: &str, needle: &str) -> Option<usize> {
+    if needle.is_empty() {
+        return None;
+    }
+    text.lines().position(|l| l.contains(needle)).map(|i| i + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_example_parses() {
+        let c = Config::parse(
+            "ntimed.toml",
+            "[keys]\nfile = \"keys/example.keys\"\n[local]\nstratum = 1\n\
+             [[server]]\nlisten = \"127.0.0.1:11123\"\n[[server]]\nlisten = \"[::1]:11123\"\ncrypto-nak = true\n",
+        )
+        .unwrap();
+        assert_eq!(c.servers.len(), 2);
+        assert!(c.servers[1].crypto_nak);
+        assert_eq!(c.local.unwrap().stratum, 1);
+        assert_eq!(c.keys.unwrap().format, KeyFileFormat::Auto);
+    }
+
+    #[test]
+    fn errors_name_file_and_line() {
+        let cases = [
+            (
+                "[[server]]\nlisten = \"127.0.0.1:123\"\nlisen = 1\n",
+                Some(3),
+                "unknown field `lisen`",
+            ),
+            (
+                "[[server]]\nlisten = \"nonsense\"\n",
+                Some(2),
+                "invalid socket address",
+            ),
+            (
+                "[local]\nstratum = 16\n[[server]]\nlisten = \"127.0.0.1:1\"\n",
+                Some(2),
+                "1 to 15",
+            ),
+            ("[local]\nstratum = 300\n", Some(2), ""),
+            ("[bogus]\n", Some(1), "unknown field `bogus`"),
+            ("[[server]\n", Some(1), ""),
+            ("[local]\nstratum = 2\n", None, "nothing to run"),
+            (
+                "[[server]]\nlisten = \"127.0.0.1:1\"\n[[server]]\nlisten = \"127.0.0.1:1\"\n",
+                Some(2),
+                "listed twice",
+            ),
+        ];
+        for (text, line, message) in cases {
+            let err = Config::parse("c.toml", text).unwrap_err();
+            assert_eq!(err.line, line, "{text:?}: {err}");
+            assert!(err.message.contains(message), "{text:?}: {err}");
+            assert!(err.to_string().starts_with("c.toml"), "{err}");
+        }
+    }
+}

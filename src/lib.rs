@@ -11,7 +11,8 @@
 //!    exchange with its on-wire checks. Time comes in as arguments.
 //! 4. [`config`] — the TOML configuration, checked completely before anything starts.
 //! 5. [`daemon`] — the tokio shell: sockets and clocks around the sans-IO core.
-//! 6. [`cli`] — `ntimed run | query | demo`, kept thin.
+//! 6. [`cli`] — `ntimed run | query | demo`, kept thin; [`demo`] shows the whole path
+//!    offline.
 //!
 //! Every packet is parsed and authenticated before it can change any state; that
 //! ordering is the lesson of most NTP CVEs.
@@ -22,5 +23,6 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod demo;
 pub mod proto;
 pub mod wire;

@@ -346,7 +346,7 @@ fn ascii_secret(key: &str) -> Result<Vec<u8>, String> {
 
 /// Decodes hex, saying what is wrong without echoing the (secret) text.
 pub(crate) fn decode_hex(text: &str) -> Result<Vec<u8>, String> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return Err(format!(
             "hex key has an odd number of digits ({})",
             text.len()

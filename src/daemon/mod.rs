@@ -1,1 +1,38 @@
+//! Layer 5: the tokio shell around the sans-IO core. It moves bytes between sockets and
+//! the `proto` state machines and reads the system clock for them; it decides nothing
+//! about packets itself.
+//!
+//! * [`net`]: address parsing and sockets with random source ports.
+//! * [`serve`]: the UDP server loop (`ntimed run`).
+//! * [`query`]: one-shot client exchanges (`ntimed query`).
 
+pub mod net;
+pub mod query;
+pub mod serve;
+
+use crate::wire::NtpTimestamp;
+
+/// The system clock as an NTP timestamp.
+pub fn now() -> NtpTimestamp {
+    NtpTimestamp::from_system_time(std::time::SystemTime::now())
+}
+
+/// log2 of the smallest step seen between system-clock reads, as NTP's precision field
+/// wants it (RFC 5905 §7.3): the clock's resolution or the cost of reading it,
+/// whichever is larger.
+pub fn measure_precision() -> i8 {
+    let mut best = f64::MAX;
+    let mut last = now();
+    for _ in 0..1000 {
+        let t = now();
+        let step = t.seconds_since(last);
+        if step > 0.0 {
+            best = best.min(step);
+        }
+        last = t;
+    }
+    if best == f64::MAX {
+        return -20;
+    }
+    best.log2().ceil().clamp(-30.0, 0.0) as i8
+}

@@ -259,7 +259,7 @@ impl<'a> ExtensionField<'a> {
             return Err(PacketError::ExtensionTruncated { offset, available });
         };
         let length = usize::from(length);
-        if length < MIN_EXTENSION_LEN || length % 4 != 0 {
+        if length < MIN_EXTENSION_LEN || !length.is_multiple_of(4) {
             return Err(PacketError::ExtensionLength { offset, length });
         }
         let body = r

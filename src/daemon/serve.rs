@@ -1,0 +1,179 @@
+//! The UDP server loop: `ntimed run` with `[[server]]` sections.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::UdpSocket;
+use tokio::task::JoinHandle;
+
+use crate::config::Loaded;
+use crate::proto::server::{DropReason, Server, ServerOptions, SyncState};
+
+/// Largest request read; longer datagrams arrive truncated and fail to parse or verify.
+const MAX_REQUEST_LEN: usize = 4096;
+/// At most one log line about dropped requests per socket and interval.
+const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// What the server reports about its clock until the sync engine exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reference {
+    /// Nothing to serve from: replies say LI 3, stratum 16.
+    Unsynchronized,
+    /// The local clock as a reference at this stratum (`[local]`).
+    Local { stratum: u8 },
+}
+
+impl Reference {
+    fn state(self, precision: i8) -> SyncState {
+        match self {
+            Self::Unsynchronized => SyncState::unsynchronized(precision),
+            Self::Local { stratum } => SyncState::local_reference(stratum, super::now(), precision),
+        }
+    }
+}
+
+/// A server answering on one socket. Dropping it stops the server.
+pub struct RunningServer {
+    pub local_addr: SocketAddr,
+    pub server: Arc<Server>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Binds `listen` and answers requests on it with one task per core.
+pub async fn start(
+    listen: SocketAddr,
+    server: Server,
+    reference: Reference,
+) -> std::io::Result<RunningServer> {
+    let socket = Arc::new(UdpSocket::bind(listen).await?);
+    let local_addr = socket.local_addr()?;
+    let server = Arc::new(server);
+    let precision = super::measure_precision();
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let tasks = (0..workers)
+        .map(|_| {
+            let (socket, server) = (socket.clone(), server.clone());
+            tokio::spawn(answer_requests(socket, server, reference, precision))
+        })
+        .collect();
+    Ok(RunningServer {
+        local_addr,
+        server,
+        tasks,
+    })
+}
+
+async fn answer_requests(
+    socket: Arc<UdpSocket>,
+    server: Arc<Server>,
+    reference: Reference,
+    precision: i8,
+) {
+    let mut request = [0u8; MAX_REQUEST_LEN];
+    let mut reply = Vec::with_capacity(MAX_REQUEST_LEN);
+    let mut drop_log = DropLog::default();
+    loop {
+        let (len, peer) = match socket.recv_from(&mut request).await {
+            Ok(received) => received,
+            Err(e) => {
+                // ICMP errors from earlier replies surface here on some systems.
+                tracing::debug!("recv: {e}");
+                continue;
+            }
+        };
+        let received = super::now();
+        let state = reference.state(precision);
+        let bytes = request.get(..len).unwrap_or_default();
+        match server.handle_request(bytes, received, &state, super::now, &mut reply) {
+            Ok(_) => {
+                if let Err(e) = socket.send_to(&reply, peer).await {
+                    tracing::debug!("send to {peer}: {e}");
+                }
+            }
+            Err(reason) => drop_log.record(peer, reason),
+        }
+    }
+}
+
+/// Logs dropped requests without letting a flood of them flood the log.
+#[derive(Default)]
+struct DropLog {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl DropLog {
+    fn record(&mut self, peer: SocketAddr, reason: DropReason) {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < DROP_LOG_INTERVAL)
+        {
+            self.suppressed += 1;
+            return;
+        }
+        tracing::info!(
+            "dropped request from {peer}: {reason:?} ({} more dropped since the last report)",
+            self.suppressed
+        );
+        self.last = Some(now);
+        self.suppressed = 0;
+    }
+}
+
+/// `ntimed run`: serves every `[[server]]` until SIGINT or SIGTERM.
+pub async fn run(loaded: Loaded) -> Result<(), String> {
+    let reference = match &loaded.config.local {
+        Some(local) => Reference::Local {
+            stratum: local.stratum,
+        },
+        None => Reference::Unsynchronized,
+    };
+    // Bind everything before serving anything, so a bad address stops the start.
+    let mut running = Vec::new();
+    for section in &loaded.config.servers {
+        let server = Server::new(
+            loaded.keys.clone(),
+            ServerOptions {
+                crypto_nak: section.crypto_nak,
+            },
+        );
+        let r = start(section.listen, server, reference)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", section.listen))?;
+        tracing::info!(
+            "serving NTP on {} ({:?}, {} keys)",
+            r.local_addr,
+            reference,
+            loaded.keys.len()
+        );
+        running.push(r);
+    }
+    shutdown_signal().await;
+    tracing::info!("stopping");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
