@@ -1,14 +1,15 @@
 //! Legacy NTP MACs: digest of key ‖ packet (RFC 5905 §7.3; MD5, SHA-1, SHA-2) and
 //! AES-CMAC of the packet (RFC 8573). NTPv4 carries at most 20 digest bytes, so longer
-//! digests are truncated, as chrony and NTPsec do.
+//! digests are truncated, as chrony and NTPsec do; NTPv3 packets carry them whole
+//! (chrony sends SHA-256 and longer keys as NTPv3).
 
 use cmac::{Cmac, KeyInit, Mac};
 use subtle::ConstantTimeEq;
 
 use super::keys::{KeyType, SymmetricKey};
-use crate::wire::packet::{MAX_DIGEST_LEN, Packet, Trailer};
+use crate::wire::packet::{MAX_DIGEST_LEN, NTPV4_MAX_DIGEST_LEN, Packet, Trailer};
 
-/// A computed digest, at most 20 bytes.
+/// A computed digest, at most 64 bytes.
 #[derive(Clone, Copy)]
 pub struct MacDigest {
     bytes: [u8; MAX_DIGEST_LEN],
@@ -22,6 +23,25 @@ impl MacDigest {
         bytes[..len].copy_from_slice(&full[..len]);
         Self { bytes, len }
     }
+
+    fn truncated(mut self, max: usize) -> Self {
+        self.len = self.len.min(max);
+        self
+    }
+}
+
+/// How many digest bytes a packet of `version` carries.
+pub fn digest_limit(version: u8) -> usize {
+    if version >= 4 {
+        NTPV4_MAX_DIGEST_LEN
+    } else {
+        MAX_DIGEST_LEN
+    }
+}
+
+/// The NTP version of a packet, from its first byte.
+fn version_of(packet: &[u8]) -> u8 {
+    packet.first().map_or(0, |b| b >> 3 & 7)
 }
 
 impl AsRef<[u8]> for MacDigest {
@@ -42,8 +62,12 @@ fn cmac<C: cmac::block_api::CmacCipher + KeyInit>(secret: &[u8], data: &[u8]) ->
     }
 }
 
-/// The digest of `data` under `key`, as it goes on the wire.
+/// The digest of the packet `data` under `key`, truncated as its version requires.
 pub fn compute(key: &SymmetricKey, data: &[u8]) -> MacDigest {
+    full_digest(key, data).truncated(digest_limit(version_of(data)))
+}
+
+fn full_digest(key: &SymmetricKey, data: &[u8]) -> MacDigest {
     let secret = key.secret();
     match key.key_type() {
         KeyType::Md5 => hash::<md5::Md5>(secret, data),

@@ -305,6 +305,23 @@ mod tests {
         }
     }
 
+    /// chrony signs with SHA-256 and longer keys as NTPv3 with the whole digest.
+    #[test]
+    fn ntpv3_request_with_a_full_sha256_digest_gets_one_back() {
+        let server = Server::new(keys(), ServerOptions::default());
+        let store = keys();
+        let key = store.get(1).unwrap();
+        let mut req = request(3, Mode::Client);
+        mac::append_mac(key, &mut req);
+        assert_eq!(req.len(), 48 + 4 + 32);
+        let (result, reply) = answer(&server, &req);
+        assert_eq!(result, Ok(Answer::Keyed(1)));
+        assert_eq!(reply.len(), 84);
+        let p = Packet::parse(&reply).unwrap();
+        assert_eq!(p.header.version, 3);
+        assert_eq!(mac::check_packet(key, &p, &reply), Ok(()));
+    }
+
     #[test]
     fn failed_mac_is_dropped_or_nakked_as_configured() {
         let store = keys();

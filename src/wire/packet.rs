@@ -10,9 +10,16 @@ use super::timestamp::{NtpShort, NtpTimestamp};
 pub const HEADER_LEN: usize = 48;
 /// An extension field is at least 16 bytes long (RFC 7822 §3).
 pub const MIN_EXTENSION_LEN: usize = 16;
-/// A MAC trailer is a 32-bit key id and a 16 to 20 byte digest.
+/// In NTPv4 a MAC trailer is a 32-bit key id and a 16 to 20 byte digest.
 pub const MAC_TRAILER_LEN: std::ops::RangeInclusive<usize> = 20..=24;
-pub const MAX_DIGEST_LEN: usize = 20;
+/// Before NTPv4 there are no extension fields, so everything after the header is the
+/// MAC, and digests are not truncated: up to 64 bytes (SHA-512). chrony sends keys with
+/// long digests as NTPv3 for this reason.
+pub const LEGACY_MAC_TRAILER_LEN: std::ops::RangeInclusive<usize> = 20..=68;
+/// Longest digest carried in NTPv4; longer ones are truncated to this.
+pub const NTPV4_MAX_DIGEST_LEN: usize = 20;
+/// Longest digest of any version.
+pub const MAX_DIGEST_LEN: usize = 64;
 
 /// Leap indicator: the 2-bit field covers all four values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -106,14 +113,13 @@ impl ReferenceId {
         Self(*code)
     }
 
-    /// How a person should read this id at the given stratum.
+    /// How a person should read this id at the given stratum: a code where it is one
+    /// of printable ASCII, else the address form (chrony's local reference, for one,
+    /// is 127.127.1.1 at stratum 1).
     pub fn describe(self, stratum: u8) -> String {
-        if stratum <= 1 {
-            self.0
-                .iter()
-                .take_while(|&&b| b != 0)
-                .map(|&b| if b.is_ascii_graphic() { b as char } else { '?' })
-                .collect()
+        let code: Vec<u8> = self.0.iter().copied().take_while(|&b| b != 0).collect();
+        if stratum <= 1 && !code.is_empty() && code.iter().all(u8::is_ascii_graphic) {
+            String::from_utf8_lossy(&code).into_owned()
         } else {
             std::net::Ipv4Addr::from(self.0).to_string()
         }
@@ -294,12 +300,17 @@ pub enum Trailer<'a> {
 }
 
 impl<'a> Trailer<'a> {
-    /// Parses a trailer that makes up all of `bytes`.
-    pub fn parse(bytes: &'a [u8], offset: usize) -> Result<Self, PacketError> {
+    /// Parses a trailer that makes up all of `bytes`, in a packet of `version`.
+    pub fn parse(bytes: &'a [u8], offset: usize, version: u8) -> Result<Self, PacketError> {
         let mut r = Reader::new(bytes);
+        let mac_len = if version >= 4 {
+            MAC_TRAILER_LEN
+        } else {
+            LEGACY_MAC_TRAILER_LEN
+        };
         match bytes.len() {
             4 if bytes == [0; 4] => Ok(Self::CryptoNak),
-            len if MAC_TRAILER_LEN.contains(&len) => {
+            len if mac_len.contains(&len) => {
                 let key_id = r.u32().ok_or(PacketError::Trailing { offset, len })?;
                 Ok(Self::Mac {
                     key_id,
@@ -340,24 +351,28 @@ pub enum PacketError {
     ExtensionLength { offset: usize, length: usize },
     #[error("extension field at byte {offset}: runs past the end ({available} bytes left)")]
     ExtensionTruncated { offset: usize, available: usize },
-    #[error("{len} bytes at byte {offset} are neither a MAC (20-24 bytes) nor a crypto-NAK")]
+    #[error("{len} bytes at byte {offset} are neither an extension field, a MAC nor a crypto-NAK")]
     Trailing { offset: usize, len: usize },
 }
 
 impl<'a> Packet<'a> {
     /// Parses a packet, applying RFC 7822's rules to tell extension fields from a MAC:
     /// after the header, 4 zero bytes are a crypto-NAK, 20 to 24 bytes a MAC, and
-    /// anything else must be an extension field.
+    /// anything else must be an extension field. Before NTPv4, all that follows the
+    /// header is the trailer.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, PacketError> {
         let mut r = Reader::new(bytes);
         let header = Header::read(&mut r).ok_or(PacketError::TooShort(bytes.len()))?;
         let mut extensions = Vec::new();
         let mut trailer = None;
-        while !r.is_empty() {
+        if header.version < 4 && !r.is_empty() {
+            trailer = Some(Trailer::parse(r.rest(), HEADER_LEN, header.version)?);
+        }
+        while header.version >= 4 && !r.is_empty() {
             let offset = r.position();
             let remaining = r.remaining();
             if remaining == 4 || MAC_TRAILER_LEN.contains(&remaining) {
-                trailer = Some(Trailer::parse(r.rest(), offset)?);
+                trailer = Some(Trailer::parse(r.rest(), offset, header.version)?);
                 break;
             }
             if remaining < MIN_EXTENSION_LEN {
@@ -521,8 +536,35 @@ mod tests {
     }
 
     #[test]
+    fn before_ntpv4_everything_after_the_header_is_the_mac() {
+        let mut v3 = sample_header();
+        v3.version = 3;
+        let mut bytes = Vec::new();
+        v3.write(&mut bytes);
+        bytes.extend_from_slice(&1u32.to_be_bytes());
+        bytes.extend_from_slice(&[0xab; 32]); // a full SHA-256 digest, as chrony sends
+        let p = Packet::parse(&bytes).unwrap();
+        assert!(p.extensions.is_empty());
+        assert!(
+            matches!(p.trailer, Some(Trailer::Mac { key_id: 1, digest }) if digest.len() == 32)
+        );
+        assert_eq!(p.to_vec(), bytes);
+        // The same bytes as NTPv4 are an extension field that does not fit.
+        bytes[0] = bytes[0] & !0x38 | 4 << 3;
+        assert!(Packet::parse(&bytes).is_err());
+        // Too long for any digest, or too short for a MAC: malformed in NTPv3.
+        for len in [8, 69, 100] {
+            let mut b = bytes[..48].to_vec();
+            b[0] = b[0] & !0x38 | 3 << 3;
+            b.resize(48 + len, 0xff);
+            assert!(Packet::parse(&b).is_err(), "{len}");
+        }
+    }
+
+    #[test]
     fn malformed_extension_fields_are_named() {
-        let mut base = vec![0u8; 48];
+        let mut base = vec![0x23u8]; // NTPv4, client
+        base.resize(48, 0);
         base.extend_from_slice(&[0x01, 0x04, 0x00, 0x12]); // length 18: not a multiple of 4
         base.resize(48 + 28, 0);
         assert_eq!(
@@ -545,6 +587,14 @@ mod tests {
             Packet::parse(&base),
             Err(PacketError::ExtensionLength { length: 8, .. })
         ));
+    }
+
+    #[test]
+    fn reference_ids_read_as_codes_or_addresses() {
+        assert_eq!(ReferenceId(*b"GPS\0").describe(1), "GPS");
+        assert_eq!(ReferenceId(*b"RATE").describe(0), "RATE");
+        assert_eq!(ReferenceId([127, 127, 1, 1]).describe(1), "127.127.1.1");
+        assert_eq!(ReferenceId([192, 0, 2, 1]).describe(2), "192.0.2.1");
     }
 
     #[test]

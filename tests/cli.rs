@@ -1,0 +1,277 @@
+//! The `ntimed` binary end to end on loopback: what it refuses to start with
+//! (ADVERSARIAL 30) and what its server refuses to answer (ADVERSARIAL 25).
+
+use std::net::{SocketAddr, UdpSocket};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const NTIMED: &str = env!("CARGO_BIN_EXE_ntimed");
+const KEYS: &str = "1 SHA256 HEX:fa4efa4efa4efa4efa4efa4efa4efa4efa4efa4efa4efa4efa4efa4efa4efa4e\n\
+                    2 AES128 HEX:fa4efa4efa4efa4efa4efa4efa4efa4e\n";
+
+/// A daemon that is killed when the test ends, however it ends. Run without
+/// CAP_SYS_TIME so that no bug can touch this machine's clock.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn ntimed(args: &[&str]) -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--bounding-set", "-sys_time", "--", NTIMED])
+        .args(args);
+    cmd
+}
+
+/// Runs a command that must exit on its own; kills it and fails after 10 s.
+fn run_to_exit(mut cmd: Command) -> std::process::Output {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(output) => output.expect("wait"),
+        Err(_) => {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+            panic!("{cmd:?} did not exit: it started when it should have refused");
+        }
+    }
+}
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+fn write(path: &Path, text: &str, mode: u32) {
+    std::fs::write(path, text).expect("write test file");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// Writes keys and a config serving on `port`; returns the config path.
+fn setup(dir: &Path, port: u16, extra: &str) -> std::path::PathBuf {
+    write(&dir.join("test.keys"), KEYS, 0o600);
+    let config = dir.join("ntimed.toml");
+    write(
+        &config,
+        &format!(
+            "[keys]\nfile = \"test.keys\"\n[local]\nstratum = 1\n[[server]]\nlisten = \"127.0.0.1:{port}\"\n{extra}"
+        ),
+        0o644,
+    );
+    config
+}
+
+fn start(config: &Path, port: u16) -> Daemon {
+    let child = ntimed(&["run", "--config", config.to_str().expect("utf-8 path")])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn ntimed run");
+    let daemon = Daemon(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if exchange(port, &client_request(3)).is_some() {
+            return daemon;
+        }
+    }
+    panic!("ntimed run did not start answering on port {port}");
+}
+
+fn client_request(mode: u8) -> Vec<u8> {
+    let mut p = vec![0u8; 48];
+    p[0] = 4 << 3 | mode;
+    p[40..48].copy_from_slice(&0x1234_5678_9abc_def0u64.to_be_bytes());
+    p
+}
+
+/// Sends `request`, returns the reply if one comes within 300 ms.
+fn exchange(port: u16, request: &[u8]) -> Option<Vec<u8>> {
+    let socket = UdpSocket::bind("127.0.0.1:0").ok()?;
+    socket
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .ok()?;
+    let server: SocketAddr = ([127, 0, 0, 1], port).into();
+    socket.send_to(request, server).ok()?;
+    let mut buf = [0u8; 2048];
+    let (len, _) = socket.recv_from(&mut buf).ok()?;
+    Some(buf[..len].to_vec())
+}
+
+#[test]
+fn server_answers_only_client_mode_and_never_amplifies() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_udp_port();
+    let _daemon = start(&setup(dir.path(), port, ""), port);
+
+    let reply = exchange(port, &client_request(3)).expect("mode 3 is answered");
+    assert_eq!(reply.len(), 48);
+    assert_eq!(reply[0] & 7, 4, "server mode");
+    assert_eq!(
+        &reply[24..32],
+        &client_request(3)[40..48],
+        "origin echoes transmit"
+    );
+
+    for mode in [0, 1, 2, 4, 5, 6, 7] {
+        assert_eq!(
+            exchange(port, &client_request(mode)),
+            None,
+            "mode {mode} got a reply"
+        );
+    }
+    // Short, truncated and MAC-failing requests get nothing either.
+    assert_eq!(exchange(port, &client_request(3)[..47]), None);
+    let mut bad_mac = client_request(3);
+    bad_mac.extend_from_slice(&1u32.to_be_bytes());
+    bad_mac.extend_from_slice(&[0xab; 20]);
+    assert_eq!(exchange(port, &bad_mac), None);
+    // An NTPv4 request padded with an unknown extension field is answered with no more
+    // than the bare header.
+    let mut padded = client_request(3);
+    padded.extend_from_slice(&[0x20, 0x05, 0x00, 0x10]);
+    padded.extend_from_slice(&[0; 12]);
+    assert_eq!(exchange(port, &padded).map(|r| r.len()), Some(48));
+}
+
+#[test]
+fn crypto_nak_is_sent_only_when_configured() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_udp_port();
+    let config = setup(dir.path(), port, "crypto-nak = true\n");
+    let _daemon = start(&config, port);
+    let mut bad_mac = client_request(3);
+    bad_mac.extend_from_slice(&1u32.to_be_bytes());
+    bad_mac.extend_from_slice(&[0xab; 20]);
+    let reply = exchange(port, &bad_mac).expect("a crypto-NAK");
+    assert_eq!(reply.len(), 52);
+    assert_eq!(&reply[48..], &[0; 4]);
+}
+
+#[test]
+fn query_authenticates_and_rejects_a_wrong_secret() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_udp_port();
+    let _daemon = start(&setup(dir.path(), port, ""), port);
+    let server = format!("127.0.0.1:{port}");
+    let keys = dir.path().join("test.keys");
+    let keys = keys.to_str().expect("utf-8 path");
+    let out = ntimed(&[
+        "query",
+        &server,
+        "--key-file",
+        keys,
+        "--key-id",
+        "2",
+        "--json",
+    ])
+    .output()
+    .expect("run query");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(report["authenticated"], true);
+    assert_eq!(report["key_id"], 2);
+    assert_eq!(report["stratum"], 1);
+    assert!(report["offset"].as_f64().expect("offset").abs() < 0.01);
+
+    let wrong = dir.path().join("wrong.keys");
+    write(
+        &wrong,
+        "2 AES128 HEX:00000000000000000000000000000000\n",
+        0o600,
+    );
+    let out = ntimed(&[
+        "query",
+        &server,
+        "--key-file",
+        wrong.to_str().expect("utf-8"),
+        "--key-id",
+        "2",
+        "--timeout",
+        "0.5",
+    ])
+    .output()
+    .expect("run query");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no valid reply"));
+}
+
+/// ADVERSARIAL 30: each bad config or key file stops the start with file, line and
+/// problem, and nothing is bound.
+#[test]
+fn bad_config_or_key_file_stops_the_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_udp_port();
+    let cases: [(&str, &str, u32, &str); 6] = [
+        (
+            "[[server]]\nlisten = \"127.0.0.1:PORT\"\nlisten-typo = 1\n",
+            KEYS,
+            0o600,
+            "ntimed.toml:3: unknown field `listen-typo`",
+        ),
+        (
+            "[local]\nstratum = 0\n[[server]]\nlisten = \"127.0.0.1:PORT\"\n",
+            KEYS,
+            0o600,
+            "ntimed.toml:2: [local] stratum must be 1 to 15",
+        ),
+        (
+            "[keys]\nfile = \"test.keys\"\n[[server]]\nlisten = \"127.0.0.1:PORT\"\n",
+            KEYS,
+            0o644,
+            "chmod 600",
+        ),
+        (
+            "[keys]\nfile = \"test.keys\"\n[[server]]\nlisten = \"127.0.0.1:PORT\"\n",
+            "1 SHA256 HEX:00\n2 SHA1 HEX:zz\n",
+            0o600,
+            "test.keys:2: hex key has a non-hex digit",
+        ),
+        (
+            "[keys]\nfile = \"missing.keys\"\n[[server]]\nlisten = \"127.0.0.1:PORT\"\n",
+            KEYS,
+            0o600,
+            "missing.keys: cannot open",
+        ),
+        (
+            "[[server]]\nlisten = \"127.0.0.1:PORT\"\n[[server]]\nlisten = \"127.0.0.1:PORT\"\n",
+            KEYS,
+            0o600,
+            "listed twice",
+        ),
+    ];
+    for (config, keys, key_mode, expected) in cases {
+        write(&dir.path().join("test.keys"), keys, key_mode);
+        let path = dir.path().join("ntimed.toml");
+        write(&path, &config.replace("PORT", &port.to_string()), 0o644);
+        let out = run_to_exit(ntimed(&[
+            "run",
+            "--config",
+            path.to_str().expect("utf-8 path"),
+        ]));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{config:?} started");
+        assert!(stderr.contains(expected), "{config:?}: {stderr}");
+        assert!(
+            UdpSocket::bind(("127.0.0.1", port)).is_ok(),
+            "port left bound"
+        );
+    }
+}
