@@ -9,8 +9,10 @@ fuzz_target!(|data: &[u8]| {
     let Ok(key) = SymmetricKey::new(7, KeyType::Sha256, vec![0x42; 32]) else {
         return;
     };
-    if data.len() >= 48 {
-        if let Ok(trailer) = Trailer::parse(&data[48..], 48) {
+    if let Some(&first) = data.first()
+        && data.len() >= 48
+    {
+        if let Ok(trailer) = Trailer::parse(&data[48..], 48, first >> 3 & 7) {
             let mut out = data[..48].to_vec();
             trailer.write(&mut out);
             assert_eq!(out, data);
