@@ -11,7 +11,7 @@
 
 use crate::auth::{MacError, SymmetricKey, mac};
 use crate::wire::{
-    Header, KissCode, Leap, Mode, NtpShort, NtpTimestamp, Packet, PacketError, ReferenceId, Trailer,
+    Header, KissCode, Leap, Mode, NtpTimestamp, Packet, PacketError, ReferenceId, Trailer,
 };
 
 /// Root distance at or beyond which a source is never used (RFC 5905's MAXDIST is
@@ -126,21 +126,7 @@ impl ClientExchange {
     /// A reply to any earlier request is no longer accepted.
     pub fn poll_request(&mut self, now: NtpTimestamp, out: &mut Vec<u8>) {
         let transmit_field = NtpTimestamp::from_bits(rand::random());
-        let header = Header {
-            leap: Leap::NoWarning,
-            version: 4,
-            mode: Mode::Client,
-            stratum: 0,
-            poll: self.poll,
-            precision: 0,
-            root_delay: NtpShort::default(),
-            root_dispersion: NtpShort::default(),
-            reference_id: ReferenceId::default(),
-            reference_time: NtpTimestamp::ZERO,
-            origin_time: NtpTimestamp::ZERO,
-            receive_time: NtpTimestamp::ZERO,
-            transmit_time: transmit_field,
-        };
+        let header = Header::client_request(self.poll, transmit_field);
         out.clear();
         header.write(out);
         if let Some(key) = &self.key {

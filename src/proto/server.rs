@@ -227,19 +227,9 @@ mod tests {
 
     fn request(version: u8, mode: Mode) -> Vec<u8> {
         let header = Header {
-            leap: Leap::Unsynchronized,
             version,
             mode,
-            stratum: 0,
-            poll: 6,
-            precision: 0,
-            root_delay: NtpShort::default(),
-            root_dispersion: NtpShort::default(),
-            reference_id: ReferenceId::default(),
-            reference_time: NtpTimestamp::ZERO,
-            origin_time: NtpTimestamp::ZERO,
-            receive_time: NtpTimestamp::ZERO,
-            transmit_time: CLIENT_TX,
+            ..Header::client_request(6, CLIENT_TX)
         };
         let mut out = Vec::new();
         header.write(&mut out);

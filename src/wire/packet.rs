@@ -170,6 +170,25 @@ pub struct Header {
 }
 
 impl Header {
+    /// An NTPv4 client request: all zero but the poll exponent and transmit field.
+    pub fn client_request(poll: i8, transmit_time: NtpTimestamp) -> Self {
+        Self {
+            leap: Leap::NoWarning,
+            version: 4,
+            mode: Mode::Client,
+            stratum: 0,
+            poll,
+            precision: 0,
+            root_delay: NtpShort::default(),
+            root_dispersion: NtpShort::default(),
+            reference_id: ReferenceId::default(),
+            reference_time: NtpTimestamp::ZERO,
+            origin_time: NtpTimestamp::ZERO,
+            receive_time: NtpTimestamp::ZERO,
+            transmit_time,
+        }
+    }
+
     fn read(r: &mut Reader<'_>) -> Option<Self> {
         let first = r.u8()?;
         Some(Self {
