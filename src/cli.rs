@@ -142,13 +142,16 @@ async fn run_query(args: QueryArgs) -> Result<ExitCode, String> {
     let mut all_ok = true;
     for result in query::query(server, options).await {
         match result {
-            Ok(report) if args.json => {
-                println!(
-                    "{}",
-                    serde_json::to_string(&report).map_err(|e| e.to_string())?
-                );
+            Ok(report) => {
+                // A reply that must never steer a clock is no success for a script.
+                all_ok &= report.unusable.is_none();
+                if args.json {
+                    let line = serde_json::to_string(&report).map_err(|e| e.to_string())?;
+                    println!("{line}");
+                } else {
+                    println!("{}", describe(&report));
+                }
             }
-            Ok(report) => println!("{}", describe(&report)),
             Err(message) => {
                 all_ok = false;
                 eprintln!("ntimed: {message}");

@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use toml::Spanned;
 
 use crate::auth::{KeyFileFormat, KeyStore};
 
@@ -44,13 +45,13 @@ pub struct KeysSection {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct LocalSection {
     /// 1..=15.
-    pub stratum: u8,
+    pub stratum: Spanned<u8>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ServerSection {
-    pub listen: SocketAddr,
+    pub listen: Spanned<SocketAddr>,
     /// Answer a request whose MAC fails with a crypto-NAK instead of silence.
     #[serde(default)]
     pub crypto_nak: bool,
@@ -107,33 +108,39 @@ impl Config {
             line: e.span().map(|span| line_of(text, span.start)),
             message: e.message().trim().to_string(),
         })?;
-        config.check().map_err(|(needle, message)| ConfigError {
+        config.check().map_err(|(span, message)| ConfigError {
             file: name.to_string(),
-            line: find_line(text, needle),
+            line: span.map(|s| line_of(text, s.start)),
             message,
         })?;
         Ok(config)
     }
 
-    /// Checks what serde cannot; on error, says which text to point at.
-    fn check(&self) -> Result<(), (&'static str, String)> {
-        if let Some(local) = &self.local
-            && !(1..=15).contains(&local.stratum)
-        {
-            return Err((
-                "stratum",
-                format!("[local] stratum must be 1 to 15, not {}", local.stratum),
-            ));
+    /// Checks what serde cannot; on error, says where in the text the fault is.
+    fn check(&self) -> Result<(), (Option<std::ops::Range<usize>>, String)> {
+        if let Some(local) = &self.local {
+            let stratum = *local.stratum.get_ref();
+            if !(1..=15).contains(&stratum) {
+                let message = format!("[local] stratum must be 1 to 15, not {stratum}");
+                return Err((Some(local.stratum.span()), message));
+            }
         }
         if self.servers.is_empty() {
-            return Err((
-                "",
-                "nothing to run: add a [[server]] with a listen address".into(),
-            ));
+            let message = "nothing to run: add a [[server]] with a listen address";
+            return Err((None, message.into()));
         }
         for (i, server) in self.servers.iter().enumerate() {
-            if self.servers[..i].iter().any(|s| s.listen == server.listen) {
-                return Err(("listen", format!("{} is listed twice", server.listen)));
+            let listen = server.listen.get_ref();
+            if self
+                .servers
+                .iter()
+                .take(i)
+                .any(|s| s.listen.get_ref() == listen)
+            {
+                return Err((
+                    Some(server.listen.span()),
+                    format!("{listen} is listed twice"),
+                ));
             }
         }
         Ok(())
@@ -147,14 +154,6 @@ fn line_of(text: &str, byte: usize) -> usize {
         .filter(|&&b| b == b'\n')
         .count()
         + 1
-}
-
-/// The first line that mentions `needle`, for errors found after parsing.
-fn find_line(text: &str, needle: &str) -> Option<usize> {
-    if needle.is_empty() {
-        return None;
-    }
-    text.lines().position(|l| l.contains(needle)).map(|i| i + 1)
 }
 
 #[cfg(test)]
@@ -171,7 +170,8 @@ mod tests {
         .unwrap();
         assert_eq!(c.servers.len(), 2);
         assert!(c.servers[1].crypto_nak);
-        assert_eq!(c.local.unwrap().stratum, 1);
+        assert_eq!(c.servers[1].listen.get_ref().port(), 11123);
+        assert_eq!(*c.local.unwrap().stratum.get_ref(), 1);
         assert_eq!(c.keys.unwrap().format, KeyFileFormat::Auto);
     }
 
@@ -199,7 +199,7 @@ mod tests {
             ("[local]\nstratum = 2\n", None, "nothing to run"),
             (
                 "[[server]]\nlisten = \"127.0.0.1:1\"\n[[server]]\nlisten = \"127.0.0.1:1\"\n",
-                Some(2),
+                Some(4),
                 "listed twice",
             ),
         ];

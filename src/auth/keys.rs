@@ -181,6 +181,11 @@ impl KeyStore {
             line: None,
             problem,
         };
+        // Checked before opening: opening a FIFO would block the start.
+        let meta = std::fs::metadata(path).map_err(|e| fail(format!("cannot open: {e}")))?;
+        if !meta.is_file() {
+            return Err(fail("not a regular file".into()));
+        }
         let file = std::fs::File::open(path).map_err(|e| fail(format!("cannot open: {e}")))?;
         let meta = file
             .metadata()
@@ -189,35 +194,35 @@ impl KeyStore {
         if meta.len() > MAX_FILE_LEN {
             return Err(fail(format!("larger than {MAX_FILE_LEN} bytes")));
         }
-        let mut text = Zeroizing::new(String::new());
+        // Sized up front: a growing String would free copies of the secrets unwiped.
+        let mut text = Zeroizing::new(String::with_capacity(meta.len() as usize + 1));
         file.take(MAX_FILE_LEN)
             .read_to_string(&mut text)
-            .map_err(|e| fail(format!("cannot read: {e}")))?;
+            .map_err(|e| fail(format!("cannot read: {e} (key files are UTF-8 text)")))?;
         Self::parse(&name, &text, format)
     }
 
     /// Parses key-file text; `name` is used in errors.
     pub fn parse(name: &str, text: &str, format: KeyFileFormat) -> Result<Self, KeyFileError> {
-        let lines: Vec<(usize, Vec<&str>)> = text
-            .lines()
-            .enumerate()
-            .map(|(i, line)| (i + 1, strip_comment(line).split_whitespace().collect()))
-            .filter(|(_, fields): &(usize, Vec<&str>)| !fields.is_empty())
-            .collect();
         let format = match format {
-            KeyFileFormat::Auto if lines.iter().any(|(_, f)| looks_like_chrony(f)) => {
-                KeyFileFormat::Chrony
-            }
+            KeyFileFormat::Auto if text.lines().any(looks_like_chrony) => KeyFileFormat::Chrony,
             KeyFileFormat::Auto => KeyFileFormat::Ntp,
             explicit => explicit,
         };
         let mut store = Self::default();
-        for (line, fields) in lines {
+        for (index, line) in text.lines().enumerate() {
             let fail = |problem: String| KeyFileError {
                 file: name.to_string(),
-                line: Some(line),
+                line: Some(index + 1),
                 problem,
             };
+            let fields: Vec<&str> = strip_comment(line, format)
+                .map_err(fail)?
+                .split_whitespace()
+                .collect();
+            if fields.is_empty() {
+                continue;
+            }
             let key = match format {
                 KeyFileFormat::Chrony => parse_chrony_line(&fields),
                 _ => parse_ntp_line(&fields),
@@ -266,35 +271,54 @@ fn check_private(meta: &std::fs::Metadata) -> Result<(), String> {
     Ok(())
 }
 
-/// Both formats use `#` comments; chrony also `!`, `;` and `%` at the start of a line.
-/// ASCII keys cannot contain `#` (NTPsec's rule), so a `#` always starts a comment.
-fn strip_comment(line: &str) -> &str {
-    let line = line.split('#').next().unwrap_or_default();
-    match line.trim_start().chars().next() {
-        Some('!' | ';' | '%') => "",
-        _ => line,
+/// chrony: a line starting with `#`, `!`, `;` or `%` is a comment, and keys may
+/// contain `#`. ntp.keys: `#` starts a comment anywhere (NTPsec's ASCII keys cannot
+/// hold one), but a `#` right after a key would silently shorten it, so that is an
+/// error rather than a guess.
+fn strip_comment(line: &str, format: KeyFileFormat) -> Result<&str, String> {
+    if let Some('#' | '!' | ';' | '%') = line.trim_start().chars().next() {
+        return Ok("");
+    }
+    if format == KeyFileFormat::Chrony {
+        return Ok(line);
+    }
+    match line.split_once('#') {
+        Some((before, _)) if before.ends_with(|c: char| !c.is_whitespace()) => {
+            Err("`#` inside a key (ntp.keys keys cannot contain `#`; hex-encode it)".into())
+        }
+        Some((before, _)) => Ok(before),
+        None => Ok(line),
     }
 }
 
-fn looks_like_chrony(fields: &[&str]) -> bool {
-    fields.len() == 2
-        || fields
-            .last()
-            .is_some_and(|k| k.starts_with("HEX:") || k.starts_with("ASCII:"))
+fn looks_like_chrony(line: &str) -> bool {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let comment = fields
+        .first()
+        .is_none_or(|f| f.starts_with(['#', '!', ';', '%']));
+    !comment
+        && (fields.len() == 2
+            || fields
+                .get(2)
+                .is_some_and(|k| k.starts_with("HEX:") || k.starts_with("ASCII:")))
 }
+
+// Errors name fields by position, never by content: a mangled line may put part of a
+// secret where an id or type was expected.
 
 fn parse_id(field: &str, max: u32) -> Result<u32, String> {
     match field.parse::<u32>() {
         Ok(id) if (1..=max).contains(&id) => Ok(id),
-        _ => Err(format!("key id {field:?} is not a number from 1 to {max}")),
+        _ => Err(format!(
+            "the key id (first field) is not a number from 1 to {max}"
+        )),
     }
 }
 
 fn parse_type(field: &str) -> Result<KeyType, String> {
     KeyType::from_name(field).ok_or_else(|| {
-        format!(
-            "unsupported key type {field:?} (use MD5, SHA1, SHA256, SHA384, SHA512, AES128 or AES256)"
-        )
+        "the key type (second field) is not one of MD5, SHA1, SHA256, SHA384, SHA512, AES128, AES256"
+            .to_string()
     })
 }
 
@@ -425,9 +449,10 @@ mod tests {
     fn errors_name_file_line_and_problem() {
         let cases = [
             ("1 MD5 ok\n\n2 SHA1 x y\n", 3, "expected `keyid type key`"),
-            ("0 MD5 secret\n", 1, "key id \"0\""),
+            ("0 MD5 secret\n", 1, "key id (first field)"),
             ("70000 MD5 secret\n", 1, "from 1 to 65535"),
-            ("1 BLAKE3 secret\n", 1, "unsupported key type \"BLAKE3\""),
+            ("1 BLAKE3 secret\n", 1, "key type (second field)"),
+            ("1 MD5 abc#def\n", 1, "`#` inside a key"),
             (
                 "1 SHA1 0102030405060708090a0b0c0d0e0f10111213zz\n",
                 1,
@@ -454,8 +479,37 @@ mod tests {
             shown.contains("7 SHA256") && !shown.to_lowercase().contains("5ec1"),
             "{shown}"
         );
-        let err = parse("1 SHA1 5ec12e75ec12e75ec12e75ec12e75ec12e7zz\n").unwrap_err();
-        assert!(!err.to_string().contains("5ec1"), "{err}");
+        // Mangled lines that put secret text where an id or type belongs.
+        for line in [
+            "1 SHA1 5ec12e75ec12e75ec12e75ec12e75ec12e7zz\n",
+            "1 5ec12e7 password\n",
+            "5ec12e7 SHA1 0011\n",
+            "1 SHA1 5ec12e7 and more\n",
+        ] {
+            let err = parse(line).unwrap_err();
+            assert!(!err.to_string().contains("5ec12e7"), "{err}");
+        }
+    }
+
+    #[test]
+    fn chrony_keys_may_contain_hash_signs() {
+        let store = parse("1 SHA1 ASCII:x#longsecretpart\n# a comment\n").unwrap();
+        assert_eq!(store.get(1).unwrap().secret(), b"x#longsecretpart");
+        let ntp = parse("1 SHA1 shortkey   # a comment\n").unwrap();
+        assert_eq!(ntp.get(1).unwrap().secret(), b"shortkey");
+    }
+
+    #[test]
+    fn only_regular_utf8_files_are_read() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let err = KeyStore::load(dir.path(), KeyFileFormat::Auto).unwrap_err();
+        assert!(err.problem.contains("not a regular file"), "{err}");
+        let path = dir.path().join("binary.keys");
+        std::fs::write(&path, b"1 MD5 \xff\xfe\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let err = KeyStore::load(&path, KeyFileFormat::Auto).unwrap_err();
+        assert!(err.problem.contains("UTF-8"), "{err}");
     }
 
     #[test]

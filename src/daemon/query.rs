@@ -6,7 +6,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::auth::SymmetricKey;
-use crate::proto::client::{ClientExchange, Reject, Response, Sample};
+use crate::proto::client::{ClientExchange, Response, Sample};
+use crate::wire::KissCode;
 
 pub struct QueryOptions {
     pub key: Option<SymmetricKey>,
@@ -49,19 +50,28 @@ impl Report {
     }
 }
 
-/// Runs `count` exchanges with `server`; one result per exchange.
+/// Runs up to `count` exchanges with `server`; one result per exchange. A DENY or RSTR
+/// kiss ends the run; RATE doubles the interval.
 pub async fn query(server: SocketAddr, options: QueryOptions) -> Vec<Result<Report, String>> {
     let mut client = ClientExchange::new(options.key, 6);
+    let mut interval = options.interval;
     let mut results = Vec::new();
     for i in 0..options.count {
         if i > 0 {
-            tokio::time::sleep(options.interval).await;
+            tokio::time::sleep(interval).await;
         }
-        let result = exchange(server, &mut client, options.timeout).await;
-        results.push(result.and_then(|response| match response {
-            Response::Sample(sample) => Ok(Report::new(server, &sample)),
-            Response::Kiss(code) => Err(format!("{server}: kiss-o'-death {code:?}")),
-        }));
+        match exchange(server, &mut client, options.timeout).await {
+            Ok(Response::Sample(sample)) => results.push(Ok(Report::new(server, &sample))),
+            Ok(Response::Kiss(code)) => {
+                results.push(Err(format!("{server}: kiss-o'-death {code:?}")));
+                match code {
+                    KissCode::Deny | KissCode::Restrict => break,
+                    KissCode::Rate => interval *= 2,
+                    _ => {}
+                }
+            }
+            Err(message) => results.push(Err(message)),
+        }
     }
     results
 }
@@ -85,12 +95,17 @@ async fn exchange(
         .map_err(|e| format!("{server}: send: {e}"))?;
     let deadline = tokio::time::Instant::now() + timeout;
     let mut buf = [0u8; 4096];
-    let mut rejected: Option<Reject> = None;
+    let mut rejected: Option<String> = None;
     let mut rejected_count = 0;
     loop {
         let len = match tokio::time::timeout_at(deadline, socket.recv(&mut buf)).await {
             Ok(Ok(len)) => len,
-            Ok(Err(e)) => return Err(format!("{server}: {e}")),
+            // An ICMP error (anyone can forge one) must not end the wait either.
+            Ok(Err(e)) => {
+                rejected = Some(e.to_string());
+                rejected_count += 1;
+                continue;
+            }
             Err(_) => {
                 let why = rejected
                     .map(|r| format!(" ({rejected_count} rejected, last: {r})"))
@@ -106,7 +121,7 @@ async fn exchange(
             Ok(response) => return Ok(response),
             Err(reject) => {
                 tracing::debug!("{server}: dropped reply: {reject}");
-                rejected = Some(reject);
+                rejected = Some(reject.to_string());
                 rejected_count += 1;
             }
         }

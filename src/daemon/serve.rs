@@ -12,6 +12,8 @@ use crate::proto::server::{DropReason, Server, ServerOptions, SyncState};
 
 /// Largest request read; longer datagrams arrive truncated and fail to parse or verify.
 const MAX_REQUEST_LEN: usize = 4096;
+/// Pause after a receive error before trying again.
+const RECV_ERROR_PAUSE: Duration = Duration::from_millis(10);
 /// At most one log line about dropped requests per socket and interval.
 const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -85,8 +87,10 @@ async fn answer_requests(
         let (len, peer) = match socket.recv_from(&mut request).await {
             Ok(received) => received,
             Err(e) => {
-                // ICMP errors from earlier replies surface here on some systems.
+                // ICMP errors from earlier replies surface here; a persistent error
+                // must not spin the CPU.
                 tracing::debug!("recv: {e}");
+                tokio::time::sleep(RECV_ERROR_PAUSE).await;
                 continue;
             }
         };
@@ -134,7 +138,7 @@ impl DropLog {
 pub async fn run(loaded: Loaded) -> Result<(), String> {
     let reference = match &loaded.config.local {
         Some(local) => Reference::Local {
-            stratum: local.stratum,
+            stratum: *local.stratum.get_ref(),
         },
         None => Reference::Unsynchronized,
     };
@@ -147,9 +151,10 @@ pub async fn run(loaded: Loaded) -> Result<(), String> {
                 crypto_nak: section.crypto_nak,
             },
         );
-        let r = start(section.listen, server, reference)
+        let listen = *section.listen.get_ref();
+        let r = start(listen, server, reference)
             .await
-            .map_err(|e| format!("cannot listen on {}: {e}", section.listen))?;
+            .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
         tracing::info!(
             "serving NTP on {} ({:?}, {} keys)",
             r.local_addr,

@@ -125,7 +125,13 @@ impl ClientExchange {
     /// Writes a new request, sent at local time `now`, into `out` (cleared first).
     /// A reply to any earlier request is no longer accepted.
     pub fn poll_request(&mut self, now: NtpTimestamp, out: &mut Vec<u8>) {
-        let transmit_field = NtpTimestamp::from_bits(rand::random());
+        // Zero would match a reply with a zero origin; draw again (p = 2^-64).
+        let transmit_field = loop {
+            let t = NtpTimestamp::from_bits(rand::random());
+            if !t.is_zero() {
+                break t;
+            }
+        };
         let header = Header::client_request(self.poll, transmit_field);
         out.clear();
         header.write(out);
@@ -162,8 +168,7 @@ impl ClientExchange {
         if h.origin_time != outstanding.transmit_field {
             return Err(Reject::BogusOrigin);
         }
-        let is_kiss = h.stratum == 0;
-        if h.receive_time.is_zero() && !is_kiss {
+        if h.receive_time.is_zero() {
             return Err(Reject::ZeroReceive);
         }
         let key_id = match &self.key {
@@ -180,7 +185,9 @@ impl ClientExchange {
         // Accepted: from here on the exchange may change.
         self.outstanding = None;
         self.last_accepted_transmit = Some(h.transmit_time);
-        if is_kiss {
+        // Stratum 0 with an ASCII code is a kiss-o'-death; stratum 0 without one is how
+        // chrony and ntpd say "unsynchronized", an ordinary (unusable) sample.
+        if h.stratum == 0 && h.reference_id.0.iter().all(u8::is_ascii_uppercase) {
             return Ok(Response::Kiss(KissCode::from_reference_id(h.reference_id)));
         }
         let t1 = outstanding.sent_at;
@@ -215,7 +222,8 @@ mod tests {
             "t",
             "1 SHA256 HEX:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n\
              2 AES128 HEX:000102030405060708090a0b0c0d0e0f\n\
-             3 MD5 HEX:000102030405060708090a0b0c0d0e0f\n",
+             3 MD5 HEX:000102030405060708090a0b0c0d0e0f\n\
+             4 SHA1 HEX:000102030405060708090a0b0c0d0e0f10111213\n",
             KeyFileFormat::Chrony,
         )
         .unwrap()
@@ -348,7 +356,14 @@ mod tests {
         let mut appended = good.clone();
         appended.extend_from_slice(&[0x20, 0x05, 0x00, 0x10]);
         appended.extend_from_slice(&[0; 12]);
-        assert!(client.handle_response(&appended, T4).is_err());
+        // The MAC's key id (3) now reads as an extension field of length 3.
+        assert!(matches!(
+            client.handle_response(&appended, T4),
+            Err(Reject::Malformed(PacketError::ExtensionLength {
+                offset: 48,
+                ..
+            }))
+        ));
         // An extension field slipped in before the MAC breaks the digest.
         let mut inserted = good[..48].to_vec();
         inserted.extend_from_slice(&[0x20, 0x05, 0x00, 0x10]);
@@ -359,6 +374,69 @@ mod tests {
             Err(Reject::Authentication(MacError::BadDigest))
         );
         assert!(client.handle_response(&good, T4).is_ok());
+    }
+
+    /// ADVERSARIAL 19, through the wire: an unsynchronized server's reply (LI 3,
+    /// stratum 16; or stratum 0 with no kiss code, as chrony sends) is a sample that
+    /// says it must not be used, never a usable one and never a kiss.
+    #[test]
+    fn unsynchronized_server_replies_are_flagged_unusable() {
+        let mut client = ClientExchange::new(None, 6);
+        let mut request = Vec::new();
+        let server = Server::new(keys(), ServerOptions::default());
+        let state = SyncState::unsynchronized(-20);
+        for stratum in [16, 0] {
+            client.poll_request(T1, &mut request);
+            let mut reply = Vec::new();
+            let rx = T1.add_seconds(0.01 + stratum as f64);
+            let s = SyncState {
+                stratum,
+                reference_id: ReferenceId([0; 4]),
+                ..state
+            };
+            server
+                .handle_request(&request, rx, &s, || rx, &mut reply)
+                .unwrap();
+            let Ok(Response::Sample(sample)) = client.handle_response(&reply, T4) else {
+                panic!("stratum {stratum}: not a sample")
+            };
+            assert!(sample.unusable_reason().is_some(), "stratum {stratum}");
+        }
+    }
+
+    /// ADVERSARIAL 20: digests of the wrong length for the packet's version fail:
+    /// SHA1 cut to 16 bytes, and SHA256 whole in NTPv4 or cut to 20 in NTPv3.
+    #[test]
+    fn digests_must_have_the_length_the_version_implies() {
+        let (mut client, good, _) = exchange(Some(1)); // SHA256, NTPv4: 20 bytes
+        let sha256 = keys().get(1).cloned().unwrap();
+        let full = {
+            use sha2::Digest;
+            let mut h = sha2::Sha256::new();
+            h.update(sha256.secret());
+            h.update(&good[..48]);
+            h.finalize()
+        };
+        let mut v4_full = good[..52].to_vec();
+        v4_full.extend_from_slice(&full);
+        assert!(matches!(
+            client.handle_response(&v4_full, T4),
+            Err(Reject::Malformed(_))
+        ));
+        let mut v3_cut = good.clone();
+        v3_cut[0] = v3_cut[0] & !0x38 | 3 << 3;
+        assert_eq!(
+            client.handle_response(&v3_cut, T4),
+            Err(Reject::Authentication(MacError::BadDigest))
+        );
+        assert!(client.handle_response(&good, T4).is_ok());
+
+        let (mut client, good, _) = exchange(Some(4)); // SHA1
+        let cut = good[..good.len() - 4].to_vec();
+        assert_eq!(
+            client.handle_response(&cut, T4),
+            Err(Reject::Authentication(MacError::BadDigest))
+        );
     }
 
     /// ADVERSARIAL 19: replies from unsynchronized or distant servers are flagged.

@@ -354,6 +354,19 @@ mod tests {
             assert_eq!(result, Err(DropReason::NotClientMode(mode)));
             assert!(reply.is_empty());
         }
+        // A valid MAC does not make a symmetric or broadcast packet answerable.
+        let store = keys();
+        for bits in [1u8, 2, 5] {
+            let mut signed = request(4, Mode::from_bits(bits));
+            mac::append_mac(store.get(1).unwrap(), &mut signed);
+            assert_eq!(
+                answer(&server, &signed),
+                (
+                    Err(DropReason::NotClientMode(Mode::from_bits(bits))),
+                    vec![]
+                )
+            );
+        }
         for version in [0, 5, 6, 7] {
             let (result, _) = answer(&server, &request(version, Mode::Client));
             assert_eq!(result, Err(DropReason::UnsupportedVersion(version)));

@@ -14,7 +14,9 @@ pub const NTP_UNIX_OFFSET: i64 = 2_208_988_800;
 const FRACTION_PER_SECOND: f64 = 4_294_967_296.0; // 2^32
 
 /// A 64-bit NTP timestamp (32.32 fixed point, era-relative).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+/// Deliberately not `Ord`: raw order is wrong across an era boundary; compare with
+/// [`NtpTimestamp::seconds_since`].
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct NtpTimestamp(u64);
 
 impl NtpTimestamp {
@@ -59,7 +61,7 @@ impl NtpTimestamp {
         let whole = delta >> 32; // floor division keeps the fraction positive
         let fraction = (delta as u64) & 0xffff_ffff;
         let nanos = ((fraction * 1_000_000_000) >> 32) as u32;
-        (pivot_unix_seconds + whole, nanos)
+        (pivot_unix_seconds.saturating_add(whole), nanos)
     }
 
     /// `self - earlier` in seconds, correct across era boundaries.
