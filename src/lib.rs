@@ -16,6 +16,36 @@
 //!
 //! Every packet is parsed and authenticated before it can change any state; that
 //! ordering is the lesson of most NTP CVEs.
+//!
+//! The core needs no sockets: a keyed exchange, start to finish, in memory.
+//!
+//! ```
+//! use ntimed::auth::{KeyFileFormat, KeyStore};
+//! use ntimed::proto::client::{ClientExchange, Response};
+//! use ntimed::proto::server::{Server, ServerOptions, SyncState};
+//! use ntimed::wire::NtpTimestamp;
+//!
+//! let keys = KeyStore::parse("keys", "2 AES128 HEX:fa4efa4efa4efa4efa4efa4efa4efa4e", KeyFileFormat::Auto)?;
+//! let server = Server::new(keys.clone(), ServerOptions::default());
+//! let mut client = ClientExchange::new(keys.get(2).cloned(), 6);
+//!
+//! let t1 = NtpTimestamp::from_unix(1_800_000_000, 0);
+//! let mut request = Vec::new();
+//! client.poll_request(t1, &mut request);
+//!
+//! // The server's clock reads 0.5 s ahead; the packet spends 1 ms in flight each way.
+//! let t2 = t1.add_seconds(0.501);
+//! let state = SyncState::local_reference(1, t2, -20);
+//! let mut reply = Vec::new();
+//! server.handle_request(&request, t2, &state, || t2, &mut reply).expect("answered");
+//!
+//! let Ok(Response::Sample(sample)) = client.handle_response(&reply, t1.add_seconds(0.002)) else {
+//!     panic!("reply rejected");
+//! };
+//! assert!((sample.offset - 0.5).abs() < 1e-6);
+//! assert_eq!(sample.key_id, Some(2));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 #![deny(unsafe_code)]
 
