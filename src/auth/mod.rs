@@ -7,6 +7,7 @@
 
 pub mod keys;
 pub mod mac;
+pub mod nts;
 
 pub use keys::{KeyFileError, KeyFileFormat, KeyStore, KeyType, SymmetricKey};
 pub use mac::MacError;

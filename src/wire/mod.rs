@@ -3,6 +3,7 @@
 //! Every parser takes `&[u8]`, returns a typed value or an error naming the field at
 //! fault, and never panics on any input (fuzzed under `fuzz/`).
 
+pub mod ke;
 pub mod packet;
 pub mod reader;
 pub mod timestamp;

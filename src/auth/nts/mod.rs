@@ -1,0 +1,5 @@
+//! Network Time Security (RFC 8915): AEADs, NTS-KE negotiation, cookies, and the NTS
+//! extension fields of NTP packets.
+
+pub mod aead;
+pub mod ke;
