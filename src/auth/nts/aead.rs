@@ -94,6 +94,11 @@ impl AeadKey {
         self.algorithm
     }
 
+    /// The secret, for sealing into cookies and persisting master keys.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.key
+    }
+
     /// Encrypts `plaintext`; the result is ciphertext and tag (`plaintext.len() + 16`).
     /// `None` only for a nonce the algorithm cannot take.
     pub fn seal(&self, nonce: &[u8], plaintext: &[u8], associated: &[u8]) -> Option<Vec<u8>> {

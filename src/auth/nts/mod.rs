@@ -2,4 +2,6 @@
 //! extension fields of NTP packets.
 
 pub mod aead;
+pub mod cookie;
 pub mod ke;
+pub mod ntp;

@@ -1,0 +1,330 @@
+//! Server cookies: `key id ‖ nonce ‖ AEAD(master key)(AEAD id ‖ 0 0 ‖ C2S ‖ S2C)`.
+//! The two zero bytes make every cookie a multiple of 4 bytes long, so it fills its
+//! extension field exactly and no padding can be mistaken for cookie.
+//!
+//! Master keys belong to rotation epochs (`unix time / rotation`); the epoch number is
+//! the key id. A server keeps the keys of the current epoch, the next one (so hosts
+//! whose clocks differ a little agree), and those of the retention window before it.
+//!
+//! Keys come either from the OS RNG, persisted by the daemon so a restart invalidates
+//! no cookie, or, in fleet mode, from a shared secret by HKDF-SHA256 with the epoch in
+//! the info, so any number of KE and NTP hosts open each other's cookies without
+//! talking to each other.
+
+use std::collections::BTreeMap;
+
+use zeroize::Zeroizing;
+
+use super::aead::{AeadAlgorithm, AeadKey};
+
+/// Master keys are AES-SIV-CMAC-256 keys; cookie nonces are 16 bytes.
+const MASTER: AeadAlgorithm = AeadAlgorithm::AesSivCmac256;
+const NONCE_LEN: usize = 16;
+/// Fleet secrets shorter than this are refused.
+pub const MIN_FLEET_SECRET_LEN: usize = 32;
+const FLEET_SALT: &[u8] = b"ntimed fleet cookie master keys v1";
+
+/// The keys a cookie carries.
+#[derive(Debug, Clone)]
+pub struct SessionKeys {
+    pub c2s: AeadKey,
+    pub s2c: AeadKey,
+}
+
+impl SessionKeys {
+    pub fn algorithm(&self) -> AeadAlgorithm {
+        self.c2s.algorithm()
+    }
+}
+
+/// How long keys live, in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rotation {
+    pub period: u64,
+    pub retention: u64,
+}
+
+impl Default for Rotation {
+    /// Daily keys, kept for a week: a client that sleeps for days still re-keys only
+    /// when its cookies are older than that.
+    fn default() -> Self {
+        Self {
+            period: 86_400,
+            retention: 7 * 86_400,
+        }
+    }
+}
+
+enum Source {
+    Random,
+    Fleet(Zeroizing<Vec<u8>>),
+}
+
+/// The master keys of one server or fleet.
+pub struct CookieKeys {
+    source: Source,
+    rotation: Rotation,
+    keys: BTreeMap<u32, AeadKey>,
+    current: u32,
+}
+
+impl std::fmt::Debug for CookieKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "CookieKeys(current {}, epochs {:?}, redacted)",
+            self.current,
+            self.keys.keys()
+        )
+    }
+}
+
+impl CookieKeys {
+    /// Random keys, starting from `persisted` (epoch, key) pairs; call `update` next.
+    pub fn random(rotation: Rotation, persisted: Vec<(u32, AeadKey)>) -> Self {
+        Self {
+            source: Source::Random,
+            rotation,
+            keys: persisted.into_iter().collect(),
+            current: 0,
+        }
+    }
+
+    /// Keys derived from a fleet secret.
+    pub fn fleet(rotation: Rotation, secret: &[u8]) -> Result<Self, String> {
+        if secret.len() < MIN_FLEET_SECRET_LEN {
+            return Err(format!(
+                "fleet secret is {} bytes; at least {MIN_FLEET_SECRET_LEN} are needed",
+                secret.len()
+            ));
+        }
+        Ok(Self {
+            source: Source::Fleet(Zeroizing::new(secret.to_vec())),
+            rotation,
+            keys: BTreeMap::new(),
+            current: 0,
+        })
+    }
+
+    pub fn rotation(&self) -> Rotation {
+        self.rotation
+    }
+
+    /// Moves to the epoch of `unix_seconds`: adds keys up to the next epoch, drops
+    /// those past retention. Returns whether the key set changed (persist it then).
+    pub fn update(&mut self, unix_seconds: u64) -> bool {
+        let period = self.rotation.period.max(1);
+        let current = u32::try_from(unix_seconds / period).unwrap_or(u32::MAX);
+        let kept = u32::try_from(self.rotation.retention / period).unwrap_or(u32::MAX);
+        let oldest = current.saturating_sub(kept);
+        let before: Vec<u32> = self.keys.keys().copied().collect();
+        self.keys
+            .retain(|&epoch, _| (oldest..=current.saturating_add(1)).contains(&epoch));
+        let wanted = match self.source {
+            // Every epoch in the window can be derived.
+            Source::Fleet(_) => oldest..=current.saturating_add(1),
+            // Old random keys that were lost cannot come back.
+            Source::Random => current..=current.saturating_add(1),
+        };
+        for epoch in wanted {
+            if !self.keys.contains_key(&epoch)
+                && let Some(key) = self.make_key(epoch)
+            {
+                self.keys.insert(epoch, key);
+            }
+        }
+        self.current = current;
+        before != self.keys.keys().copied().collect::<Vec<_>>()
+    }
+
+    fn make_key(&self, epoch: u32) -> Option<AeadKey> {
+        let mut bytes = Zeroizing::new(vec![0u8; MASTER.key_len()]);
+        match &self.source {
+            Source::Random => rand::fill(&mut bytes[..]),
+            Source::Fleet(secret) => {
+                let hk = hkdf::Hkdf::<sha2::Sha256>::new(Some(FLEET_SALT), secret);
+                let mut info = epoch.to_be_bytes().to_vec();
+                info.extend_from_slice(&self.rotation.period.to_be_bytes());
+                hk.expand(&info, &mut bytes).ok()?;
+            }
+        }
+        AeadKey::new(MASTER, &bytes)
+    }
+
+    /// The random keys to persist; nothing in fleet mode.
+    pub fn persistable(&self) -> Vec<(u32, &AeadKey)> {
+        match self.source {
+            Source::Random => self.keys.iter().map(|(&e, k)| (e, k)).collect(),
+            Source::Fleet(_) => Vec::new(),
+        }
+    }
+
+    /// A new cookie holding `keys`, under the current epoch's master key.
+    pub fn seal(&self, keys: &SessionKeys) -> Option<Vec<u8>> {
+        let master = self.keys.get(&self.current)?;
+        let mut plaintext = Zeroizing::new(Vec::with_capacity(4 + 2 * keys.c2s.bytes().len()));
+        plaintext.extend_from_slice(&keys.algorithm().id().to_be_bytes());
+        plaintext.extend_from_slice(&[0, 0]);
+        plaintext.extend_from_slice(keys.c2s.bytes());
+        plaintext.extend_from_slice(keys.s2c.bytes());
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::fill(&mut nonce);
+        let mut cookie = self.current.to_be_bytes().to_vec();
+        cookie.extend_from_slice(&nonce);
+        cookie.extend_from_slice(&master.seal(&nonce, &plaintext, &self.current.to_be_bytes())?);
+        Some(cookie)
+    }
+
+    /// The keys in a cookie, if it is one of ours, intact and unexpired.
+    pub fn open(&self, cookie: &[u8]) -> Option<SessionKeys> {
+        let (id, rest) = cookie.split_first_chunk::<4>()?;
+        let (nonce, sealed) = rest.split_first_chunk::<NONCE_LEN>()?;
+        let master = self.keys.get(&u32::from_be_bytes(*id))?;
+        let plain = master.open(nonce, sealed, id)?;
+        let ([a, b, 0, 0], keys) = plain.split_first_chunk::<4>()? else {
+            return None;
+        };
+        let aead = AeadAlgorithm::from_id(u16::from_be_bytes([*a, *b]))?;
+        if keys.len() != 2 * aead.key_len() {
+            return None;
+        }
+        let (c2s, s2c) = keys.split_at(aead.key_len());
+        Some(SessionKeys {
+            c2s: AeadKey::new(aead, c2s)?,
+            s2c: AeadKey::new(aead, s2c)?,
+        })
+    }
+}
+
+/// The text form of persisted keys: one `epoch hex` line each.
+pub fn encode_persisted(keys: &[(u32, &AeadKey)]) -> Zeroizing<String> {
+    let mut out = Zeroizing::new(String::new());
+    for (epoch, key) in keys {
+        out.push_str(&epoch.to_string());
+        out.push(' ');
+        for b in key.bytes() {
+            out.push_str(&format!("{b:02x}"));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Parses `encode_persisted`'s output; errors name the line.
+pub fn decode_persisted(text: &str) -> Result<Vec<(u32, AeadKey)>, String> {
+    let mut keys = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let fail = |what: &str| format!("line {}: {what}", i + 1);
+        let (epoch, hex) = line
+            .trim()
+            .split_once(' ')
+            .ok_or_else(|| fail("expected `epoch key`"))?;
+        let epoch = epoch.parse().map_err(|_| fail("bad epoch"))?;
+        let bytes = Zeroizing::new(crate::auth::keys::decode_hex(hex).map_err(|e| fail(&e))?);
+        keys.push((
+            epoch,
+            AeadKey::new(MASTER, &bytes).ok_or_else(|| fail("wrong key length"))?,
+        ));
+    }
+    Ok(keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: u64 = 86_400;
+    const NOW: u64 = 20_000 * DAY + 5;
+
+    fn session(alg: AeadAlgorithm) -> SessionKeys {
+        SessionKeys {
+            c2s: AeadKey::new(alg, &vec![1; alg.key_len()]).unwrap(),
+            s2c: AeadKey::new(alg, &vec![2; alg.key_len()]).unwrap(),
+        }
+    }
+
+    fn random() -> CookieKeys {
+        let mut keys = CookieKeys::random(Rotation::default(), vec![]);
+        keys.update(NOW);
+        keys
+    }
+
+    #[test]
+    fn cookies_open_to_the_keys_sealed_in_them() {
+        let keys = random();
+        for alg in AeadAlgorithm::PREFERENCE {
+            let cookie = keys.seal(&session(alg)).unwrap();
+            assert_eq!(cookie.len(), 4 + 16 + 4 + 2 * alg.key_len() + 16);
+            assert_eq!(cookie.len() % 4, 0);
+            let opened = keys.open(&cookie).unwrap();
+            assert_eq!(opened.algorithm(), alg);
+            assert_eq!(opened.c2s.bytes(), session(alg).c2s.bytes());
+            assert_eq!(opened.s2c.bytes(), session(alg).s2c.bytes());
+        }
+    }
+
+    /// ADVERSARIAL 12: unknown key id, corrupted cookies and foreign cookies fail.
+    #[test]
+    fn tampered_or_foreign_cookies_do_not_open() {
+        let keys = random();
+        let cookie = keys.seal(&session(AeadAlgorithm::AesSivCmac256)).unwrap();
+        for i in 0..cookie.len() {
+            let mut bad = cookie.clone();
+            bad[i] ^= 0x10;
+            assert!(keys.open(&bad).is_none(), "byte {i}");
+        }
+        assert!(keys.open(&cookie[..cookie.len() - 1]).is_none());
+        assert!(keys.open(&[]).is_none());
+        assert!(random().open(&cookie).is_none(), "another server's keys");
+    }
+
+    #[test]
+    fn cookies_survive_rotation_until_retention_ends() {
+        let mut keys = random();
+        let cookie = keys.seal(&session(AeadAlgorithm::AesSivCmac256)).unwrap();
+        assert!(keys.update(NOW + DAY), "a new epoch adds a key");
+        assert!(keys.open(&cookie).is_some());
+        keys.update(NOW + 7 * DAY);
+        assert!(
+            keys.open(&cookie).is_some(),
+            "kept for the retention window"
+        );
+        keys.update(NOW + 8 * DAY);
+        assert!(keys.open(&cookie).is_none(), "then dropped");
+    }
+
+    #[test]
+    fn persisted_keys_reopen_cookies_after_a_restart() {
+        let keys = random();
+        let cookie = keys.seal(&session(AeadAlgorithm::AesGcmSiv128)).unwrap();
+        let text = encode_persisted(&keys.persistable());
+        let mut restarted =
+            CookieKeys::random(Rotation::default(), decode_persisted(&text).unwrap());
+        restarted.update(NOW + 60);
+        assert!(restarted.open(&cookie).is_some());
+        assert!(decode_persisted("1 abcd\n").unwrap_err().contains("line 1"));
+        assert!(decode_persisted("x 00\n").is_err());
+    }
+
+    #[test]
+    fn fleet_hosts_open_each_others_cookies() {
+        let secret = [9u8; 32];
+        let mut ke_host = CookieKeys::fleet(Rotation::default(), &secret).unwrap();
+        let mut ntp_host = CookieKeys::fleet(Rotation::default(), &secret).unwrap();
+        ke_host.update(NOW);
+        ntp_host.update(NOW + DAY - 10); // a day's skew is within the window
+        let cookie = ke_host
+            .seal(&session(AeadAlgorithm::AesSivCmac256))
+            .unwrap();
+        assert!(ntp_host.open(&cookie).is_some());
+        assert!(ke_host.persistable().is_empty(), "nothing to persist");
+        let mut other = CookieKeys::fleet(Rotation::default(), &[8u8; 32]).unwrap();
+        other.update(NOW);
+        assert!(other.open(&cookie).is_none());
+        assert!(CookieKeys::fleet(Rotation::default(), &[1; 16]).is_err());
+    }
+}
