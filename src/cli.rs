@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::auth::{KeyFileFormat, KeyStore};
 use crate::config::Config;
-use crate::daemon::{net, query, serve};
+use crate::daemon::{net, nts, query, serve};
 
 #[derive(Parser)]
 #[command(name = "ntimed", version, about = "A secure NTP daemon")]
@@ -31,14 +31,38 @@ enum Command {
     },
     /// Ask a server for the time once (or --count times) and print what it said.
     Query(QueryArgs),
+    /// Run NTS-KE with a server and print what it negotiated.
+    Ke(KeArgs),
     /// Show the whole path offline, on loopback, with a throwaway server.
     Demo,
 }
 
 #[derive(Args)]
-struct QueryArgs {
-    /// The server, as HOST, HOST:PORT or [IPv6]:PORT (port 123 by default).
+struct KeArgs {
+    /// The NTS-KE server, as HOST, HOST:PORT or [IPv6]:PORT (port 4460 by default).
     server: String,
+    /// A PEM file of CA certificates to trust besides the system's.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Also print the exported keys and the cookies in hex (secrets: debugging only).
+    #[arg(long)]
+    export: bool,
+    /// Seconds to wait for the exchange.
+    #[arg(long, default_value_t = 5.0, value_parser = parse_seconds)]
+    timeout: f64,
+}
+
+#[derive(Args)]
+struct QueryArgs {
+    /// The server, as HOST, HOST:PORT or [IPv6]:PORT (port 123 by default; with
+    /// --nts, the NTS-KE server, port 4460 by default).
+    server: String,
+    /// Authenticate with NTS: key exchange with SERVER, then NTP where it says.
+    #[arg(long, conflicts_with_all = ["key_file", "key_id"])]
+    nts: bool,
+    /// With --nts: a PEM file of CA certificates to trust besides the system's.
+    #[arg(long, requires = "nts")]
+    ca: Option<PathBuf>,
     /// Key file (ntp.keys or chrony format) holding --key-id.
     #[arg(long, requires = "key_id")]
     key_file: Option<PathBuf>,
@@ -102,6 +126,7 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Run { config } => run(config).await,
             Command::Query(args) => run_query(args).await,
+            Command::Ke(args) => run_ke(args).await,
             Command::Demo => crate::demo::run().await,
         }
     });
@@ -121,26 +146,34 @@ async fn run(config: PathBuf) -> Result<ExitCode, String> {
 }
 
 async fn run_query(args: QueryArgs) -> Result<ExitCode, String> {
-    let key = match (&args.key_file, args.key_id) {
+    let auth = match (&args.key_file, args.key_id) {
+        _ if args.nts => query::QueryAuth::Nts {
+            ke_port: 0,
+            tls: nts::client_config(args.ca.as_deref())?,
+        },
         (Some(file), Some(id)) => {
             let store = KeyStore::load(file, args.key_format).map_err(|e| e.to_string())?;
             let key = store
                 .get(id)
                 .ok_or_else(|| format!("{}: no key {id}", file.display()))?;
-            Some(key.clone())
+            query::QueryAuth::Key(key.clone())
         }
-        _ => None,
+        _ => query::QueryAuth::None,
     };
-    let (host, port) = net::split_host_port(&args.server, 123)?;
-    let server = net::resolve(&host, port).await?;
+    let default_port = if args.nts { nts::DEFAULT_KE_PORT } else { 123 };
+    let (host, port) = net::split_host_port(&args.server, default_port)?;
+    let auth = match auth {
+        query::QueryAuth::Nts { tls, .. } => query::QueryAuth::Nts { ke_port: port, tls },
+        other => other,
+    };
     let options = query::QueryOptions {
-        key,
+        auth,
         count: args.count,
         timeout: Duration::from_secs_f64(args.timeout),
         interval: Duration::from_secs_f64(args.interval),
     };
     let mut all_ok = true;
-    for result in query::query(server, options).await {
+    for result in query::query(&host, port, options).await {
         match result {
             Ok(report) => {
                 // A reply that must never steer a clock is no success for a script.
@@ -165,11 +198,46 @@ async fn run_query(args: QueryArgs) -> Result<ExitCode, String> {
     })
 }
 
+async fn run_ke(args: KeArgs) -> Result<ExitCode, String> {
+    let (host, port) = net::split_host_port(&args.server, nts::DEFAULT_KE_PORT)?;
+    let tls = nts::client_config(args.ca.as_deref())?;
+    let timeout = Duration::from_secs_f64(args.timeout);
+    let outcome = match nts::key_exchange(&host, port, tls, timeout).await {
+        Ok(outcome) => outcome,
+        Err(message) => {
+            eprintln!("ntimed: {message}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let cookies = &outcome.response.cookies;
+    println!("NTS-KE with {host}:{port}");
+    println!("  AEAD        {} ({})", outcome.keys.algorithm().name(), outcome.keys.algorithm().id());
+    println!("  NTP server  {}:{}", outcome.ntp_host, outcome.ntp_port);
+    println!(
+        "  cookies     {} of {} bytes",
+        cookies.len(),
+        cookies.first().map_or(0, Vec::len)
+    );
+    if args.export {
+        println!("  C2S key     {}", hex(outcome.keys.c2s.bytes()));
+        println!("  S2C key     {}", hex(outcome.keys.s2c.bytes()));
+        for (i, cookie) in cookies.iter().enumerate() {
+            println!("  cookie {i}    {}", hex(cookie));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// A reply in one line, for people.
 pub fn describe(r: &query::Report) -> String {
-    let auth = match r.key_id {
-        Some(id) => format!("authenticated (key {id})"),
-        None => "NOT authenticated".to_string(),
+    let auth = match (r.authentication, r.key_id) {
+        ("nts", _) => "authenticated (NTS)".to_string(),
+        (_, Some(id)) => format!("authenticated (key {id})"),
+        _ => "NOT authenticated".to_string(),
     };
     let warning = r
         .unusable

@@ -1,12 +1,17 @@
 //! `ntimed demo`: the whole path on loopback, offline, with nothing to set up. It grows
-//! as ntimed does; today: a keyed server and queries with and without keys.
+//! as ntimed does; today: a keyed and NTS server, queried plainly, with keys, and with
+//! NTS after a key exchange over TLS 1.3 with a throwaway CA.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::auth::nts::cookie::{CookieKeys, Rotation};
+use crate::auth::nts::ke::NtpEndpoint;
 use crate::auth::{KeyFileFormat, KeyStore, SymmetricKey};
+use crate::daemon::nts::{self, KeLimits, ThrowawayPki};
 use crate::daemon::{query, serve};
 use crate::proto::server::{Server, ServerOptions};
 
@@ -18,53 +23,71 @@ pub async fn run() -> Result<ExitCode, String> {
         .map_err(|e| e.to_string())?;
     println!("ntimed demo: everything stays on loopback; this machine's clock is not touched.\n");
 
+    let mut cookie_keys = CookieKeys::random(Rotation::default(), vec![]);
+    let unix_now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    cookie_keys.update(unix_now);
+    let cookie_keys = Arc::new(RwLock::new(cookie_keys));
+
     let listen: SocketAddr = ([127, 0, 0, 1], 0).into();
-    let running = serve::start(
-        listen,
-        Server::new(keys.clone(), ServerOptions::default()),
-        serve::Reference::Local { stratum: 1 },
-    )
-    .await
-    .map_err(|e| format!("cannot start the demo server: {e}"))?;
+    let server = Server::new(keys.clone(), ServerOptions::default()).with_nts(cookie_keys.clone());
+    let running = serve::start(listen, server, serve::Reference::Local { stratum: 1 })
+        .await
+        .map_err(|e| format!("cannot start the demo server: {e}"))?;
     let addr = running.local_addr;
+    let pki = ThrowawayPki::new(&["localhost", "127.0.0.1"])?;
+    let endpoint = NtpEndpoint {
+        server: Some("127.0.0.1".into()),
+        port: Some(addr.port()),
+    };
+    let ke = nts::start_ke_server(listen, pki.server_config()?, cookie_keys, endpoint, KeLimits::default())
+        .await
+        .map_err(|e| format!("cannot start the demo NTS-KE server: {e}"))?;
+    println!("1. Servers on loopback: local stratum-1 reference");
+    println!("   NTP on {addr}, {} keys from keys/example.keys", keys.len());
     println!(
-        "1. A server on {addr}: local stratum-1 reference, {} keys from keys/example.keys",
-        keys.len()
+        "   NTS-KE on localhost:{} (TLS 1.3, a CA made a moment ago)",
+        ke.local_addr.port()
     );
 
-    let mut failures = 0;
-    let key = |id| keys.get(id).cloned();
+    let key = |id| keys.get(id).cloned().map(query::QueryAuth::Key);
+    let tls = pki.client_config()?;
+    let nts_auth = || query::QueryAuth::Nts {
+        ke_port: ke.local_addr.port(),
+        tls: tls.clone(),
+    };
+    let ntp = ("127.0.0.1", addr.port());
+    let nts_host = ("localhost", ke.local_addr.port());
     let steps = [
+        ("2. Plain NTP (anyone on the path could forge this)", ntp, Some(query::QueryAuth::None), 1, true),
+        ("3. Signed with key 1 (SHA256, RFC 5905 MAC)", ntp, key(1), 1, true),
+        ("4. Signed with key 2 (AES128-CMAC, RFC 8573)", ntp, key(2), 1, true),
         (
-            "2. Plain NTP query (anyone on the path could forge this one)",
-            None,
-            true,
-        ),
-        (
-            "3. Query signed with key 1 (SHA256, RFC 5905 MAC)",
-            key(1),
-            true,
-        ),
-        (
-            "4. Query signed with key 2 (AES128-CMAC, RFC 8573)",
-            key(2),
-            true,
-        ),
-        (
-            "5. Query with the right key id but the wrong secret: the server must stay silent",
-            forged_key(),
+            "5. Right key id, wrong secret: the server must stay silent",
+            ntp,
+            Some(query::QueryAuth::Key(forged_key().ok_or("no forged key")?)),
+            1,
             false,
         ),
+        (
+            "6. NTS: key exchange over TLS, then 3 authenticated exchanges, each\n   spending one cookie and getting a fresh one back",
+            nts_host,
+            Some(nts_auth()),
+            3,
+            true,
+        ),
     ];
-    for (title, key, should_answer) in steps {
+    let mut failures = 0;
+    for (title, (host, port), auth, count, should_answer) in steps {
         println!("\n{title}");
         let options = query::QueryOptions {
-            key,
-            count: 1,
+            auth: auth.ok_or("example key missing")?,
+            count,
             timeout: Duration::from_millis(if should_answer { 2000 } else { 500 }),
-            interval: Duration::ZERO,
+            interval: Duration::from_millis(100),
         };
-        for result in query::query(addr, options).await {
+        for result in query::query(host, port, options).await {
             match (result, should_answer) {
                 (Ok(report), true) => println!("   {}", crate::cli::describe(&report)),
                 (Err(_), false) => println!("   no reply accepted, as it should be"),
@@ -82,14 +105,15 @@ pub async fn run() -> Result<ExitCode, String> {
 
     let stats = &running.server.stats;
     println!(
-        "\nServer counters: {} plain, {} keyed replies; {} failed authentication and got no reply.",
+        "\nServer counters: {} plain, {} keyed, {} NTS replies; {} requests failed authentication and got no reply.",
         stats.plain.load(Ordering::Relaxed),
         stats.keyed.load(Ordering::Relaxed),
+        stats.nts.load(Ordering::Relaxed),
         stats.auth_failed.load(Ordering::Relaxed),
     );
     Ok(if failures == 0 {
         println!(
-            "\nDemo complete. Next: `ntimed query HOST` against any NTP server, or `ntimed run --config FILE`."
+            "\nDemo complete. Next: `ntimed query --nts HOST` against an NTS server, or `ntimed run --config FILE`."
         );
         ExitCode::SUCCESS
     } else {

@@ -7,6 +7,7 @@
 //! * [`query`]: one-shot client exchanges (`ntimed query`).
 
 pub mod net;
+pub mod nts;
 pub mod query;
 pub mod serve;
 

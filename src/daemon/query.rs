@@ -1,16 +1,29 @@
 //! `ntimed query`: one-shot exchanges with a server, each from a fresh random port.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::auth::SymmetricKey;
-use crate::proto::client::{ClientExchange, Response, Sample};
+use crate::auth::nts::ntp::NtsSession;
+use crate::proto::client::{Authenticated, ClientAuth, ClientExchange, RequestError, Response, Sample};
 use crate::wire::KissCode;
 
+/// How replies must be authenticated.
+pub enum QueryAuth {
+    None,
+    Key(SymmetricKey),
+    /// NTS: keys from the NTS-KE server named by the query's host and this port.
+    Nts {
+        ke_port: u16,
+        tls: Arc<rustls::ClientConfig>,
+    },
+}
+
 pub struct QueryOptions {
-    pub key: Option<SymmetricKey>,
+    pub auth: QueryAuth,
     pub count: u32,
     pub timeout: Duration,
     pub interval: Duration,
@@ -28,6 +41,8 @@ pub struct Report {
     pub leap: &'static str,
     pub root_distance: f64,
     pub authenticated: bool,
+    /// "none", "key" or "nts".
+    pub authentication: &'static str,
     pub key_id: Option<u32>,
     /// Set when the reply must never steer a clock (unsynchronized, too far).
     pub unusable: Option<&'static str>,
@@ -35,6 +50,11 @@ pub struct Report {
 
 impl Report {
     fn new(server: SocketAddr, sample: &Sample) -> Self {
+        let (authentication, key_id) = match sample.authenticated {
+            Authenticated::No => ("none", None),
+            Authenticated::Key(id) => ("key", Some(id)),
+            Authenticated::Nts => ("nts", None),
+        };
         Self {
             server: server.to_string(),
             offset: sample.offset,
@@ -43,56 +63,94 @@ impl Report {
             refid: sample.reference_id.describe(sample.stratum),
             leap: sample.leap.name(),
             root_distance: sample.root_distance(),
-            authenticated: sample.key_id.is_some(),
-            key_id: sample.key_id,
+            authenticated: sample.authenticated != Authenticated::No,
+            authentication,
+            key_id,
             unusable: sample.unusable_reason(),
         }
     }
 }
 
-/// Runs up to `count` exchanges with `server`; one result per exchange. A DENY or RSTR
-/// kiss ends the run; RATE doubles the interval.
-pub async fn query(server: SocketAddr, options: QueryOptions) -> Vec<Result<Report, String>> {
-    let mut client = ClientExchange::new(options.key, 6);
-    let mut interval = options.interval;
+/// The NTP server to talk to and how, after NTS-KE if needed.
+async fn connect(host: &str, port: u16, auth: &QueryAuth, timeout: Duration) -> Result<(SocketAddr, ClientAuth), String> {
+    match auth {
+        QueryAuth::None => Ok((super::net::resolve(host, port).await?, ClientAuth::None)),
+        QueryAuth::Key(key) => Ok((super::net::resolve(host, port).await?, ClientAuth::Key(key.clone()))),
+        QueryAuth::Nts { ke_port, tls } => {
+            let ke = super::nts::key_exchange(host, *ke_port, tls.clone(), timeout).await?;
+            let server = super::net::resolve(&ke.ntp_host, ke.ntp_port).await?;
+            let session = NtsSession::new(ke.keys, ke.response.cookies);
+            Ok((server, ClientAuth::Nts(session)))
+        }
+    }
+}
+
+/// Runs up to `count` exchanges with `host` (`port` is the NTP port, or the NTS-KE
+/// port for NTS); one result per exchange. A DENY or RSTR kiss ends the run; RATE
+/// doubles the interval; NTSN, or running out of cookies, runs NTS-KE again.
+pub async fn query(host: &str, port: u16, options: QueryOptions) -> Vec<Result<Report, String>> {
     let mut results = Vec::new();
+    let mut interval = options.interval;
+    let mut session: Option<(SocketAddr, ClientExchange)> = None;
     for i in 0..options.count {
         if i > 0 {
             tokio::time::sleep(interval).await;
         }
-        match exchange(server, &mut client, options.timeout).await {
+        if session.is_none() {
+            match connect(host, port, &options.auth, options.timeout).await {
+                Ok((server, auth)) => session = Some((server, ClientExchange::new(auth, 6))),
+                Err(e) => {
+                    results.push(Err(e));
+                    continue;
+                }
+            }
+        }
+        let Some((server, client)) = session.as_mut() else {
+            continue;
+        };
+        let server = *server;
+        match exchange(server, client, options.timeout).await {
             Ok(Response::Sample(sample)) => results.push(Ok(Report::new(server, &sample))),
             Ok(Response::Kiss(code)) => {
                 results.push(Err(format!("{server}: kiss-o'-death {code:?}")));
                 match code {
                     KissCode::Deny | KissCode::Restrict => break,
                     KissCode::Rate => interval *= 2,
-                    _ => {}
+                    KissCode::NtsNak => session = None,
+                    KissCode::Other(_) => {}
                 }
             }
-            Err(message) => results.push(Err(message)),
+            Err(ExchangeError::NoCookies) => {
+                session = None;
+                results.push(Err(format!("{server}: out of NTS cookies; key exchange again")));
+            }
+            Err(ExchangeError::Other(message)) => results.push(Err(message)),
         }
     }
     results
 }
 
+enum ExchangeError {
+    NoCookies,
+    Other(String),
+}
+
 /// Sends one request and waits for a reply that passes every check. Replies that fail
 /// are ignored (an attacker's forgery must not end the wait) but remembered for the
 /// error message.
-async fn exchange(
-    server: SocketAddr,
-    client: &mut ClientExchange,
-    timeout: Duration,
-) -> Result<Response, String> {
+async fn exchange(server: SocketAddr, client: &mut ClientExchange, timeout: Duration) -> Result<Response, ExchangeError> {
+    let other = ExchangeError::Other;
     let socket = super::net::client_socket(server)
         .await
-        .map_err(|e| format!("{server}: cannot open socket: {e}"))?;
+        .map_err(|e| other(format!("{server}: cannot open socket: {e}")))?;
     let mut request = Vec::new();
-    client.poll_request(super::now(), &mut request);
+    client
+        .poll_request(super::now(), &mut request)
+        .map_err(|RequestError::NoCookies| ExchangeError::NoCookies)?;
     socket
         .send(&request)
         .await
-        .map_err(|e| format!("{server}: send: {e}"))?;
+        .map_err(|e| other(format!("{server}: send: {e}")))?;
     let deadline = tokio::time::Instant::now() + timeout;
     let mut buf = [0u8; 4096];
     let mut rejected: Option<String> = None;
@@ -110,10 +168,10 @@ async fn exchange(
                 let why = rejected
                     .map(|r| format!(" ({rejected_count} rejected, last: {r})"))
                     .unwrap_or_default();
-                return Err(format!(
+                return Err(other(format!(
                     "{server}: no valid reply within {:.1} s{why}",
                     timeout.as_secs_f64()
-                ));
+                )));
             }
         };
         let received = super::now();

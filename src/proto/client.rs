@@ -9,6 +9,7 @@
 //! bits; receive ≠ 0; authenticated as configured. Only then does the exchange record
 //! it, so forged or replayed packets cannot clear or move the expected origin.
 
+use crate::auth::nts::ntp::{NtsReject, NtsSession};
 use crate::auth::{MacError, SymmetricKey, mac};
 use crate::wire::{
     Header, KissCode, Leap, Mode, NtpTimestamp, Packet, PacketError, ReferenceId, Trailer,
@@ -39,6 +40,34 @@ pub enum Reject {
     ZeroReceive,
     #[error("authentication failed: {0}")]
     Authentication(MacError),
+    #[error("NTS: {0}")]
+    Nts(NtsReject),
+}
+
+/// How replies must prove they come from the server.
+#[derive(Debug)]
+pub enum ClientAuth {
+    /// Nothing: anyone on the path can forge replies.
+    None,
+    /// Signed with this key, and only this key (RFC 5905 / RFC 8573).
+    Key(SymmetricKey),
+    /// NTS (RFC 8915), with keys and cookies from NTS-KE.
+    Nts(NtsSession),
+}
+
+/// How a reply was authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Authenticated {
+    No,
+    Key(u32),
+    Nts,
+}
+
+/// A request could not be made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("no NTS cookies left: run NTS-KE again")]
+    NoCookies,
 }
 
 /// A server's answer that passed every check.
@@ -66,8 +95,8 @@ pub struct Sample {
     pub root_dispersion: f64,
     /// Our clock when the reply arrived.
     pub received: NtpTimestamp,
-    /// Key id that authenticated the reply, if any.
-    pub key_id: Option<u32>,
+    /// How the reply proved where it came from.
+    pub authenticated: Authenticated,
 }
 
 impl Sample {
@@ -104,27 +133,33 @@ struct Outstanding {
 /// The client side of NTP exchanges with one server.
 #[derive(Debug)]
 pub struct ClientExchange {
-    key: Option<SymmetricKey>,
+    auth: ClientAuth,
     poll: i8,
     outstanding: Option<Outstanding>,
     last_accepted_transmit: Option<NtpTimestamp>,
 }
 
 impl ClientExchange {
-    /// `key`: if set, requests are signed with it and replies must be signed with it
-    /// (that key id and no other).
-    pub fn new(key: Option<SymmetricKey>, poll: i8) -> Self {
+    pub fn new(auth: ClientAuth, poll: i8) -> Self {
         Self {
-            key,
+            auth,
             poll,
             outstanding: None,
             last_accepted_transmit: None,
         }
     }
 
+    /// Cookies left, for NTS; `None` for other authentication.
+    pub fn nts_cookies(&self) -> Option<usize> {
+        match &self.auth {
+            ClientAuth::Nts(session) => Some(session.cookies()),
+            _ => None,
+        }
+    }
+
     /// Writes a new request, sent at local time `now`, into `out` (cleared first).
     /// A reply to any earlier request is no longer accepted.
-    pub fn poll_request(&mut self, now: NtpTimestamp, out: &mut Vec<u8>) {
+    pub fn poll_request(&mut self, now: NtpTimestamp, out: &mut Vec<u8>) -> Result<(), RequestError> {
         // Zero would match a reply with a zero origin; draw again (p = 2^-64).
         let transmit_field = loop {
             let t = NtpTimestamp::from_bits(rand::random());
@@ -135,13 +170,21 @@ impl ClientExchange {
         let header = Header::client_request(self.poll, transmit_field);
         out.clear();
         header.write(out);
-        if let Some(key) = &self.key {
-            mac::append_mac(key, out);
+        match &mut self.auth {
+            ClientAuth::None => {}
+            ClientAuth::Key(key) => mac::append_mac(key, out),
+            ClientAuth::Nts(session) => {
+                if session.write_request_fields(out).is_none() {
+                    out.clear();
+                    return Err(RequestError::NoCookies);
+                }
+            }
         }
         self.outstanding = Some(Outstanding {
             transmit_field,
             sent_at: now,
         });
+        Ok(())
     }
 
     /// Checks a reply that arrived at local time `received`.
@@ -171,15 +214,29 @@ impl ClientExchange {
         if h.receive_time.is_zero() {
             return Err(Reject::ZeroReceive);
         }
-        let key_id = match &self.key {
-            Some(key) => {
+        let authenticated = match &mut self.auth {
+            ClientAuth::Key(key) => {
                 mac::check_packet(key, &packet, bytes).map_err(Reject::Authentication)?;
-                Some(key.id())
+                Authenticated::Key(key.id())
             }
-            None if packet.trailer == Some(Trailer::CryptoNak) => {
+            // An NTSN cannot be authenticated (RFC 8915 §5.7); echoing our unique id
+            // and origin is the most it can show, and all it may do is make us re-key.
+            ClientAuth::Nts(session)
+                if h.stratum == 0
+                    && h.reference_id.0 == *b"NTSN"
+                    && session.nak_matches(&packet) =>
+            {
+                self.outstanding = None;
+                return Ok(Response::Kiss(KissCode::NtsNak));
+            }
+            ClientAuth::Nts(session) => {
+                session.check_response(&packet, bytes).map_err(Reject::Nts)?;
+                Authenticated::Nts
+            }
+            ClientAuth::None if packet.trailer == Some(Trailer::CryptoNak) => {
                 return Err(Reject::Authentication(MacError::CryptoNak));
             }
-            None => None,
+            ClientAuth::None => Authenticated::No,
         };
 
         // Accepted: from here on the exchange may change.
@@ -204,7 +261,7 @@ impl ClientExchange {
             root_delay: h.root_delay.to_seconds(),
             root_dispersion: h.root_dispersion.to_seconds(),
             received,
-            key_id,
+            authenticated,
         }))
     }
 }
@@ -243,10 +300,13 @@ mod tests {
     const T4: NtpTimestamp = NtpTimestamp::from_bits(0x1000_0000_0000_0000 + (21 << 32) / 1000);
 
     fn exchange(key_id: Option<u32>) -> (ClientExchange, Vec<u8>, Server) {
-        let key = key_id.and_then(|id| keys().get(id).cloned());
-        let mut client = ClientExchange::new(key, 6);
+        let auth = match key_id.and_then(|id| keys().get(id).cloned()) {
+            Some(key) => ClientAuth::Key(key),
+            None => ClientAuth::None,
+        };
+        let mut client = ClientExchange::new(auth, 6);
         let mut request = Vec::new();
-        client.poll_request(T1, &mut request);
+        client.poll_request(T1, &mut request).unwrap();
         let server = Server::new(keys(), ServerOptions::default());
         let reply = serve(&server, &request);
         (client, reply, server)
@@ -260,7 +320,7 @@ mod tests {
         };
         assert!((s.offset - 0.25).abs() < 1e-6, "{}", s.offset);
         assert!((s.delay - 0.020).abs() < 1e-6, "{}", s.delay);
-        assert_eq!((s.stratum, s.key_id), (2, None));
+        assert_eq!((s.stratum, s.authenticated), (2, Authenticated::No));
         assert_eq!(s.unusable_reason(), None);
     }
 
@@ -271,7 +331,7 @@ mod tests {
             let Ok(Response::Sample(s)) = client.handle_response(&reply, T4) else {
                 panic!("key {id} rejected")
             };
-            assert_eq!(s.key_id, Some(id));
+            assert_eq!(s.authenticated, Authenticated::Key(id));
         }
     }
 
@@ -308,7 +368,7 @@ mod tests {
         let (mut client, first, server) = exchange(None);
         client.handle_response(&first, T4).unwrap();
         let mut request = Vec::new();
-        client.poll_request(T1, &mut request);
+        client.poll_request(T1, &mut request).unwrap();
         let mut replay = serve(&server, &request); // matching origin ...
         replay[40..48].copy_from_slice(&first[40..48]); // ... but an old transmit
         assert_eq!(client.handle_response(&replay, T4), Err(Reject::Duplicate));
@@ -381,12 +441,12 @@ mod tests {
     /// says it must not be used, never a usable one and never a kiss.
     #[test]
     fn unsynchronized_server_replies_are_flagged_unusable() {
-        let mut client = ClientExchange::new(None, 6);
+        let mut client = ClientExchange::new(ClientAuth::None, 6);
         let mut request = Vec::new();
         let server = Server::new(keys(), ServerOptions::default());
         let state = SyncState::unsynchronized(-20);
         for stratum in [16, 0] {
-            client.poll_request(T1, &mut request);
+            client.poll_request(T1, &mut request).unwrap();
             let mut reply = Vec::new();
             let rx = T1.add_seconds(0.01 + stratum as f64);
             let s = SyncState {
@@ -480,12 +540,12 @@ mod tests {
     /// ADVERSARIAL 23: the transmit field is random, not the clock.
     #[test]
     fn transmit_timestamps_show_no_pattern() {
-        let mut client = ClientExchange::new(None, 6);
+        let mut client = ClientExchange::new(ClientAuth::None, 6);
         let mut seen = std::collections::HashSet::new();
         let mut ones = [0u32; 64];
         let mut request = Vec::new();
         for i in 0..1000u64 {
-            client.poll_request(T1.add_seconds(i as f64), &mut request);
+            client.poll_request(T1.add_seconds(i as f64), &mut request).unwrap();
             let t = u64::from_be_bytes(request[40..48].try_into().unwrap());
             assert!(seen.insert(t), "repeated transmit timestamp");
             for (bit, count) in ones.iter_mut().enumerate() {

@@ -7,8 +7,10 @@
 //! configured. A reply is never larger than its request, so ntimed cannot amplify.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
-use crate::auth::{KeyStore, mac};
+use crate::auth::nts::{self, cookie::CookieKeys, cookie::SessionKeys, ntp::ServerNts};
+use crate::auth::{KeyStore, SymmetricKey, mac};
 use crate::wire::{
     Header, Leap, Mode, NtpShort, NtpTimestamp, Packet, PacketError, ReferenceId, Trailer,
 };
@@ -68,6 +70,10 @@ pub enum DropReason {
     CryptoNakRequest,
     UnknownKey(u32),
     BadMac(u32),
+    /// NTS fields that are not a well-formed NTS request (ADVERSARIAL 11, 13).
+    BadNts(&'static str),
+    /// A poisoned lock or a sealing failure; never expected.
+    Internal,
     /// Would have been larger than the request (never expected; a last guard).
     WouldAmplify,
 }
@@ -80,6 +86,10 @@ pub enum Answer {
     Keyed(u32),
     /// The request's MAC failed; a crypto-NAK went back.
     CryptoNak,
+    /// Authenticated with NTS; new cookies went back.
+    Nts,
+    /// The NTS cookie or authenticator failed; an NTSN kiss went back.
+    NtsNak,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -95,7 +105,9 @@ pub struct ServerOptions {
 pub struct ServerStats {
     pub plain: AtomicU64,
     pub keyed: AtomicU64,
+    pub nts: AtomicU64,
     pub crypto_naks_sent: AtomicU64,
+    pub nts_naks_sent: AtomicU64,
     pub malformed: AtomicU64,
     pub refused: AtomicU64,
     pub auth_failed: AtomicU64,
@@ -105,17 +117,43 @@ pub struct ServerStats {
 #[derive(Debug)]
 pub struct Server {
     keys: KeyStore,
+    nts: Option<SharedCookieKeys>,
     options: ServerOptions,
     pub stats: ServerStats,
+}
+
+/// Cookie master keys shared with the NTS-KE server and the rotation timer.
+pub type SharedCookieKeys = Arc<RwLock<CookieKeys>>;
+
+/// How a request authenticated, and what its reply needs.
+enum Auth<'a> {
+    Plain,
+    Mac(&'a SymmetricKey),
+    CryptoNak,
+    Nts {
+        uid: &'a [u8],
+        keys: SessionKeys,
+        cookies: Vec<Vec<u8>>,
+    },
+    NtsNak {
+        uid: &'a [u8],
+    },
 }
 
 impl Server {
     pub fn new(keys: KeyStore, options: ServerOptions) -> Self {
         Self {
             keys,
+            nts: None,
             options,
             stats: ServerStats::default(),
         }
+    }
+
+    /// Also answers NTS requests whose cookies open under `cookie_keys`.
+    pub fn with_nts(mut self, cookie_keys: SharedCookieKeys) -> Self {
+        self.nts = Some(cookie_keys);
+        self
     }
 
     /// Handles one request received at `received`. On success the reply is in `reply`
@@ -135,8 +173,12 @@ impl Server {
             Ok(Answer::Plain) => &self.stats.plain,
             Ok(Answer::Keyed(_)) => &self.stats.keyed,
             Ok(Answer::CryptoNak) => &self.stats.crypto_naks_sent,
+            Ok(Answer::Nts) => &self.stats.nts,
+            Ok(Answer::NtsNak) => &self.stats.nts_naks_sent,
             Err(DropReason::Malformed(_)) => &self.stats.malformed,
-            Err(DropReason::UnknownKey(_) | DropReason::BadMac(_)) => &self.stats.auth_failed,
+            Err(DropReason::UnknownKey(_) | DropReason::BadMac(_) | DropReason::BadNts(_)) => {
+                &self.stats.auth_failed
+            }
             Err(_) => &self.stats.refused,
         };
         counter.fetch_add(1, Ordering::Relaxed);
@@ -163,16 +205,36 @@ impl Server {
             return Err(DropReason::NotClientMode(header.mode));
         }
         // Authenticate before anything else is decided.
-        let (key, answer) = match packet.trailer {
-            None => (None, Answer::Plain),
-            Some(Trailer::CryptoNak) => return Err(DropReason::CryptoNakRequest),
-            Some(Trailer::Mac { key_id, .. }) => match self.keys.get(key_id) {
-                None if self.options.crypto_nak => (None, Answer::CryptoNak),
-                None => return Err(DropReason::UnknownKey(key_id)),
-                Some(key) => match mac::check_packet(key, &packet, request) {
-                    Ok(()) => (Some(key), Answer::Keyed(key_id)),
-                    Err(_) if self.options.crypto_nak => (None, Answer::CryptoNak),
-                    Err(_) => return Err(DropReason::BadMac(key_id)),
+        let cookie_keys = match &self.nts {
+            Some(shared) => Some(shared.read().map_err(|_| DropReason::Internal)?),
+            None => None,
+        };
+        let nts_check = cookie_keys
+            .as_deref()
+            .map(|keys| nts::ntp::check_request(&packet, request, keys));
+        let auth = match (nts_check, cookie_keys.as_deref()) {
+            (Some(ServerNts::Drop(why)), _) => return Err(DropReason::BadNts(why)),
+            (Some(ServerNts::Nak { uid }), _) => Auth::NtsNak { uid },
+            (Some(ServerNts::Valid { uid, keys, cookies }), Some(cookie_keys)) => {
+                // Sealed before the clock is read, to keep the transmit time late.
+                let new = (0..cookies).filter_map(|_| cookie_keys.seal(&keys)).collect();
+                Auth::Nts {
+                    uid,
+                    keys,
+                    cookies: new,
+                }
+            }
+            _ => match packet.trailer {
+                None => Auth::Plain,
+                Some(Trailer::CryptoNak) => return Err(DropReason::CryptoNakRequest),
+                Some(Trailer::Mac { key_id, .. }) => match self.keys.get(key_id) {
+                    None if self.options.crypto_nak => Auth::CryptoNak,
+                    None => return Err(DropReason::UnknownKey(key_id)),
+                    Some(key) => match mac::check_packet(key, &packet, request) {
+                        Ok(()) => Auth::Mac(key),
+                        Err(_) if self.options.crypto_nak => Auth::CryptoNak,
+                        Err(_) => return Err(DropReason::BadMac(key_id)),
+                    },
                 },
             },
         };
@@ -191,13 +253,34 @@ impl Server {
             receive_time: received,
             transmit_time: NtpTimestamp::ZERO,
         };
+        if let Auth::NtsNak { .. } = auth {
+            // A kiss-o'-death: "your cookie or authenticator failed; re-key".
+            response.leap = Leap::Unsynchronized;
+            response.stratum = 0;
+            response.reference_id = ReferenceId::from_ascii(b"NTSN");
+        }
         response.transmit_time = now();
         response.write(reply);
-        match (key, answer) {
-            (Some(key), _) => mac::append_mac(key, reply),
-            (None, Answer::CryptoNak) => Trailer::CryptoNak.write(reply),
-            (None, _) => {}
-        }
+        let answer = match auth {
+            Auth::Plain => Answer::Plain,
+            Auth::Mac(key) => {
+                mac::append_mac(key, reply);
+                Answer::Keyed(key.id())
+            }
+            Auth::CryptoNak => {
+                Trailer::CryptoNak.write(reply);
+                Answer::CryptoNak
+            }
+            Auth::Nts { uid, keys, cookies } => {
+                nts::ntp::write_response_fields(reply, uid, &keys.s2c, &cookies)
+                    .ok_or(DropReason::Internal)?;
+                Answer::Nts
+            }
+            Auth::NtsNak { uid } => {
+                nts::ntp::write_nak_fields(reply, uid);
+                Answer::NtsNak
+            }
+        };
         if reply.len() > request.len() {
             return Err(DropReason::WouldAmplify);
         }

@@ -94,8 +94,9 @@ impl AeadKey {
         self.algorithm
     }
 
-    /// The secret, for sealing into cookies and persisting master keys.
-    pub(crate) fn bytes(&self) -> &[u8] {
+    /// The secret, for sealing into cookies, persisting master keys, and
+    /// `ntimed ke --export`.
+    pub fn bytes(&self) -> &[u8] {
         &self.key
     }
 

@@ -1,0 +1,425 @@
+//! NTS-KE over TLS 1.3 (tokio-rustls): the server that hands out keys and cookies,
+//! and the client that fetches them. The negotiation itself is `auth::nts::ke`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
+use rustls::{ClientConfig, ServerConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+
+use crate::auth::nts::aead::{AeadAlgorithm, AeadKey};
+use crate::auth::nts::cookie::SessionKeys;
+use crate::auth::nts::ke::{self, KeDecision, KeResponse, NtpEndpoint};
+use crate::proto::server::SharedCookieKeys;
+use crate::wire::ke::{MAX_MESSAGE_LEN, parse_message};
+
+pub const ALPN: &[u8] = b"ntske/1";
+pub const DEFAULT_KE_PORT: u16 = 4460;
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Reads one whole NTS-KE message (at most `MAX_MESSAGE_LEN` bytes); returns the bytes
+/// and where the message ends.
+async fn read_message<S: AsyncReadExt + Unpin>(stream: &mut S) -> Result<(Vec<u8>, usize), String> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    loop {
+        match parse_message(&buf) {
+            Ok(Some((_, used))) => return Ok((buf, used)),
+            Ok(None) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        let n = stream.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("connection closed before End of Message".into());
+        }
+        buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+        if buf.len() > MAX_MESSAGE_LEN {
+            return Err(format!("message longer than {MAX_MESSAGE_LEN} bytes"));
+        }
+    }
+}
+
+/// Exports both session keys for `aead` from a finished TLS session.
+fn export_keys(
+    export: impl Fn(&mut [u8], &[u8], &[u8]) -> Result<(), rustls::Error>,
+    aead: AeadAlgorithm,
+) -> Result<SessionKeys, String> {
+    let one = |s2c: bool| -> Result<AeadKey, String> {
+        let mut key = zeroize::Zeroizing::new(vec![0u8; aead.key_len()]);
+        export(&mut key, ke::EXPORTER_LABEL, &ke::exporter_context(aead, s2c)).map_err(|e| e.to_string())?;
+        AeadKey::new(aead, &key).ok_or_else(|| "exported key of the wrong length".to_string())
+    };
+    Ok(SessionKeys {
+        c2s: one(false)?,
+        s2c: one(true)?,
+    })
+}
+
+// ---------------------------------------------------------------------------------
+// Client
+
+/// TLS 1.3 client settings: the system's roots plus `extra_ca`, ALPN `ntske/1`.
+pub fn client_config(extra_ca: Option<&Path>) -> Result<Arc<ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(native.certs);
+    if let Some(path) = extra_ca {
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!("{}: no certificates", path.display()));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+    }
+    client_config_with(roots)
+}
+
+/// TLS 1.3 client settings trusting exactly `roots`.
+pub fn client_config_with(roots: rustls::RootCertStore) -> Result<Arc<ClientConfig>, String> {
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// A finished key exchange.
+#[derive(Debug)]
+pub struct KeOutcome {
+    pub response: KeResponse,
+    pub keys: SessionKeys,
+    /// Where to send NTP: the negotiated server, else the KE host; port 123 unless
+    /// negotiated.
+    pub ntp_host: String,
+    pub ntp_port: u16,
+}
+
+/// Runs NTS-KE with `host:port`, verifying the certificate for `host`.
+pub async fn key_exchange(host: &str, port: u16, config: Arc<ClientConfig>, timeout: Duration) -> Result<KeOutcome, String> {
+    tokio::time::timeout(timeout, key_exchange_inner(host, port, config))
+        .await
+        .map_err(|_| format!("NTS-KE with {host}:{port} timed out after {:.1} s", timeout.as_secs_f64()))?
+}
+
+async fn key_exchange_inner(host: &str, port: u16, config: Arc<ClientConfig>) -> Result<KeOutcome, String> {
+    let name = ServerName::try_from(host.to_string()).map_err(|e| format!("{host}: {e}"))?;
+    let tcp = connect_any(host, port).await?;
+    let mut tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS with {host}:{port}: {e}"))?;
+    if tls.get_ref().1.alpn_protocol() != Some(ALPN) {
+        return Err(format!("{host}:{port} did not agree to ALPN ntske/1"));
+    }
+    let mut request = Vec::new();
+    ke::write_request(&mut request);
+    tls.write_all(&request).await.map_err(|e| e.to_string())?;
+    tls.flush().await.map_err(|e| e.to_string())?;
+    let (bytes, used) = read_message(&mut tls).await.map_err(|e| format!("NTS-KE response: {e}"))?;
+    let records = match parse_message(bytes.get(..used).unwrap_or_default()) {
+        Ok(Some((records, _))) => records,
+        _ => return Err("NTS-KE response: malformed".into()),
+    };
+    let response = ke::handle_response(&records).map_err(|e| format!("NTS-KE with {host}:{port}: {e}"))?;
+    let connection = &tls.get_ref().1;
+    let keys = export_keys(
+        |out, label, context| connection.export_keying_material(out, label, Some(context)).map(|_| ()),
+        response.aead,
+    )?;
+    let _ = tls.shutdown().await;
+    Ok(KeOutcome {
+        ntp_host: response.endpoint.server.clone().unwrap_or_else(|| host.to_string()),
+        ntp_port: response.endpoint.port.unwrap_or(123),
+        response,
+        keys,
+    })
+}
+
+/// Connects to the first of `host`'s addresses that answers (`localhost` may name
+/// both ::1 and 127.0.0.1 with a server on only one).
+async fn connect_any(host: &str, port: u16) -> Result<TcpStream, String> {
+    let addrs = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?;
+    let mut last = format!("{host} has no address");
+    for addr in addrs {
+        match TcpStream::connect(addr).await {
+            Ok(tcp) => return Ok(tcp),
+            Err(e) => last = format!("{addr}: {e}"),
+        }
+    }
+    Err(last)
+}
+
+// ---------------------------------------------------------------------------------
+// Server
+
+/// Limits that keep NTS-KE load from starving anything else (ADVERSARIAL 5).
+#[derive(Debug, Clone, Copy)]
+pub struct KeLimits {
+    /// Connections served at once; more are closed at once.
+    pub max_concurrent: usize,
+    /// Whole exchange, handshake included.
+    pub timeout: Duration,
+}
+
+impl Default for KeLimits {
+    fn default() -> Self {
+        Self {
+            max_concurrent: 512,
+            timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Loads and checks the certificate chain and key (ADVERSARIAL 31): PEM that parses,
+/// a leaf valid now, naming `name` if given, and a key that matches it. TLS 1.3 only,
+/// ALPN `ntske/1`, no early data, no session tickets to keep state small.
+pub fn server_config(chain: &Path, key: &Path, name: Option<&str>, now: SystemTime) -> Result<Arc<ServerConfig>, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(chain)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{}: {e}", chain.display()))?;
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    server_config_with(certs, key_der, name, now).map_err(|e| match e {
+        ServerCertError::Chain(e) => format!("{}: {e}", chain.display()),
+        ServerCertError::Key(e) => format!("{}: {e}", key.display()),
+    })
+}
+
+/// Why a certificate chain or key cannot serve.
+pub enum ServerCertError {
+    Chain(String),
+    Key(String),
+}
+
+/// `server_config` from certificates and a key in memory.
+pub fn server_config_with(
+    certs: Vec<CertificateDer<'static>>,
+    key_der: PrivateKeyDer<'static>,
+    name: Option<&str>,
+    now: SystemTime,
+) -> Result<Arc<ServerConfig>, ServerCertError> {
+    use ServerCertError::{Chain, Key};
+    let leaf = certs.first().ok_or_else(|| Chain("no certificate".into()))?;
+    check_leaf(leaf, name, now).map_err(Chain)?;
+    let provider = provider();
+    let certified = rustls::sign::CertifiedKey::from_der(certs.clone(), key_der.clone_key(), &provider)
+        .map_err(|e| Key(e.to_string()))?;
+    certified
+        .keys_match()
+        .map_err(|e| Key(format!("does not match the certificate: {e}")))?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| Key(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key_der)
+        .map_err(|e| Key(e.to_string()))?;
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    config.max_early_data_size = 0;
+    config.send_tls13_tickets = 0;
+    Ok(Arc::new(config))
+}
+
+fn check_leaf(leaf: &CertificateDer<'_>, name: Option<&str>, now: SystemTime) -> Result<(), String> {
+    use x509_parser::prelude::*;
+    let (_, cert) = X509Certificate::from_der(leaf).map_err(|e| format!("certificate does not parse: {e}"))?;
+    let now = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let validity = cert.validity();
+    if now < validity.not_before.timestamp() {
+        return Err(format!("certificate is not valid before {}", validity.not_before));
+    }
+    if now > validity.not_after.timestamp() {
+        return Err(format!("certificate expired on {}", validity.not_after));
+    }
+    if let Some(name) = name {
+        let ip: Option<std::net::IpAddr> = name.parse().ok();
+        let names: Vec<String> = match cert.subject_alternative_name() {
+            Ok(Some(san)) => san
+                .value
+                .general_names
+                .iter()
+                .filter_map(|n| match (n, ip) {
+                    (GeneralName::DNSName(d), _) => Some(d.to_string()),
+                    (GeneralName::IPAddress(bytes), Some(_)) => match bytes.len() {
+                        4 => <[u8; 4]>::try_from(*bytes).ok().map(|b| std::net::IpAddr::from(b).to_string()),
+                        16 => <[u8; 16]>::try_from(*bytes).ok().map(|b| std::net::IpAddr::from(b).to_string()),
+                        _ => None,
+                    },
+                    _ => None,
+                })
+                .collect(),
+            _ => vec![],
+        };
+        let wanted = ip.map_or_else(|| name.to_ascii_lowercase(), |ip| ip.to_string());
+        if !names.iter().any(|n| n.to_ascii_lowercase() == wanted) {
+            return Err(format!("certificate names {names:?}, not {name}"));
+        }
+    }
+    Ok(())
+}
+
+/// An NTS-KE server. Dropping it stops accepting.
+pub struct RunningKeServer {
+    pub local_addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Drop for RunningKeServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Serves NTS-KE on `listen`.
+pub async fn start_ke_server(
+    listen: SocketAddr,
+    tls: Arc<ServerConfig>,
+    cookie_keys: SharedCookieKeys,
+    endpoint: NtpEndpoint,
+    limits: KeLimits,
+) -> std::io::Result<RunningKeServer> {
+    let listener = TcpListener::bind(listen).await?;
+    let local_addr = listener.local_addr()?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let permits = Arc::new(Semaphore::new(limits.max_concurrent));
+    let endpoint = Arc::new(endpoint);
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, peer)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            // Over the cap: close at once rather than queue.
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                drop(tcp);
+                continue;
+            };
+            let (acceptor, cookie_keys, endpoint) = (acceptor.clone(), cookie_keys.clone(), endpoint.clone());
+            tokio::spawn(async move {
+                let exchange = serve_one(acceptor, tcp, &cookie_keys, &endpoint);
+                match tokio::time::timeout(limits.timeout, exchange).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::debug!("NTS-KE with {peer}: {e}"),
+                    Err(_) => tracing::debug!("NTS-KE with {peer}: timed out"),
+                }
+                drop(permit);
+            });
+        }
+    });
+    Ok(RunningKeServer { local_addr, task })
+}
+
+async fn serve_one(
+    acceptor: tokio_rustls::TlsAcceptor,
+    tcp: TcpStream,
+    cookie_keys: &SharedCookieKeys,
+    endpoint: &NtpEndpoint,
+) -> Result<(), String> {
+    let _ = tcp.set_nodelay(true);
+    let mut tls = acceptor.accept(tcp).await.map_err(|e| format!("handshake: {e}"))?;
+    if tls.get_ref().1.alpn_protocol() != Some(ALPN) {
+        return Err("client did not offer ALPN ntske/1".into());
+    }
+    let decision = match read_message(&mut tls).await {
+        Ok((bytes, used)) => match parse_message(bytes.get(..used).unwrap_or_default()) {
+            Ok(Some((records, _))) => ke::evaluate_request(&records, used < bytes.len()),
+            _ => bad_request(),
+        },
+        Err(e) if e.contains("closed") => return Err(e),
+        Err(_) => bad_request(),
+    };
+    let cookies = match decision {
+        KeDecision::Accept { aead, .. } => {
+            let connection = &tls.get_ref().1;
+            let keys = export_keys(
+                |out, label, context| connection.export_keying_material(out, label, Some(context)).map(|_| ()),
+                aead,
+            )?;
+            let master = cookie_keys.read().map_err(|_| "cookie keys unavailable")?;
+            (0..ke::COOKIES_PER_RESPONSE).filter_map(|_| master.seal(&keys)).collect()
+        }
+        _ => Vec::new(),
+    };
+    let mut response = Vec::with_capacity(1024);
+    ke::write_response(&decision, &cookies, endpoint, &mut response);
+    tls.write_all(&response).await.map_err(|e| e.to_string())?;
+    tls.shutdown().await.map_err(|e| e.to_string())?;
+    if let KeDecision::Refuse { why, .. } = decision {
+        return Err(format!("refused: {why}"));
+    }
+    Ok(())
+}
+
+fn bad_request() -> KeDecision {
+    KeDecision::Refuse {
+        code: ke::ERROR_BAD_REQUEST,
+        why: "malformed records",
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Throwaway certificates
+
+/// A CA and a server certificate made on the spot, for the demo and tests.
+pub struct ThrowawayPki {
+    pub ca: CertificateDer<'static>,
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl ThrowawayPki {
+    /// A fresh P-256 CA and a server certificate for `names` (DNS names or IPs).
+    pub fn new(names: &[&str]) -> Result<Self, String> {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
+        let err = |e: rcgen::Error| e.to_string();
+        let ca_key = KeyPair::generate().map_err(err)?;
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(DnType::CommonName, "ntimed throwaway CA");
+        let ca = ca_params.self_signed(&ca_key).map_err(err)?;
+        let key = KeyPair::generate().map_err(err)?;
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = CertificateParams::new(names).map_err(err)?;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.distinguished_name.push(DnType::CommonName, "ntimed throwaway server");
+        let issuer = Issuer::from_params(&ca_params, &ca_key);
+        let leaf = params.signed_by(&key, &issuer).map_err(err)?;
+        let key = PrivateKeyDer::try_from(key.serialize_der()).map_err(|e| e.to_string())?;
+        Ok(Self {
+            ca: ca.der().clone(),
+            chain: vec![leaf.der().clone(), ca.der().clone()],
+            key,
+        })
+    }
+
+    /// Client settings that trust only this CA.
+    pub fn client_config(&self) -> Result<Arc<ClientConfig>, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.clone()).map_err(|e| e.to_string())?;
+        client_config_with(roots)
+    }
+
+    /// Server settings for this certificate.
+    pub fn server_config(&self) -> Result<Arc<ServerConfig>, String> {
+        server_config_with(self.chain.clone(), self.key.clone_key(), None, SystemTime::now()).map_err(|e| match e {
+            ServerCertError::Chain(e) | ServerCertError::Key(e) => e,
+        })
+    }
+}
