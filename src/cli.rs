@@ -211,7 +211,11 @@ async fn run_ke(args: KeArgs) -> Result<ExitCode, String> {
     };
     let cookies = &outcome.response.cookies;
     println!("NTS-KE with {host}:{port}");
-    println!("  AEAD        {} ({})", outcome.keys.algorithm().name(), outcome.keys.algorithm().id());
+    println!(
+        "  AEAD        {} ({})",
+        outcome.keys.algorithm().name(),
+        outcome.keys.algorithm().id()
+    );
     println!("  NTP server  {}:{}", outcome.ntp_host, outcome.ntp_port);
     println!(
         "  cookies     {} of {} bytes",

@@ -30,6 +30,41 @@ pub struct Config {
     pub local: Option<LocalSection>,
     #[serde(default, rename = "server")]
     pub servers: Vec<ServerSection>,
+    #[serde(default, rename = "nts-ke-server")]
+    pub nts_ke_servers: Vec<NtsKeServerSection>,
+    pub nts: Option<NtsSection>,
+}
+
+/// An NTS-KE listener (TLS 1.3 on TCP, port 4460 by convention).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct NtsKeServerSection {
+    pub listen: Spanned<SocketAddr>,
+    /// PEM: the server certificate first, then intermediates.
+    pub certificate_chain: PathBuf,
+    /// PEM private key, mode 0600.
+    pub private_key: PathBuf,
+    /// Checked at start to be among the certificate's names.
+    pub name: Option<String>,
+    /// Send clients to this NTP host instead of this one.
+    pub ntp_server: Option<String>,
+    /// Send clients to this NTP port; by default the port of the only `[[server]]`
+    /// if it is not 123.
+    pub ntp_port: Option<u16>,
+}
+
+/// Cookie master keys, shared by the NTS-KE and NTP servers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct NtsSection {
+    /// Where random master keys are persisted (file `cookie-keys`, mode 0600).
+    pub key_dir: Option<PathBuf>,
+    /// A secret (≥ 32 bytes) shared by every host of a fleet; keys are derived from it.
+    pub fleet_secret: Option<PathBuf>,
+    /// Seconds between master-key rotations (default 86400).
+    pub rotation: Option<Spanned<u64>>,
+    /// Seconds an old master key keeps opening cookies (default 604800).
+    pub retention: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -71,6 +106,15 @@ pub struct ConfigError {
 pub struct Loaded {
     pub config: Config,
     pub keys: KeyStore,
+    /// The config file's directory, which relative paths start from.
+    pub base: PathBuf,
+}
+
+impl Loaded {
+    /// `path` as the config means it.
+    pub fn path(&self, path: &Path) -> PathBuf {
+        self.base.join(path)
+    }
 }
 
 impl Config {
@@ -98,7 +142,11 @@ impl Config {
                 .map_err(|e| fail(format!("[keys] file: {e}")))?,
             None => KeyStore::default(),
         };
-        Ok(Loaded { config, keys })
+        Ok(Loaded {
+            config,
+            keys,
+            base: base.to_path_buf(),
+        })
     }
 
     /// Parses and checks config text; `name` is used in errors.
@@ -125,9 +173,37 @@ impl Config {
                 return Err((Some(local.stratum.span()), message));
             }
         }
-        if self.servers.is_empty() {
-            let message = "nothing to run: add a [[server]] with a listen address";
+        if self.servers.is_empty() && self.nts_ke_servers.is_empty() {
+            let message = "nothing to run: add a [[server]] or [[nts-ke-server]]";
             return Err((None, message.into()));
+        }
+        if let Some(ke) = self.nts_ke_servers.first()
+            && self.nts.is_none()
+        {
+            let message = "[[nts-ke-server]] needs an [nts] section (key-dir or fleet-secret)";
+            return Err((Some(ke.listen.span()), message.into()));
+        }
+        if let Some(nts) = &self.nts {
+            if nts.key_dir.is_none() && nts.fleet_secret.is_none() {
+                return Err((None, "[nts] needs key-dir or fleet-secret".into()));
+            }
+            if let Some(rotation) = &nts.rotation
+                && !(60..=30 * 86_400).contains(rotation.get_ref())
+            {
+                let message = "[nts] rotation must be 60 to 2592000 seconds".to_string();
+                return Err((Some(rotation.span()), message));
+            }
+        }
+        for (i, ke) in self.nts_ke_servers.iter().enumerate() {
+            let listen = ke.listen.get_ref();
+            if self
+                .nts_ke_servers
+                .iter()
+                .take(i)
+                .any(|k| k.listen.get_ref() == listen)
+            {
+                return Err((Some(ke.listen.span()), format!("{listen} is listed twice")));
+            }
         }
         for (i, server) in self.servers.iter().enumerate() {
             let listen = server.listen.get_ref();
@@ -197,6 +273,21 @@ mod tests {
             ("[bogus]\n", Some(1), "unknown field `bogus`"),
             ("[[server]\n", Some(1), ""),
             ("[local]\nstratum = 2\n", None, "nothing to run"),
+            (
+                "[[nts-ke-server]]\nlisten = \"127.0.0.1:4460\"\ncertificate-chain = \"c\"\nprivate-key = \"k\"\n",
+                Some(2),
+                "needs an [nts] section",
+            ),
+            (
+                "[[server]]\nlisten = \"127.0.0.1:1\"\n[nts]\n",
+                None,
+                "key-dir or fleet-secret",
+            ),
+            (
+                "[[server]]\nlisten = \"127.0.0.1:1\"\n[nts]\nkey-dir = \"/x\"\nrotation = 5\n",
+                Some(5),
+                "rotation must be",
+            ),
             (
                 "[[server]]\nlisten = \"127.0.0.1:1\"\n[[server]]\nlisten = \"127.0.0.1:1\"\n",
                 Some(4),

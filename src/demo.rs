@@ -41,11 +41,20 @@ pub async fn run() -> Result<ExitCode, String> {
         server: Some("127.0.0.1".into()),
         port: Some(addr.port()),
     };
-    let ke = nts::start_ke_server(listen, pki.server_config()?, cookie_keys, endpoint, KeLimits::default())
-        .await
-        .map_err(|e| format!("cannot start the demo NTS-KE server: {e}"))?;
+    let ke = nts::start_ke_server(
+        listen,
+        pki.server_config()?,
+        cookie_keys,
+        endpoint,
+        KeLimits::default(),
+    )
+    .await
+    .map_err(|e| format!("cannot start the demo NTS-KE server: {e}"))?;
     println!("1. Servers on loopback: local stratum-1 reference");
-    println!("   NTP on {addr}, {} keys from keys/example.keys", keys.len());
+    println!(
+        "   NTP on {addr}, {} keys from keys/example.keys",
+        keys.len()
+    );
     println!(
         "   NTS-KE on localhost:{} (TLS 1.3, a CA made a moment ago)",
         ke.local_addr.port()
@@ -60,9 +69,27 @@ pub async fn run() -> Result<ExitCode, String> {
     let ntp = ("127.0.0.1", addr.port());
     let nts_host = ("localhost", ke.local_addr.port());
     let steps = [
-        ("2. Plain NTP (anyone on the path could forge this)", ntp, Some(query::QueryAuth::None), 1, true),
-        ("3. Signed with key 1 (SHA256, RFC 5905 MAC)", ntp, key(1), 1, true),
-        ("4. Signed with key 2 (AES128-CMAC, RFC 8573)", ntp, key(2), 1, true),
+        (
+            "2. Plain NTP (anyone on the path could forge this)",
+            ntp,
+            Some(query::QueryAuth::None),
+            1,
+            true,
+        ),
+        (
+            "3. Signed with key 1 (SHA256, RFC 5905 MAC)",
+            ntp,
+            key(1),
+            1,
+            true,
+        ),
+        (
+            "4. Signed with key 2 (AES128-CMAC, RFC 8573)",
+            ntp,
+            key(2),
+            1,
+            true,
+        ),
         (
             "5. Right key id, wrong secret: the server must stay silent",
             ntp,

@@ -4,14 +4,16 @@
 //! uses only the ones above it in this list:
 //!
 //! 1. [`wire`] — pure codecs: NTP timestamps (era-aware), the 48-byte header, extension
-//!    fields and the MAC trailer. Parsers take `&[u8]`, never panic, and name the field
+//!    fields, the MAC trailer and NTS-KE records. Parsers take `&[u8]`, never panic, and name the field
 //!    at fault.
-//! 2. [`auth`] — the symmetric key store (ntp.keys and chrony formats) and MACs.
+//! 2. [`auth`] — the symmetric key store (ntp.keys and chrony formats), MACs, and NTS:
+//!    AEADs, NTS-KE negotiation, cookies and the NTS extension fields.
 //! 3. [`proto`] — sans-IO state machines: the stateless server responder and the client
 //!    exchange with its on-wire checks. Time comes in as arguments.
 //! 4. [`config`] — the TOML configuration, checked completely before anything starts.
-//! 5. [`daemon`] — the tokio shell: sockets and clocks around the sans-IO core.
-//! 6. [`cli`] — `ntimed run | query | demo`, kept thin; [`demo`] shows the whole path
+//! 5. [`daemon`] — the tokio shell: sockets, TLS (NTS-KE) and clocks around the
+//!    sans-IO core.
+//! 6. [`cli`] — `ntimed run | query | ke | demo`, kept thin; [`demo`] shows the whole path
 //!    offline.
 //!
 //! Every packet is parsed and authenticated before it can change any state; that
@@ -21,17 +23,18 @@
 //!
 //! ```
 //! use ntimed::auth::{KeyFileFormat, KeyStore};
-//! use ntimed::proto::client::{ClientExchange, Response};
+//! use ntimed::proto::client::{Authenticated, ClientAuth, ClientExchange, Response};
 //! use ntimed::proto::server::{Server, ServerOptions, SyncState};
 //! use ntimed::wire::NtpTimestamp;
 //!
 //! let keys = KeyStore::parse("keys", "2 AES128 HEX:fa4efa4efa4efa4efa4efa4efa4efa4e", KeyFileFormat::Auto)?;
 //! let server = Server::new(keys.clone(), ServerOptions::default());
-//! let mut client = ClientExchange::new(keys.get(2).cloned(), 6);
+//! let key = keys.get(2).cloned().expect("key 2");
+//! let mut client = ClientExchange::new(ClientAuth::Key(key), 6);
 //!
 //! let t1 = NtpTimestamp::from_unix(1_800_000_000, 0);
 //! let mut request = Vec::new();
-//! client.poll_request(t1, &mut request);
+//! client.poll_request(t1, &mut request)?;
 //!
 //! // The server's clock reads 0.5 s ahead; the packet spends 1 ms in flight each way.
 //! let t2 = t1.add_seconds(0.501);
@@ -43,7 +46,7 @@
 //!     panic!("reply rejected");
 //! };
 //! assert!((sample.offset - 0.5).abs() < 1e-6);
-//! assert_eq!(sample.key_id, Some(2));
+//! assert_eq!(sample.authenticated, Authenticated::Key(2));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 

@@ -3,7 +3,7 @@
 //! accepts nothing (random bytes cannot echo its random transmit timestamp).
 
 use ntimed::auth::{KeyFileFormat, KeyStore};
-use ntimed::proto::client::ClientExchange;
+use ntimed::proto::client::{ClientAuth, ClientExchange};
 use ntimed::proto::server::{Server, ServerOptions, SyncState};
 use ntimed::wire::{NtpTimestamp, Packet};
 use proptest::prelude::*;
@@ -47,9 +47,10 @@ proptest! {
                 prop_assert!(reply.is_empty());
             }
         }
-        let mut client = ClientExchange::new(keys().get(1).cloned(), 6);
+        let key = keys().get(1).cloned().expect("key 1");
+        let mut client = ClientExchange::new(ClientAuth::Key(key), 6);
         let mut request = Vec::new();
-        client.poll_request(now, &mut request);
+        client.poll_request(now, &mut request).expect("request");
         prop_assert!(client.handle_response(&data, now).is_err());
     }
 

@@ -176,30 +176,17 @@ impl KeyStore {
     /// Reads a key file, refusing one that group or others can read or write.
     pub fn load(path: &Path, format: KeyFileFormat) -> Result<Self, KeyFileError> {
         let name = path.display().to_string();
-        let fail = |problem: String| KeyFileError {
+        let bytes = read_private_file(path, MAX_FILE_LEN).map_err(|problem| KeyFileError {
             file: name.clone(),
             line: None,
             problem,
-        };
-        // Checked before opening: opening a FIFO would block the start.
-        let meta = std::fs::metadata(path).map_err(|e| fail(format!("cannot open: {e}")))?;
-        if !meta.is_file() {
-            return Err(fail("not a regular file".into()));
-        }
-        let file = std::fs::File::open(path).map_err(|e| fail(format!("cannot open: {e}")))?;
-        let meta = file
-            .metadata()
-            .map_err(|e| fail(format!("cannot stat: {e}")))?;
-        check_private(&meta).map_err(fail)?;
-        if meta.len() > MAX_FILE_LEN {
-            return Err(fail(format!("larger than {MAX_FILE_LEN} bytes")));
-        }
-        // Sized up front: a growing String would free copies of the secrets unwiped.
-        let mut text = Zeroizing::new(String::with_capacity(meta.len() as usize + 1));
-        file.take(MAX_FILE_LEN)
-            .read_to_string(&mut text)
-            .map_err(|e| fail(format!("cannot read: {e} (key files are UTF-8 text)")))?;
-        Self::parse(&name, &text, format)
+        })?;
+        let text = std::str::from_utf8(&bytes).map_err(|_| KeyFileError {
+            file: name.clone(),
+            line: None,
+            problem: "not UTF-8 text".into(),
+        })?;
+        Self::parse(&name, text, format)
     }
 
     /// Parses key-file text; `name` is used in errors.
@@ -258,6 +245,28 @@ impl KeyStore {
     pub fn iter(&self) -> impl Iterator<Item = &SymmetricKey> {
         self.keys.values()
     }
+}
+
+/// Reads a secret file: a regular file (opening a FIFO would block the start), at most
+/// `max_len` bytes, that group and others can neither read nor write. The contents
+/// are wiped when dropped.
+pub fn read_private_file(path: &Path, max_len: u64) -> Result<Zeroizing<Vec<u8>>, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot open: {e}"))?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+    let meta = file.metadata().map_err(|e| format!("cannot stat: {e}"))?;
+    check_private(&meta)?;
+    if meta.len() > max_len {
+        return Err(format!("larger than {max_len} bytes"));
+    }
+    // Sized up front: a growing buffer would free copies of the secrets unwiped.
+    let mut bytes = Zeroizing::new(Vec::with_capacity(meta.len() as usize + 1));
+    file.take(max_len)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    Ok(bytes)
 }
 
 fn check_private(meta: &std::fs::Metadata) -> Result<(), String> {
@@ -510,6 +519,11 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         let err = KeyStore::load(&path, KeyFileFormat::Auto).unwrap_err();
         assert!(err.problem.contains("UTF-8"), "{err}");
+        let big = dir.path().join("big.keys");
+        std::fs::write(&big, vec![b'#'; 2 << 20]).unwrap();
+        std::fs::set_permissions(&big, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let err = KeyStore::load(&big, KeyFileFormat::Auto).unwrap_err();
+        assert!(err.problem.contains("larger than"), "{err}");
     }
 
     #[test]

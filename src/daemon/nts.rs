@@ -14,7 +14,9 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use crate::auth::nts::aead::{AeadAlgorithm, AeadKey};
-use crate::auth::nts::cookie::SessionKeys;
+use crate::auth::nts::cookie::{
+    CookieKeys, Rotation, SessionKeys, decode_persisted, encode_persisted,
+};
 use crate::auth::nts::ke::{self, KeDecision, KeResponse, NtpEndpoint};
 use crate::proto::server::SharedCookieKeys;
 use crate::wire::ke::{MAX_MESSAGE_LEN, parse_message};
@@ -55,7 +57,12 @@ fn export_keys(
 ) -> Result<SessionKeys, String> {
     let one = |s2c: bool| -> Result<AeadKey, String> {
         let mut key = zeroize::Zeroizing::new(vec![0u8; aead.key_len()]);
-        export(&mut key, ke::EXPORTER_LABEL, &ke::exporter_context(aead, s2c)).map_err(|e| e.to_string())?;
+        export(
+            &mut key,
+            ke::EXPORTER_LABEL,
+            &ke::exporter_context(aead, s2c),
+        )
+        .map_err(|e| e.to_string())?;
         AeadKey::new(aead, &key).ok_or_else(|| "exported key of the wrong length".to_string())
     };
     Ok(SessionKeys {
@@ -80,7 +87,9 @@ pub fn client_config(extra_ca: Option<&Path>) -> Result<Arc<ClientConfig>, Strin
             return Err(format!("{}: no certificates", path.display()));
         }
         for cert in certs {
-            roots.add(cert).map_err(|e| format!("{}: {e}", path.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
         }
     }
     client_config_with(roots)
@@ -109,13 +118,27 @@ pub struct KeOutcome {
 }
 
 /// Runs NTS-KE with `host:port`, verifying the certificate for `host`.
-pub async fn key_exchange(host: &str, port: u16, config: Arc<ClientConfig>, timeout: Duration) -> Result<KeOutcome, String> {
+pub async fn key_exchange(
+    host: &str,
+    port: u16,
+    config: Arc<ClientConfig>,
+    timeout: Duration,
+) -> Result<KeOutcome, String> {
     tokio::time::timeout(timeout, key_exchange_inner(host, port, config))
         .await
-        .map_err(|_| format!("NTS-KE with {host}:{port} timed out after {:.1} s", timeout.as_secs_f64()))?
+        .map_err(|_| {
+            format!(
+                "NTS-KE with {host}:{port} timed out after {:.1} s",
+                timeout.as_secs_f64()
+            )
+        })?
 }
 
-async fn key_exchange_inner(host: &str, port: u16, config: Arc<ClientConfig>) -> Result<KeOutcome, String> {
+async fn key_exchange_inner(
+    host: &str,
+    port: u16,
+    config: Arc<ClientConfig>,
+) -> Result<KeOutcome, String> {
     let name = ServerName::try_from(host.to_string()).map_err(|e| format!("{host}: {e}"))?;
     let tcp = connect_any(host, port).await?;
     let mut tls = tokio_rustls::TlsConnector::from(config)
@@ -129,20 +152,31 @@ async fn key_exchange_inner(host: &str, port: u16, config: Arc<ClientConfig>) ->
     ke::write_request(&mut request);
     tls.write_all(&request).await.map_err(|e| e.to_string())?;
     tls.flush().await.map_err(|e| e.to_string())?;
-    let (bytes, used) = read_message(&mut tls).await.map_err(|e| format!("NTS-KE response: {e}"))?;
+    let (bytes, used) = read_message(&mut tls)
+        .await
+        .map_err(|e| format!("NTS-KE response: {e}"))?;
     let records = match parse_message(bytes.get(..used).unwrap_or_default()) {
         Ok(Some((records, _))) => records,
         _ => return Err("NTS-KE response: malformed".into()),
     };
-    let response = ke::handle_response(&records).map_err(|e| format!("NTS-KE with {host}:{port}: {e}"))?;
+    let response =
+        ke::handle_response(&records).map_err(|e| format!("NTS-KE with {host}:{port}: {e}"))?;
     let connection = &tls.get_ref().1;
     let keys = export_keys(
-        |out, label, context| connection.export_keying_material(out, label, Some(context)).map(|_| ()),
+        |out, label, context| {
+            connection
+                .export_keying_material(out, label, Some(context))
+                .map(|_| ())
+        },
         response.aead,
     )?;
     let _ = tls.shutdown().await;
     Ok(KeOutcome {
-        ntp_host: response.endpoint.server.clone().unwrap_or_else(|| host.to_string()),
+        ntp_host: response
+            .endpoint
+            .server
+            .clone()
+            .unwrap_or_else(|| host.to_string()),
         ntp_port: response.endpoint.port.unwrap_or(123),
         response,
         keys,
@@ -189,11 +223,19 @@ impl Default for KeLimits {
 /// Loads and checks the certificate chain and key (ADVERSARIAL 31): PEM that parses,
 /// a leaf valid now, naming `name` if given, and a key that matches it. TLS 1.3 only,
 /// ALPN `ntske/1`, no early data, no session tickets to keep state small.
-pub fn server_config(chain: &Path, key: &Path, name: Option<&str>, now: SystemTime) -> Result<Arc<ServerConfig>, String> {
+pub fn server_config(
+    chain: &Path,
+    key: &Path,
+    name: Option<&str>,
+    now: SystemTime,
+) -> Result<Arc<ServerConfig>, String> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(chain)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|e| format!("{}: {e}", chain.display()))?;
-    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let key_pem = crate::auth::keys::read_private_file(key, 1 << 20)
+        .map_err(|e| format!("{}: {e}", key.display()))?;
+    let key_der =
+        PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| format!("{}: {e}", key.display()))?;
     server_config_with(certs, key_der, name, now).map_err(|e| match e {
         ServerCertError::Chain(e) => format!("{}: {e}", chain.display()),
         ServerCertError::Key(e) => format!("{}: {e}", key.display()),
@@ -214,11 +256,14 @@ pub fn server_config_with(
     now: SystemTime,
 ) -> Result<Arc<ServerConfig>, ServerCertError> {
     use ServerCertError::{Chain, Key};
-    let leaf = certs.first().ok_or_else(|| Chain("no certificate".into()))?;
+    let leaf = certs
+        .first()
+        .ok_or_else(|| Chain("no certificate".into()))?;
     check_leaf(leaf, name, now).map_err(Chain)?;
     let provider = provider();
-    let certified = rustls::sign::CertifiedKey::from_der(certs.clone(), key_der.clone_key(), &provider)
-        .map_err(|e| Key(e.to_string()))?;
+    let certified =
+        rustls::sign::CertifiedKey::from_der(certs.clone(), key_der.clone_key(), &provider)
+            .map_err(|e| Key(e.to_string()))?;
     certified
         .keys_match()
         .map_err(|e| Key(format!("does not match the certificate: {e}")))?;
@@ -234,16 +279,24 @@ pub fn server_config_with(
     Ok(Arc::new(config))
 }
 
-fn check_leaf(leaf: &CertificateDer<'_>, name: Option<&str>, now: SystemTime) -> Result<(), String> {
+fn check_leaf(
+    leaf: &CertificateDer<'_>,
+    name: Option<&str>,
+    now: SystemTime,
+) -> Result<(), String> {
     use x509_parser::prelude::*;
-    let (_, cert) = X509Certificate::from_der(leaf).map_err(|e| format!("certificate does not parse: {e}"))?;
+    let (_, cert) =
+        X509Certificate::from_der(leaf).map_err(|e| format!("certificate does not parse: {e}"))?;
     let now = now
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
     let validity = cert.validity();
     if now < validity.not_before.timestamp() {
-        return Err(format!("certificate is not valid before {}", validity.not_before));
+        return Err(format!(
+            "certificate is not valid before {}",
+            validity.not_before
+        ));
     }
     if now > validity.not_after.timestamp() {
         return Err(format!("certificate expired on {}", validity.not_after));
@@ -258,8 +311,12 @@ fn check_leaf(leaf: &CertificateDer<'_>, name: Option<&str>, now: SystemTime) ->
                 .filter_map(|n| match (n, ip) {
                     (GeneralName::DNSName(d), _) => Some(d.to_string()),
                     (GeneralName::IPAddress(bytes), Some(_)) => match bytes.len() {
-                        4 => <[u8; 4]>::try_from(*bytes).ok().map(|b| std::net::IpAddr::from(b).to_string()),
-                        16 => <[u8; 16]>::try_from(*bytes).ok().map(|b| std::net::IpAddr::from(b).to_string()),
+                        4 => <[u8; 4]>::try_from(*bytes)
+                            .ok()
+                            .map(|b| std::net::IpAddr::from(b).to_string()),
+                        16 => <[u8; 16]>::try_from(*bytes)
+                            .ok()
+                            .map(|b| std::net::IpAddr::from(b).to_string()),
                         _ => None,
                     },
                     _ => None,
@@ -311,7 +368,8 @@ pub async fn start_ke_server(
                 drop(tcp);
                 continue;
             };
-            let (acceptor, cookie_keys, endpoint) = (acceptor.clone(), cookie_keys.clone(), endpoint.clone());
+            let (acceptor, cookie_keys, endpoint) =
+                (acceptor.clone(), cookie_keys.clone(), endpoint.clone());
             tokio::spawn(async move {
                 let exchange = serve_one(acceptor, tcp, &cookie_keys, &endpoint);
                 match tokio::time::timeout(limits.timeout, exchange).await {
@@ -333,7 +391,10 @@ async fn serve_one(
     endpoint: &NtpEndpoint,
 ) -> Result<(), String> {
     let _ = tcp.set_nodelay(true);
-    let mut tls = acceptor.accept(tcp).await.map_err(|e| format!("handshake: {e}"))?;
+    let mut tls = acceptor
+        .accept(tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
     if tls.get_ref().1.alpn_protocol() != Some(ALPN) {
         return Err("client did not offer ALPN ntske/1".into());
     }
@@ -349,11 +410,17 @@ async fn serve_one(
         KeDecision::Accept { aead, .. } => {
             let connection = &tls.get_ref().1;
             let keys = export_keys(
-                |out, label, context| connection.export_keying_material(out, label, Some(context)).map(|_| ()),
+                |out, label, context| {
+                    connection
+                        .export_keying_material(out, label, Some(context))
+                        .map(|_| ())
+                },
                 aead,
             )?;
             let master = cookie_keys.read().map_err(|_| "cookie keys unavailable")?;
-            (0..ke::COOKIES_PER_RESPONSE).filter_map(|_| master.seal(&keys)).collect()
+            (0..ke::COOKIES_PER_RESPONSE)
+                .filter_map(|_| master.seal(&keys))
+                .collect()
         }
         _ => Vec::new(),
     };
@@ -375,6 +442,126 @@ fn bad_request() -> KeDecision {
 }
 
 // ---------------------------------------------------------------------------------
+// Cookie master keys on disk
+
+/// The file random master keys are kept in, inside `[nts] key-dir`.
+pub const COOKIE_KEY_FILE: &str = "cookie-keys";
+/// How often the rotation task looks at the clock.
+const ROTATION_CHECK: Duration = Duration::from_secs(60);
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Builds the cookie keys `[nts]` asks for: derived from the fleet secret, or random
+/// and persisted in `key_dir` (reloaded from there, so a restart keeps cookies valid).
+/// Returns the keys and the file to persist them to.
+pub fn load_cookie_keys(
+    fleet_secret: Option<&Path>,
+    key_dir: Option<&Path>,
+    rotation: Rotation,
+) -> Result<(CookieKeys, Option<std::path::PathBuf>), String> {
+    let mut keys = match (fleet_secret, key_dir) {
+        (Some(path), _) => {
+            let secret = crate::auth::keys::read_private_file(path, 4096)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            (
+                CookieKeys::fleet(rotation, &secret)
+                    .map_err(|e| format!("{}: {e}", path.display()))?,
+                None,
+            )
+        }
+        (None, Some(dir)) => {
+            ensure_private_dir(dir)?;
+            let file = dir.join(COOKIE_KEY_FILE);
+            let persisted = if file.exists() {
+                let bytes = crate::auth::keys::read_private_file(&file, 1 << 20)
+                    .map_err(|e| format!("{}: {e}", file.display()))?;
+                let text = std::str::from_utf8(&bytes)
+                    .map_err(|_| format!("{}: not text", file.display()))?;
+                decode_persisted(text).map_err(|e| format!("{}: {e}", file.display()))?
+            } else {
+                Vec::new()
+            };
+            (CookieKeys::random(rotation, persisted), Some(file))
+        }
+        (None, None) => return Err("[nts] needs key-dir or fleet-secret".into()),
+    };
+    if keys.0.update(unix_now())
+        && let Some(file) = &keys.1
+    {
+        persist_cookie_keys(file, &keys.0)?;
+    }
+    Ok(keys)
+}
+
+fn ensure_private_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| format!("{}: cannot create: {e}", dir.display()))?;
+    }
+    let meta = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    if !meta.is_dir() {
+        return Err(format!("{}: not a directory", dir.display()));
+    }
+    if meta.permissions().mode() & 0o022 != 0 {
+        return Err(format!(
+            "{}: group or others may write here; chmod 700 it",
+            dir.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Writes the random keys atomically (temporary file, fsync, rename), mode 0600.
+pub fn persist_cookie_keys(file: &Path, keys: &CookieKeys) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let text = encode_persisted(&keys.persistable());
+    let tmp = file.with_extension("tmp");
+    let fail = |e: std::io::Error| format!("{}: cannot save cookie keys: {e}", file.display());
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(fail)?;
+    out.write_all(text.as_bytes()).map_err(fail)?;
+    out.sync_all().map_err(fail)?;
+    std::fs::rename(&tmp, file).map_err(fail)
+}
+
+/// Rotates master keys as time passes, saving them when they change.
+pub fn spawn_rotation(
+    keys: SharedCookieKeys,
+    persist_to: Option<std::path::PathBuf>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(ROTATION_CHECK).await;
+            let changed = match keys.write() {
+                Ok(mut k) => k.update(unix_now()),
+                Err(_) => return,
+            };
+            if changed
+                && let Some(file) = &persist_to
+                && let Ok(k) = keys.read()
+                && let Err(e) = persist_cookie_keys(file, &k)
+            {
+                tracing::warn!("{e}");
+            }
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------------
 // Throwaway certificates
 
 /// A CA and a server certificate made on the spot, for the demo and tests.
@@ -387,18 +574,25 @@ pub struct ThrowawayPki {
 impl ThrowawayPki {
     /// A fresh P-256 CA and a server certificate for `names` (DNS names or IPs).
     pub fn new(names: &[&str]) -> Result<Self, String> {
-        use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair,
+        };
         let err = |e: rcgen::Error| e.to_string();
         let ca_key = KeyPair::generate().map_err(err)?;
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.distinguished_name.push(DnType::CommonName, "ntimed throwaway CA");
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "ntimed throwaway CA");
         let ca = ca_params.self_signed(&ca_key).map_err(err)?;
         let key = KeyPair::generate().map_err(err)?;
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let mut params = CertificateParams::new(names).map_err(err)?;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        params.distinguished_name.push(DnType::CommonName, "ntimed throwaway server");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "ntimed throwaway server");
         let issuer = Issuer::from_params(&ca_params, &ca_key);
         let leaf = params.signed_by(&key, &issuer).map_err(err)?;
         let key = PrivateKeyDer::try_from(key.serialize_der()).map_err(|e| e.to_string())?;
@@ -418,7 +612,13 @@ impl ThrowawayPki {
 
     /// Server settings for this certificate.
     pub fn server_config(&self) -> Result<Arc<ServerConfig>, String> {
-        server_config_with(self.chain.clone(), self.key.clone_key(), None, SystemTime::now()).map_err(|e| match e {
+        server_config_with(
+            self.chain.clone(),
+            self.key.clone_key(),
+            None,
+            SystemTime::now(),
+        )
+        .map_err(|e| match e {
             ServerCertError::Chain(e) | ServerCertError::Key(e) => e,
         })
     }

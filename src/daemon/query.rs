@@ -8,7 +8,9 @@ use serde::Serialize;
 
 use crate::auth::SymmetricKey;
 use crate::auth::nts::ntp::NtsSession;
-use crate::proto::client::{Authenticated, ClientAuth, ClientExchange, RequestError, Response, Sample};
+use crate::proto::client::{
+    Authenticated, ClientAuth, ClientExchange, RequestError, Response, Sample,
+};
 use crate::wire::KissCode;
 
 /// How replies must be authenticated.
@@ -72,10 +74,18 @@ impl Report {
 }
 
 /// The NTP server to talk to and how, after NTS-KE if needed.
-async fn connect(host: &str, port: u16, auth: &QueryAuth, timeout: Duration) -> Result<(SocketAddr, ClientAuth), String> {
+async fn connect(
+    host: &str,
+    port: u16,
+    auth: &QueryAuth,
+    timeout: Duration,
+) -> Result<(SocketAddr, ClientAuth), String> {
     match auth {
         QueryAuth::None => Ok((super::net::resolve(host, port).await?, ClientAuth::None)),
-        QueryAuth::Key(key) => Ok((super::net::resolve(host, port).await?, ClientAuth::Key(key.clone()))),
+        QueryAuth::Key(key) => Ok((
+            super::net::resolve(host, port).await?,
+            ClientAuth::Key(key.clone()),
+        )),
         QueryAuth::Nts { ke_port, tls } => {
             let ke = super::nts::key_exchange(host, *ke_port, tls.clone(), timeout).await?;
             let server = super::net::resolve(&ke.ntp_host, ke.ntp_port).await?;
@@ -122,7 +132,9 @@ pub async fn query(host: &str, port: u16, options: QueryOptions) -> Vec<Result<R
             }
             Err(ExchangeError::NoCookies) => {
                 session = None;
-                results.push(Err(format!("{server}: out of NTS cookies; key exchange again")));
+                results.push(Err(format!(
+                    "{server}: out of NTS cookies; key exchange again"
+                )));
             }
             Err(ExchangeError::Other(message)) => results.push(Err(message)),
         }
@@ -138,7 +150,11 @@ enum ExchangeError {
 /// Sends one request and waits for a reply that passes every check. Replies that fail
 /// are ignored (an attacker's forgery must not end the wait) but remembered for the
 /// error message.
-async fn exchange(server: SocketAddr, client: &mut ClientExchange, timeout: Duration) -> Result<Response, ExchangeError> {
+async fn exchange(
+    server: SocketAddr,
+    client: &mut ClientExchange,
+    timeout: Duration,
+) -> Result<Response, ExchangeError> {
     let other = ExchangeError::Other;
     let socket = super::net::client_socket(server)
         .await

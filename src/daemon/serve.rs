@@ -7,6 +7,11 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
+use std::sync::RwLock;
+
+use super::nts::{self, KeLimits};
+use crate::auth::nts::cookie::Rotation;
+use crate::auth::nts::ke::NtpEndpoint;
 use crate::config::Loaded;
 use crate::proto::server::{DropReason, Server, ServerOptions, SyncState};
 
@@ -134,36 +139,104 @@ impl DropLog {
     }
 }
 
-/// `ntimed run`: serves every `[[server]]` until SIGINT or SIGTERM.
+/// `ntimed run`: serves every `[[server]]` and `[[nts-ke-server]]` until SIGINT or
+/// SIGTERM. Keys, certificates and addresses are all checked before anything serves.
 pub async fn run(loaded: Loaded) -> Result<(), String> {
-    let reference = match &loaded.config.local {
+    let config = &loaded.config;
+    let reference = match &config.local {
         Some(local) => Reference::Local {
             stratum: *local.stratum.get_ref(),
         },
         None => Reference::Unsynchronized,
     };
+    let cookie_keys = match &config.nts {
+        Some(section) => {
+            let defaults = Rotation::default();
+            let rotation = Rotation {
+                period: section
+                    .rotation
+                    .as_ref()
+                    .map_or(defaults.period, |r| *r.get_ref()),
+                retention: section.retention.unwrap_or(defaults.retention),
+            };
+            let fleet = section.fleet_secret.as_ref().map(|p| loaded.path(p));
+            let dir = section.key_dir.as_ref().map(|p| loaded.path(p));
+            let (keys, persist_to) =
+                nts::load_cookie_keys(fleet.as_deref(), dir.as_deref(), rotation)?;
+            Some((Arc::new(RwLock::new(keys)), persist_to))
+        }
+        None => None,
+    };
+    let mut ke_configs = Vec::new();
+    for section in &config.nts_ke_servers {
+        let tls = nts::server_config(
+            &loaded.path(&section.certificate_chain),
+            &loaded.path(&section.private_key),
+            section.name.as_deref(),
+            std::time::SystemTime::now(),
+        )?;
+        // Clients go to the configured NTP port, else to the only server's if not 123.
+        let only_port = match &config.servers[..] {
+            [only] => Some(only.listen.get_ref().port()).filter(|&p| p != 123),
+            _ => None,
+        };
+        let endpoint = NtpEndpoint {
+            server: section.ntp_server.clone(),
+            port: section.ntp_port.or(only_port),
+        };
+        ke_configs.push((*section.listen.get_ref(), tls, endpoint));
+    }
+
     // Bind everything before serving anything, so a bad address stops the start.
     let mut running = Vec::new();
-    for section in &loaded.config.servers {
-        let server = Server::new(
+    for section in &config.servers {
+        let mut server = Server::new(
             loaded.keys.clone(),
             ServerOptions {
                 crypto_nak: section.crypto_nak,
             },
         );
+        if let Some((keys, _)) = &cookie_keys {
+            server = server.with_nts(keys.clone());
+        }
         let listen = *section.listen.get_ref();
         let r = start(listen, server, reference)
             .await
             .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
         tracing::info!(
-            "serving NTP on {} ({:?}, {} keys)",
+            "serving NTP on {} ({:?}, {} keys, NTS {})",
             r.local_addr,
             reference,
-            loaded.keys.len()
+            loaded.keys.len(),
+            if cookie_keys.is_some() { "on" } else { "off" }
         );
         running.push(r);
     }
+    let mut ke_running = Vec::new();
+    for (listen, tls, endpoint) in ke_configs {
+        let Some((keys, _)) = &cookie_keys else {
+            return Err("[[nts-ke-server]] needs [nts]".into());
+        };
+        let r = nts::start_ke_server(
+            listen,
+            tls,
+            keys.clone(),
+            endpoint.clone(),
+            KeLimits::default(),
+        )
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+        tracing::info!(
+            "serving NTS-KE on {} (clients sent to {endpoint:?})",
+            r.local_addr
+        );
+        ke_running.push(r);
+    }
+    let rotation = cookie_keys.map(|(keys, persist_to)| nts::spawn_rotation(keys, persist_to));
     shutdown_signal().await;
+    if let Some(task) = rotation {
+        task.abort();
+    }
     tracing::info!("stopping");
     Ok(())
 }

@@ -159,7 +159,11 @@ impl ClientExchange {
 
     /// Writes a new request, sent at local time `now`, into `out` (cleared first).
     /// A reply to any earlier request is no longer accepted.
-    pub fn poll_request(&mut self, now: NtpTimestamp, out: &mut Vec<u8>) -> Result<(), RequestError> {
+    pub fn poll_request(
+        &mut self,
+        now: NtpTimestamp,
+        out: &mut Vec<u8>,
+    ) -> Result<(), RequestError> {
         // Zero would match a reply with a zero origin; draw again (p = 2^-64).
         let transmit_field = loop {
             let t = NtpTimestamp::from_bits(rand::random());
@@ -230,7 +234,9 @@ impl ClientExchange {
                 return Ok(Response::Kiss(KissCode::NtsNak));
             }
             ClientAuth::Nts(session) => {
-                session.check_response(&packet, bytes).map_err(Reject::Nts)?;
+                session
+                    .check_response(&packet, bytes)
+                    .map_err(Reject::Nts)?;
                 Authenticated::Nts
             }
             ClientAuth::None if packet.trailer == Some(Trailer::CryptoNak) => {
@@ -545,7 +551,9 @@ mod tests {
         let mut ones = [0u32; 64];
         let mut request = Vec::new();
         for i in 0..1000u64 {
-            client.poll_request(T1.add_seconds(i as f64), &mut request).unwrap();
+            client
+                .poll_request(T1.add_seconds(i as f64), &mut request)
+                .unwrap();
             let t = u64::from_be_bytes(request[40..48].try_into().unwrap());
             assert!(seen.insert(t), "repeated transmit timestamp");
             for (bit, count) in ones.iter_mut().enumerate() {

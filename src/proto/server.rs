@@ -217,7 +217,9 @@ impl Server {
             (Some(ServerNts::Nak { uid }), _) => Auth::NtsNak { uid },
             (Some(ServerNts::Valid { uid, keys, cookies }), Some(cookie_keys)) => {
                 // Sealed before the clock is read, to keep the transmit time late.
-                let new = (0..cookies).filter_map(|_| cookie_keys.seal(&keys)).collect();
+                let new = (0..cookies)
+                    .filter_map(|_| cookie_keys.seal(&keys))
+                    .collect();
                 Auth::Nts {
                     uid,
                     keys,
