@@ -1032,6 +1032,10 @@ pub struct QueryArgs<'a> {
     /// `--interval`: seconds between exchanges (ntimed's default is 1).
     pub interval_secs: Option<f64>,
     pub netns: Option<&'a NetNs>,
+    /// `--nts`: SERVER is the NTS-KE server.
+    pub nts: bool,
+    /// `--ca FILE` (with `--nts`).
+    pub ca: Option<&'a Path>,
 }
 
 impl<'a> QueryArgs<'a> {
@@ -1066,6 +1070,13 @@ impl<'a> QueryArgs<'a> {
         self.netns = Some(ns);
         self
     }
+
+    /// `--nts [--ca FILE]`.
+    pub fn nts(mut self, ca: Option<&'a Path>) -> Self {
+        self.nts = true;
+        self.ca = ca;
+        self
+    }
 }
 
 /// Runs `ntimed query SERVER [--key-file F --key-id N] [--count N] [--timeout S]
@@ -1074,6 +1085,12 @@ impl<'a> QueryArgs<'a> {
 pub fn ntimed_query(args: &QueryArgs) -> Result<Vec<Value>, String> {
     let mut cmd = safe_command(args.netns, ntimed_bin());
     cmd.arg("query").arg(&args.server);
+    if args.nts {
+        cmd.arg("--nts");
+    }
+    if let Some(ca) = args.ca {
+        cmd.arg("--ca").arg(ca);
+    }
     if let Some((file, id)) = args.key {
         cmd.arg("--key-file").arg(file);
         cmd.args(["--key-id", &id.to_string()]);
@@ -1124,4 +1141,655 @@ pub fn json_f64(v: &Value, field: &str) -> f64 {
     v.get(field)
         .and_then(Value::as_f64)
         .unwrap_or_else(|| panic!("reply lacks numeric {field:?}: {v}"))
+}
+
+// ---------------------------------------------------------------------------
+// NTS (RFC 8915): certificates, `ntimed run` with NTS, chrony's NTS server and client,
+// `ntimed ke --export`, and hand-made NTS NTP packets
+// ---------------------------------------------------------------------------
+
+/// The test PKI in certs/ (see certs/README.md).
+pub fn certs_source_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("certs")
+}
+
+/// A private copy of certs/ with every `*.key` chmod 0600 (git checks them out 0644,
+/// which ntimed rightly refuses).
+pub struct TestCerts {
+    dir: TempDir,
+}
+
+impl TestCerts {
+    pub fn new() -> TestCerts {
+        let dir = tempdir("certs");
+        let src = certs_source_dir();
+        let entries =
+            fs::read_dir(&src).unwrap_or_else(|e| panic!("reading {}: {e}", src.display()));
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !(name.ends_with(".pem") || name.ends_with(".key")) {
+                continue;
+            }
+            let to = dir.path().join(&name);
+            fs::copy(e.path(), &to).unwrap_or_else(|err| panic!("copy {name}: {err}"));
+            let mode = if name.ends_with(".key") { 0o600 } else { 0o644 };
+            fs::set_permissions(&to, fs::Permissions::from_mode(mode))
+                .unwrap_or_else(|err| panic!("chmod {name}: {err}"));
+        }
+        TestCerts { dir }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `name` (e.g. "srv-chain.pem") inside the private copy.
+    pub fn path(&self, name: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        assert!(p.exists(), "{} is not in certs/", p.display());
+        p
+    }
+
+    /// The test CA every client trusts.
+    pub fn ca(&self) -> PathBuf {
+        self.path("ca.pem")
+    }
+}
+
+impl Default for TestCerts {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Is some socket listening on TCP `port` (in the namespace, if given)?
+pub fn tcp_port_listening(netns: Option<&NetNs>, port: u16) -> bool {
+    let mut cmd = match netns {
+        Some(ns) => ns.command("ss"),
+        None => Command::new("ss"),
+    };
+    cmd.args(["-Hltn", &format!("sport = :{port}")]);
+    match run_with_deadline(cmd, Duration::from_secs(5)) {
+        Ok(o) => o.status.success() && !o.stdout.trim().is_empty(),
+        Err(_) => false,
+    }
+}
+
+/// Resident memory of a process in KiB (`VmRSS` in /proc/PID/status).
+pub fn vm_rss_kib(pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// `ntimed run --config FILE` with a configuration given as TOML text (NTS servers,
+/// KE-only and NTP-only hosts); killed on Drop, and restartable with the same files.
+pub struct NtimedRun {
+    // Field order matters: the daemon is killed before the namespace is deleted.
+    daemon: Option<Daemon>,
+    netns: Option<NetNs>,
+    conf_path: PathBuf,
+    /// UDP port `[[server]]` listens on, if any (readiness check).
+    ntp_port: Option<u16>,
+    /// TCP port `[[nts-ke-server]]` listens on, if any (readiness check).
+    ke_port: Option<u16>,
+    starts: u32,
+    dir: TempDir,
+}
+
+impl NtimedRun {
+    /// Writes `toml` to ntimed.toml in a new tempdir (relative paths in it are relative to
+    /// that directory: see [`NtimedRun::dir`]), starts `ntimed run` and waits until the
+    /// given ports are bound.
+    pub fn start(
+        netns: Option<NetNs>,
+        toml: &str,
+        ntp_port: Option<u16>,
+        ke_port: Option<u16>,
+    ) -> NtimedRun {
+        Self::start_in(tempdir("ntimed-nts"), netns, toml, ntp_port, ke_port)
+    }
+
+    /// Like [`NtimedRun::start`], in a directory the caller prepared (e.g. with files the
+    /// configuration names relative to it).
+    pub fn start_in(
+        dir: TempDir,
+        netns: Option<NetNs>,
+        toml: &str,
+        ntp_port: Option<u16>,
+        ke_port: Option<u16>,
+    ) -> NtimedRun {
+        let conf_path = dir.path().join("ntimed.toml");
+        fs::write(&conf_path, toml).expect("write ntimed.toml");
+        let mut run = NtimedRun {
+            daemon: None,
+            netns,
+            conf_path,
+            ntp_port,
+            ke_port,
+            starts: 0,
+            dir,
+        };
+        run.restart();
+        run
+    }
+
+    /// Stops the daemon (SIGKILL: nothing is saved on the way out).
+    pub fn stop(&mut self) {
+        self.daemon = None;
+    }
+
+    /// Stops the daemon if it runs, starts it again with the same configuration and
+    /// files, and waits until it serves.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.starts += 1;
+        let mut cmd = safe_command(self.netns.as_ref(), ntimed_bin());
+        cmd.arg("run").arg("--config").arg(&self.conf_path);
+        let log = self.dir.path().join(format!("ntimed-{}.log", self.starts));
+        let mut daemon = Daemon::spawn("ntimed run (NTS)", cmd, log);
+        let (netns, ntp, ke) = (self.netns.as_ref(), self.ntp_port, self.ke_port);
+        let ready = wait_until(Duration::from_secs(15), || {
+            daemon.assert_running();
+            ntp.is_none_or(|p| udp_port_bound(netns, p))
+                && ke.is_none_or(|p| tcp_port_listening(netns, p))
+        });
+        assert!(
+            ready,
+            "ntimed run never bound NTP {ntp:?} / NTS-KE {ke:?}; config:\n{}\nlog:\n{}",
+            fs::read_to_string(&self.conf_path).unwrap_or_default(),
+            daemon.log()
+        );
+        daemon.assert_cannot_set_clock();
+        self.daemon = Some(daemon);
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.daemon.as_ref().expect("ntimed run is running").pid()
+    }
+
+    /// Panics (with the log) if the daemon has exited.
+    pub fn assert_running(&mut self) {
+        if let Some(d) = self.daemon.as_mut() {
+            d.assert_running();
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn netns(&self) -> Option<&NetNs> {
+        self.netns.as_ref()
+    }
+
+    pub fn log(&self) -> String {
+        self.daemon.as_ref().map(Daemon::log).unwrap_or_default()
+    }
+}
+
+/// TOML for `ntimed run` as a complete NTS server on 127.0.0.1: `[local]` stratum 1,
+/// `[[server]]` on `ntp_port`, `[[nts-ke-server]]` on `ke_port` with srv-chain.pem /
+/// srv.key from `certs` and `name = "localhost"`, and `[nts] key-dir = key_dir`.
+pub fn nts_server_toml(certs: &TestCerts, ntp_port: u16, ke_port: u16, key_dir: &Path) -> String {
+    format!(
+        "[local]\nstratum = 1\n\n\
+         [[server]]\nlisten = \"127.0.0.1:{ntp_port}\"\n\n\
+         [[nts-ke-server]]\nlisten = \"127.0.0.1:{ke_port}\"\n\
+         certificate-chain = {chain}\nprivate-key = {key}\nname = \"localhost\"\n\n\
+         [nts]\nkey-dir = {dir}\n",
+        chain = toml_string(certs.path("srv-chain.pem").to_str().expect("UTF-8 path")),
+        key = toml_string(certs.path("srv.key").to_str().expect("UTF-8 path")),
+        dir = toml_string(key_dir.to_str().expect("UTF-8 path")),
+    )
+}
+
+/// [`nts_server_toml`] started on fresh loopback ports, cookie keys in `<dir>/state`.
+pub struct NtsNtimed {
+    pub run: NtimedRun,
+    pub ntp_port: u16,
+    pub ke_port: u16,
+}
+
+impl NtsNtimed {
+    pub fn start(certs: &TestCerts) -> NtsNtimed {
+        let (ntp_port, ke_port) = (free_port(), free_port());
+        let dir = tempdir("ntimed-nts");
+        let toml = nts_server_toml(certs, ntp_port, ke_port, &dir.path().join("state"));
+        let run = NtimedRun::start_in(dir, None, &toml, Some(ntp_port), Some(ke_port));
+        NtsNtimed {
+            run,
+            ntp_port,
+            ke_port,
+        }
+    }
+
+    pub fn ntp_addr(&self) -> SocketAddr {
+        ([127, 0, 0, 1], self.ntp_port).into()
+    }
+
+    /// `localhost:KEPORT`, the name the certificate carries.
+    pub fn ke_server(&self) -> String {
+        format!("localhost:{}", self.ke_port)
+    }
+}
+
+/// `chronyd -x -d` as an NTS server (`local stratum 1`) on 127.0.0.1, NTP on `ntp_port`,
+/// NTS-KE on `ke_port`, with srv-chain.pem / srv.key; `ntsprocesses 0` keeps NTS-KE in
+/// the one process the Drop guard kills.
+pub struct ChronyNtsServer {
+    daemon: Daemon,
+    pub ntp_port: u16,
+    pub ke_port: u16,
+    dir: TempDir,
+}
+
+impl ChronyNtsServer {
+    pub fn start(certs: &TestCerts) -> ChronyNtsServer {
+        let dir = tempdir("chronyd-nts");
+        let (ntp_port, ke_port) = (free_port(), free_port());
+        let d = dir.path().display();
+        fs::create_dir(dir.path().join("dump")).expect("mkdir dump");
+        let conf = format!(
+            "port {ntp_port}\n\
+             ntsport {ke_port}\n\
+             bindaddress 127.0.0.1\n\
+             ntsservercert {chain}\n\
+             ntsserverkey {key}\n\
+             ntsdumpdir {d}/dump\n\
+             ntsprocesses 0\n\
+             local stratum 1\n\
+             allow 127.0.0.1\n\
+             cmdport 0\n\
+             bindcmdaddress /\n\
+             pidfile {d}/chronyd.pid\n\
+             driftfile {d}/drift\n",
+            chain = certs.path("srv-chain.pem").display(),
+            key = certs.path("srv.key").display(),
+        );
+        let conf_path = dir.path().join("chronyd.conf");
+        fs::write(&conf_path, &conf).expect("write chronyd.conf");
+        let mut cmd = safe_command(None, CHRONYD);
+        cmd.args(["-x", "-d", "-u", "root", "-L", "0", "-f"])
+            .arg(&conf_path);
+        let daemon = Daemon::spawn("chronyd NTS server", cmd, dir.path().join("chronyd.log"));
+        let mut server = ChronyNtsServer {
+            daemon,
+            ntp_port,
+            ke_port,
+            dir,
+        };
+        let addr: SocketAddr = ([127, 0, 0, 1], ntp_port).into();
+        let ready = wait_until(Duration::from_secs(15), || {
+            server.daemon.assert_running();
+            tcp_port_listening(None, ke_port)
+                && matches!(sntp_probe(addr, Duration::from_millis(300)),
+                            Some((leap, stratum)) if leap != 3 && (1..16).contains(&stratum))
+        });
+        assert!(
+            ready,
+            "chronyd NTS server (NTP {ntp_port}, NTS-KE {ke_port}) never served; config:\n{conf}\nlog:\n{}",
+            server.daemon.log()
+        );
+        server.daemon.assert_cannot_set_clock();
+        server
+    }
+
+    pub fn log(&self) -> String {
+        self.daemon.log()
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// What a `chronyd -Q` run measured.
+#[derive(Debug)]
+pub struct ChronyQ {
+    /// "System clock wrong by X seconds": positive when the server is ahead of us.
+    pub offset: f64,
+    pub output: String,
+}
+
+/// `chronyd -Q -t TIMEOUT -f FILE` with the given configuration (pidfile, cmdport 0 and
+/// bindcmdaddress / are added); Err with the output when it measured nothing.
+pub fn chronyd_q(netns: Option<&NetNs>, conf: &str, timeout_secs: u32) -> Result<ChronyQ, String> {
+    let dir = tempdir("chronyq-nts");
+    let conf = format!(
+        "{conf}cmdport 0\nbindcmdaddress /\npidfile {}/client.pid\n",
+        dir.path().display()
+    );
+    let conf_path = dir.path().join("client.conf");
+    fs::write(&conf_path, &conf).map_err(|e| format!("write client.conf: {e}"))?;
+    let mut cmd = safe_command(netns, CHRONYD);
+    cmd.args(["-u", "root", "-Q", "-t", &timeout_secs.to_string(), "-f"])
+        .arg(&conf_path);
+    let out = run_with_deadline(cmd, Duration::from_secs(u64::from(timeout_secs) + 10))?;
+    let all = format!("{}{}", out.stdout, out.stderr);
+    for line in all.lines() {
+        if let Some(rest) = line.split("System clock wrong by ").nth(1) {
+            let num = rest.split_whitespace().next().unwrap_or("");
+            let offset = num
+                .parse::<f64>()
+                .map_err(|e| format!("cannot parse chronyd offset {num:?}: {e}\n{all}"))?;
+            return Ok(ChronyQ {
+                offset,
+                output: all,
+            });
+        }
+    }
+    Err(format!(
+        "chronyd -Q measured nothing (config:\n{conf}){}",
+        out.describe()
+    ))
+}
+
+/// `chronyd -Q` as an NTS client: `server HOST port NTP nts ntsport KE` trusting `ca`,
+/// four samples 1/16 s apart.
+pub fn chrony_nts_query(
+    netns: Option<&NetNs>,
+    host: &str,
+    ntp_port: u16,
+    ke_port: u16,
+    ca: &Path,
+    timeout_secs: u32,
+) -> Result<ChronyQ, String> {
+    let conf = format!(
+        "server {host} port {ntp_port} nts ntsport {ke_port} iburst maxsamples 4 minpoll -4 maxpoll -4\n\
+         ntstrustedcerts {}\n",
+        ca.display()
+    );
+    chronyd_q(netns, &conf, timeout_secs)
+}
+
+/// Runs `ntimed ke SERVER [--ca CA] [--export]` (in `netns`, if given).
+pub fn ntimed_ke(
+    netns: Option<&NetNs>,
+    server: &str,
+    ca: Option<&Path>,
+    export: bool,
+) -> Result<RunOutput, String> {
+    let mut cmd = safe_command(netns, ntimed_bin());
+    cmd.arg("ke").arg(server);
+    if let Some(ca) = ca {
+        cmd.arg("--ca").arg(ca);
+    }
+    if export {
+        cmd.arg("--export");
+    }
+    run_with_deadline(cmd, Duration::from_secs(20))
+}
+
+/// What `ntimed ke --export` printed.
+#[derive(Debug, Clone)]
+pub struct KeExport {
+    pub aead_id: u16,
+    pub ntp_host: String,
+    pub ntp_port: u16,
+    pub c2s: Vec<u8>,
+    pub s2c: Vec<u8>,
+    pub cookies: Vec<Vec<u8>>,
+}
+
+fn from_hex(s: &str) -> Result<Vec<u8>, String> {
+    if s.len() % 2 != 0 {
+        return Err(format!("odd-length hex {s:?}"));
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| {
+            s.get(i..i + 2)
+                .and_then(|b| u8::from_str_radix(b, 16).ok())
+                .ok_or_else(|| format!("bad hex {s:?}"))
+        })
+        .collect()
+}
+
+/// `ntimed ke --export` parsed. Its output looks like
+/// ```text
+/// NTS-KE with localhost:24460
+///   AEAD        AES-SIV-CMAC-256 (15)
+///   NTP server  localhost:21123
+///   cookies     8 of 104 bytes
+///   C2S key     59c0…
+///   S2C key     35b7…
+///   cookie 0    0000512a…
+/// ```
+pub fn ntimed_ke_export(
+    netns: Option<&NetNs>,
+    server: &str,
+    ca: Option<&Path>,
+) -> Result<KeExport, String> {
+    let out = ntimed_ke(netns, server, ca, true)?;
+    if !out.status.success() {
+        return Err(format!("ntimed ke --export failed: {}", out.describe()));
+    }
+    let bad = |what: &str| format!("ntimed ke --export: {what}: {}", out.describe());
+    let mut export = KeExport {
+        aead_id: 0,
+        ntp_host: String::new(),
+        ntp_port: 0,
+        c2s: vec![],
+        s2c: vec![],
+        cookies: vec![],
+    };
+    for line in out.stdout.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("AEAD") {
+            let id = rest
+                .rsplit_once('(')
+                .and_then(|(_, id)| id.strip_suffix(')'))
+                .and_then(|id| id.parse().ok())
+                .ok_or_else(|| bad("AEAD line"))?;
+            export.aead_id = id;
+        } else if let Some(rest) = line.strip_prefix("NTP server") {
+            let (host, port) = rest
+                .trim()
+                .rsplit_once(':')
+                .ok_or_else(|| bad("NTP server line"))?;
+            export.ntp_host = host.trim_matches(['[', ']']).to_string();
+            export.ntp_port = port.parse().map_err(|_| bad("NTP port"))?;
+        } else if let Some(rest) = line.strip_prefix("C2S key") {
+            export.c2s = from_hex(rest.trim()).map_err(|e| bad(&e))?;
+        } else if let Some(rest) = line.strip_prefix("S2C key") {
+            export.s2c = from_hex(rest.trim()).map_err(|e| bad(&e))?;
+        } else if let Some(rest) = line.strip_prefix("cookie ") {
+            let hex = rest.split_whitespace().nth(1).ok_or_else(|| bad("cookie"))?;
+            export.cookies.push(from_hex(hex).map_err(|e| bad(&e))?);
+        }
+    }
+    if export.aead_id == 0 || export.c2s.is_empty() || export.s2c.is_empty() {
+        return Err(bad("no AEAD or keys"));
+    }
+    Ok(export)
+}
+
+impl KeExport {
+    pub fn algorithm(&self) -> ntimed::auth::nts::aead::AeadAlgorithm {
+        ntimed::auth::nts::aead::AeadAlgorithm::from_id(self.aead_id)
+            .unwrap_or_else(|| panic!("unknown AEAD {}", self.aead_id))
+    }
+
+    pub fn c2s_key(&self) -> ntimed::auth::nts::aead::AeadKey {
+        ntimed::auth::nts::aead::AeadKey::new(self.algorithm(), &self.c2s).expect("C2S key")
+    }
+
+    pub fn s2c_key(&self) -> ntimed::auth::nts::aead::AeadKey {
+        ntimed::auth::nts::aead::AeadKey::new(self.algorithm(), &self.s2c).expect("S2C key")
+    }
+
+    pub fn session_keys(&self) -> ntimed::auth::nts::cookie::SessionKeys {
+        ntimed::auth::nts::cookie::SessionKeys {
+            c2s: self.c2s_key(),
+            s2c: self.s2c_key(),
+        }
+    }
+
+    /// An NTS client exchange (ntimed's own) holding these keys and `cookies`.
+    pub fn exchange(&self, cookies: Vec<Vec<u8>>) -> ntimed::proto::client::ClientExchange {
+        use ntimed::auth::nts::ntp::NtsSession;
+        use ntimed::proto::client::{ClientAuth, ClientExchange};
+        ClientExchange::new(
+            ClientAuth::Nts(NtsSession::new(self.session_keys(), cookies)),
+            4,
+        )
+    }
+}
+
+/// How a server answered one NTS request made by [`nts_exchange`].
+#[derive(Debug)]
+pub enum NtsOutcome {
+    /// Authenticated (NTS) sample.
+    Sample(ntimed::proto::client::Sample),
+    /// A kiss; for NTS, an NTSN echoing our unique id.
+    Kiss(ntimed::wire::KissCode),
+    NoReply,
+    /// A reply ntimed's client refused.
+    Rejected(String),
+}
+
+/// One request from `exchange` to `server` over UDP, waiting up to `timeout` for an
+/// answer ntimed's client accepts.
+pub fn nts_exchange(
+    exchange: &mut ntimed::proto::client::ClientExchange,
+    server: SocketAddr,
+    timeout: Duration,
+) -> NtsOutcome {
+    use ntimed::proto::client::Response;
+    use ntimed::wire::NtpTimestamp;
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind UDP");
+    let mut request = Vec::new();
+    let sent = NtpTimestamp::from_system_time(SystemTime::now());
+    if let Err(e) = exchange.poll_request(sent, &mut request) {
+        return NtsOutcome::Rejected(format!("no request: {e}"));
+    }
+    sock.send_to(&request, server).expect("send NTS request");
+    let deadline = Instant::now() + timeout;
+    let mut last_reject = None;
+    let mut buf = [0u8; 4096];
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        if left.is_zero() {
+            break;
+        }
+        sock.set_read_timeout(Some(left)).expect("set timeout");
+        let Ok((n, from)) = sock.recv_from(&mut buf) else {
+            break;
+        };
+        if from != server {
+            continue;
+        }
+        let received = NtpTimestamp::from_system_time(SystemTime::now());
+        match exchange.handle_response(&buf[..n], received) {
+            Ok(Response::Sample(s)) => return NtsOutcome::Sample(s),
+            Ok(Response::Kiss(k)) => return NtsOutcome::Kiss(k),
+            Err(e) => last_reject = Some(e.to_string()),
+        }
+    }
+    match last_reject {
+        Some(e) => NtsOutcome::Rejected(e),
+        None => NtsOutcome::NoReply,
+    }
+}
+
+// Hand-made NTS extension fields (RFC 8915 §5.3-5.6), written here independently of
+// ntimed's encoder so that malformed variants can be built.
+
+pub const EF_UNIQUE_ID: u16 = 0x0104;
+pub const EF_COOKIE: u16 = 0x0204;
+pub const EF_COOKIE_PLACEHOLDER: u16 = 0x0304;
+pub const EF_AUTHENTICATOR: u16 = 0x0404;
+
+/// A 48-byte NTPv4 client (mode 3) header with `transmit` in the transmit field.
+pub fn ntp_client_header(transmit: u64) -> Vec<u8> {
+    let mut h = vec![0u8; 48];
+    h[0] = 0x23; // LI 0, VN 4, mode 3
+    h[2] = 4; // poll
+    h[3] = 0xec; // precision -20
+    h[40..48].copy_from_slice(&transmit.to_be_bytes());
+    h
+}
+
+/// Appends an extension field: type, length, `body` zero-padded to a multiple of 4 and
+/// to the 16-byte minimum field size.
+pub fn push_ef(out: &mut Vec<u8>, field_type: u16, body: &[u8]) {
+    let padded = body.len().div_ceil(4).max(3) * 4;
+    out.extend_from_slice(&field_type.to_be_bytes());
+    out.extend_from_slice(&u16::try_from(4 + padded).expect("field fits").to_be_bytes());
+    out.extend_from_slice(body);
+    out.resize(out.len() + padded - body.len(), 0);
+}
+
+/// Appends an authenticator sealing `plaintext` under `key` with a random nonce of
+/// `nonce_len` bytes and everything already in `packet` as associated data.
+pub fn push_authenticator(
+    packet: &mut Vec<u8>,
+    key: &ntimed::auth::nts::aead::AeadKey,
+    nonce_len: usize,
+    plaintext: &[u8],
+) {
+    let nonce: Vec<u8> = (0..nonce_len).map(|_| rand::random::<u8>()).collect();
+    let sealed = key.seal(&nonce, plaintext, packet).expect("seal");
+    let mut body = Vec::new();
+    body.extend_from_slice(&u16::try_from(nonce.len()).expect("nonce").to_be_bytes());
+    body.extend_from_slice(&u16::try_from(sealed.len()).expect("ct").to_be_bytes());
+    body.extend_from_slice(&nonce);
+    body.resize(4 + nonce.len().div_ceil(4) * 4, 0);
+    body.extend_from_slice(&sealed);
+    body.resize(body.len().div_ceil(4) * 4, 0);
+    push_ef(packet, EF_AUTHENTICATOR, &body);
+}
+
+/// The extension fields after the 48-byte header: (type, offset of the field, body with
+/// its padding). Stops at anything that is not a well-formed field.
+pub fn extension_fields(packet: &[u8]) -> Vec<(u16, usize, Vec<u8>)> {
+    let mut fields = Vec::new();
+    let mut at = 48;
+    while packet.len() >= at + 4 {
+        let t = u16::from_be_bytes([packet[at], packet[at + 1]]);
+        let len = usize::from(u16::from_be_bytes([packet[at + 2], packet[at + 3]]));
+        if len < 4 || len % 4 != 0 || at + len > packet.len() {
+            break;
+        }
+        fields.push((t, at, packet[at + 4..at + len].to_vec()));
+        at += len;
+    }
+    fields
+}
+
+/// Opens the first authenticator of a reply with `s2c`; returns the plaintext (the
+/// encrypted extension fields), or None when absent or not authentic.
+pub fn open_authenticator(
+    reply: &[u8],
+    s2c: &ntimed::auth::nts::aead::AeadKey,
+) -> Option<Vec<u8>> {
+    let (_, offset, body) = extension_fields(reply)
+        .into_iter()
+        .find(|(t, _, _)| *t == EF_AUTHENTICATOR)?;
+    let nonce_len = usize::from(u16::from_be_bytes([*body.first()?, *body.get(1)?]));
+    let ct_len = usize::from(u16::from_be_bytes([*body.get(2)?, *body.get(3)?]));
+    let nonce = body.get(4..4 + nonce_len)?;
+    let ct_at = 4 + nonce_len.div_ceil(4) * 4;
+    let ct = body.get(ct_at..ct_at + ct_len)?;
+    s2c.open(nonce, ct, reply.get(..offset)?).map(|p| p.to_vec())
+}
+
+/// Sends `request` to `server` from a fresh socket and returns the first datagram that
+/// comes back within `timeout`.
+pub fn udp_roundtrip(server: SocketAddr, request: &[u8], timeout: Duration) -> Option<Vec<u8>> {
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind UDP");
+    sock.set_read_timeout(Some(timeout)).expect("set timeout");
+    sock.send_to(request, server).expect("send");
+    let mut buf = vec![0u8; 65_536];
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        match sock.recv_from(&mut buf) {
+            Ok((n, from)) if from == server => return Some(buf[..n].to_vec()),
+            Ok(_) => continue,
+            Err(_) => return None,
+        }
+    }
+    None
 }
