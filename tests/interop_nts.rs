@@ -40,7 +40,8 @@ fn ntimed_nts_reply(netns: Option<&NetNs>, server: &str, ca: &Path, stratum: u64
     if let Some(ns) = netns {
         args = args.netns(ns);
     }
-    let replies = ntimed_query(&args).unwrap_or_else(|e| panic!("ntimed query --nts {server}: {e}"));
+    let replies =
+        ntimed_query(&args).unwrap_or_else(|e| panic!("ntimed query --nts {server}: {e}"));
     assert_eq!(replies.len(), 4, "one JSON line per exchange: {replies:?}");
     for r in &replies {
         assert_eq!(r["authenticated"], Value::Bool(true), "{r}");
@@ -69,7 +70,12 @@ fn chronyd_nts_client_syncs_to_ntimed_within_1ms() {
         &certs.ca(),
         10,
     )
-    .unwrap_or_else(|e| panic!("chronyd -Q over NTS against ntimed: {e}\nntimed log:\n{}", server.run.log()));
+    .unwrap_or_else(|e| {
+        panic!(
+            "chronyd -Q over NTS against ntimed: {e}\nntimed log:\n{}",
+            server.run.log()
+        )
+    });
     assert!(
         q.offset.abs() < AGREEMENT,
         "same clock on both ends, yet chronyd measured {} s:\n{}",
@@ -142,7 +148,10 @@ struct Ntpd {
 
 impl Ntpd {
     fn start(netns: &NetNs, dir: &Path, conf: &str) -> Ntpd {
-        assert!(conf.contains("disable ntp"), "ntpd must never steer the clock");
+        assert!(
+            conf.contains("disable ntp"),
+            "ntpd must never steer the clock"
+        );
         let conf_path = dir.join("ntp.conf");
         fs::write(&conf_path, conf).expect("write ntp.conf");
         let mut cmd = safe_command(Some(netns), NTPD);
@@ -361,7 +370,11 @@ fn cookies_issued_before_a_restart_authenticate_after_it() {
             server.run.log()
         ),
     }
-    assert_eq!(after.nts_cookies(), Some(8), "7 placeholders + 1 cookie asked for 8");
+    assert_eq!(
+        after.nts_cookies(),
+        Some(8),
+        "7 placeholders + 1 cookie asked for 8"
+    );
     // And a cookie the restarted server just issued works too.
     match nts_exchange(&mut after, server.ntp_addr(), Duration::from_secs(2)) {
         NtsOutcome::Sample(s) => assert_eq!(s.authenticated, Authenticated::Nts),
@@ -409,14 +422,10 @@ fn fleet_ke_only_and_ntp_only_hosts_sharing_a_secret_serve_chrony_and_ntimed() {
          certificate-chain = {chain}\nprivate-key = {key}\nname = \"localhost\"\n\
          ntp-server = \"127.0.0.1\"\nntp-port = {ntp_port}\n\n\
          [nts]\nfleet-secret = \"fleet.secret\"\n",
-        chain = format!("{:?}", certs.path("srv-chain.pem")),
-        key = format!("{:?}", certs.path("srv.key")),
+        chain = toml_path(&certs.path("srv-chain.pem")),
+        key = toml_path(&certs.path("srv.key")),
     );
     let ke_host = NtimedRun::start_in(ke_dir, None, &ke_toml, None, Some(ke_port));
-    assert!(
-        !udp_port_bound(None, 123) || ntp_port != 123,
-        "the KE-only host serves no NTP of its own"
-    );
 
     let ke_server = format!("localhost:{ke_port}");
     let ke = ntimed_ke_export(None, &ke_server, Some(&certs.ca()))

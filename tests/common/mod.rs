@@ -1331,6 +1331,11 @@ impl NtimedRun {
     }
 }
 
+/// A path as a TOML string.
+pub fn toml_path(path: &Path) -> String {
+    toml_string(path.to_str().expect("UTF-8 path"))
+}
+
 /// TOML for `ntimed run` as a complete NTS server on 127.0.0.1: `[local]` stratum 1,
 /// `[[server]]` on `ntp_port`, `[[nts-ke-server]]` on `ke_port` with srv-chain.pem /
 /// srv.key from `certs` and `name = "localhost"`, and `[nts] key-dir = key_dir`.
@@ -1536,7 +1541,7 @@ pub struct KeExport {
 }
 
 fn from_hex(s: &str) -> Result<Vec<u8>, String> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return Err(format!("odd-length hex {s:?}"));
     }
     (0..s.len())
@@ -1597,7 +1602,10 @@ pub fn ntimed_ke_export(
         } else if let Some(rest) = line.strip_prefix("S2C key") {
             export.s2c = from_hex(rest.trim()).map_err(|e| bad(&e))?;
         } else if let Some(rest) = line.strip_prefix("cookie ") {
-            let hex = rest.split_whitespace().nth(1).ok_or_else(|| bad("cookie"))?;
+            let hex = rest
+                .split_whitespace()
+                .nth(1)
+                .ok_or_else(|| bad("cookie"))?;
             export.cookies.push(from_hex(hex).map_err(|e| bad(&e))?);
         }
     }
@@ -1750,7 +1758,7 @@ pub fn extension_fields(packet: &[u8]) -> Vec<(u16, usize, Vec<u8>)> {
     while packet.len() >= at + 4 {
         let t = u16::from_be_bytes([packet[at], packet[at + 1]]);
         let len = usize::from(u16::from_be_bytes([packet[at + 2], packet[at + 3]]));
-        if len < 4 || len % 4 != 0 || at + len > packet.len() {
+        if len < 4 || !len.is_multiple_of(4) || at + len > packet.len() {
             break;
         }
         fields.push((t, at, packet[at + 4..at + len].to_vec()));
@@ -1761,10 +1769,7 @@ pub fn extension_fields(packet: &[u8]) -> Vec<(u16, usize, Vec<u8>)> {
 
 /// Opens the first authenticator of a reply with `s2c`; returns the plaintext (the
 /// encrypted extension fields), or None when absent or not authentic.
-pub fn open_authenticator(
-    reply: &[u8],
-    s2c: &ntimed::auth::nts::aead::AeadKey,
-) -> Option<Vec<u8>> {
+pub fn open_authenticator(reply: &[u8], s2c: &ntimed::auth::nts::aead::AeadKey) -> Option<Vec<u8>> {
     let (_, offset, body) = extension_fields(reply)
         .into_iter()
         .find(|(t, _, _)| *t == EF_AUTHENTICATOR)?;
@@ -1773,7 +1778,8 @@ pub fn open_authenticator(
     let nonce = body.get(4..4 + nonce_len)?;
     let ct_at = 4 + nonce_len.div_ceil(4) * 4;
     let ct = body.get(ct_at..ct_at + ct_len)?;
-    s2c.open(nonce, ct, reply.get(..offset)?).map(|p| p.to_vec())
+    s2c.open(nonce, ct, reply.get(..offset)?)
+        .map(|p| p.to_vec())
 }
 
 /// Sends `request` to `server` from a fresh socket and returns the first datagram that

@@ -1,0 +1,229 @@
+//! Server CPU time per completed NTS-KE exchange (TLS 1.3 handshake, records, close),
+//! ntimed against chronyd in the same run: `cargo bench --bench ke_cpu`.
+//!
+//! Each server runs as its own process (chronyd with `ntsprocesses 1`), without
+//! CAP_SYS_TIME; its CPU time (all threads and helper processes, from /proc) is read
+//! before and after a burst of key exchanges from this process on loopback.
+//! Environment: `KE_EXCHANGES` (default 2000), `KE_PARALLEL` (default 16).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ntimed::daemon::nts;
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// CPU seconds used so far by `pid`, its threads and its child processes.
+fn cpu_seconds(pid: u32) -> f64 {
+    let ticks = 100.0; // USER_HZ on Linux
+    let mut total = 0.0;
+    let mut pids = vec![pid];
+    if let Ok(children) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {
+        pids.extend(
+            children
+                .split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
+    }
+    for p in pids {
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) {
+            // Fields after the command name: utime is the 14th, stime the 15th field.
+            let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let utime: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+            let stime: f64 = fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+            total += (utime + stime) / ticks;
+        }
+    }
+    total
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn copy_private(from: &Path, to: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::copy(from, to).expect("copy");
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+}
+
+fn start_ntimed(dir: &Path, ke_port: u16, threads: usize) -> Proc {
+    let config = dir.join("ntimed.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[local]\nstratum = 1\n[[server]]\nlisten = \"127.0.0.1:{}\"\n[[nts-ke-server]]\nlisten = \"127.0.0.1:{ke_port}\"\ncertificate-chain = \"srv-chain.pem\"\nprivate-key = \"srv.key\"\n[nts]\nkey-dir = \"state\"\n",
+            free_port()
+        ),
+    )
+    .expect("config");
+    let child = Command::new("setpriv")
+        .args([
+            "--bounding-set",
+            "-sys_time",
+            "--",
+            env!("CARGO_BIN_EXE_ntimed"),
+            "run",
+            "--config",
+        ])
+        .arg(&config)
+        .env("TOKIO_WORKER_THREADS", threads.to_string())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ntimed run");
+    Proc(child)
+}
+
+fn start_chronyd(dir: &Path, ke_port: u16) -> Option<(Proc, u32)> {
+    if !Path::new("/usr/sbin/chronyd").exists() {
+        eprintln!("chronyd not installed: skipping it (apt-get install chrony)");
+        return None;
+    }
+    let config = dir.join("chrony.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "port {}\nntsport {ke_port}\nbindaddress 127.0.0.1\nntsservercert {d}/srv-chain.pem\nntsserverkey {d}/srv.key\nntsprocesses 1\nntsdumpdir {d}\nlocal stratum 1\nallow 127.0.0.1\ncmdport 0\nbindcmdaddress /\npidfile {d}/chronyd.pid\n",
+            free_port(),
+            d = dir.display()
+        ),
+    )
+    .expect("chrony config");
+    let child = Command::new("setpriv")
+        .args([
+            "--bounding-set",
+            "-sys_time",
+            "--",
+            "/usr/sbin/chronyd",
+            "-x",
+            "-d",
+            "-u",
+            "root",
+            "-f",
+        ])
+        .arg(&config)
+        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("chronyd");
+    // setpriv execs chronyd, so the child's pid is chronyd's.
+    let pid = child.id();
+    Some((Proc(child), pid))
+}
+
+/// Runs `total` key exchanges, `parallel` at a time; returns (completed, seconds).
+fn hammer(port: u16, ca: &Path, total: usize, parallel: usize) -> (usize, f64) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let tls = nts::client_config(Some(ca)).expect("client config");
+        // Wait for the server to come up.
+        for _ in 0..100 {
+            if nts::key_exchange("localhost", port, tls.clone(), Duration::from_secs(2))
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let left = Arc::new(std::sync::atomic::AtomicUsize::new(total));
+        let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..parallel)
+            .map(|_| {
+                let (tls, left, done) = (tls.clone(), left.clone(), done.clone());
+                tokio::spawn(async move {
+                    use std::sync::atomic::Ordering::Relaxed;
+                    while left
+                        .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
+                        .is_ok()
+                    {
+                        if nts::key_exchange("localhost", port, tls.clone(), Duration::from_secs(5))
+                            .await
+                            .is_ok()
+                        {
+                            done.fetch_add(1, Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            let _ = t.await;
+        }
+        (
+            done.load(std::sync::atomic::Ordering::Relaxed),
+            start.elapsed().as_secs_f64(),
+        )
+    })
+}
+
+fn measure(name: &str, pid: u32, port: u16, ca: &Path, total: usize, parallel: usize) {
+    let _ = hammer(port, ca, 50, 4); // warm up
+    let before = cpu_seconds(pid);
+    let (done, secs) = hammer(port, ca, total, parallel);
+    let cpu = cpu_seconds(pid) - before;
+    println!(
+        "{name:<28} {done:>6} exchanges  {:>7.0} µs server CPU each  {:>7.0} exchanges/s",
+        cpu / done.max(1) as f64 * 1e6,
+        done as f64 / secs
+    );
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let total = env_usize("KE_EXCHANGES", 2000);
+    let parallel = env_usize("KE_PARALLEL", 16);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("certs");
+    std::fs::copy(
+        certs.join("srv-chain.pem"),
+        dir.path().join("srv-chain.pem"),
+    )
+    .expect("chain");
+    copy_private(&certs.join("srv.key"), &dir.path().join("srv.key"));
+    let ca = certs.join("ca.pem");
+    println!("NTS-KE server CPU per exchange, {total} exchanges, {parallel} in parallel, loopback");
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for threads in (1..=cores).collect::<Vec<_>>() {
+        let port = free_port();
+        let server = start_ntimed(dir.path(), port, threads);
+        measure(
+            &format!("ntimed ({threads} worker threads)"),
+            server.0.id(),
+            port,
+            &ca,
+            total,
+            parallel,
+        );
+    }
+    let port = free_port();
+    if let Some((_server, pid)) = start_chronyd(dir.path(), port) {
+        measure("chronyd (ntsprocesses 1)", pid, port, &ca, total, parallel);
+    }
+}
