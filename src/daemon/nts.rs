@@ -51,18 +51,16 @@ async fn read_message<S: AsyncReadExt + Unpin>(stream: &mut S) -> Result<(Vec<u8
 }
 
 /// Exports both session keys for `aead` from a finished TLS session.
-fn export_keys(
-    export: impl Fn(&mut [u8], &[u8], &[u8]) -> Result<(), rustls::Error>,
+fn export_keys<Data>(
+    connection: &rustls::ConnectionCommon<Data>,
     aead: AeadAlgorithm,
 ) -> Result<SessionKeys, String> {
     let one = |s2c: bool| -> Result<AeadKey, String> {
         let mut key = zeroize::Zeroizing::new(vec![0u8; aead.key_len()]);
-        export(
-            &mut key,
-            ke::EXPORTER_LABEL,
-            &ke::exporter_context(aead, s2c),
-        )
-        .map_err(|e| e.to_string())?;
+        let context = ke::exporter_context(aead, s2c);
+        connection
+            .export_keying_material(&mut key[..], ke::EXPORTER_LABEL, Some(&context))
+            .map_err(|e| e.to_string())?;
         AeadKey::new(aead, &key).ok_or_else(|| "exported key of the wrong length".to_string())
     };
     Ok(SessionKeys {
@@ -161,15 +159,7 @@ async fn key_exchange_inner(
     };
     let response =
         ke::handle_response(&records).map_err(|e| format!("NTS-KE with {host}:{port}: {e}"))?;
-    let connection = &tls.get_ref().1;
-    let keys = export_keys(
-        |out, label, context| {
-            connection
-                .export_keying_material(out, label, Some(context))
-                .map(|_| ())
-        },
-        response.aead,
-    )?;
+    let keys = export_keys(tls.get_ref().1, response.aead)?;
     let _ = tls.shutdown().await;
     Ok(KeOutcome {
         ntp_host: response
@@ -408,15 +398,7 @@ async fn serve_one(
     };
     let cookies = match decision {
         KeDecision::Accept { aead, .. } => {
-            let connection = &tls.get_ref().1;
-            let keys = export_keys(
-                |out, label, context| {
-                    connection
-                        .export_keying_material(out, label, Some(context))
-                        .map(|_| ())
-                },
-                aead,
-            )?;
+            let keys = export_keys(tls.get_ref().1, aead)?;
             let master = cookie_keys.read().map_err(|_| "cookie keys unavailable")?;
             (0..ke::COOKIES_PER_RESPONSE)
                 .filter_map(|_| master.seal(&keys))
