@@ -109,9 +109,10 @@ pub async fn query(host: &str, port: u16, options: QueryOptions) -> Vec<Result<R
         if session.is_none() {
             match connect(host, port, &options.auth, options.timeout).await {
                 Ok((server, auth)) => session = Some((server, ClientExchange::new(auth, 6))),
+                // A one-shot tool does not wait out a re-keying backoff: it stops.
                 Err(e) => {
                     results.push(Err(e));
-                    continue;
+                    break;
                 }
             }
         }
