@@ -10,7 +10,6 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObjec
 use rustls::{ClientConfig, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use crate::auth::nts::aead::{AeadAlgorithm, AeadKey};
@@ -195,7 +194,9 @@ async fn connect_any(host: &str, port: u16) -> Result<TcpStream, String> {
 /// Limits that keep NTS-KE load from starving anything else (ADVERSARIAL 5).
 #[derive(Debug, Clone, Copy)]
 pub struct KeLimits {
-    /// Connections served at once; more are closed at once.
+    /// Connections served at once. When full, a new connection evicts the oldest one
+    /// still in progress: a legitimate exchange takes milliseconds, so connections
+    /// held open on purpose are the ones that go, and nobody is locked out.
     pub max_concurrent: usize,
     /// Whole exchange, handshake included.
     pub timeout: Duration,
@@ -206,6 +207,33 @@ impl Default for KeLimits {
         Self {
             max_concurrent: 512,
             timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Connections in progress, oldest first, each with a way to end it.
+#[derive(Default)]
+struct InFlight {
+    next_id: u64,
+    connections: std::collections::VecDeque<(u64, tokio::sync::oneshot::Sender<()>)>,
+}
+
+impl InFlight {
+    /// Registers a connection, evicting the oldest if `cap` are in progress.
+    fn admit(&mut self, cap: usize) -> (u64, tokio::sync::oneshot::Receiver<()>, bool) {
+        let evicted = self.connections.len() >= cap;
+        if evicted && let Some((_, cancel)) = self.connections.pop_front() {
+            let _ = cancel.send(());
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.next_id += 1;
+        self.connections.push_back((self.next_id, tx));
+        (self.next_id, rx, evicted)
+    }
+
+    fn finish(&mut self, id: u64) {
+        if let Some(i) = self.connections.iter().position(|(c, _)| *c == id) {
+            self.connections.remove(i);
         }
     }
 }
@@ -345,29 +373,48 @@ pub async fn start_ke_server(
     let listener = TcpListener::bind(listen).await?;
     let local_addr = listener.local_addr()?;
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let permits = Arc::new(Semaphore::new(limits.max_concurrent));
+    let in_flight = Arc::new(std::sync::Mutex::new(InFlight::default()));
     let endpoint = Arc::new(endpoint);
     let task = tokio::spawn(async move {
+        let mut evictions = 0u64;
         loop {
             let Ok((tcp, peer)) = listener.accept().await else {
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             };
-            // Over the cap: close at once rather than queue.
-            let Ok(permit) = permits.clone().try_acquire_owned() else {
-                drop(tcp);
-                continue;
+            let Ok(mut registry) = in_flight.lock() else {
+                return;
             };
-            let (acceptor, cookie_keys, endpoint) =
-                (acceptor.clone(), cookie_keys.clone(), endpoint.clone());
+            let (id, cancelled, evicted) = registry.admit(limits.max_concurrent.max(1));
+            drop(registry);
+            if evicted {
+                evictions += 1;
+                if evictions.is_power_of_two() {
+                    tracing::warn!(
+                        "NTS-KE: {} connections in progress; evicted the oldest ({evictions} so far)",
+                        limits.max_concurrent
+                    );
+                }
+            }
+            let (acceptor, cookie_keys, endpoint, in_flight) = (
+                acceptor.clone(),
+                cookie_keys.clone(),
+                endpoint.clone(),
+                in_flight.clone(),
+            );
             tokio::spawn(async move {
                 let exchange = serve_one(acceptor, tcp, &cookie_keys, &endpoint);
-                match tokio::time::timeout(limits.timeout, exchange).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::debug!("NTS-KE with {peer}: {e}"),
-                    Err(_) => tracing::debug!("NTS-KE with {peer}: timed out"),
+                tokio::select! {
+                    result = tokio::time::timeout(limits.timeout, exchange) => match result {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::debug!("NTS-KE with {peer}: {e}"),
+                        Err(_) => tracing::debug!("NTS-KE with {peer}: timed out"),
+                    },
+                    _ = cancelled => tracing::debug!("NTS-KE with {peer}: evicted"),
                 }
-                drop(permit);
+                if let Ok(mut registry) = in_flight.lock() {
+                    registry.finish(id);
+                }
             });
         }
     });

@@ -15,8 +15,9 @@ use crate::auth::nts::ke::NtpEndpoint;
 use crate::config::Loaded;
 use crate::proto::server::{DropReason, Server, ServerOptions, SyncState};
 
-/// Largest request read; longer datagrams arrive truncated and fail to parse or verify.
-const MAX_REQUEST_LEN: usize = 4096;
+/// Largest datagram read: all of any UDP payload, so that even an NTS request with 100
+/// cookie placeholders is seen whole (and answered with at most 8 cookies).
+const MAX_REQUEST_LEN: usize = 65_536;
 /// Pause after a receive error before trying again.
 const RECV_ERROR_PAUSE: Duration = Duration::from_millis(10);
 /// At most one log line about dropped requests per socket and interval.
@@ -85,8 +86,8 @@ async fn answer_requests(
     reference: Reference,
     precision: i8,
 ) {
-    let mut request = [0u8; MAX_REQUEST_LEN];
-    let mut reply = Vec::with_capacity(MAX_REQUEST_LEN);
+    let mut request = vec![0u8; MAX_REQUEST_LEN];
+    let mut reply = Vec::with_capacity(2048);
     let mut drop_log = DropLog::default();
     loop {
         let (len, peer) = match socket.recv_from(&mut request).await {
