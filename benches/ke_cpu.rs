@@ -4,7 +4,9 @@
 //! Each server runs as its own process (chronyd with `ntsprocesses 1`), without
 //! CAP_SYS_TIME; its CPU time (all threads and helper processes, from /proc) is read
 //! before and after a burst of key exchanges from this process on loopback.
-//! Environment: `KE_EXCHANGES` (default 2000), `KE_PARALLEL` (default 16).
+//! Environment: `KE_EXCHANGES` (default 2000), `KE_PARALLEL` (default 16), and
+//! `KE_SERVER_CPUS` (a `taskset` CPU list for the servers, e.g. `0`; run the bench
+//! itself under `taskset -c 1` so client and servers do not share cores).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -67,6 +69,19 @@ fn copy_private(from: &Path, to: &Path) {
     std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o600)).expect("chmod");
 }
 
+/// `setpriv`, under `taskset` when `KE_SERVER_CPUS` is set; both exec, so the child's
+/// pid is the server's.
+fn server_command() -> Command {
+    match std::env::var("KE_SERVER_CPUS") {
+        Ok(cpus) => {
+            let mut cmd = Command::new("taskset");
+            cmd.args(["-c", &cpus, "setpriv"]);
+            cmd
+        }
+        Err(_) => Command::new("setpriv"),
+    }
+}
+
 fn start_ntimed(dir: &Path, ke_port: u16, threads: usize) -> Proc {
     let config = dir.join("ntimed.toml");
     std::fs::write(
@@ -126,7 +141,6 @@ fn start_chronyd(dir: &Path, ke_port: u16) -> Option<(Proc, u32)> {
         .stdout(Stdio::null())
         .spawn()
         .expect("chronyd");
-    // setpriv execs chronyd, so the child's pid is chronyd's.
     let pid = child.id();
     Some((Proc(child), pid))
 }
