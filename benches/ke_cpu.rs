@@ -92,7 +92,7 @@ fn start_ntimed(dir: &Path, ke_port: u16, threads: usize) -> Proc {
         ),
     )
     .expect("config");
-    let child = Command::new("setpriv")
+    let child = server_command()
         .args([
             "--bounding-set",
             "-sys_time",
@@ -124,7 +124,7 @@ fn start_chronyd(dir: &Path, ke_port: u16) -> Option<(Proc, u32)> {
         ),
     )
     .expect("chrony config");
-    let child = Command::new("setpriv")
+    let child = server_command()
         .args([
             "--bounding-set",
             "-sys_time",
@@ -223,7 +223,11 @@ fn main() {
     copy_private(&certs.join("srv.key"), &dir.path().join("srv.key"));
     let ca = certs.join("ca.pem");
     println!("NTS-KE server CPU per exchange, {total} exchanges, {parallel} in parallel, loopback");
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = match std::env::var("KE_SERVER_CPUS") {
+        // One worker per CPU the servers may use.
+        Ok(cpus) => cpus.split(',').count(),
+        Err(_) => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
     for threads in (1..=cores).collect::<Vec<_>>() {
         let port = free_port();
         let server = start_ntimed(dir.path(), port, threads);
