@@ -334,6 +334,71 @@ fn ntpsec_nts_client_reaches_ntimed_with_nts() {
 // Cookie keys across restarts
 // ---------------------------------------------------------------------------
 
+/// Rotation without waiting a day: the key directory starts with master keys made as if
+/// the server had been running for days. A cookie sealed under yesterday's key (rotated
+/// out, within retention) still authenticates; one sealed 8 days ago (past the week's
+/// retention) gets an NTSN.
+#[test]
+fn cookies_from_a_rotated_out_key_work_until_retention_ends() {
+    use ntimed::auth::nts::aead::{AeadAlgorithm, AeadKey};
+    use ntimed::auth::nts::cookie::{CookieKeys, Rotation, SessionKeys, encode_persisted};
+    use ntimed::auth::nts::ntp::NtsSession;
+    use ntimed::proto::client::{ClientAuth, ClientExchange};
+
+    const DAY: u64 = 86_400;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs();
+    let session = || SessionKeys {
+        c2s: AeadKey::new(AeadAlgorithm::AesSivCmac256, &[3; 32]).expect("key"),
+        s2c: AeadKey::new(AeadAlgorithm::AesSivCmac256, &[4; 32]).expect("key"),
+    };
+    let sealed_at = |unix: u64| {
+        let mut keys = CookieKeys::random(Rotation::default(), vec![]);
+        keys.update(unix);
+        let cookie = keys.seal(&session()).expect("seal");
+        (keys, cookie)
+    };
+    let (yesterday, cookie_yesterday) = sealed_at(now - DAY);
+    let (last_week, cookie_expired) = sealed_at(now - 8 * DAY);
+    let mut persisted = yesterday.persistable();
+    persisted.extend(last_week.persistable());
+
+    let certs = TestCerts::new();
+    let (ntp_port, ke_port) = (free_port(), free_port());
+    let dir = tempdir("ntimed-rotation");
+    let state = dir.path().join("state");
+    fs::create_dir(&state).expect("mkdir state");
+    fs::set_permissions(&state, fs::Permissions::from_mode(0o700)).expect("chmod state");
+    let key_file = state.join("cookie-keys");
+    fs::write(&key_file, encode_persisted(&persisted).as_bytes()).expect("write keys");
+    fs::set_permissions(&key_file, fs::Permissions::from_mode(0o600)).expect("chmod keys");
+    let toml = nts_server_toml(&certs, ntp_port, ke_port, &state);
+    let run = NtimedRun::start_in(dir, None, &toml, Some(ntp_port), Some(ke_port));
+    let server = ([127, 0, 0, 1], ntp_port).into();
+
+    let exchange = |cookie: Vec<u8>| {
+        ClientExchange::new(ClientAuth::Nts(NtsSession::new(session(), vec![cookie])), 6)
+    };
+    match nts_exchange(
+        &mut exchange(cookie_yesterday),
+        server,
+        Duration::from_secs(2),
+    ) {
+        NtsOutcome::Sample(s) => assert_eq!(s.authenticated, Authenticated::Nts),
+        other => panic!("yesterday's cookie: {other:?}\nlog:\n{}", run.log()),
+    }
+    match nts_exchange(
+        &mut exchange(cookie_expired),
+        server,
+        Duration::from_secs(2),
+    ) {
+        NtsOutcome::Kiss(KissCode::NtsNak) => {}
+        other => panic!("an 8-day-old cookie must get an NTSN, got {other:?}"),
+    }
+}
+
 #[test]
 fn cookies_issued_before_a_restart_authenticate_after_it() {
     let certs = TestCerts::new();
