@@ -47,10 +47,10 @@ pub struct NtsKeServerSection {
     /// Checked at start to be among the certificate's names.
     pub name: Option<String>,
     /// Send clients to this NTP host instead of this one.
-    pub ntp_server: Option<String>,
+    pub ntp_server: Option<Spanned<String>>,
     /// Send clients to this NTP port; by default the port of the only `[[server]]`
     /// if it is not 123.
-    pub ntp_port: Option<u16>,
+    pub ntp_port: Option<Spanned<u16>>,
 }
 
 /// Cookie master keys, shared by the NTS-KE and NTP servers.
@@ -64,7 +64,7 @@ pub struct NtsSection {
     /// Seconds between master-key rotations (default 86400).
     pub rotation: Option<Spanned<u64>>,
     /// Seconds an old master key keeps opening cookies (default 604800).
-    pub retention: Option<u64>,
+    pub retention: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -184,14 +184,50 @@ impl Config {
             return Err((Some(ke.listen.span()), message.into()));
         }
         if let Some(nts) = &self.nts {
-            if nts.key_dir.is_none() && nts.fleet_secret.is_none() {
-                return Err((None, "[nts] needs key-dir or fleet-secret".into()));
+            match (&nts.key_dir, &nts.fleet_secret) {
+                (None, None) => return Err((None, "[nts] needs key-dir or fleet-secret".into())),
+                (Some(_), Some(_)) => {
+                    let message = "[nts] takes key-dir or fleet-secret, not both";
+                    return Err((None, message.into()));
+                }
+                _ => {}
             }
+            let period = nts.rotation.as_ref().map_or(86_400, |r| *r.get_ref());
             if let Some(rotation) = &nts.rotation
-                && !(60..=30 * 86_400).contains(rotation.get_ref())
+                && !(60..=30 * 86_400).contains(&period)
             {
                 let message = "[nts] rotation must be 60 to 2592000 seconds".to_string();
                 return Err((Some(rotation.span()), message));
+            }
+            if let Some(retention) = &nts.retention {
+                let retention = *retention.get_ref();
+                if retention < period || retention > 1000 * period || retention > 90 * 86_400 {
+                    let message = format!(
+                        "[nts] retention must be at least rotation ({period} s), at most 1000 rotations and 90 days"
+                    );
+                    return Err((
+                        Some(nts.retention.as_ref().map_or(0..0, |r| r.span())),
+                        message,
+                    ));
+                }
+            }
+        }
+        for ke in &self.nts_ke_servers {
+            if let Some(server) = &ke.ntp_server {
+                let host = server.get_ref();
+                if host.is_empty()
+                    || host.len() > 255
+                    || !host.bytes().all(|b| b.is_ascii_graphic())
+                {
+                    let message =
+                        "ntp-server must be a host name or address (ASCII, 1 to 255 characters)";
+                    return Err((Some(server.span()), message.into()));
+                }
+            }
+            if let Some(port) = &ke.ntp_port
+                && *port.get_ref() == 0
+            {
+                return Err((Some(port.span()), "ntp-port must be 1 to 65535".into()));
             }
         }
         for (i, ke) in self.nts_ke_servers.iter().enumerate() {

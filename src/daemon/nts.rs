@@ -38,20 +38,33 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(provider)
 }
 
-/// Reads one whole NTS-KE message (at most `MAX_MESSAGE_LEN` bytes); returns the bytes
-/// and where the message ends.
+/// Reads one whole NTS-KE message (at most `MAX_MESSAGE_LEN` bytes and
+/// `MAX_RECORDS` records); returns the bytes and where the message ends. Record headers
+/// are walked as bytes arrive, so a message dribbled in byte by byte costs linear time.
 async fn read_message<S: AsyncReadExt + Unpin>(stream: &mut S) -> Result<(Vec<u8>, usize), String> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
+    let mut next_record = 0usize;
+    let mut records = 0usize;
     loop {
-        match parse_message(&buf) {
-            Ok(Some((_, used))) => return Ok((buf, used)),
-            Ok(None) => {}
-            Err(e) => return Err(e.to_string()),
+        while let Some(header) = buf.get(next_record..next_record + 4) {
+            let record_type = u16::from_be_bytes([header[0], header[1]]) & 0x7fff;
+            let end = next_record + 4 + usize::from(u16::from_be_bytes([header[2], header[3]]));
+            if end > buf.len() {
+                break;
+            }
+            records += 1;
+            if records > MAX_RECORDS {
+                return Err(format!("more than {MAX_RECORDS} records"));
+            }
+            next_record = end;
+            if record_type == 0 {
+                return Ok((buf, end));
+            }
         }
         let n = stream.read(&mut chunk).await.map_err(|e| e.to_string())?;
         if n == 0 {
-            return Err("connection closed before End of Message".into());
+            return Err(CLOSED_EARLY.into());
         }
         buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
         if buf.len() > MAX_MESSAGE_LEN {
@@ -59,6 +72,10 @@ async fn read_message<S: AsyncReadExt + Unpin>(stream: &mut S) -> Result<(Vec<u8
         }
     }
 }
+
+/// Most records in a message: a request has a handful, a response about a dozen.
+const MAX_RECORDS: usize = 64;
+const CLOSED_EARLY: &str = "connection closed before End of Message";
 
 /// Exports both session keys for `aead` from a finished TLS session.
 fn export_keys<Data>(
@@ -209,6 +226,8 @@ pub struct KeLimits {
     /// still in progress: a legitimate exchange takes milliseconds, so connections
     /// held open on purpose are the ones that go, and nobody is locked out.
     pub max_concurrent: usize,
+    /// Connections served at once from one IPv4 address or IPv6 /64.
+    pub max_per_source: usize,
     /// Whole exchange, handshake included.
     pub timeout: Duration,
 }
@@ -217,33 +236,86 @@ impl Default for KeLimits {
     fn default() -> Self {
         Self {
             max_concurrent: 512,
+            max_per_source: 8,
             timeout: Duration::from_secs(3),
         }
     }
 }
 
-/// Connections in progress, oldest first, each with a way to end it.
+/// Connections in progress, oldest first, each with its source and a way to end it.
 #[derive(Default)]
 struct InFlight {
     next_id: u64,
-    connections: std::collections::VecDeque<(u64, tokio::sync::oneshot::Sender<()>)>,
+    connections: std::collections::VecDeque<(u64, SourceKey, tokio::sync::oneshot::Sender<()>)>,
+}
+
+/// Where a connection comes from: the IPv4 address, or the IPv6 /64.
+type SourceKey = [u8; 8];
+
+fn source_key(ip: std::net::IpAddr) -> SourceKey {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let [a, b, c, d] = v4.octets();
+            [4, 0, 0, 0, a, b, c, d]
+        }
+        std::net::IpAddr::V6(v6) => {
+            let o = v6.octets();
+            [o[0], o[1], o[2], o[3], o[4], o[5], o[6], o[7]]
+        }
+    }
 }
 
 impl InFlight {
-    /// Registers a connection, evicting the oldest if `cap` are in progress.
-    fn admit(&mut self, cap: usize) -> (u64, tokio::sync::oneshot::Receiver<()>, bool) {
-        let evicted = self.connections.len() >= cap;
-        if evicted && let Some((_, cancel)) = self.connections.pop_front() {
-            let _ = cancel.send(());
-        }
+    /// Registers a connection from `source`. A source already at `per_source` loses its
+    /// own oldest connection; when `cap` are in progress, the source with the most
+    /// loses its oldest. So a flood from one place only ever evicts itself, and an
+    /// honest client, finishing in milliseconds, is not the oldest of anyone's.
+    fn admit(
+        &mut self,
+        source: SourceKey,
+        cap: usize,
+        per_source: usize,
+    ) -> (u64, tokio::sync::oneshot::Receiver<()>, bool) {
+        let from_source = self
+            .connections
+            .iter()
+            .filter(|(_, s, _)| *s == source)
+            .count();
+        let victim_source = if from_source >= per_source {
+            Some(source)
+        } else if self.connections.len() >= cap {
+            self.busiest_source()
+        } else {
+            None
+        };
+        let evicted = match victim_source
+            .and_then(|v| self.connections.iter().position(|(_, s, _)| *s == v))
+        {
+            Some(i) => {
+                if let Some((_, _, cancel)) = self.connections.remove(i) {
+                    let _ = cancel.send(());
+                }
+                true
+            }
+            None => false,
+        };
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.next_id += 1;
-        self.connections.push_back((self.next_id, tx));
+        self.connections.push_back((self.next_id, source, tx));
         (self.next_id, rx, evicted)
     }
 
+    fn busiest_source(&self) -> Option<SourceKey> {
+        let mut counts: std::collections::HashMap<SourceKey, usize> =
+            std::collections::HashMap::new();
+        for (_, s, _) in &self.connections {
+            *counts.entry(*s).or_default() += 1;
+        }
+        counts.into_iter().max_by_key(|(_, n)| *n).map(|(s, _)| s)
+    }
+
     fn finish(&mut self, id: u64) {
-        if let Some(i) = self.connections.iter().position(|(c, _)| *c == id) {
+        if let Some(i) = self.connections.iter().position(|(c, _, _)| *c == id) {
             self.connections.remove(i);
         }
     }
@@ -355,11 +427,25 @@ fn check_leaf(
             _ => vec![],
         };
         let wanted = ip.map_or_else(|| name.to_ascii_lowercase(), |ip| ip.to_string());
-        if !names.iter().any(|n| n.to_ascii_lowercase() == wanted) {
+        if !names
+            .iter()
+            .any(|n| name_matches(&n.to_ascii_lowercase(), &wanted))
+        {
             return Err(format!("certificate names {names:?}, not {name}"));
         }
     }
     Ok(())
+}
+
+/// A certificate name matches exactly, or as a wildcard for one leftmost label
+/// (`*.example.org` covers `time.example.org`, not `example.org` or `a.b.example.org`).
+fn name_matches(pattern: &str, name: &str) -> bool {
+    match pattern.strip_prefix("*.") {
+        Some(suffix) => name
+            .split_once('.')
+            .is_some_and(|(label, rest)| !label.is_empty() && rest == suffix),
+        None => pattern == name,
+    }
 }
 
 /// An NTS-KE server. Dropping it stops accepting.
@@ -394,17 +480,20 @@ pub async fn start_ke_server(
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             };
-            let Ok(mut registry) = in_flight.lock() else {
-                return;
-            };
-            let (id, cancelled, evicted) = registry.admit(limits.max_concurrent.max(1));
+            let mut registry = in_flight
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let (id, cancelled, evicted) = registry.admit(
+                source_key(peer.ip()),
+                limits.max_concurrent.max(1),
+                limits.max_per_source.max(1),
+            );
             drop(registry);
             if evicted {
                 evictions += 1;
                 if evictions.is_power_of_two() {
                     tracing::warn!(
-                        "NTS-KE: {} connections in progress; evicted the oldest ({evictions} so far)",
-                        limits.max_concurrent
+                        "NTS-KE: evicted an old connection to admit {peer} ({evictions} so far)"
                     );
                 }
             }
@@ -424,9 +513,10 @@ pub async fn start_ke_server(
                     },
                     _ = cancelled => tracing::debug!("NTS-KE with {peer}: evicted"),
                 }
-                if let Ok(mut registry) = in_flight.lock() {
-                    registry.finish(id);
-                }
+                in_flight
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .finish(id);
             });
         }
     });
@@ -452,13 +542,15 @@ async fn serve_one(
             Ok(Some((records, _))) => ke::evaluate_request(&records, used < bytes.len()),
             _ => bad_request(),
         },
-        Err(e) if e.contains("closed") => return Err(e),
+        Err(e) if e == CLOSED_EARLY => return Err(e),
         Err(_) => bad_request(),
     };
     let cookies = match decision {
         KeDecision::Accept { aead, .. } => {
             let keys = export_keys(tls.get_ref().1, aead)?;
-            let master = cookie_keys.read().map_err(|_| "cookie keys unavailable")?;
+            let master = cookie_keys
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             (0..ke::COOKIES_PER_RESPONSE)
                 .filter_map(|_| master.seal(&keys))
                 .collect()
@@ -533,7 +625,7 @@ pub fn load_cookie_keys(
     if keys.0.update(unix_now())
         && let Some(file) = &keys.1
     {
-        persist_cookie_keys(file, &keys.0)?;
+        persist_cookie_keys(file, &encode_persisted(&keys.0.persistable()))?;
     }
     Ok(keys)
 }
@@ -560,26 +652,37 @@ fn ensure_private_dir(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Writes the random keys atomically (temporary file, fsync, rename), mode 0600.
-pub fn persist_cookie_keys(file: &Path, keys: &CookieKeys) -> Result<(), String> {
+/// Writes the random keys atomically, mode 0600: a fresh temporary file (any old one,
+/// or a symlink planted in its place, is removed first and never followed), fsync,
+/// rename, fsync of the directory.
+pub fn persist_cookie_keys(file: &Path, text: &str) -> Result<(), String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let text = encode_persisted(&keys.persistable());
-    let tmp = file.with_extension("tmp");
     let fail = |e: std::io::Error| format!("{}: cannot save cookie keys: {e}", file.display());
+    let tmp = file.with_extension("tmp");
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(fail(e)),
+        _ => {}
+    }
     let mut out = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(&tmp)
         .map_err(fail)?;
     out.write_all(text.as_bytes()).map_err(fail)?;
     out.sync_all().map_err(fail)?;
-    std::fs::rename(&tmp, file).map_err(fail)
+    std::fs::rename(&tmp, file).map_err(fail)?;
+    if let Some(dir) = file.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(fail)?;
+    }
+    Ok(())
 }
 
-/// Rotates master keys as time passes, saving them when they change.
+/// Rotates master keys as time passes, saving them when they change (off the async
+/// workers, and without holding the keys' lock while writing).
 pub fn spawn_rotation(
     keys: SharedCookieKeys,
     persist_to: Option<std::path::PathBuf>,
@@ -587,16 +690,21 @@ pub fn spawn_rotation(
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(ROTATION_CHECK).await;
-            let changed = match keys.write() {
-                Ok(mut k) => k.update(unix_now()),
-                Err(_) => return,
+            let text = {
+                let mut k = keys
+                    .write()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                if !k.update(unix_now()) {
+                    continue;
+                }
+                encode_persisted(&k.persistable())
             };
-            if changed
-                && let Some(file) = &persist_to
-                && let Ok(k) = keys.read()
-                && let Err(e) = persist_cookie_keys(file, &k)
-            {
-                tracing::warn!("{e}");
+            if let Some(file) = persist_to.clone() {
+                let saved =
+                    tokio::task::spawn_blocking(move || persist_cookie_keys(&file, &text)).await;
+                if let Ok(Err(e)) = saved {
+                    tracing::warn!("{e}");
+                }
             }
         }
     })
@@ -662,5 +770,73 @@ impl ThrowawayPki {
         .map_err(|e| match e {
             ServerCertError::Chain(e) | ServerCertError::Key(e) => e,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(last: u8) -> SourceKey {
+        source_key(std::net::IpAddr::from([192, 0, 2, last]))
+    }
+
+    /// ADVERSARIAL 5: a flood from one source evicts only its own connections.
+    #[test]
+    fn a_flooding_source_evicts_only_itself() {
+        let mut in_flight = InFlight::default();
+        let (honest, mut honest_rx, _) = in_flight.admit(key(1), 4, 2);
+        for _ in 0..100 {
+            in_flight.admit(key(66), 4, 2);
+        }
+        assert!(
+            honest_rx.try_recv().is_err(),
+            "the honest client was evicted"
+        );
+        assert_eq!(
+            in_flight.connections.len(),
+            3,
+            "one honest, two from the flood"
+        );
+        in_flight.finish(honest);
+        assert_eq!(in_flight.connections.len(), 2);
+    }
+
+    #[test]
+    fn when_full_the_busiest_source_gives_way() {
+        let mut in_flight = InFlight::default();
+        let (_, mut a, _) = in_flight.admit(key(1), 3, 3);
+        let (_, mut b, _) = in_flight.admit(key(2), 3, 3);
+        let (_, mut c, _) = in_flight.admit(key(2), 3, 3);
+        let (_, _, evicted) = in_flight.admit(key(3), 3, 3);
+        assert!(evicted);
+        assert!(a.try_recv().is_err(), "source 1 has fewest");
+        assert!(
+            b.try_recv().is_ok(),
+            "the oldest of the busiest source goes"
+        );
+        assert!(c.try_recv().is_err());
+    }
+
+    #[test]
+    fn wildcard_names_cover_one_label() {
+        assert!(name_matches("time.example.org", "time.example.org"));
+        assert!(name_matches("*.example.org", "time.example.org"));
+        assert!(!name_matches("*.example.org", "example.org"));
+        assert!(!name_matches("*.example.org", "a.time.example.org"));
+        assert!(!name_matches("*.example.org", "time.example.com"));
+    }
+
+    #[test]
+    fn ipv6_sources_are_grouped_by_64() {
+        let a: std::net::IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: std::net::IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let c: std::net::IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(source_key(a), source_key(b));
+        assert_ne!(source_key(a), source_key(c));
+        assert_ne!(
+            source_key("0.0.0.1".parse().unwrap()),
+            source_key("::1".parse().unwrap())
+        );
     }
 }

@@ -97,11 +97,13 @@ async fn connect(
 
 /// Runs up to `count` exchanges with `host` (`port` is the NTP port, or the NTS-KE
 /// port for NTS); one result per exchange. A DENY or RSTR kiss ends the run; RATE
-/// doubles the interval; NTSN, or running out of cookies, runs NTS-KE again.
+/// doubles the interval; two NTSNs in a row, or running out of cookies, run NTS-KE
+/// again.
 pub async fn query(host: &str, port: u16, options: QueryOptions) -> Vec<Result<Report, String>> {
     let mut results = Vec::new();
     let mut interval = options.interval;
     let mut session: Option<(SocketAddr, ClientExchange)> = None;
+    let mut naks = 0;
     for i in 0..options.count {
         if i > 0 {
             tokio::time::sleep(interval).await;
@@ -121,13 +123,22 @@ pub async fn query(host: &str, port: u16, options: QueryOptions) -> Vec<Result<R
         };
         let server = *server;
         match exchange(server, client, options.timeout).await {
-            Ok(Response::Sample(sample)) => results.push(Ok(Report::new(server, &sample))),
+            Ok(Response::Sample(sample)) => {
+                naks = 0;
+                results.push(Ok(Report::new(server, &sample)));
+            }
             Ok(Response::Kiss(code)) => {
                 results.push(Err(format!("{server}: kiss-o'-death {code:?}")));
                 match code {
                     KissCode::Deny | KissCode::Restrict => break,
                     KissCode::Rate => interval *= 2,
-                    KissCode::NtsNak => session = None,
+                    // Keep the old cookies for one more try; re-key after a second NTSN.
+                    KissCode::NtsNak => {
+                        naks += 1;
+                        if naks >= 2 {
+                            session = None;
+                        }
+                    }
                     KissCode::Other(_) => {}
                 }
             }
@@ -169,9 +180,10 @@ async fn exchange(
         .await
         .map_err(|e| other(format!("{server}: send: {e}")))?;
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut buf = [0u8; 4096];
+    let mut buf = vec![0u8; 65_536];
     let mut rejected: Option<String> = None;
     let mut rejected_count = 0;
+    let mut nak_seen = false;
     loop {
         let len = match tokio::time::timeout_at(deadline, socket.recv(&mut buf)).await {
             Ok(Ok(len)) => len,
@@ -181,6 +193,7 @@ async fn exchange(
                 rejected_count += 1;
                 continue;
             }
+            Err(_) if nak_seen => return Ok(Response::Kiss(KissCode::NtsNak)),
             Err(_) => {
                 let why = rejected
                     .map(|r| format!(" ({rejected_count} rejected, last: {r})"))
@@ -193,6 +206,9 @@ async fn exchange(
         };
         let received = super::now();
         match client.handle_response(buf.get(..len).unwrap_or_default(), received) {
+            // An NTSN is unauthenticated: keep waiting for a genuine reply until the
+            // deadline, and report the NTSN only if none comes.
+            Ok(Response::Kiss(KissCode::NtsNak)) => nak_seen = true,
             Ok(response) => return Ok(response),
             Err(reject) => {
                 tracing::debug!("{server}: dropped reply: {reject}");

@@ -158,7 +158,17 @@ pub async fn run(loaded: Loaded) -> Result<(), String> {
                     .rotation
                     .as_ref()
                     .map_or(defaults.period, |r| *r.get_ref()),
-                retention: section.retention.unwrap_or(defaults.retention),
+                // By default a week, and never less than one rotation period.
+                retention: section
+                    .retention
+                    .as_ref()
+                    .map_or(defaults.retention, |r| *r.get_ref())
+                    .max(
+                        section
+                            .rotation
+                            .as_ref()
+                            .map_or(defaults.period, |r| *r.get_ref()),
+                    ),
             };
             let fleet = section.fleet_secret.as_ref().map(|p| loaded.path(p));
             let dir = section.key_dir.as_ref().map(|p| loaded.path(p));
@@ -182,8 +192,12 @@ pub async fn run(loaded: Loaded) -> Result<(), String> {
             _ => None,
         };
         let endpoint = NtpEndpoint {
-            server: section.ntp_server.clone(),
-            port: section.ntp_port.or(only_port),
+            server: section.ntp_server.as_ref().map(|s| s.get_ref().clone()),
+            port: section
+                .ntp_port
+                .as_ref()
+                .map(|p| *p.get_ref())
+                .or(only_port),
         };
         ke_configs.push((*section.listen.get_ref(), tls, endpoint));
     }

@@ -224,13 +224,14 @@ impl ClientExchange {
                 Authenticated::Key(key.id())
             }
             // An NTSN cannot be authenticated (RFC 8915 §5.7); echoing our unique id
-            // and origin is the most it can show, and all it may do is make us re-key.
+            // and origin is the most it can show. It changes nothing here: the request
+            // stays outstanding, so a genuine reply that follows a forged NTSN is still
+            // accepted, and the caller decides whether to re-key (ADVERSARIAL 16).
             ClientAuth::Nts(session)
                 if h.stratum == 0
                     && h.reference_id.0 == *b"NTSN"
                     && session.nak_matches(&packet) =>
             {
-                self.outstanding = None;
                 return Ok(Response::Kiss(KissCode::NtsNak));
             }
             ClientAuth::Nts(session) => {

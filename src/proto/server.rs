@@ -205,13 +205,20 @@ impl Server {
             return Err(DropReason::NotClientMode(header.mode));
         }
         // Authenticate before anything else is decided.
-        let cookie_keys = match &self.nts {
-            Some(shared) => Some(shared.read().map_err(|_| DropReason::Internal)?),
-            None => None,
-        };
+        // A poisoned lock still holds valid keys: a panic elsewhere must not stop NTP.
+        let cookie_keys = self.nts.as_ref().map(|shared| {
+            shared
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+        });
         let nts_check = cookie_keys
             .as_deref()
             .map(|keys| nts::ntp::check_request(&packet, request, keys));
+        // Without NTS configured, an NTS request gets nothing: a plain answer would only
+        // be thrown away by the client.
+        if self.nts.is_none() && nts::ntp::has_nts_fields(&packet) {
+            return Err(DropReason::BadNts("NTS is not enabled here"));
+        }
         let auth = match (nts_check, cookie_keys.as_deref()) {
             (Some(ServerNts::Drop(why)), _) => return Err(DropReason::BadNts(why)),
             (Some(ServerNts::Nak { uid }), _) => Auth::NtsNak { uid },

@@ -23,6 +23,8 @@ const NONCE_LEN: usize = 16;
 /// Fleet secrets shorter than this are refused.
 pub const MIN_FLEET_SECRET_LEN: usize = 32;
 const FLEET_SALT: &[u8] = b"ntimed fleet cookie master keys v1";
+/// Keys from epochs after the current one kept through a backwards clock jump.
+const FUTURE_KEYS_KEPT: usize = 64;
 
 /// The keys a cookie carries.
 #[derive(Debug, Clone)]
@@ -118,8 +120,16 @@ impl CookieKeys {
         let kept = u32::try_from(self.rotation.retention / period).unwrap_or(u32::MAX);
         let oldest = current.saturating_sub(kept);
         let before: Vec<u32> = self.keys.keys().copied().collect();
-        self.keys
-            .retain(|&epoch, _| (oldest..=current.saturating_add(1)).contains(&epoch));
+        // Keys newer than the clock says are kept: a clock that boots in 1970 or jumps
+        // back must not throw away every cookie the server has issued. At most a
+        // window's worth of them, though.
+        self.keys.retain(|&epoch, _| epoch >= oldest);
+        let window = usize::try_from(kept)
+            .unwrap_or(usize::MAX)
+            .saturating_add(2);
+        while self.keys.len() > window.saturating_add(FUTURE_KEYS_KEPT) {
+            self.keys.pop_last();
+        }
         let wanted = match self.source {
             // Every epoch in the window can be derived.
             Source::Fleet(_) => oldest..=current.saturating_add(1),
@@ -196,14 +206,16 @@ impl CookieKeys {
     }
 }
 
-/// The text form of persisted keys: one `epoch hex` line each.
+/// The text form of persisted keys: one `epoch hex` line each. Sized up front and
+/// written in place, so no unwiped copy of a key is left in freed memory.
 pub fn encode_persisted(keys: &[(u32, &AeadKey)]) -> Zeroizing<String> {
-    let mut out = Zeroizing::new(String::new());
+    use std::fmt::Write;
+    let line_len = 11 + 2 * MASTER.key_len() + 1;
+    let mut out = Zeroizing::new(String::with_capacity(keys.len() * line_len));
     for (epoch, key) in keys {
-        out.push_str(&epoch.to_string());
-        out.push(' ');
+        let _ = write!(out, "{epoch} ");
         for b in key.bytes() {
-            out.push_str(&format!("{b:02x}"));
+            let _ = write!(out, "{b:02x}");
         }
         out.push('\n');
     }
@@ -295,6 +307,15 @@ mod tests {
         );
         keys.update(NOW + 8 * DAY);
         assert!(keys.open(&cookie).is_none(), "then dropped");
+    }
+
+    #[test]
+    fn a_clock_that_jumps_back_keeps_the_keys() {
+        let mut keys = random();
+        let cookie = keys.seal(&session(AeadAlgorithm::AesSivCmac256)).unwrap();
+        keys.update(5); // 1970
+        keys.update(NOW + 60); // fixed again
+        assert!(keys.open(&cookie).is_some());
     }
 
     #[test]

@@ -230,6 +230,7 @@ pub fn handle_response(records: &[Record<'_>]) -> Result<KeResponse, KeClientErr
     let mut aead: Option<&[u16]> = None;
     let mut endpoint = NtpEndpoint::default();
     let mut cookies = Vec::new();
+    let mut compliant_gcm_siv = false;
     for record in records {
         match &record.body {
             RecordBody::EndOfMessage => {}
@@ -263,7 +264,7 @@ pub fn handle_response(records: &[Record<'_>]) -> Result<KeResponse, KeClientErr
                 return Err(KeClientError::Duplicate("Port"));
             }
             RecordBody::Port(p) => endpoint.port = Some(*p),
-            RecordBody::ChronyCompliantGcmSiv(_) => {}
+            RecordBody::ChronyCompliantGcmSiv(_) => compliant_gcm_siv = true,
             RecordBody::Unknown { record_type, .. } if record.critical => {
                 return Err(KeClientError::UnknownCritical(*record_type));
             }
@@ -275,6 +276,13 @@ pub fn handle_response(records: &[Record<'_>]) -> Result<KeResponse, KeClientErr
         Some(_) | None => return Err(KeClientError::NoProtocol),
     }
     let aead = match aead {
+        // Without chrony's record 1024 echoed, a GCM-SIV server may be an older chrony
+        // that exports its keys differently: every packet would fail.
+        Some([30]) if !compliant_gcm_siv => {
+            return Err(KeClientError::Malformed(
+                "AES-128-GCM-SIV chosen without confirming RFC key export",
+            ));
+        }
         Some([id]) => AeadAlgorithm::from_id(*id).ok_or(KeClientError::AeadNotOffered(*id))?,
         Some([]) => return Err(KeClientError::NoAead),
         Some(_) => return Err(KeClientError::Malformed("more than one AEAD")),

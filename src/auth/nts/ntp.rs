@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 
 use super::aead::{AeadKey, TAG_LEN};
 use super::cookie::{CookieKeys, SessionKeys};
+use super::ke::MAX_COOKIE_LEN;
 use crate::wire::Reader;
 use crate::wire::packet::{ExtensionField, ExtensionType, HEADER_LEN, Packet};
 
@@ -122,6 +123,11 @@ pub enum ServerNts<'a> {
         keys: SessionKeys,
         cookies: usize,
     },
+}
+
+/// Whether a packet carries NTS fields at all.
+pub fn has_nts_fields(packet: &Packet<'_>) -> bool {
+    Fields::collect(packet).is_nts()
 }
 
 /// Checks a request's NTS fields against `cookie_keys`.
@@ -282,7 +288,11 @@ impl NtsSession {
             let Ok(ef) = ExtensionField::read(&mut r, 0) else {
                 break;
             };
-            if ef.field_type == ExtensionType::NtsCookie && self.cookies.len() < MAX_COOKIES {
+            let size_ok = (1..=MAX_COOKIE_LEN).contains(&ef.body.len());
+            if ef.field_type == ExtensionType::NtsCookie
+                && size_ok
+                && self.cookies.len() < MAX_COOKIES
+            {
                 self.cookies.push_back(ef.body.to_vec());
             }
         }
