@@ -726,44 +726,14 @@ pub fn chrony_query_with(
     keyfile: &Path,
     timeout_secs: u32,
 ) -> Result<f64, String> {
-    let dir = tempdir("chronyq");
-    let d = dir.path().display();
     let key = key_id.map(|k| format!(" key {k}")).unwrap_or_default();
     // minpoll/maxpoll -4: a sample every 1/16 s instead of iburst's 2 s spacing.
     let conf = format!(
         "server 127.0.0.1 port {port}{key} minpoll -4 maxpoll -4 iburst maxsamples 4\n\
-         keyfile {keyfile}\n\
-         cmdport 0\n\
-         bindcmdaddress /\n\
-         pidfile {d}/client.pid\n",
+         keyfile {keyfile}\n",
         keyfile = keyfile.display(),
     );
-    let conf_path = dir.path().join("client.conf");
-    fs::write(&conf_path, &conf).map_err(|e| format!("write client.conf: {e}"))?;
-    let mut cmd = safe_command(netns, CHRONYD);
-    cmd.args(["-u", "root", "-Q", "-t", &timeout_secs.to_string(), "-f"])
-        .arg(&conf_path);
-    let out = run_with_deadline(cmd, Duration::from_secs(u64::from(timeout_secs) + 10))?;
-    let all = format!("{}{}", out.stdout, out.stderr);
-    for line in all.lines() {
-        if let Some(rest) = line.split("System clock wrong by ").nth(1) {
-            let num = rest.split_whitespace().next().unwrap_or("");
-            return num
-                .parse::<f64>()
-                .map_err(|e| format!("cannot parse chronyd offset {num:?}: {e}\n{all}"));
-        }
-    }
-    let reason = if all.contains("No suitable source") {
-        "no suitable source"
-    } else if all.contains("Timeout reached") {
-        "timeout reached"
-    } else {
-        "no measurement"
-    };
-    Err(format!(
-        "chronyd -Q: {reason} (config:\n{conf}){}",
-        out.describe()
-    ))
+    chronyd_q(netns, &conf, timeout_secs).map(|q| q.offset)
 }
 
 // ---------------------------------------------------------------------------
@@ -1487,8 +1457,15 @@ pub fn chronyd_q(netns: Option<&NetNs>, conf: &str, timeout_secs: u32) -> Result
             });
         }
     }
+    let reason = if all.contains("No suitable source") {
+        "no suitable source"
+    } else if all.contains("Timeout reached") {
+        "timeout reached"
+    } else {
+        "no measurement"
+    };
     Err(format!(
-        "chronyd -Q measured nothing (config:\n{conf}){}",
+        "chronyd -Q: {reason} (config:\n{conf}){}",
         out.describe()
     ))
 }
