@@ -233,6 +233,11 @@ pub fn handle_response(records: &[Record<'_>]) -> Result<KeResponse, KeClientErr
     let mut compliant_gcm_siv = false;
     for record in records {
         match &record.body {
+            RecordBody::EndOfMessage | RecordBody::NextProtocol(_) if !record.critical => {
+                return Err(KeClientError::Malformed(
+                    "End of Message or Next Protocol not critical",
+                ));
+            }
             RecordBody::EndOfMessage => {}
             RecordBody::Error(code) => return Err(KeClientError::ServerError(*code)),
             // RFC 8915 defines no warnings: any is unknown, and unknown means stop.
