@@ -90,6 +90,24 @@ pub struct ServerSection {
     /// Answer a request whose MAC fails with a crypto-NAK instead of silence.
     #[serde(default)]
     pub crypto_nak: bool,
+    /// Limit each source's request rate (off unless set).
+    pub rate_limit: Option<Spanned<RateLimitSection>>,
+}
+
+/// `rate-limit = { interval = 2, burst = 16 }`: per IPv4 address or IPv6 /64, `burst`
+/// requests at once and then one per `interval` seconds; over the limit, one request in
+/// `kiss-one-in` (default 4) gets a RATE kiss-o'-death, the rest nothing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RateLimitSection {
+    pub interval: f64,
+    pub burst: u32,
+    #[serde(default = "default_kiss_one_in")]
+    pub kiss_one_in: u32,
+}
+
+fn default_kiss_one_in() -> u32 {
+    4
 }
 
 /// A config that cannot be used.
@@ -239,6 +257,16 @@ impl Config {
                 .any(|k| k.listen.get_ref() == listen)
             {
                 return Err((Some(ke.listen.span()), format!("{listen} is listed twice")));
+            }
+        }
+        for server in &self.servers {
+            if let Some(limit) = &server.rate_limit {
+                let r = limit.get_ref();
+                if !(0.001..=3600.0).contains(&r.interval) || !(1..=10_000).contains(&r.burst) {
+                    let message =
+                        "rate-limit needs interval 0.001 to 3600 seconds and burst 1 to 10000";
+                    return Err((Some(limit.span()), message.into()));
+                }
             }
         }
         for (i, server) in self.servers.iter().enumerate() {

@@ -32,7 +32,7 @@ pub async fn run() -> Result<ExitCode, String> {
 
     let listen: SocketAddr = ([127, 0, 0, 1], 0).into();
     let server = Server::new(keys.clone(), ServerOptions::default()).with_nts(cookie_keys.clone());
-    let running = serve::start(listen, server, serve::Reference::Local { stratum: 1 })
+    let running = serve::start(listen, server, serve::Reference::Local { stratum: 1 }, None)
         .await
         .map_err(|e| format!("cannot start the demo server: {e}"))?;
     let addr = running.local_addr;

@@ -275,3 +275,46 @@ fn bad_config_or_key_file_stops_the_start() {
         );
     }
 }
+
+/// ADVERSARIAL 26: a flood from one address is limited, kissed sparingly (RATE), and
+/// another address is still served.
+#[test]
+fn request_flood_is_rate_limited_and_others_are_still_served() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_udp_port();
+    let config = setup(
+        dir.path(),
+        port,
+        "rate-limit = { interval = 10, burst = 4, kiss-one-in = 4 }\n",
+    );
+    let _daemon = start(&config, port);
+    // `start` spent some of 127.0.0.1's burst probing; a fresh source floods.
+    let flood = UdpSocket::bind("127.0.0.3:0").expect("bind 127.0.0.3");
+    flood
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
+    let server: SocketAddr = ([127, 0, 0, 1], port).into();
+    for _ in 0..40 {
+        flood.send_to(&client_request(3), server).expect("send");
+    }
+    let (mut answers, mut kisses) = (0, 0);
+    let mut buf = [0u8; 2048];
+    while let Ok((len, _)) = flood.recv_from(&mut buf) {
+        assert_eq!(len, 48, "never larger than the request");
+        if buf[1] == 0 && &buf[12..16] == b"RATE" {
+            kisses += 1;
+        } else {
+            answers += 1;
+        }
+    }
+    assert_eq!(answers, 4, "the burst is answered");
+    assert_eq!(kisses, 9, "one RATE kiss per 4 limited requests");
+    // Another address is unaffected.
+    let other = UdpSocket::bind("127.0.0.2:0").expect("bind 127.0.0.2");
+    other
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    other.send_to(&client_request(3), server).expect("send");
+    let (len, _) = other.recv_from(&mut buf).expect("served");
+    assert_eq!((len, buf[1]), (48, 1), "a normal stratum-1 answer");
+}

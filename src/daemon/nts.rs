@@ -251,19 +251,7 @@ struct InFlight {
 
 /// Where a connection comes from: the IPv4 address, or the IPv6 /64.
 type SourceKey = [u8; 8];
-
-fn source_key(ip: std::net::IpAddr) -> SourceKey {
-    match ip {
-        std::net::IpAddr::V4(v4) => {
-            let [a, b, c, d] = v4.octets();
-            [4, 0, 0, 0, a, b, c, d]
-        }
-        std::net::IpAddr::V6(v6) => {
-            let o = v6.octets();
-            [o[0], o[1], o[2], o[3], o[4], o[5], o[6], o[7]]
-        }
-    }
-}
+use crate::proto::ratelimit::source_key;
 
 impl InFlight {
     /// Registers a connection from `source`. A source already at `per_source` loses its

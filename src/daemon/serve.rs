@@ -7,12 +7,13 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 
 use super::nts::{self, KeLimits};
 use crate::auth::nts::cookie::Rotation;
 use crate::auth::nts::ke::NtpEndpoint;
 use crate::config::Loaded;
+use crate::proto::ratelimit::{RateLimit, RateLimiter, Verdict};
 use crate::proto::server::{DropReason, Server, ServerOptions, SyncState};
 
 /// Largest datagram read: all of any UDP payload, so that even an NTS request with 100
@@ -56,21 +57,34 @@ impl Drop for RunningServer {
     }
 }
 
-/// Binds `listen` and answers requests on it with one task per core.
+/// Sources whose request rates are tracked at once (about 40 bytes each).
+const RATE_LIMIT_SLOTS: usize = 1 << 16;
+
+/// Binds `listen` and answers requests on it with one task per core, limiting each
+/// source's request rate if `rate_limit` is set.
 pub async fn start(
     listen: SocketAddr,
     server: Server,
     reference: Reference,
+    rate_limit: Option<RateLimit>,
 ) -> std::io::Result<RunningServer> {
     let socket = Arc::new(UdpSocket::bind(listen).await?);
     let local_addr = socket.local_addr()?;
     let server = Arc::new(server);
     let precision = super::measure_precision();
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let limiter =
+        rate_limit.map(|limit| Arc::new(Mutex::new(RateLimiter::new(limit, RATE_LIMIT_SLOTS))));
     let tasks = (0..workers)
         .map(|_| {
-            let (socket, server) = (socket.clone(), server.clone());
-            tokio::spawn(answer_requests(socket, server, reference, precision))
+            let worker = Worker {
+                socket: socket.clone(),
+                server: server.clone(),
+                limiter: limiter.clone(),
+                reference,
+                precision,
+            };
+            tokio::spawn(worker.answer_requests())
         })
         .collect();
     Ok(RunningServer {
@@ -80,36 +94,61 @@ pub async fn start(
     })
 }
 
-async fn answer_requests(
+/// One task answering requests on a shared socket.
+struct Worker {
     socket: Arc<UdpSocket>,
     server: Arc<Server>,
+    limiter: Option<Arc<Mutex<RateLimiter>>>,
     reference: Reference,
     precision: i8,
-) {
-    let mut request = vec![0u8; MAX_REQUEST_LEN];
-    let mut reply = Vec::with_capacity(2048);
-    let mut drop_log = DropLog::default();
-    loop {
-        let (len, peer) = match socket.recv_from(&mut request).await {
-            Ok(received) => received,
-            Err(e) => {
-                // ICMP errors from earlier replies surface here; a persistent error
-                // must not spin the CPU.
-                tracing::debug!("recv: {e}");
-                tokio::time::sleep(RECV_ERROR_PAUSE).await;
-                continue;
-            }
-        };
-        let received = super::now();
-        let state = reference.state(precision);
-        let bytes = request.get(..len).unwrap_or_default();
-        match server.handle_request(bytes, received, &state, super::now, &mut reply) {
-            Ok(_) => {
-                if let Err(e) = socket.send_to(&reply, peer).await {
-                    tracing::debug!("send to {peer}: {e}");
+}
+
+impl Worker {
+    async fn answer_requests(self) {
+        let mut request = vec![0u8; MAX_REQUEST_LEN];
+        let mut reply = Vec::with_capacity(2048);
+        let mut drop_log = DropLog::default();
+        let started = Instant::now();
+        loop {
+            let (len, peer) = match self.socket.recv_from(&mut request).await {
+                Ok(received) => received,
+                Err(e) => {
+                    // ICMP errors from earlier replies surface here; a persistent error
+                    // must not spin the CPU.
+                    tracing::debug!("recv: {e}");
+                    tokio::time::sleep(RECV_ERROR_PAUSE).await;
+                    continue;
                 }
+            };
+            let received = super::now();
+            let bytes = request.get(..len).unwrap_or_default();
+            let verdict = match &self.limiter {
+                Some(limiter) => limiter
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .check(peer.ip(), started.elapsed().as_secs_f64()),
+                None => Verdict::Allow,
+            };
+            let result = match verdict {
+                Verdict::Allow => {
+                    let state = self.reference.state(self.precision);
+                    self.server
+                        .handle_request(bytes, received, &state, super::now, &mut reply)
+                }
+                Verdict::Kiss => {
+                    self.server
+                        .handle_rate_limited(bytes, received, super::now, &mut reply)
+                }
+                Verdict::Drop => Err(DropReason::RateLimited),
+            };
+            match result {
+                Ok(_) => {
+                    if let Err(e) = self.socket.send_to(&reply, peer).await {
+                        tracing::debug!("send to {peer}: {e}");
+                    }
+                }
+                Err(reason) => drop_log.record(peer, reason),
             }
-            Err(reason) => drop_log.record(peer, reason),
         }
     }
 }
@@ -215,7 +254,16 @@ pub async fn run(loaded: Loaded) -> Result<(), String> {
             server = server.with_nts(keys.clone());
         }
         let listen = *section.listen.get_ref();
-        let r = start(listen, server, reference)
+        let rate_limit = section
+            .rate_limit
+            .as_ref()
+            .map(|r| r.get_ref())
+            .map(|r| RateLimit {
+                interval: r.interval,
+                burst: r.burst,
+                kiss_one_in: r.kiss_one_in,
+            });
+        let r = start(listen, server, reference, rate_limit)
             .await
             .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
         tracing::info!(

@@ -6,4 +6,5 @@
 //!   and, later, by every source association.
 
 pub mod client;
+pub mod ratelimit;
 pub mod server;

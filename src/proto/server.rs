@@ -76,6 +76,8 @@ pub enum DropReason {
     Internal,
     /// Would have been larger than the request (never expected; a last guard).
     WouldAmplify,
+    /// Over the source's rate limit, and not answered with a kiss.
+    RateLimited,
 }
 
 /// How a request was answered.
@@ -90,6 +92,8 @@ pub enum Answer {
     Nts,
     /// The NTS cookie or authenticator failed; an NTSN kiss went back.
     NtsNak,
+    /// Over the rate limit; a RATE kiss went back.
+    RateKiss,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -108,6 +112,8 @@ pub struct ServerStats {
     pub nts: AtomicU64,
     pub crypto_naks_sent: AtomicU64,
     pub nts_naks_sent: AtomicU64,
+    pub rate_kisses_sent: AtomicU64,
+    pub rate_limited: AtomicU64,
     pub malformed: AtomicU64,
     pub refused: AtomicU64,
     pub auth_failed: AtomicU64,
@@ -175,6 +181,8 @@ impl Server {
             Ok(Answer::CryptoNak) => &self.stats.crypto_naks_sent,
             Ok(Answer::Nts) => &self.stats.nts,
             Ok(Answer::NtsNak) => &self.stats.nts_naks_sent,
+            Ok(Answer::RateKiss) => &self.stats.rate_kisses_sent,
+            Err(DropReason::RateLimited) => &self.stats.rate_limited,
             Err(DropReason::Malformed(_)) => &self.stats.malformed,
             Err(DropReason::UnknownKey(_) | DropReason::BadMac(_) | DropReason::BadNts(_)) => {
                 &self.stats.auth_failed
@@ -185,6 +193,52 @@ impl Server {
         if result.is_err() {
             reply.clear();
         }
+        result
+    }
+
+    /// Handles a request over its source's rate limit: a plain client request gets a
+    /// RATE kiss (an authenticated client would rightly ignore an unauthenticated one,
+    /// so those get nothing), anything else is dropped.
+    pub fn handle_rate_limited(
+        &self,
+        request: &[u8],
+        received: NtpTimestamp,
+        now: impl FnOnce() -> NtpTimestamp,
+        reply: &mut Vec<u8>,
+    ) -> Result<Answer, DropReason> {
+        reply.clear();
+        let result = match Packet::parse(request) {
+            Ok(p)
+                if (1..=4).contains(&p.header.version)
+                    && p.header.mode == Mode::Client
+                    && p.trailer.is_none()
+                    && p.extensions.is_empty() =>
+            {
+                let kiss = Header {
+                    leap: Leap::Unsynchronized,
+                    version: p.header.version,
+                    mode: Mode::Server,
+                    stratum: 0,
+                    poll: p.header.poll,
+                    precision: 0,
+                    root_delay: NtpShort::default(),
+                    root_dispersion: NtpShort::default(),
+                    reference_id: ReferenceId::from_ascii(b"RATE"),
+                    reference_time: NtpTimestamp::ZERO,
+                    origin_time: p.header.transmit_time,
+                    receive_time: received,
+                    transmit_time: now(),
+                };
+                kiss.write(reply);
+                Ok(Answer::RateKiss)
+            }
+            _ => Err(DropReason::RateLimited),
+        };
+        let counter = match result {
+            Ok(_) => &self.stats.rate_kisses_sent,
+            Err(_) => &self.stats.rate_limited,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         result
     }
 
@@ -470,6 +524,35 @@ mod tests {
             answer(&server, &[0x23; 47]).0,
             Err(DropReason::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn rate_limited_plain_requests_get_a_rate_kiss_and_others_nothing() {
+        let server = Server::new(keys(), ServerOptions::default());
+        let mut reply = Vec::new();
+        let req = request(4, Mode::Client);
+        assert_eq!(
+            server.handle_rate_limited(&req, RX, || TX, &mut reply),
+            Ok(Answer::RateKiss)
+        );
+        let p = Packet::parse(&reply).unwrap();
+        assert_eq!(
+            (p.header.stratum, p.header.reference_id),
+            (0, ReferenceId::from_ascii(b"RATE"))
+        );
+        assert_eq!(p.header.origin_time, CLIENT_TX);
+        assert_eq!(reply.len(), 48);
+        let mut keyed = req.clone();
+        mac::append_mac(keys().get(1).unwrap(), &mut keyed);
+        for r in [keyed, request(4, Mode::SymmetricActive), vec![0x23; 20]] {
+            assert_eq!(
+                server.handle_rate_limited(&r, RX, || TX, &mut reply),
+                Err(DropReason::RateLimited)
+            );
+            assert!(reply.is_empty());
+        }
+        assert_eq!(server.stats.rate_kisses_sent.load(Ordering::Relaxed), 1);
+        assert_eq!(server.stats.rate_limited.load(Ordering::Relaxed), 3);
     }
 
     #[test]

@@ -1,0 +1,173 @@
+//! Per-source request rate limiting for the server (ADVERSARIAL 26), sans-IO: the
+//! caller passes the source address and the time.
+//!
+//! Each source (an IPv4 address or an IPv6 /64) has a token bucket: `burst` requests
+//! at once, refilled at one per `interval` seconds. Over the limit, a plain request gets
+//! a RATE kiss-o'-death one time in `kiss_one_in` and nothing otherwise, so the limiter
+//! itself sends little. Sources live in a fixed table indexed by a keyed hash: memory is
+//! bounded whatever the traffic, and a collision only gives the newcomer a fresh bucket.
+
+use std::hash::{BuildHasher, Hasher};
+use std::net::IpAddr;
+
+/// What to do with a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Allow,
+    /// Over the limit: answer with a RATE kiss (if the request is plain).
+    Kiss,
+    /// Over the limit: stay silent.
+    Drop,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    /// Seconds per request on average, per source.
+    pub interval: f64,
+    /// Requests allowed at once.
+    pub burst: u32,
+    /// Over the limit, one request in this many gets a RATE kiss.
+    pub kiss_one_in: u32,
+}
+
+#[derive(Clone, Copy)]
+struct Bucket {
+    source: [u8; 8],
+    tokens: f64,
+    updated: f64,
+    limited: u32,
+}
+
+pub struct RateLimiter {
+    limit: RateLimit,
+    buckets: Vec<Option<Bucket>>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl RateLimiter {
+    /// A limiter tracking up to `slots` sources (rounded up to a power of two).
+    pub fn new(limit: RateLimit, slots: usize) -> Self {
+        Self {
+            limit,
+            buckets: vec![None; slots.max(1).next_power_of_two()],
+            hasher: std::collections::hash_map::RandomState::new(),
+        }
+    }
+
+    /// Decides on one request from `source` at `now` (seconds, any monotonic origin).
+    pub fn check(&mut self, source: IpAddr, now: f64) -> Verdict {
+        let key = source_key(source);
+        let mut h = self.hasher.build_hasher();
+        h.write(&key);
+        let slot = (h.finish() as usize) & (self.buckets.len() - 1);
+        let limit = self.limit;
+        let Some(entry) = self.buckets.get_mut(slot) else {
+            return Verdict::Allow;
+        };
+        let bucket = match entry {
+            Some(b) if b.source == key => b,
+            _ => entry.insert(Bucket {
+                source: key,
+                tokens: f64::from(limit.burst),
+                updated: now,
+                limited: 0,
+            }),
+        };
+        let elapsed = (now - bucket.updated).max(0.0);
+        bucket.updated = now;
+        bucket.tokens =
+            (bucket.tokens + elapsed / limit.interval.max(1e-6)).min(f64::from(limit.burst));
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            return Verdict::Allow;
+        }
+        bucket.limited = bucket.limited.wrapping_add(1);
+        if limit.kiss_one_in > 0 && bucket.limited % limit.kiss_one_in == 1 % limit.kiss_one_in {
+            Verdict::Kiss
+        } else {
+            Verdict::Drop
+        }
+    }
+}
+
+/// An IPv4 address, or the /64 of an IPv6 address (one host's usual share): the unit
+/// per-source limits count in, here and for NTS-KE connections.
+pub fn source_key(ip: IpAddr) -> [u8; 8] {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, d] = v4.octets();
+            [4, 0, 0, 0, a, b, c, d]
+        }
+        IpAddr::V6(v6) => {
+            let o = v6.octets();
+            [o[0], o[1], o[2], o[3], o[4], o[5], o[6], o[7]]
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMIT: RateLimit = RateLimit {
+        interval: 1.0,
+        burst: 4,
+        kiss_one_in: 4,
+    };
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([198, 51, 100, last])
+    }
+
+    /// ADVERSARIAL 26: a flood is limited and kissed sparingly; others are served.
+    #[test]
+    fn a_flood_is_limited_and_others_are_served() {
+        let mut limiter = RateLimiter::new(LIMIT, 1024);
+        let verdicts: Vec<Verdict> = (0..100)
+            .map(|i| limiter.check(ip(1), f64::from(i) * 0.001))
+            .collect();
+        assert!(
+            verdicts[..4].iter().all(|v| *v == Verdict::Allow),
+            "the burst passes"
+        );
+        let kisses = verdicts.iter().filter(|v| **v == Verdict::Kiss).count();
+        let allowed = verdicts.iter().filter(|v| **v == Verdict::Allow).count();
+        assert_eq!(allowed, 4);
+        assert_eq!(kisses, 24, "one in four of the 96 limited");
+        assert_eq!(limiter.check(ip(2), 0.1), Verdict::Allow, "another source");
+        assert_eq!(
+            limiter.check(ip(1), 2.5),
+            Verdict::Allow,
+            "tokens come back"
+        );
+    }
+
+    #[test]
+    fn a_steady_client_within_the_rate_is_never_limited() {
+        let mut limiter = RateLimiter::new(LIMIT, 16);
+        for i in 0..1000 {
+            assert_eq!(limiter.check(ip(3), f64::from(i) * 1.01), Verdict::Allow);
+        }
+    }
+
+    #[test]
+    fn memory_is_bounded_whatever_the_sources() {
+        let mut limiter = RateLimiter::new(LIMIT, 100);
+        assert_eq!(limiter.buckets.len(), 128);
+        for i in 0..100_000u32 {
+            limiter.check(IpAddr::from(i.to_be_bytes()), 0.0);
+        }
+        assert_eq!(limiter.buckets.len(), 128);
+    }
+
+    #[test]
+    fn ipv6_hosts_share_their_64() {
+        let mut limiter = RateLimiter::new(LIMIT, 1024);
+        for i in 0..4u16 {
+            let addr = IpAddr::from([0x2001, 0xdb8, 0, 1, 0, 0, 0, i]);
+            assert_eq!(limiter.check(addr, 0.0), Verdict::Allow);
+        }
+        let same_64 = IpAddr::from([0x2001, 0xdb8, 0, 1, 9, 9, 9, 9]);
+        assert_ne!(limiter.check(same_64, 0.0), Verdict::Allow);
+    }
+}
