@@ -132,7 +132,7 @@ pub async fn run() -> Result<ExitCode, String> {
 
     let stats = &running.server.stats;
     println!(
-        "\nServer counters: {} plain, {} keyed, {} NTS replies; {} requests failed authentication and got no reply.",
+        "\nServer counters: {} plain, {} keyed, {} NTS replies; {} rejected for failed authentication, without a reply.",
         stats.plain.load(Ordering::Relaxed),
         stats.keyed.load(Ordering::Relaxed),
         stats.nts.load(Ordering::Relaxed),

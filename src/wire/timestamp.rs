@@ -6,7 +6,7 @@
 //! 68 years apart, whichever side of an era boundary they fall on. Turning a timestamp
 //! into a calendar time needs a pivot (the local clock) to pick the era.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Seconds from 1900-01-01 (the NTP epoch) to 1970-01-01 (the Unix epoch).
 pub const NTP_UNIX_OFFSET: i64 = 2_208_988_800;
@@ -108,13 +108,6 @@ impl NtpShort {
 
     pub fn to_seconds(self) -> f64 {
         f64::from(self.0) / 65536.0
-    }
-}
-
-/// A duration as the 16.16 short format would carry it, for convenience.
-impl From<Duration> for NtpShort {
-    fn from(d: Duration) -> Self {
-        Self::from_seconds(d.as_secs_f64())
     }
 }
 

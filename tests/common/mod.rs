@@ -516,11 +516,21 @@ pub fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
 
 /// Is some socket bound to UDP `port` (in the namespace, if given)?
 pub fn udp_port_bound(netns: Option<&NetNs>, port: u16) -> bool {
+    ss_finds(netns, "-Hlun", port)
+}
+
+/// Is some socket listening on TCP `port` (in the namespace, if given)?
+pub fn tcp_port_listening(netns: Option<&NetNs>, port: u16) -> bool {
+    ss_finds(netns, "-Hltn", port)
+}
+
+/// Whether `ss FLAGS sport = :PORT` lists any socket.
+fn ss_finds(netns: Option<&NetNs>, flags: &str, port: u16) -> bool {
     let mut cmd = match netns {
         Some(ns) => ns.command("ss"),
         None => Command::new("ss"),
     };
-    cmd.args(["-Hlun", &format!("sport = :{port}")]);
+    cmd.args([flags, &format!("sport = :{port}")]);
     match run_with_deadline(cmd, Duration::from_secs(5)) {
         Ok(o) => o.status.success() && !o.stdout.trim().is_empty(),
         Err(_) => false,
@@ -1169,19 +1179,6 @@ impl TestCerts {
 impl Default for TestCerts {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-/// Is some socket listening on TCP `port` (in the namespace, if given)?
-pub fn tcp_port_listening(netns: Option<&NetNs>, port: u16) -> bool {
-    let mut cmd = match netns {
-        Some(ns) => ns.command("ss"),
-        None => Command::new("ss"),
-    };
-    cmd.args(["-Hltn", &format!("sport = :{port}")]);
-    match run_with_deadline(cmd, Duration::from_secs(5)) {
-        Ok(o) => o.status.success() && !o.stdout.trim().is_empty(),
-        Err(_) => false,
     }
 }
 

@@ -108,10 +108,6 @@ impl CookieKeys {
         })
     }
 
-    pub fn rotation(&self) -> Rotation {
-        self.rotation
-    }
-
     /// Moves to the epoch of `unix_seconds`: adds keys up to the next epoch, drops
     /// those past retention. Returns whether the key set changed (persist it then).
     pub fn update(&mut self, unix_seconds: u64) -> bool {

@@ -10,7 +10,8 @@ pub const NTPV4: u16 = 0;
 pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-network-time-security";
 /// Cookies sent per response (RFC 8915 §4.1.6).
 pub const COOKIES_PER_RESPONSE: usize = 8;
-/// Cookies kept by a client; more are ignored (ADVERSARIAL 8).
+/// Cookies kept by a client, and sent in one NTP reply; more are ignored
+/// (ADVERSARIAL 8, 14).
 pub const MAX_COOKIES: usize = 8;
 /// Cookies longer than this are refused by clients (ADVERSARIAL 8).
 pub const MAX_COOKIE_LEN: usize = 1024;
@@ -18,7 +19,6 @@ pub const MAX_COOKIE_LEN: usize = 1024;
 /// Error codes of the Error record.
 pub const ERROR_UNRECOGNIZED_CRITICAL: u16 = 0;
 pub const ERROR_BAD_REQUEST: u16 = 1;
-pub const ERROR_INTERNAL: u16 = 2;
 
 /// TLS exporter context: protocol id ‖ AEAD id ‖ 0 (client to server) or 1.
 pub fn exporter_context(aead: AeadAlgorithm, server_to_client: bool) -> [u8; 5] {

@@ -5,14 +5,12 @@ use std::collections::VecDeque;
 
 use super::aead::{AeadKey, TAG_LEN};
 use super::cookie::{CookieKeys, SessionKeys};
-use super::ke::MAX_COOKIE_LEN;
+use super::ke::{MAX_COOKIE_LEN, MAX_COOKIES};
 use crate::wire::Reader;
 use crate::wire::packet::{ExtensionField, ExtensionType, HEADER_LEN, Packet};
 
 /// Length of the unique identifiers ntimed sends; shorter ones are refused.
 pub const UID_LEN: usize = 32;
-/// Most cookies a reply carries and a client keeps.
-pub const MAX_COOKIES: usize = 8;
 
 fn pad4(len: usize) -> usize {
     len.div_ceil(4) * 4
