@@ -35,6 +35,24 @@ enum Command {
     Ke(KeArgs),
     /// Show the whole path offline, on loopback, with a throwaway server.
     Demo,
+    /// Run a simulated scenario (or `all`) and print its metrics.
+    Sim(SimArgs),
+}
+
+#[derive(Args)]
+struct SimArgs {
+    /// defaults, large-jitter, large-wander, asym-jitter, falsetickers, iburst,
+    /// packet-loss, or all.
+    scenario: String,
+    /// Runs with seeds 0..N; metrics are medians.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    seeds: u64,
+    /// Print one JSON object per scenario instead of a table row.
+    #[arg(long)]
+    json: bool,
+    /// Draw phase and frequency error over time (seed 0) into this SVG file.
+    #[arg(long)]
+    plot: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -128,6 +146,7 @@ pub fn main() -> ExitCode {
             Command::Query(args) => run_query(args).await,
             Command::Ke(args) => run_ke(args).await,
             Command::Demo => crate::demo::run().await,
+            Command::Sim(args) => run_sim(args),
         }
     });
     match result {
@@ -196,6 +215,59 @@ async fn run_query(args: QueryArgs) -> Result<ExitCode, String> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+fn run_sim(args: SimArgs) -> Result<ExitCode, String> {
+    use crate::sim;
+    let scenarios: Vec<&sim::Scenario> = if args.scenario == "all" {
+        sim::SCENARIOS.iter().collect()
+    } else {
+        let names: Vec<_> = sim::SCENARIOS.iter().map(|s| s.name).collect();
+        vec![sim::scenario(&args.scenario).ok_or_else(|| {
+            format!(
+                "unknown scenario {:?}; one of: {}, all",
+                args.scenario,
+                names.join(", ")
+            )
+        })?]
+    };
+    if let Some(file) = &args.plot {
+        let [scenario] = scenarios[..] else {
+            return Err("--plot needs one scenario".into());
+        };
+        let mut trace = sim::Trace::default();
+        sim::run(scenario, 0, Some(&mut trace));
+        sim::plot::draw(file, scenario.name, &trace)?;
+    }
+    if !args.json {
+        println!(
+            "{:<14} {:>9} {:>12} {:>12} {:>12} {:>10}  falseticker selected",
+            "scenario", "sync (s)", "max (µs)", "RMS (µs)", "RMS (ppb)", "poll (s)"
+        );
+    }
+    for scenario in scenarios {
+        let m = sim::run_seeds(scenario, args.seeds);
+        if args.json {
+            let mut value = serde_json::to_value(&m).map_err(|e| e.to_string())?;
+            if let Some(object) = value.as_object_mut() {
+                object.insert("scenario".into(), scenario.name.into());
+                object.insert("seeds".into(), args.seeds.into());
+            }
+            println!("{value}");
+        } else {
+            println!(
+                "{:<14} {:>9.0} {:>12.1} {:>12.1} {:>12.1} {:>10.0}  {}",
+                scenario.name,
+                m.sync_time,
+                m.max_offset * 1e6,
+                m.rms_offset * 1e6,
+                m.rms_freq * 1e9,
+                m.mean_poll_interval,
+                if m.falseticker_selected { "YES" } else { "no" }
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn run_ke(args: KeArgs) -> Result<ExitCode, String> {

@@ -54,8 +54,12 @@
 
 pub mod auth;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod proto;
+pub mod sim;
+pub mod sync;
+pub mod sys;
 pub mod wire;

@@ -149,6 +149,11 @@ impl ClientExchange {
         }
     }
 
+    /// The poll interval (log2 seconds) announced in requests.
+    pub fn set_poll(&mut self, poll: i8) {
+        self.poll = poll;
+    }
+
     /// Cookies left, for NTS; `None` for other authentication.
     pub fn nts_cookies(&self) -> Option<usize> {
         match &self.auth {

@@ -3,8 +3,12 @@
 //!
 //! * [`server`]: the stateless responder for client requests.
 //! * [`client`]: one client exchange with its on-wire checks, used by `ntimed query`
-//!   and, later, by every source association.
+//!   and by every source.
+//! * [`source`]: an upstream source's association: polling, reachability, kisses,
+//!   NTS re-keying.
+//! * [`ratelimit`]: per-client request rate limits for the server.
 
 pub mod client;
 pub mod ratelimit;
 pub mod server;
+pub mod source;

@@ -22,8 +22,9 @@ pub const NTPV4_MAX_DIGEST_LEN: usize = 20;
 pub const MAX_DIGEST_LEN: usize = 64;
 
 /// Leap indicator: the 2-bit field covers all four values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Leap {
+    #[default]
     NoWarning,
     /// The last minute of the day has 61 seconds.
     AddSecond,

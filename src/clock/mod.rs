@@ -1,0 +1,166 @@
+//! Layer 5: the clock being disciplined.
+//!
+//! The sync engine never touches a clock; it emits [`ClockCommand`]s and something that
+//! implements [`Clock`] applies them:
+//!
+//! * [`SoftwareClock`] in `observe` mode: the system clock is left alone and a corrected
+//!   time scale is kept on top of it in software, as `chronyd -x` does. Needs no
+//!   privilege; the server role serves the corrected time.
+//! * [`SoftwareClock`] in `simulated` mode: the same, plus a configurable initial offset
+//!   and frequency error, so the daemon has something to pull in (tests, `ntimed demo`).
+//! * [`model::ClockModel`]: the arithmetic both use, driven by simulated true time in the
+//!   offline simulator ([`crate::sim`]).
+//! * [`system::SystemClock`]: the kernel clock through `adjtimex`/`clock_adjtime`.
+//!
+//! Commands are plain data so that (issue 5) they can cross a process boundary to a
+//! small privileged process that checks them against policy.
+
+pub mod model;
+pub mod system;
+
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use crate::wire::{Leap, NtpTimestamp};
+use model::ClockModel;
+
+/// What the sync engine asks of the clock. Offsets are seconds, positive meaning "move
+/// the clock forward"; frequencies are parts per million, positive meaning "run faster".
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ClockCommand {
+    /// Jump the clock by `offset`.
+    Step { offset: f64 },
+    /// Move the clock by `offset` gradually, over about `duration` seconds (or longer,
+    /// at the clock's maximum slew rate). Replaces any slew still in progress.
+    Slew { offset: f64, duration: f64 },
+    /// Set the frequency correction (absolute, not relative to the last one).
+    SetFrequency { ppm: f64 },
+    /// Announce a leap second at the end of the current UTC day (or cancel one).
+    SetLeap(Leap),
+    /// Report how good the clock is (the kernel passes this on to other programs).
+    SetStatus {
+        synchronized: bool,
+        estimated_error: f64,
+        max_error: f64,
+    },
+}
+
+/// A command the clock would not or could not apply.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ClockError {
+    #[error("{0} is not a finite number")]
+    NotFinite(&'static str),
+    #[error("the system refused: {0}")]
+    System(String),
+}
+
+/// What the clock reports about itself.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct ClockStatus {
+    /// The frequency correction in force, ppm.
+    pub frequency_ppm: f64,
+    /// Part of the last slew not yet applied, seconds.
+    pub pending_slew: f64,
+    /// The fastest the clock can slew, seconds per second.
+    pub max_slew_rate: f64,
+    pub leap: Leap,
+    pub synchronized: bool,
+    /// Steps applied since start.
+    pub steps: u64,
+}
+
+/// A clock the engine can read and steer.
+pub trait Clock: Send + Sync {
+    /// The time the disciplined clock shows now.
+    fn now(&self) -> NtpTimestamp;
+    fn apply(&self, command: ClockCommand) -> Result<(), ClockError>;
+    fn status(&self) -> ClockStatus;
+}
+
+/// Checks that every number in a command is finite: NaN or infinity must never reach
+/// clock arithmetic (ADVERSARIAL 27–29 for the IPC version of this).
+pub fn check_finite(command: &ClockCommand) -> Result<(), ClockError> {
+    let fields: &[(&'static str, f64)] = match command {
+        ClockCommand::Step { offset } => &[("offset", *offset)],
+        ClockCommand::Slew { offset, duration } => &[("offset", *offset), ("duration", *duration)],
+        ClockCommand::SetFrequency { ppm } => &[("ppm", *ppm)],
+        ClockCommand::SetLeap(_) => &[],
+        ClockCommand::SetStatus {
+            estimated_error,
+            max_error,
+            ..
+        } => &[
+            ("estimated_error", *estimated_error),
+            ("max_error", *max_error),
+        ],
+    };
+    match fields.iter().find(|(_, v)| !v.is_finite()) {
+        Some((name, _)) => Err(ClockError::NotFinite(name)),
+        None => Ok(()),
+    }
+}
+
+/// A corrected time scale kept in software on top of the system clock: `observe` and
+/// `simulated` modes. The system clock is never changed.
+pub struct SoftwareClock {
+    /// System time when the clock was made; the model counts seconds from here, which
+    /// keeps f64 arithmetic at sub-nanosecond resolution for years.
+    epoch: NtpTimestamp,
+    started: SystemTime,
+    model: Mutex<ClockModel>,
+}
+
+impl SoftwareClock {
+    /// The system clock as it is, corrected by whatever the engine commands.
+    pub fn observe() -> Self {
+        Self::simulated(0.0, 0.0)
+    }
+
+    /// A clock that starts `offset` seconds off the system clock and drifts from it by
+    /// `frequency_ppm` until the engine corrects it.
+    pub fn simulated(offset: f64, frequency_ppm: f64) -> Self {
+        let started = SystemTime::now();
+        Self {
+            epoch: NtpTimestamp::from_system_time(started),
+            started,
+            model: Mutex::new(ClockModel::new(offset, frequency_ppm * 1e-6)),
+        }
+    }
+
+    fn elapsed(&self) -> f64 {
+        // A system clock stepped back before our start reads as time standing still.
+        SystemTime::now()
+            .duration_since(self.started)
+            .map_or(0.0, |d| d.as_secs_f64())
+    }
+
+    fn model(&self) -> std::sync::MutexGuard<'_, ClockModel> {
+        self.model.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How far this clock is from the system clock now, seconds.
+    pub fn offset_from_system(&self) -> f64 {
+        let t = self.elapsed();
+        self.model().phase(t)
+    }
+}
+
+impl Clock for SoftwareClock {
+    fn now(&self) -> NtpTimestamp {
+        let t = self.elapsed();
+        let phase = self.model().phase(t);
+        self.epoch.add_seconds(t + phase)
+    }
+
+    fn apply(&self, command: ClockCommand) -> Result<(), ClockError> {
+        check_finite(&command)?;
+        let t = self.elapsed();
+        self.model().apply(t, command);
+        Ok(())
+    }
+
+    fn status(&self) -> ClockStatus {
+        let t = self.elapsed();
+        self.model().status(t)
+    }
+}

@@ -1,0 +1,301 @@
+//! One upstream source as a sans-IO state machine: when to poll, what to send, what a
+//! reply means, when NTS needs a new key exchange.
+//!
+//! Driven by the daemon (sockets, TLS) or the simulator; time comes in as arguments:
+//! `now` is the caller's monotonic seconds, `local` the disciplined clock's reading.
+//!
+//! * Poll interval: the sync engine's wish ([`Source::set_system_poll`]) within
+//!   `min_poll..=max_poll`, raised by RATE kisses; `iburst` sends the first
+//!   [`IBURST_COUNT`] requests [`IBURST_INTERVAL`] apart.
+//! * Reachability: an 8-bit register, shifted at every poll, set by every accepted
+//!   reply. A source silent for 8 polls is unreachable and polls at `max_poll`.
+//! * Kisses (only those that passed the on-wire and authentication checks of
+//!   [`ClientExchange`]): DENY and RSTR stop the source for good; RATE doubles the
+//!   interval; NTSN twice in a row, or no cookies left, means a new NTS-KE, retried with
+//!   backoff when it fails.
+
+use crate::auth::SymmetricKey;
+use crate::auth::nts::ntp::NtsSession;
+use crate::proto::client::{ClientAuth, ClientExchange, Reject, RequestError, Response, Sample};
+use crate::wire::{KissCode, NtpTimestamp};
+
+/// Requests sent quickly at start with `iburst`.
+pub const IBURST_COUNT: u32 = 4;
+/// Seconds between them.
+pub const IBURST_INTERVAL: f64 = 2.0;
+/// First wait before retrying a failed NTS-KE, seconds; it grows by half each time.
+const KE_RETRY_FIRST: f64 = 10.0;
+const KE_RETRY_GROWTH: f64 = 1.5;
+/// NTSNs in a row that mean the server has lost our keys.
+const NTSN_REKEY: u32 = 2;
+/// Polls without a reply after which an NTS source re-keys (the server may have
+/// restarted with new cookie keys and be dropping our requests).
+const SILENT_POLLS_REKEY: u32 = 8;
+
+/// How a source must authenticate its replies.
+#[derive(Debug, Clone)]
+pub enum SourceAuth {
+    /// Explicitly configured `insecure = true`.
+    Insecure,
+    Key(SymmetricKey),
+    /// NTS: the daemon runs NTS-KE when the source asks for it.
+    Nts,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SourceOptions {
+    pub min_poll: i8,
+    pub max_poll: i8,
+    pub iburst: bool,
+}
+
+impl Default for SourceOptions {
+    fn default() -> Self {
+        Self {
+            min_poll: 6,
+            max_poll: 10,
+            iburst: false,
+        }
+    }
+}
+
+/// What the source wants its driver to do now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Send the request written into the buffer (from a fresh random port).
+    Transmit,
+    /// Run NTS-KE and hand the result to [`Source::handle_key_exchange`].
+    KeyExchange,
+}
+
+/// What a reply amounted to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A measurement for the sync engine.
+    Sample(Sample),
+    /// An authentic kiss-o'-death, already acted on.
+    Kiss(KissCode),
+    /// Dropped: forged, replayed, unauthenticated or malformed. Nothing changed.
+    Rejected(Reject),
+}
+
+#[derive(Debug)]
+enum State {
+    /// Waiting for keys (NTS), or for the next attempt at them.
+    NeedsKeys {
+        retry_at: f64,
+        backoff: f64,
+    },
+    /// A key exchange is running.
+    KeyExchanging {
+        backoff: f64,
+    },
+    Polling(ClientExchange),
+    /// Denied by the server (DENY/RSTR): never polled again.
+    Stopped(KissCode),
+}
+
+#[derive(Debug)]
+pub struct Source {
+    auth: SourceAuth,
+    options: SourceOptions,
+    state: State,
+    next_poll: f64,
+    system_poll: i8,
+    /// Extra poll exponent from RATE kisses.
+    rate_backoff: i8,
+    reach: u8,
+    /// Consecutive polls without a reply.
+    silent_polls: u32,
+    polls_sent: u64,
+    naks: u32,
+    iburst_left: u32,
+}
+
+impl Source {
+    pub fn new(auth: SourceAuth, options: SourceOptions, now: f64) -> Self {
+        let state = match &auth {
+            SourceAuth::Nts => State::NeedsKeys {
+                retry_at: now,
+                backoff: KE_RETRY_FIRST,
+            },
+            SourceAuth::Insecure => State::Polling(ClientExchange::new(ClientAuth::None, 0)),
+            SourceAuth::Key(key) => {
+                State::Polling(ClientExchange::new(ClientAuth::Key(key.clone()), 0))
+            }
+        };
+        Self {
+            auth,
+            options,
+            state,
+            next_poll: now,
+            system_poll: options.min_poll,
+            rate_backoff: 0,
+            reach: 0,
+            silent_polls: 0,
+            polls_sent: 0,
+            naks: 0,
+            iburst_left: if options.iburst { IBURST_COUNT } else { 0 },
+        }
+    }
+
+    /// The poll interval in force (log2 seconds).
+    pub fn poll(&self) -> i8 {
+        let base = if self.reach == 0 && self.silent_polls >= 8 {
+            self.options.max_poll
+        } else {
+            self.system_poll
+        };
+        base.saturating_add(self.rate_backoff).clamp(
+            self.options.min_poll,
+            self.options.max_poll.max(self.options.min_poll),
+        )
+    }
+
+    /// The engine's wish for the poll interval.
+    pub fn set_system_poll(&mut self, poll: i8) {
+        self.system_poll = poll;
+    }
+
+    pub fn reach(&self) -> u8 {
+        self.reach
+    }
+
+    pub fn is_reachable(&self) -> bool {
+        self.reach != 0
+    }
+
+    /// The kiss that stopped this source, if one did.
+    pub fn stopped(&self) -> Option<KissCode> {
+        match self.state {
+            State::Stopped(code) => Some(code),
+            _ => None,
+        }
+    }
+
+    pub fn nts_cookies(&self) -> Option<usize> {
+        match &self.state {
+            State::Polling(exchange) => exchange.nts_cookies(),
+            _ => None,
+        }
+    }
+
+    /// When the driver must next call [`Source::handle_timeout`] (`None`: never).
+    pub fn poll_timeout(&self) -> Option<f64> {
+        match self.state {
+            State::NeedsKeys { retry_at, .. } => Some(retry_at),
+            State::KeyExchanging { .. } | State::Stopped(_) => None,
+            State::Polling(_) => Some(self.next_poll),
+        }
+    }
+
+    /// Time has reached `now` (local clock `local`): returns what to do. For
+    /// [`Action::Transmit`] the request is in `out`.
+    pub fn handle_timeout(
+        &mut self,
+        now: f64,
+        local: NtpTimestamp,
+        out: &mut Vec<u8>,
+    ) -> Option<Action> {
+        let poll = self.poll();
+        match &mut self.state {
+            State::NeedsKeys { retry_at, backoff } if now >= *retry_at => {
+                self.state = State::KeyExchanging { backoff: *backoff };
+                Some(Action::KeyExchange)
+            }
+            State::Polling(exchange) if now >= self.next_poll => {
+                exchange.set_poll(poll);
+                if let Err(RequestError::NoCookies) = exchange.poll_request(local, out) {
+                    self.state = State::KeyExchanging {
+                        backoff: KE_RETRY_FIRST,
+                    };
+                    return Some(Action::KeyExchange);
+                }
+                // The register shifts at every poll; a reply sets the new low bit.
+                if self.polls_sent > 0 && self.reach & 1 == 0 {
+                    self.silent_polls += 1;
+                }
+                self.polls_sent += 1;
+                self.reach <<= 1;
+                let interval = if self.iburst_left > 0 {
+                    self.iburst_left -= 1;
+                    IBURST_INTERVAL
+                } else {
+                    2f64.powi(i32::from(self.poll()))
+                };
+                self.next_poll = now + interval;
+                if self.silent_polls >= SILENT_POLLS_REKEY && matches!(self.auth, SourceAuth::Nts) {
+                    self.silent_polls = 0;
+                    self.state = State::NeedsKeys {
+                        retry_at: self.next_poll,
+                        backoff: KE_RETRY_FIRST,
+                    };
+                }
+                Some(Action::Transmit)
+            }
+            _ => None,
+        }
+    }
+
+    /// The outcome of NTS-KE: a fresh session, or why it failed.
+    pub fn handle_key_exchange(&mut self, result: Result<NtsSession, String>, now: f64) {
+        let State::KeyExchanging { backoff } = self.state else {
+            return;
+        };
+        self.state = match result {
+            Ok(session) => {
+                self.naks = 0;
+                self.next_poll = now;
+                State::Polling(ClientExchange::new(ClientAuth::Nts(session), 0))
+            }
+            Err(_) => State::NeedsKeys {
+                retry_at: now + backoff,
+                backoff: (backoff * KE_RETRY_GROWTH)
+                    .min(2f64.powi(i32::from(self.options.max_poll))),
+            },
+        };
+    }
+
+    /// A datagram arrived on the socket of the current request at local time `local`.
+    pub fn handle_response(&mut self, bytes: &[u8], local: NtpTimestamp, now: f64) -> Event {
+        let State::Polling(exchange) = &mut self.state else {
+            return Event::Rejected(Reject::NotExpected);
+        };
+        match exchange.handle_response(bytes, local) {
+            Err(reject) => Event::Rejected(reject),
+            Ok(Response::Kiss(KissCode::NtsNak)) => {
+                self.naks += 1;
+                if self.naks >= NTSN_REKEY {
+                    self.state = State::NeedsKeys {
+                        retry_at: now,
+                        backoff: KE_RETRY_FIRST,
+                    };
+                }
+                Event::Kiss(KissCode::NtsNak)
+            }
+            Ok(Response::Kiss(code)) => {
+                self.reached();
+                match code {
+                    KissCode::Deny | KissCode::Restrict => self.state = State::Stopped(code),
+                    KissCode::Rate => {
+                        self.rate_backoff = self.rate_backoff.saturating_add(1).min(8);
+                        self.next_poll =
+                            self.next_poll.max(now + 2f64.powi(i32::from(self.poll())));
+                    }
+                    _ => {}
+                }
+                Event::Kiss(code)
+            }
+            Ok(Response::Sample(sample)) => {
+                self.reached();
+                self.naks = 0;
+                Event::Sample(sample)
+            }
+        }
+    }
+
+    fn reached(&mut self) {
+        self.reach |= 1;
+        self.silent_polls = 0;
+    }
+}

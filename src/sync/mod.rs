@@ -1,0 +1,531 @@
+//! Layer 4: from samples to clock commands. Deterministic and sans-IO: time comes in as
+//! arguments (the engine's own monotonic seconds), commands go out through
+//! [`SyncEngine::poll_command`].
+//!
+//! * [`filter`]: each source's history and how noisy each sample is.
+//! * [`select`]: which sources agree (intersection, majority, falsetickers out).
+//! * [`discipline`]: the Kalman filter that turns agreeing samples into corrections.
+//!
+//! Policy lives here too: a sample that is unusable (ADVERSARIAL 19), unauthenticated
+//! where authentication is required, or beyond the panic threshold never reaches the
+//! discipline; the clock is stepped only at start-up (unless configured otherwise) and
+//! only when a majority of *configured* sources agree (ADVERSARIAL 24), so an attacker
+//! who silences the others cannot step it through one.
+
+pub mod discipline;
+pub mod filter;
+pub mod select;
+
+use std::collections::VecDeque;
+
+use crate::clock::ClockCommand;
+use crate::proto::client::{Authenticated, Sample};
+use crate::proto::server::SyncState;
+use crate::wire::{Leap, NtpTimestamp, ReferenceId};
+use discipline::Discipline;
+use filter::{DISPERSION_RATE, FilteredSample, SourceFilter};
+use select::{Candidate, select};
+
+/// When the clock may be stepped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StepPolicy {
+    /// Only the first correction after start-up (the default).
+    Startup,
+    /// Whenever the offset exceeds the step threshold.
+    Always,
+    /// Never: large offsets are slewed away.
+    Never,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyncConfig {
+    /// Sources that must agree before the clock is steered.
+    pub min_sources: usize,
+    /// Offsets beyond this (seconds) are stepped when the policy allows.
+    pub step_threshold: f64,
+    pub steps: StepPolicy,
+    /// Offsets beyond this (seconds) are never acted on, and steps may never add up
+    /// to more than it.
+    pub panic_threshold: f64,
+    /// Largest frequency correction, ppm.
+    pub max_frequency_ppm: f64,
+    /// The frequency correction saved by a previous run (drift file), ppm.
+    pub initial_frequency_ppm: Option<f64>,
+    /// Bounds on the poll interval the engine suggests (log2 seconds).
+    pub min_poll: i8,
+    pub max_poll: i8,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        Self {
+            min_sources: 1,
+            step_threshold: 0.128,
+            steps: StepPolicy::Startup,
+            panic_threshold: 1000.0,
+            max_frequency_ppm: 500.0,
+            initial_frequency_ppm: None,
+            min_poll: 6,
+            max_poll: 10,
+        }
+    }
+}
+
+/// Samples a source needs before it can be selected.
+const MIN_SAMPLES: usize = 2;
+/// Poll growth budget: the unpredictable drift over one interval may reach this many
+/// times what a typical sample resolves (tuned with `ntimed sim`).
+const POLL_RATIO: f64 = 1.0;
+/// A slew takes this fraction of the poll interval, so the frequency stays smooth.
+const SLEW_FRACTION: f64 = 1.0 / 16.0;
+/// A sample this many standard deviations from the prediction is held back...
+const OUTLIER_SD: f64 = 6.0;
+/// ...unless this many in a row say the same: then the clock really has moved.
+const OUTLIER_RUN: u32 = 3;
+/// Seconds after start during which the first correction waits for a majority of all
+/// configured sources.
+const STARTUP_GRACE: f64 = 300.0;
+/// Frequency uncertainty with a drift file, fraction.
+const DRIFT_FILE_SD: f64 = 5e-6;
+
+/// Handle for a source registered with the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SourceId(usize);
+
+/// Why the engine did not use a sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ignored {
+    Unusable(&'static str),
+    NotAuthenticated,
+    BeyondPanicThreshold,
+    NotFinite,
+    UnknownSource,
+}
+
+/// What the engine knows about one source.
+#[derive(Debug, Clone)]
+struct SourceEntry {
+    name: String,
+    /// The reference id we announce when this source is our reference.
+    reference_id: ReferenceId,
+    requires_authentication: bool,
+    filter: SourceFilter,
+    last: Option<Sample>,
+    reachable: bool,
+    selected: bool,
+    outliers: u32,
+}
+
+/// A source's state for reports (`ntimed run` logs, tests).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceReport {
+    pub name: String,
+    pub samples: usize,
+    pub reachable: bool,
+    pub selected: bool,
+    /// Offset of its best sample now, and that sample's error bound.
+    pub offset: Option<f64>,
+    pub bound: Option<f64>,
+}
+
+/// The engine: sources in, clock commands out.
+#[derive(Debug)]
+pub struct SyncEngine {
+    config: SyncConfig,
+    sources: Vec<SourceEntry>,
+    kalman: Discipline,
+    commands: VecDeque<ClockCommand>,
+    /// Sum of all offsets commanded (steps and slews); samples are stored relative to it
+    /// so that they stay comparable across corrections.
+    corrected_total: f64,
+    stepped_total: f64,
+    frequency_ppm: f64,
+    synchronized: bool,
+    last_update: Option<f64>,
+    created: f64,
+    leap: Leap,
+    poll: i8,
+    /// The source our time comes from (the best of the agreeing ones).
+    reference: Option<usize>,
+}
+
+impl SyncEngine {
+    pub fn new(config: SyncConfig, now: f64) -> Self {
+        let (frequency_ppm, rate_sd) = match config.initial_frequency_ppm {
+            Some(ppm) => (
+                ppm.clamp(-config.max_frequency_ppm, config.max_frequency_ppm),
+                DRIFT_FILE_SD,
+            ),
+            None => (0.0, config.max_frequency_ppm * 1e-6),
+        };
+        let mut commands = VecDeque::new();
+        commands.push_back(ClockCommand::SetFrequency { ppm: frequency_ppm });
+        commands.push_back(ClockCommand::SetStatus {
+            synchronized: false,
+            estimated_error: 16.0,
+            max_error: 16.0,
+        });
+        Self {
+            poll: config.min_poll,
+            config,
+            sources: Vec::new(),
+            kalman: Discipline::new(now, rate_sd),
+            commands,
+            corrected_total: 0.0,
+            stepped_total: 0.0,
+            frequency_ppm,
+            synchronized: false,
+            last_update: None,
+            created: now,
+            leap: Leap::NoWarning,
+            reference: None,
+        }
+    }
+
+    /// Registers a source; `reference_id` is what we announce downstream when it is our
+    /// reference (its IPv4 address, or a hash of its IPv6 address).
+    pub fn add_source(
+        &mut self,
+        name: impl Into<String>,
+        reference_id: ReferenceId,
+        requires_authentication: bool,
+    ) -> SourceId {
+        self.sources.push(SourceEntry {
+            name: name.into(),
+            reference_id,
+            requires_authentication,
+            filter: SourceFilter::default(),
+            last: None,
+            reachable: false,
+            selected: false,
+            outliers: 0,
+        });
+        SourceId(self.sources.len() - 1)
+    }
+
+    /// Marks a source unreachable (or reachable again); an unreachable source is not a
+    /// candidate for selection.
+    pub fn handle_reachability(&mut self, id: SourceId, reachable: bool) {
+        if let Some(source) = self.sources.get_mut(id.0) {
+            source.reachable = reachable;
+            if !reachable {
+                source.selected = false;
+            }
+        }
+    }
+
+    /// Takes a sample from source `id` that arrived at `now`, while the clock still had
+    /// `pending_slew` seconds of an earlier correction to apply.
+    pub fn handle_sample(
+        &mut self,
+        id: SourceId,
+        sample: &Sample,
+        now: f64,
+        pending_slew: f64,
+    ) -> Result<(), Ignored> {
+        let config = self.config.clone();
+        let source = self.sources.get_mut(id.0).ok_or(Ignored::UnknownSource)?;
+        if let Some(reason) = sample.unusable_reason() {
+            return Err(Ignored::Unusable(reason));
+        }
+        if source.requires_authentication && sample.authenticated == Authenticated::No {
+            return Err(Ignored::NotAuthenticated);
+        }
+        if !(sample.offset.is_finite() && sample.delay.is_finite() && pending_slew.is_finite()) {
+            return Err(Ignored::NotFinite);
+        }
+        // The clock will still move by the pending slew: count it as done.
+        let offset = sample.offset - pending_slew;
+        if offset.abs() > config.panic_threshold {
+            return Err(Ignored::BeyondPanicThreshold);
+        }
+        let precision = 2f64.powi(i32::from(sample.precision.clamp(-30, 0)));
+        let server_distance = sample.root_delay / 2.0 + sample.root_dispersion + precision;
+        let filtered = source.filter.add(
+            now,
+            offset + self.corrected_total,
+            sample.delay,
+            server_distance,
+            precision,
+        );
+        source.last = Some(*sample);
+        source.reachable = true;
+
+        let Some(truechimers) = self.select(now) else {
+            return Ok(());
+        };
+        let usable = |i: &usize| {
+            self.sources
+                .get(*i)
+                .is_some_and(|s| s.filter.len() >= MIN_SAMPLES)
+        };
+        if !truechimers.contains(&id.0) || !usable(&id.0) {
+            return Ok(());
+        }
+        let truechimers: Vec<usize> = truechimers.into_iter().filter(usable).collect();
+        if self.synchronized {
+            self.track(id.0, &filtered, now, truechimers.len());
+        } else {
+            // At start, wait for a majority of all configured sources to agree, so that
+            // the first (and largest) correction cannot come from a minority that
+            // happened to answer first; after a grace period, settle for the sources
+            // that answer.
+            let majority = 2 * truechimers.len() > self.sources.len();
+            if !majority && now - self.created < STARTUP_GRACE {
+                return Ok(());
+            }
+            self.start(&truechimers, now);
+        }
+        for &i in &truechimers {
+            if let Some(source) = self.sources.get_mut(i) {
+                source.selected = true;
+            }
+        }
+        self.after_update(&truechimers, now);
+        Ok(())
+    }
+
+    /// Runs selection over the reachable sources; returns the truechimers (and clears
+    /// every source's mark: `handle_sample` sets them on the sources it uses).
+    fn select(&mut self, now: f64) -> Option<Vec<usize>> {
+        let mut indices = Vec::new();
+        let mut candidates = Vec::new();
+        for (i, source) in self.sources.iter().enumerate() {
+            // Every source heard from counts towards the majority, even before it has
+            // enough samples to be used itself.
+            if !source.reachable || source.filter.is_empty() {
+                continue;
+            }
+            if let Some((best, bound)) = source.filter.best(now) {
+                indices.push(i);
+                candidates.push(Candidate {
+                    offset: best.normalized_offset - self.corrected_total,
+                    bound,
+                });
+            }
+        }
+        let selection = select(&candidates, self.config.min_sources);
+        for source in &mut self.sources {
+            source.selected = false;
+        }
+        let truechimers: Vec<usize> = selection?
+            .truechimers
+            .iter()
+            .filter_map(|&i| indices.get(i).copied())
+            .collect();
+        Some(truechimers)
+    }
+
+    /// The first correction: the agreeing sources' histories, in order, through a fresh
+    /// filter (frequency and offset together), then one step or slew.
+    fn start(&mut self, truechimers: &[usize], now: f64) {
+        let mut history: Vec<FilteredSample> = truechimers
+            .iter()
+            .filter_map(|&i| self.sources.get(i))
+            .flat_map(|s| s.filter.samples().copied())
+            .collect();
+        history.sort_by(|a, b| a.at.total_cmp(&b.at));
+        let rate_sd = match self.config.initial_frequency_ppm {
+            Some(_) => DRIFT_FILE_SD,
+            None => self.config.max_frequency_ppm * 1e-6,
+        };
+        let mut kalman = Discipline::new(history.first().map_or(now, |s| s.at), rate_sd);
+        for s in &history {
+            kalman.update(s.at, s.normalized_offset - self.corrected_total, s.variance);
+        }
+        self.kalman = kalman;
+        let (offset, rate) = self.kalman.estimate(now);
+        let majority = 2 * truechimers.len() > self.sources.len();
+        let may_step = self.config.steps != StepPolicy::Never && majority;
+        self.correct(offset, rate, may_step, now);
+        self.synchronized = true;
+    }
+
+    /// Every later sample from an agreeing source: one filter update and a correction.
+    fn track(&mut self, index: usize, sample: &FilteredSample, now: f64, agreeing: usize) {
+        let Some(source) = self.sources.get_mut(index) else {
+            return;
+        };
+        let offset = sample.normalized_offset - self.corrected_total;
+        let innovation = self.kalman.innovation(sample.at, offset, sample.variance);
+        if innovation.value.abs() > OUTLIER_SD * innovation.sd {
+            source.outliers += 1;
+            if source.outliers < OUTLIER_RUN {
+                return;
+            }
+            // Several in a row: the offset really changed. Start the offset afresh.
+            self.kalman.reset_offset();
+        }
+        source.outliers = 0;
+        self.kalman.update(sample.at, offset, sample.variance);
+        let (offset, rate) = self.kalman.estimate(now);
+        let majority = 2 * agreeing > self.sources.len();
+        let may_step = self.config.steps == StepPolicy::Always && majority;
+        self.correct(offset, rate, may_step, now);
+    }
+
+    /// Queues the commands that take `offset` and `rate` out of the clock.
+    fn correct(&mut self, offset: f64, rate: f64, may_step: bool, now: f64) {
+        let limit = self.config.max_frequency_ppm;
+        let frequency = (self.frequency_ppm + rate * 1e6).clamp(-limit, limit);
+        let applied_rate = (frequency - self.frequency_ppm) * 1e-6;
+        let step = may_step
+            && offset.abs() > self.config.step_threshold
+            && self.stepped_total + offset.abs() <= self.config.panic_threshold;
+        if step {
+            self.stepped_total += offset.abs();
+            self.commands.push_back(ClockCommand::Step { offset });
+            self.commands.push_back(ClockCommand::Slew {
+                offset: 0.0,
+                duration: 0.0,
+            });
+        } else {
+            let interval = 2f64.powi(i32::from(self.poll));
+            self.commands.push_back(ClockCommand::Slew {
+                offset,
+                duration: interval * SLEW_FRACTION,
+            });
+        }
+        if frequency != self.frequency_ppm {
+            self.commands
+                .push_back(ClockCommand::SetFrequency { ppm: frequency });
+        }
+        self.frequency_ppm = frequency;
+        self.corrected_total += offset;
+        self.kalman.corrected(now, offset, applied_rate);
+    }
+
+    fn after_update(&mut self, truechimers: &[usize], now: f64) {
+        self.last_update = Some(now);
+        self.poll =
+            self.kalman
+                .poll_interval(self.config.min_poll, self.config.max_poll, POLL_RATIO);
+        self.reference = truechimers
+            .iter()
+            .copied()
+            .filter_map(|i| Some((i, self.sources.get(i)?.filter.best(now)?.1)))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(i, _)| i);
+        // Leap warnings: only when most agreeing sources announce the same one.
+        let votes = |leap: Leap| {
+            truechimers
+                .iter()
+                .filter(|&&i| {
+                    self.sources
+                        .get(i)
+                        .and_then(|s| s.last)
+                        .is_some_and(|s| s.leap == leap)
+                })
+                .count()
+        };
+        let leap = [Leap::AddSecond, Leap::DeleteSecond]
+            .into_iter()
+            .find(|&l| 2 * votes(l) > truechimers.len())
+            .unwrap_or(Leap::NoWarning);
+        if leap != self.leap {
+            self.leap = leap;
+            self.commands.push_back(ClockCommand::SetLeap(leap));
+        }
+        let estimated_error = self.kalman.offset_sd(now);
+        self.commands.push_back(ClockCommand::SetStatus {
+            synchronized: true,
+            estimated_error: if estimated_error.is_finite() {
+                estimated_error
+            } else {
+                16.0
+            },
+            max_error: self.root_distance(now).min(16.0),
+        });
+    }
+
+    /// The next command for the clock, if any.
+    pub fn poll_command(&mut self) -> Option<ClockCommand> {
+        self.commands.pop_front()
+    }
+
+    /// The poll interval (log2 seconds) the engine wants from its sources now.
+    pub fn poll_interval(&self) -> i8 {
+        self.poll
+    }
+
+    pub fn is_synchronized(&self) -> bool {
+        self.synchronized
+    }
+
+    /// The frequency correction in force, ppm (for the drift file).
+    pub fn frequency_ppm(&self) -> f64 {
+        self.frequency_ppm
+    }
+
+    pub fn wander(&self) -> f64 {
+        self.kalman.wander()
+    }
+
+    pub fn debug(&self) -> String {
+        format!(
+            "wander {:.0e} sd {:.1}us poll {} freq {:.3}",
+            self.kalman.wander(),
+            self.kalman.offset_sd(self.last_update.unwrap_or(0.0)) * 1e6,
+            self.poll,
+            self.frequency_ppm
+        )
+    }
+
+    fn root_distance(&self, now: f64) -> f64 {
+        let Some(source) = self.reference.and_then(|i| self.sources.get(i)) else {
+            return 16.0;
+        };
+        let (Some(last), Some((best, _))) = (source.last, source.filter.best(now)) else {
+            return 16.0;
+        };
+        (last.root_delay + best.delay) / 2.0 + self.root_dispersion(now, &last)
+    }
+
+    fn root_dispersion(&self, now: f64, last: &Sample) -> f64 {
+        let sd = self.kalman.offset_sd(now);
+        let age = self.last_update.map_or(0.0, |t| (now - t).max(0.0));
+        last.root_dispersion + if sd.is_finite() { sd } else { 0.0 } + DISPERSION_RATE * age
+    }
+
+    /// What a server answering from this clock tells its clients: stratum, reference and
+    /// error bounds from our reference source, or "unsynchronized".
+    pub fn sync_state(&self, now: f64, local_now: NtpTimestamp, precision: i8) -> SyncState {
+        let reference = self.reference.and_then(|i| self.sources.get(i));
+        let (Some(source), Some(last), Some(updated), true) = (
+            reference,
+            reference.and_then(|s| s.last),
+            self.last_update,
+            self.synchronized,
+        ) else {
+            return SyncState::unsynchronized(precision);
+        };
+        let delay = source.filter.best(now).map_or(last.delay, |(s, _)| s.delay);
+        SyncState {
+            leap: self.leap,
+            stratum: last.stratum.saturating_add(1).min(15),
+            reference_id: source.reference_id,
+            reference_time: local_now.add_seconds(-(now - updated).max(0.0)),
+            root_delay: last.root_delay + delay.max(0.0),
+            root_dispersion: self.root_dispersion(now, &last),
+            precision,
+        }
+    }
+
+    pub fn report(&self, now: f64) -> Vec<SourceReport> {
+        self.sources
+            .iter()
+            .map(|s| {
+                let best = s.filter.best(now);
+                SourceReport {
+                    name: s.name.clone(),
+                    samples: s.filter.len(),
+                    reachable: s.reachable,
+                    selected: s.selected,
+                    offset: best.map(|(b, _)| b.normalized_offset - self.corrected_total),
+                    bound: best.map(|(_, bound)| bound),
+                }
+            })
+            .collect()
+    }
+}

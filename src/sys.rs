@@ -1,0 +1,317 @@
+//! The one place for system calls: the crate denies `unsafe` everywhere else, so every
+//! syscall gets a safe, typed wrapper here and the unsafe surface stays small enough to
+//! audit in one sitting.
+//!
+//! Today that is the Linux kernel clock, `adjtimex(2)`. Reads ([`adjtimex_read`],
+//! [`pending_singleshot_us`]) need no privilege and never change anything. Changes go
+//! through [`adjtimex_apply`], which takes a [`KernelClockChange`] rather than raw mode
+//! bits, so a caller cannot ask for a mode combination nobody reviewed (the kernel PLL,
+//! `ADJ_TICK`, `ADJ_TAI`, ...).
+
+#![allow(unsafe_code)]
+
+use std::io;
+use std::sync::Mutex;
+
+/// `ADJ_OFFSET_SINGLESHOT` slews by at most this much, µs. The kernel itself takes any
+/// `long`, but at its fixed 500 ppm a larger offset takes over 17 minutes to remove: an
+/// offset that big should be stepped instead.
+pub const MAX_SINGLESHOT_US: i64 = 512_000;
+
+/// The kernel's frequency limit, ppm (`MAXFREQ`, 500 ppm; scaled: `500 << 16`).
+pub const MAX_FREQUENCY_PPM: f64 = 500.0;
+
+/// The kernel clamps `maxerror` (and, since 5.x, `esterror`) to `NTP_PHASE_LIMIT`,
+/// 16 s in µs; we clamp first so that what we ask for is what we get on any kernel.
+pub const MAX_ERROR_US: i64 = 16_000_000;
+
+/// The scale of `timex.freq`: ppm with a 16-bit binary fraction.
+const FREQ_SCALE: f64 = 65536.0;
+
+/// Serialises our read-modify-write of the status word, so two threads setting
+/// different bits cannot lose one another's change. (Another process can still race
+/// us; the kernel offers no atomic bit update.)
+static STATUS_LOCK: Mutex<()> = Mutex::new(());
+
+/// The clock state `adjtimex` returns (`TIME_*`), mostly about leap seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClockState {
+    /// `TIME_OK`: no leap second pending.
+    Ok,
+    /// `TIME_INS`: a leap second will be inserted at the end of the UTC day.
+    Insert,
+    /// `TIME_DEL`: a leap second will be deleted at the end of the UTC day.
+    Delete,
+    /// `TIME_OOP`: a leap second is being inserted now.
+    InProgress,
+    /// `TIME_WAIT`: a leap second has just happened.
+    Wait,
+    /// `TIME_ERROR`: the clock is not synchronized (`STA_UNSYNC` and friends).
+    Error,
+}
+
+impl ClockState {
+    /// The kernel only returns 0–5; anything else is reported as `Error`, the state
+    /// that promises least.
+    fn from_raw(raw: libc::c_int) -> Self {
+        match raw {
+            libc::TIME_OK => Self::Ok,
+            libc::TIME_INS => Self::Insert,
+            libc::TIME_DEL => Self::Delete,
+            libc::TIME_OOP => Self::InProgress,
+            libc::TIME_WAIT => Self::Wait,
+            _ => Self::Error,
+        }
+    }
+}
+
+/// The status bits callers may change. Built only from the constants below, so
+/// nothing else (PPS, `STA_FREQHOLD`, ...) can be switched by accident.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StatusFlags(libc::c_int);
+
+impl StatusFlags {
+    pub const NONE: Self = Self(0);
+    /// The kernel PLL. We steer the frequency ourselves, so we switch it off.
+    pub const PLL: Self = Self(libc::STA_PLL);
+    /// Insert a leap second at the end of the UTC day.
+    pub const INS: Self = Self(libc::STA_INS);
+    /// Delete a leap second at the end of the UTC day.
+    pub const DEL: Self = Self(libc::STA_DEL);
+    /// The clock is not synchronized.
+    pub const UNSYNC: Self = Self(libc::STA_UNSYNC);
+
+    #[must_use]
+    pub const fn union(self, other: Self) -> Self {
+        Self(self.0 | other.0)
+    }
+
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The raw bits, for comparing with [`KernelClock::status`].
+    pub const fn bits(self) -> i32 {
+        self.0
+    }
+}
+
+/// What the kernel says about its clock, in plain numbers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KernelClock {
+    /// The PLL phase offset: ns if `STA_NANO` is set, else µs (see
+    /// [`Self::offset_seconds`]). After a [`KernelClockChange::SlewOnce`] it is instead
+    /// the singleshot offset that was still pending, µs.
+    pub offset: i64,
+    /// The frequency correction as the kernel keeps it: ppm × 65536.
+    pub freq: i64,
+    /// The same, ppm.
+    pub freq_ppm: f64,
+    /// Maximum error, µs.
+    pub maxerror: i64,
+    /// Estimated error, µs.
+    pub esterror: i64,
+    /// The `STA_*` bits, read-only ones included.
+    pub status: i32,
+    /// µs per clock tick.
+    pub tick: i64,
+    /// The time the kernel read (UTC, Unix seconds), seconds part.
+    pub time_secs: i64,
+    /// The time the kernel read, nanoseconds past `time_secs`.
+    pub time_nanos: u32,
+    pub state: ClockState,
+}
+
+impl KernelClock {
+    /// Whether all of `flags` are set.
+    pub fn has(&self, flags: StatusFlags) -> bool {
+        self.status & flags.0 == flags.0
+    }
+
+    /// Whether the kernel reports offsets and times in nanoseconds (`STA_NANO`).
+    pub fn nano(&self) -> bool {
+        self.status & libc::STA_NANO != 0
+    }
+
+    /// The PLL phase offset, seconds.
+    pub fn offset_seconds(&self) -> f64 {
+        let unit = if self.nano() { 1e-9 } else { 1e-6 };
+        self.offset as f64 * unit
+    }
+
+    fn from_timex(tx: &libc::timex, state: ClockState) -> Self {
+        let freq = wide(tx.freq);
+        let status = tx.status;
+        let sub = wide(tx.time.tv_usec);
+        let sub_nanos = if status & libc::STA_NANO != 0 {
+            sub
+        } else {
+            sub * 1000
+        };
+        Self {
+            offset: wide(tx.offset),
+            freq,
+            freq_ppm: freq as f64 / FREQ_SCALE,
+            maxerror: wide(tx.maxerror),
+            esterror: wide(tx.esterror),
+            status,
+            tick: wide(tx.tick),
+            time_secs: wide(tx.time.tv_sec),
+            time_nanos: u32::try_from(sub_nanos.clamp(0, 999_999_999)).unwrap_or(0),
+            state,
+        }
+    }
+}
+
+/// A change to the kernel clock. An enum, not mode bits, because the kernel ignores
+/// every other mode alongside `ADJ_OFFSET_SINGLESHOT`, and a step is worth keeping
+/// apart from everything else.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum KernelClockChange {
+    /// `ADJ_OFFSET_SINGLESHOT`: slew by `micros` at the kernel's fixed 500 ppm,
+    /// replacing any singleshot slew still pending. Within ±[`MAX_SINGLESHOT_US`].
+    SlewOnce { micros: i64 },
+    /// `ADJ_SETOFFSET | ADJ_NANO`: jump by `seconds + nanos / 1e9` (so −0.3 s is
+    /// `seconds: -1, nanos: 700_000_000`). `nanos` must be below 1e9.
+    Step { seconds: i64, nanos: u32 },
+    /// Frequency, status bits and error estimates, in one call.
+    Adjust(KernelAdjust),
+}
+
+/// The parts of [`KernelClockChange::Adjust`]; `None` or empty leaves a thing alone.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct KernelAdjust {
+    /// `ADJ_FREQUENCY`, ppm, within ±[`MAX_FREQUENCY_PPM`].
+    pub frequency_ppm: Option<f64>,
+    /// `ADJ_STATUS`: bits to set. Every other bit is read and written back unchanged.
+    pub set_status: StatusFlags,
+    /// `ADJ_STATUS`: bits to clear. Must not overlap `set_status`.
+    pub clear_status: StatusFlags,
+    /// `ADJ_ESTERROR`, µs; clamped to 0..=[`MAX_ERROR_US`].
+    pub estimated_error_us: Option<i64>,
+    /// `ADJ_MAXERROR`, µs; clamped to 0..=[`MAX_ERROR_US`].
+    pub max_error_us: Option<i64>,
+}
+
+fn invalid(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, message)
+}
+
+/// Widens a kernel integer (`long`, `time_t`, `suseconds_t`: 32 or 64 bits depending
+/// on the target) to i64. Generic so it compiles, lint-free, for either width.
+fn wide<T: Into<i64>>(value: T) -> i64 {
+    value.into()
+}
+
+/// Narrows to a kernel integer type, refusing what does not fit (32-bit targets).
+fn narrow<T: TryFrom<i64>>(value: i64, what: &str) -> io::Result<T> {
+    T::try_from(value)
+        .map_err(|_| invalid(format!("{what} {value} does not fit the kernel's type")))
+}
+
+/// A timex that asks for nothing (`modes` = 0).
+fn zeroed_timex() -> libc::timex {
+    // SAFETY: timex is plain old data (integers, a timeval and padding), for which
+    // all-zero bytes are a valid value; modes = 0 means "change nothing".
+    unsafe { std::mem::zeroed() }
+}
+
+/// One `adjtimex(2)` call.
+fn adjtimex(tx: &mut libc::timex) -> io::Result<ClockState> {
+    // SAFETY: `tx` is a valid, exclusively borrowed timex for the whole call; the kernel
+    // reads and writes only inside it and keeps no pointer to it.
+    let rc = unsafe { libc::adjtimex(tx) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ClockState::from_raw(rc))
+    }
+}
+
+/// Reads the kernel clock (`modes` = 0). Needs no privilege and never changes the clock.
+pub fn adjtimex_read() -> io::Result<KernelClock> {
+    let mut tx = zeroed_timex();
+    let state = adjtimex(&mut tx)?;
+    Ok(KernelClock::from_timex(&tx, state))
+}
+
+/// The singleshot slew still to apply, µs (`ADJ_OFFSET_SS_READ`). Read-only: the
+/// kernel skips the update when `ADJ_OFFSET_READONLY` is set, and lets unprivileged
+/// callers make this call for that reason.
+pub fn pending_singleshot_us() -> io::Result<i64> {
+    let mut tx = zeroed_timex();
+    tx.modes = libc::ADJ_OFFSET_SS_READ;
+    adjtimex(&mut tx)?;
+    Ok(wide(tx.offset))
+}
+
+/// Applies `change` to the kernel clock (needs `CAP_SYS_TIME`; `EPERM` without it).
+/// Returns the kernel's state after the change. Out-of-range input is refused with
+/// `InvalidInput` before the kernel is called.
+pub fn adjtimex_apply(change: &KernelClockChange) -> io::Result<KernelClock> {
+    let mut tx = zeroed_timex();
+    match *change {
+        KernelClockChange::SlewOnce { micros } => {
+            if !(-MAX_SINGLESHOT_US..=MAX_SINGLESHOT_US).contains(&micros) {
+                return Err(invalid(format!(
+                    "singleshot slew of {micros} µs is outside ±{MAX_SINGLESHOT_US} µs"
+                )));
+            }
+            tx.modes = libc::ADJ_OFFSET_SINGLESHOT;
+            tx.offset = narrow(micros, "singleshot slew (µs)")?;
+            let state = adjtimex(&mut tx)?;
+            Ok(KernelClock::from_timex(&tx, state))
+        }
+        KernelClockChange::Step { seconds, nanos } => {
+            if nanos >= 1_000_000_000 {
+                return Err(invalid(format!("{nanos} ns is not below one second")));
+            }
+            tx.modes = libc::ADJ_SETOFFSET | libc::ADJ_NANO;
+            tx.time.tv_sec = narrow(seconds, "step (s)")?;
+            tx.time.tv_usec = narrow(i64::from(nanos), "step (ns)")?;
+            let state = adjtimex(&mut tx)?;
+            Ok(KernelClock::from_timex(&tx, state))
+        }
+        KernelClockChange::Adjust(adjust) => apply_adjust(&mut tx, &adjust),
+    }
+}
+
+fn apply_adjust(tx: &mut libc::timex, adjust: &KernelAdjust) -> io::Result<KernelClock> {
+    if let Some(ppm) = adjust.frequency_ppm {
+        if ppm.is_nan() || ppm.abs() > MAX_FREQUENCY_PPM {
+            return Err(invalid(format!(
+                "frequency {ppm} ppm is outside ±{MAX_FREQUENCY_PPM} ppm"
+            )));
+        }
+        tx.modes |= libc::ADJ_FREQUENCY;
+        // |scaled| <= 500 << 16, which fits even a 32-bit long.
+        tx.freq = narrow((ppm * FREQ_SCALE).round() as i64, "frequency (ppm << 16)")?;
+    }
+    if let Some(us) = adjust.estimated_error_us {
+        tx.modes |= libc::ADJ_ESTERROR;
+        tx.esterror = narrow(us.clamp(0, MAX_ERROR_US), "estimated error (µs)")?;
+    }
+    if let Some(us) = adjust.max_error_us {
+        tx.modes |= libc::ADJ_MAXERROR;
+        tx.maxerror = narrow(us.clamp(0, MAX_ERROR_US), "maximum error (µs)")?;
+    }
+    let (set, clear) = (adjust.set_status.0, adjust.clear_status.0);
+    if set & clear != 0 {
+        return Err(invalid(format!(
+            "status bits {:#x} are both set and cleared",
+            set & clear
+        )));
+    }
+    if set == 0 && clear == 0 {
+        let state = adjtimex(tx)?;
+        return Ok(KernelClock::from_timex(tx, state));
+    }
+    // ADJ_STATUS replaces the whole word: read it, change only our bits, write it back,
+    // with nobody else in this process doing the same in between.
+    let _guard = STATUS_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let current = adjtimex_read()?;
+    tx.modes |= libc::ADJ_STATUS;
+    tx.status = (current.status | set) & !clear;
+    let state = adjtimex(tx)?;
+    Ok(KernelClock::from_timex(tx, state))
+}
