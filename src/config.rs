@@ -33,6 +33,74 @@ pub struct Config {
     #[serde(default, rename = "nts-ke-server")]
     pub nts_ke_servers: Vec<NtsKeServerSection>,
     pub nts: Option<NtsSection>,
+    pub clock: Option<Spanned<ClockSection>>,
+    #[serde(default, rename = "source")]
+    pub sources: Vec<Spanned<SourceSection>>,
+}
+
+/// Which clock the engine steers, and the policy it steers by.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ClockSection {
+    pub mode: ClockMode,
+    /// `simulated` only: how far the clock starts from the system clock (seconds) and
+    /// how fast it drifts away (ppm).
+    #[serde(default)]
+    pub simulated_offset: f64,
+    #[serde(default)]
+    pub simulated_frequency: f64,
+    /// Offsets beyond this (seconds) may be stepped, when `steps` allows (0.128).
+    pub step_threshold: Option<f64>,
+    /// `startup` (default), `always` or `never`.
+    pub steps: Option<crate::sync::StepPolicy>,
+    /// Offsets beyond this (seconds) are never acted on (1000).
+    pub panic_threshold: Option<f64>,
+    /// Largest frequency correction, ppm (500).
+    pub max_frequency: Option<f64>,
+    /// Sources that must agree before the clock is steered (1).
+    pub min_sources: Option<usize>,
+    /// Where the frequency correction is kept across restarts.
+    pub drift_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClockMode {
+    /// Measure and keep a corrected time scale in software; never touch the system
+    /// clock (like `chronyd -x`).
+    Observe,
+    /// A software clock with a configured error, for tests and demonstrations.
+    Simulated,
+    /// The kernel clock (needs CAP_SYS_TIME).
+    System,
+}
+
+/// An upstream NTP server. Exactly one of `nts`, `key` and `insecure = true`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SourceSection {
+    /// `host:port` of the NTP server (for NTS, the KE server may name another).
+    pub address: String,
+    pub nts: Option<NtsSourceSection>,
+    /// A key id from `[keys]`: replies must carry its MAC.
+    pub key: Option<u32>,
+    /// Accept unauthenticated replies from this source (must be said explicitly).
+    #[serde(default)]
+    pub insecure: bool,
+    #[serde(default)]
+    pub iburst: bool,
+    /// Poll interval bounds, log2 seconds (6 and 10).
+    pub min_poll: Option<i8>,
+    pub max_poll: Option<i8>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct NtsSourceSection {
+    /// `host:port` of the NTS-KE server (port 4460 by default).
+    pub ke: String,
+    /// CA certificates (PEM) to trust besides the system's.
+    pub ca: Option<PathBuf>,
 }
 
 /// An NTS-KE listener (TLS 1.3 on TCP, port 4460 by convention).
@@ -160,6 +228,20 @@ impl Config {
                 .map_err(|e| fail(format!("[keys] file: {e}")))?,
             None => KeyStore::default(),
         };
+        for source in &config.sources {
+            if let Some(id) = source.get_ref().key
+                && keys.get(id).is_none()
+            {
+                return Err(ConfigError {
+                    file: name.clone(),
+                    line: Some(line_of(&text, source.span().start)),
+                    message: format!(
+                        "source {}: key {id} is not in the [keys] file",
+                        source.get_ref().address
+                    ),
+                });
+            }
+        }
         Ok(Loaded {
             config,
             keys,
@@ -182,6 +264,81 @@ impl Config {
         Ok(config)
     }
 
+    /// Sources need a clock to steer and say how they are authenticated; the clock
+    /// policy must make sense.
+    fn check_sources(&self) -> Result<(), (Option<std::ops::Range<usize>>, String)> {
+        if let (Some(source), None) = (self.sources.first(), &self.clock) {
+            let message = "[[source]] needs a [clock] section: mode = \"observe\", \"simulated\" or \"system\"";
+            return Err((Some(source.span()), message.into()));
+        }
+        for source in &self.sources {
+            let span = Some(source.span());
+            let s = source.get_ref();
+            let ways = usize::from(s.nts.is_some())
+                + usize::from(s.key.is_some())
+                + usize::from(s.insecure);
+            if ways != 1 {
+                let message = format!(
+                    "source {}: say exactly one of nts = {{ ke = ... }}, key = N, insecure = true",
+                    s.address
+                );
+                return Err((span, message));
+            }
+            let (min, max) = (s.min_poll.unwrap_or(6), s.max_poll.unwrap_or(10));
+            if !(-4..=17).contains(&min) || !(-4..=17).contains(&max) || min > max {
+                let message = format!(
+                    "source {}: min-poll and max-poll must be -4 to 17, min ≤ max",
+                    s.address
+                );
+                return Err((span, message));
+            }
+            if s.address.is_empty() || s.address.len() > 300 {
+                return Err((span, "source address must be host:port".into()));
+            }
+        }
+        if let Some(clock) = &self.clock {
+            let span = Some(clock.span());
+            let c = clock.get_ref();
+            let positive =
+                |v: Option<f64>, max: f64| v.is_none_or(|v| v.is_finite() && v > 0.0 && v <= max);
+            if !positive(c.step_threshold, 1e9) || !positive(c.panic_threshold, 1e9) {
+                return Err((
+                    span,
+                    "[clock] step-threshold and panic-threshold must be positive seconds".into(),
+                ));
+            }
+            if !positive(c.max_frequency, 500.0) {
+                return Err((
+                    span,
+                    "[clock] max-frequency must be above 0 and at most 500 ppm".into(),
+                ));
+            }
+            if !c.simulated_offset.is_finite()
+                || c.simulated_offset.abs() > 1e6
+                || !c.simulated_frequency.is_finite()
+                || c.simulated_frequency.abs() > 1e5
+            {
+                return Err((
+                    span,
+                    "[clock] simulated-offset / simulated-frequency out of range".into(),
+                ));
+            }
+            if c.mode != ClockMode::Simulated
+                && (c.simulated_offset != 0.0 || c.simulated_frequency != 0.0)
+            {
+                return Err((
+                    span,
+                    "[clock] simulated-offset and simulated-frequency need mode = \"simulated\""
+                        .into(),
+                ));
+            }
+            if c.min_sources == Some(0) {
+                return Err((span, "[clock] min-sources must be at least 1".into()));
+            }
+        }
+        Ok(())
+    }
+
     /// Checks what serde cannot; on error, says where in the text the fault is.
     fn check(&self) -> Result<(), (Option<std::ops::Range<usize>>, String)> {
         if let Some(local) = &self.local {
@@ -191,10 +348,11 @@ impl Config {
                 return Err((Some(local.stratum.span()), message));
             }
         }
-        if self.servers.is_empty() && self.nts_ke_servers.is_empty() {
-            let message = "nothing to run: add a [[server]] or [[nts-ke-server]]";
+        if self.servers.is_empty() && self.nts_ke_servers.is_empty() && self.sources.is_empty() {
+            let message = "nothing to run: add a [[source]], [[server]] or [[nts-ke-server]]";
             return Err((None, message.into()));
         }
+        self.check_sources()?;
         if let Some(ke) = self.nts_ke_servers.first()
             && self.nts.is_none()
         {

@@ -1,6 +1,7 @@
 //! `ntimed demo`: the whole path on loopback, offline, with nothing to set up. It grows
 //! as ntimed does; today: a keyed and NTS server, queried plainly, with keys, and with
-//! NTS after a key exchange over TLS 1.3 with a throwaway CA.
+//! NTS after a key exchange over TLS 1.3 with a throwaway CA; then the sync engine
+//! pulling a simulated clock in from three NTS sources.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -11,9 +12,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::auth::nts::cookie::{CookieKeys, Rotation};
 use crate::auth::nts::ke::NtpEndpoint;
 use crate::auth::{KeyFileFormat, KeyStore, SymmetricKey};
+use crate::clock::{Clock, SoftwareClock};
+use crate::daemon::client::{ClientRole, SourceKind, SourceSpec};
 use crate::daemon::nts::{self, KeLimits, ThrowawayPki};
 use crate::daemon::{query, serve};
-use crate::proto::server::{Server, ServerOptions};
+use crate::proto::server::{Server, ServerOptions, SyncState};
+use crate::proto::source::SourceOptions;
+use crate::sync::SyncConfig;
 
 /// The example keys shipped in keys/ (public, fake secrets).
 const EXAMPLE_KEYS: &str = include_str!("../keys/example.keys");
@@ -32,7 +37,9 @@ pub async fn run() -> Result<ExitCode, String> {
 
     let listen: SocketAddr = ([127, 0, 0, 1], 0).into();
     let server = Server::new(keys.clone(), ServerOptions::default()).with_nts(cookie_keys.clone());
-    let running = serve::start(listen, server, serve::Reference::Local { stratum: 1 }, None)
+    let system_time: Arc<dyn Clock> = Arc::new(SoftwareClock::observe());
+    let stratum_1 = serve::Reference::Local { stratum: 1 };
+    let running = serve::start(listen, server, stratum_1.clone(), None, system_time.clone())
         .await
         .map_err(|e| format!("cannot start the demo server: {e}"))?;
     let addr = running.local_addr;
@@ -44,7 +51,7 @@ pub async fn run() -> Result<ExitCode, String> {
     let ke = nts::start_ke_server(
         listen,
         pki.server_config()?,
-        cookie_keys,
+        cookie_keys.clone(),
         endpoint,
         KeLimits::default(),
     )
@@ -130,6 +137,8 @@ pub async fn run() -> Result<ExitCode, String> {
         }
     }
 
+    failures += discipline_demo(&keys, cookie_keys.clone(), &pki, system_time).await?;
+
     let stats = &running.server.stats;
     println!(
         "\nServer counters: {} plain, {} keyed, {} NTS replies; {} rejected for failed authentication, without a reply.",
@@ -145,6 +154,112 @@ pub async fn run() -> Result<ExitCode, String> {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    })
+}
+
+/// Step 7: a simulated clock, 0.3 s off and 80 ppm fast, pulled in by three NTS
+/// sources (three servers, each with its own NTS-KE, sharing cookie keys). Returns the
+/// number of failures.
+async fn discipline_demo(
+    keys: &KeyStore,
+    cookie_keys: Arc<RwLock<CookieKeys>>,
+    pki: &ThrowawayPki,
+    system_time: Arc<dyn Clock>,
+) -> Result<u32, String> {
+    const OFFSET: f64 = 0.3;
+    const PPM: f64 = 80.0;
+    const SECONDS: u64 = 16;
+    println!(
+        "\n7. The sync engine: a simulated clock starts {OFFSET} s off and {PPM} ppm fast; three NTS\n   sources (polling every 2 s, for the demo) pull it in. The system clock is the truth."
+    );
+    let listen: SocketAddr = ([127, 0, 0, 1], 0).into();
+    let mut servers = Vec::new();
+    let mut specs = Vec::new();
+    for _ in 0..3 {
+        let server =
+            Server::new(keys.clone(), ServerOptions::default()).with_nts(cookie_keys.clone());
+        let ntp = serve::start(
+            listen,
+            server,
+            serve::Reference::Local { stratum: 1 },
+            None,
+            system_time.clone(),
+        )
+        .await
+        .map_err(|e| format!("cannot start a demo server: {e}"))?;
+        let endpoint = NtpEndpoint {
+            server: Some("127.0.0.1".into()),
+            port: Some(ntp.local_addr.port()),
+        };
+        let ke = nts::start_ke_server(
+            listen,
+            pki.server_config()?,
+            cookie_keys.clone(),
+            endpoint,
+            KeLimits::default(),
+        )
+        .await
+        .map_err(|e| format!("cannot start a demo NTS-KE server: {e}"))?;
+        specs.push(SourceSpec {
+            host: "127.0.0.1".into(),
+            port: ntp.local_addr.port(),
+            kind: SourceKind::Nts {
+                ke_host: "localhost".into(),
+                ke_port: ke.local_addr.port(),
+                tls: pki.client_config()?,
+            },
+            options: SourceOptions {
+                min_poll: 1,
+                max_poll: 1,
+                iburst: true,
+            },
+        });
+        servers.push((ntp, ke));
+    }
+    let simulated = Arc::new(SoftwareClock::simulated(OFFSET, PPM));
+    let role = ClientRole {
+        specs,
+        config: SyncConfig {
+            min_poll: 1,
+            max_poll: 1,
+            ..SyncConfig::default()
+        },
+        drift_file: None,
+        state: Arc::new(RwLock::new(SyncState::unsynchronized(-20))),
+    };
+    let state = role.state.clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(role.run(simulated.clone(), None, -20, stopped));
+    println!("   time   clock − truth   frequency correction   served as");
+    for second in 0..=SECONDS {
+        let s = *state.read().unwrap_or_else(|p| p.into_inner());
+        let served = if s.stratum >= 16 {
+            "unsynchronized".to_string()
+        } else {
+            format!("stratum {}", s.stratum)
+        };
+        println!(
+            "   {second:>3} s  {:>+12.6} s   {:>+9.3} ppm          {served}",
+            simulated.offset_from_system(),
+            simulated.status().frequency_ppm,
+        );
+        if second < SECONDS {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+    let _ = stop.send(());
+    let _ = task.await;
+    let error = simulated.offset_from_system().abs();
+    let synced = state.read().map(|s| s.stratum == 2).unwrap_or(false);
+    Ok(if error < 0.002 && synced {
+        println!(
+            "   pulled in: {:.0} µs from the truth, serving stratum 2",
+            error * 1e6
+        );
+        0
+    } else {
+        println!("   UNEXPECTED: still {error:.6} s off (synchronized: {synced})");
+        1
     })
 }
 

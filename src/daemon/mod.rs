@@ -2,10 +2,12 @@
 //! the `proto` state machines and reads the system clock for them; it decides nothing
 //! about packets itself.
 //!
+//! * [`client`]: the sources, the sync engine and the clock (`[[source]]`).
 //! * [`net`]: address parsing and sockets with random source ports.
 //! * [`serve`]: the UDP server loop (`ntimed run`).
 //! * [`query`]: one-shot client exchanges (`ntimed query`).
 
+pub mod client;
 pub mod net;
 pub mod nts;
 pub mod query;

@@ -12,9 +12,12 @@ use std::sync::{Mutex, RwLock};
 use super::nts::{self, KeLimits};
 use crate::auth::nts::cookie::Rotation;
 use crate::auth::nts::ke::NtpEndpoint;
-use crate::config::Loaded;
+use crate::clock::system::SystemClock;
+use crate::clock::{Clock, SoftwareClock};
+use crate::config::{ClockMode, Loaded};
 use crate::proto::ratelimit::{RateLimit, RateLimiter, Verdict};
 use crate::proto::server::{DropReason, Server, ServerOptions, SyncState};
+use crate::wire::NtpTimestamp;
 
 /// Largest datagram read: all of any UDP payload, so that even an NTS request with 100
 /// cookie placeholders is seen whole (and answered with at most 8 cookies).
@@ -24,20 +27,23 @@ const RECV_ERROR_PAUSE: Duration = Duration::from_millis(10);
 /// At most one log line about dropped requests per socket and interval.
 const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
-/// What the server reports about its clock until the sync engine exists.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the server reports about its clock.
+#[derive(Debug, Clone)]
 pub enum Reference {
     /// Nothing to serve from: replies say LI 3, stratum 16.
     Unsynchronized,
     /// The local clock as a reference at this stratum (`[local]`).
     Local { stratum: u8 },
+    /// Whatever the sync engine last published.
+    Engine(Arc<RwLock<SyncState>>),
 }
 
 impl Reference {
-    fn state(self, precision: i8) -> SyncState {
+    fn state(&self, precision: i8, now: NtpTimestamp) -> SyncState {
         match self {
             Self::Unsynchronized => SyncState::unsynchronized(precision),
-            Self::Local { stratum } => SyncState::local_reference(stratum, super::now(), precision),
+            Self::Local { stratum } => SyncState::local_reference(*stratum, now, precision),
+            Self::Engine(state) => *state.read().unwrap_or_else(|p| p.into_inner()),
         }
     }
 }
@@ -61,12 +67,13 @@ impl Drop for RunningServer {
 const RATE_LIMIT_SLOTS: usize = 1 << 16;
 
 /// Binds `listen` and answers requests on it with one task per core, limiting each
-/// source's request rate if `rate_limit` is set.
+/// source's request rate if `rate_limit` is set. Timestamps come from `clock`.
 pub async fn start(
     listen: SocketAddr,
     server: Server,
     reference: Reference,
     rate_limit: Option<RateLimit>,
+    clock: Arc<dyn Clock>,
 ) -> std::io::Result<RunningServer> {
     let socket = Arc::new(UdpSocket::bind(listen).await?);
     let local_addr = socket.local_addr()?;
@@ -81,8 +88,9 @@ pub async fn start(
                 socket: socket.clone(),
                 server: server.clone(),
                 limiter: limiter.clone(),
-                reference,
+                reference: reference.clone(),
                 precision,
+                clock: clock.clone(),
             };
             tokio::spawn(worker.answer_requests())
         })
@@ -101,6 +109,7 @@ struct Worker {
     limiter: Option<Arc<Mutex<RateLimiter>>>,
     reference: Reference,
     precision: i8,
+    clock: Arc<dyn Clock>,
 }
 
 impl Worker {
@@ -120,7 +129,7 @@ impl Worker {
                     continue;
                 }
             };
-            let received = super::now();
+            let received = self.clock.now();
             let bytes = request.get(..len).unwrap_or_default();
             let verdict = match &self.limiter {
                 Some(limiter) => limiter
@@ -131,13 +140,15 @@ impl Worker {
             };
             let result = match verdict {
                 Verdict::Allow => {
-                    let state = self.reference.state(self.precision);
+                    let state = self.reference.state(self.precision, received);
+                    let now = || self.clock.now();
                     self.server
-                        .handle_request(bytes, received, &state, super::now, &mut reply)
+                        .handle_request(bytes, received, &state, now, &mut reply)
                 }
                 Verdict::Kiss => {
+                    let now = || self.clock.now();
                     self.server
-                        .handle_rate_limited(bytes, received, super::now, &mut reply)
+                        .handle_rate_limited(bytes, received, now, &mut reply)
                 }
                 Verdict::Drop => Err(DropReason::RateLimited),
             };
@@ -183,11 +194,23 @@ impl DropLog {
 /// SIGTERM. Keys, certificates and addresses are all checked before anything serves.
 pub async fn run(loaded: Loaded) -> Result<(), String> {
     let config = &loaded.config;
-    let reference = match &config.local {
-        Some(local) => Reference::Local {
-            stratum: *local.stratum.get_ref(),
+    let local_stratum = config.local.as_ref().map(|l| *l.stratum.get_ref());
+    let clock: Arc<dyn Clock> = match config.clock.as_ref().map(|c| c.get_ref()) {
+        None => Arc::new(SoftwareClock::observe()),
+        Some(section) => match section.mode {
+            ClockMode::Observe => Arc::new(SoftwareClock::observe()),
+            ClockMode::Simulated => Arc::new(SoftwareClock::simulated(
+                section.simulated_offset,
+                section.simulated_frequency,
+            )),
+            ClockMode::System => Arc::new(SystemClock::new()),
         },
-        None => Reference::Unsynchronized,
+    };
+    let client = super::client::prepare(&loaded)?;
+    let reference = match (&client, local_stratum) {
+        (Some(client), _) => Reference::Engine(client.state.clone()),
+        (None, Some(stratum)) => Reference::Local { stratum },
+        (None, None) => Reference::Unsynchronized,
     };
     let cookie_keys = match &config.nts {
         Some(section) => {
@@ -263,7 +286,7 @@ pub async fn run(loaded: Loaded) -> Result<(), String> {
                 burst: r.burst,
                 kiss_one_in: r.kiss_one_in,
             });
-        let r = start(listen, server, reference, rate_limit)
+        let r = start(listen, server, reference.clone(), rate_limit, clock.clone())
             .await
             .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
         tracing::info!(
@@ -296,7 +319,16 @@ pub async fn run(loaded: Loaded) -> Result<(), String> {
         ke_running.push(r);
     }
     let rotation = cookie_keys.map(|(keys, persist_to)| nts::spawn_rotation(keys, persist_to));
+    let (stop_client, stopped) = tokio::sync::oneshot::channel();
+    let client_task = client.map(|client| {
+        let precision = super::measure_precision();
+        tokio::spawn(client.run(clock.clone(), local_stratum, precision, stopped))
+    });
     shutdown_signal().await;
+    let _ = stop_client.send(());
+    if let Some(task) = client_task {
+        let _ = task.await;
+    }
     if let Some(task) = rotation {
         task.abort();
     }
@@ -304,7 +336,7 @@ pub async fn run(loaded: Loaded) -> Result<(), String> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     match signal(SignalKind::terminate()) {
         Ok(mut term) => {

@@ -204,6 +204,13 @@ impl SyncEngine {
         SourceId(self.sources.len() - 1)
     }
 
+    /// Changes what we announce when `id` is our reference (NTS learns the address late).
+    pub fn set_reference_id(&mut self, id: SourceId, reference_id: ReferenceId) {
+        if let Some(source) = self.sources.get_mut(id.0) {
+            source.reference_id = reference_id;
+        }
+    }
+
     /// Marks a source unreachable (or reachable again); an unreachable source is not a
     /// candidate for selection.
     pub fn handle_reachability(&mut self, id: SourceId, reachable: bool) {

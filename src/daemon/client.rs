@@ -1,0 +1,458 @@
+//! The client role of `ntimed run`: drives every `[[source]]`'s state machine and the
+//! sync engine, applies the engine's commands to the clock, and publishes the sync
+//! state the server role answers from.
+//!
+//! One task owns the sources and the engine, so nothing here is shared but the clock
+//! and the published state. Each request goes out from a fresh socket on a random port
+//! (RFC 9109); a short-lived task forwards whatever arrives on it, and the source's
+//! on-wire and authentication checks decide what it is worth.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::auth::nts::ntp::NtsSession;
+use crate::clock::Clock;
+use crate::config::Loaded;
+use crate::proto::server::SyncState;
+use crate::proto::source::{Action, Event, Source, SourceAuth, SourceOptions};
+use crate::sync::{SourceId, SyncConfig, SyncEngine};
+use crate::wire::{KissCode, NtpTimestamp, ReferenceId};
+
+/// How long a request's socket stays open for the reply.
+const REPLY_WAIT: Duration = Duration::from_secs(4);
+/// Datagrams forwarded per request at most (a flood of forgeries must not grow
+/// a queue).
+const DATAGRAMS_PER_REQUEST: usize = 8;
+/// NTS-KE may take this long.
+const KE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the published state and the drift file are refreshed.
+const STATE_REFRESH: Duration = Duration::from_secs(1);
+const DRIFT_SAVE: Duration = Duration::from_secs(3600);
+
+/// How a configured source authenticates, with what it needs at run time.
+#[derive(Clone)]
+pub enum SourceKind {
+    Insecure,
+    Key(crate::auth::SymmetricKey),
+    Nts {
+        ke_host: String,
+        ke_port: u16,
+        tls: Arc<rustls::ClientConfig>,
+    },
+}
+
+#[derive(Clone)]
+pub struct SourceSpec {
+    pub host: String,
+    pub port: u16,
+    pub kind: SourceKind,
+    pub options: SourceOptions,
+}
+
+enum Input {
+    Datagram {
+        source: usize,
+        bytes: Vec<u8>,
+        local: NtpTimestamp,
+        at: Instant,
+    },
+    Keys {
+        source: usize,
+        result: Result<(NtsSession, SocketAddr), String>,
+    },
+}
+
+struct Running {
+    spec: SourceSpec,
+    source: Source,
+    id: SourceId,
+    /// Where NTP requests go (resolved, or told by NTS-KE).
+    address: Option<SocketAddr>,
+}
+
+/// The reference id announced when `address` is our reference (RFC 5905 §7.3: the
+/// IPv4 address, or the first four bytes of the MD5 of the IPv6 address).
+pub fn reference_id(address: SocketAddr) -> ReferenceId {
+    match address {
+        SocketAddr::V4(v4) => ReferenceId(v4.ip().octets()),
+        SocketAddr::V6(v6) => {
+            use md5::Digest;
+            let digest = md5::Md5::digest(v6.ip().octets());
+            let mut id = [0; 4];
+            id.copy_from_slice(digest.get(..4).unwrap_or(&[0; 4]));
+            ReferenceId(id)
+        }
+    }
+}
+
+/// Reads a drift file: one number, the frequency correction in ppm. A missing or
+/// unreadable file is no error (the engine starts without it); a bad one is reported.
+pub fn read_drift_file(path: &std::path::Path, limit: f64) -> Option<f64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    match text.trim().parse::<f64>() {
+        Ok(ppm) if ppm.is_finite() && ppm.abs() <= limit => Some(ppm),
+        _ => {
+            tracing::warn!("{}: not a frequency in ppm; ignored", path.display());
+            None
+        }
+    }
+}
+
+fn write_drift_file(path: &std::path::Path, ppm: f64) {
+    let tmp = path.with_extension("tmp");
+    let result =
+        std::fs::write(&tmp, format!("{ppm:.6}\n")).and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = result {
+        tracing::warn!("cannot write drift file {}: {e}", path.display());
+    }
+}
+
+/// The client role, checked and ready to run.
+pub struct ClientRole {
+    pub specs: Vec<SourceSpec>,
+    pub config: SyncConfig,
+    pub drift_file: Option<PathBuf>,
+    /// What the server role answers from.
+    pub state: Arc<RwLock<SyncState>>,
+}
+
+/// Builds the client role from `[[source]]` and `[clock]` (`None` without sources).
+/// TLS settings, keys and the drift file are read here, before anything runs.
+pub fn prepare(loaded: &Loaded) -> Result<Option<ClientRole>, String> {
+    let config = &loaded.config;
+    let Some(clock) = config.clock.as_ref().map(|c| c.get_ref()) else {
+        return Ok(None);
+    };
+    if config.sources.is_empty() {
+        return Ok(None);
+    }
+    let mut specs = Vec::new();
+    for section in &config.sources {
+        let s = section.get_ref();
+        let (host, port) = super::net::split_host_port(&s.address, 123)?;
+        let kind = if let Some(nts) = &s.nts {
+            let (ke_host, ke_port) =
+                super::net::split_host_port(&nts.ke, super::nts::DEFAULT_KE_PORT)?;
+            let ca = nts.ca.as_ref().map(|p| loaded.path(p));
+            SourceKind::Nts {
+                ke_host,
+                ke_port,
+                tls: super::nts::client_config(ca.as_deref())?,
+            }
+        } else if let Some(id) = s.key {
+            let key = loaded
+                .keys
+                .get(id)
+                .ok_or_else(|| format!("source {}: no key {id}", s.address))?;
+            SourceKind::Key(key.clone())
+        } else {
+            SourceKind::Insecure
+        };
+        let defaults = SourceOptions::default();
+        specs.push(SourceSpec {
+            host,
+            port,
+            kind,
+            options: SourceOptions {
+                min_poll: s.min_poll.unwrap_or(defaults.min_poll),
+                max_poll: s.max_poll.unwrap_or(defaults.max_poll),
+                iburst: s.iburst,
+            },
+        });
+    }
+    let defaults = SyncConfig::default();
+    let max_frequency_ppm = clock.max_frequency.unwrap_or(defaults.max_frequency_ppm);
+    let drift_file = clock.drift_file.as_ref().map(|p| loaded.path(p));
+    let sync = SyncConfig {
+        min_sources: clock.min_sources.unwrap_or(defaults.min_sources),
+        step_threshold: clock.step_threshold.unwrap_or(defaults.step_threshold),
+        steps: clock.steps.unwrap_or(defaults.steps),
+        panic_threshold: clock.panic_threshold.unwrap_or(defaults.panic_threshold),
+        max_frequency_ppm,
+        initial_frequency_ppm: drift_file
+            .as_deref()
+            .and_then(|p| read_drift_file(p, max_frequency_ppm)),
+        min_poll: specs
+            .iter()
+            .map(|s| s.options.min_poll)
+            .min()
+            .unwrap_or(defaults.min_poll),
+        max_poll: specs
+            .iter()
+            .map(|s| s.options.max_poll)
+            .max()
+            .unwrap_or(defaults.max_poll),
+    };
+    Ok(Some(ClientRole {
+        specs,
+        config: sync,
+        drift_file,
+        state: Arc::new(RwLock::new(SyncState::unsynchronized(-20))),
+    }))
+}
+
+impl ClientRole {
+    /// Runs the sources until `shutdown` fires; `fallback` is the `[local]` stratum
+    /// served while unsynchronized.
+    pub async fn run(
+        self,
+        clock: Arc<dyn Clock>,
+        fallback: Option<u8>,
+        precision: i8,
+        shutdown: tokio::sync::oneshot::Receiver<()>,
+    ) {
+        run(self, clock, fallback, precision, shutdown).await;
+    }
+}
+
+async fn run(
+    role: ClientRole,
+    clock: Arc<dyn Clock>,
+    fallback: Option<u8>,
+    precision: i8,
+    mut shutdown: tokio::sync::oneshot::Receiver<()>,
+) {
+    let ClientRole {
+        specs,
+        config,
+        drift_file,
+        state,
+    } = role;
+    let started = Instant::now();
+    let seconds = |at: Instant| at.duration_since(started).as_secs_f64();
+    let mut engine = SyncEngine::new(config, 0.0);
+    let mut sources: Vec<Running> = Vec::new();
+    for spec in specs {
+        let auth = match &spec.kind {
+            SourceKind::Insecure => SourceAuth::Insecure,
+            SourceKind::Key(key) => SourceAuth::Key(key.clone()),
+            SourceKind::Nts { .. } => SourceAuth::Nts,
+        };
+        let address = match &spec.kind {
+            SourceKind::Nts { .. } => None,
+            _ => super::net::resolve(&spec.host, spec.port).await.ok(),
+        };
+        let refid = address.map_or(ReferenceId(*b"XFAC"), reference_id);
+        let requires_auth = !matches!(spec.kind, SourceKind::Insecure);
+        let id = engine.add_source(format!("{}:{}", spec.host, spec.port), refid, requires_auth);
+        sources.push(Running {
+            source: Source::new(auth, spec.options, 0.0),
+            spec,
+            id,
+            address,
+        });
+    }
+    let (tx, mut rx) = mpsc::channel::<Input>(256);
+    let mut request = Vec::new();
+    let mut next_refresh = Instant::now();
+    let mut next_drift_save = Instant::now() + DRIFT_SAVE;
+    apply_commands(&mut engine, clock.as_ref());
+    loop {
+        let now = seconds(Instant::now());
+        // Sources that are due.
+        for (i, running) in sources.iter_mut().enumerate() {
+            let Some(action) = running
+                .source
+                .handle_timeout(now, clock.now(), &mut request)
+            else {
+                continue;
+            };
+            match action {
+                Action::Transmit => {
+                    engine.handle_reachability(running.id, running.source.is_reachable());
+                    match running.address {
+                        Some(address) => {
+                            spawn_request(i, address, request.clone(), clock.clone(), tx.clone())
+                        }
+                        None => {
+                            // Resolution failed at start: try again for the next poll.
+                            running.address =
+                                super::net::resolve(&running.spec.host, running.spec.port)
+                                    .await
+                                    .ok();
+                        }
+                    }
+                }
+                Action::KeyExchange => spawn_key_exchange(i, &running.spec, tx.clone()),
+            }
+        }
+        if Instant::now() >= next_refresh {
+            next_refresh = Instant::now() + STATE_REFRESH;
+            let published = match (engine.is_synchronized(), fallback) {
+                (false, Some(stratum)) => {
+                    SyncState::local_reference(stratum, clock.now(), precision)
+                }
+                _ => engine.sync_state(seconds(Instant::now()), clock.now(), precision),
+            };
+            *state.write().unwrap_or_else(|p| p.into_inner()) = published;
+        }
+        if let Some(path) = &drift_file
+            && Instant::now() >= next_drift_save
+        {
+            next_drift_save = Instant::now() + DRIFT_SAVE;
+            if engine.is_synchronized() {
+                write_drift_file(path, engine.frequency_ppm());
+            }
+        }
+        let wake = sources
+            .iter()
+            .filter_map(|r| r.source.poll_timeout())
+            .fold(seconds(next_refresh), f64::min);
+        let deadline = started + Duration::from_secs_f64(wake.max(0.0));
+        let input = tokio::select! {
+            input = rx.recv() => input,
+            () = tokio::time::sleep_until(deadline) => continue,
+            _ = &mut shutdown => {
+                if let Some(path) = &drift_file && engine.is_synchronized() {
+                    write_drift_file(path, engine.frequency_ppm());
+                }
+                return;
+            }
+        };
+        let Some(input) = input else { return };
+        match input {
+            Input::Datagram {
+                source,
+                bytes,
+                local,
+                at,
+            } => {
+                let Some(running) = sources.get_mut(source) else {
+                    continue;
+                };
+                let name = format!("{}:{}", running.spec.host, running.spec.port);
+                match running.source.handle_response(&bytes, local, seconds(at)) {
+                    Event::Sample(sample) => {
+                        let pending = clock.status().pending_slew;
+                        let result =
+                            engine.handle_sample(running.id, &sample, seconds(at), pending);
+                        tracing::debug!(
+                            "{name}: offset {:+.6} s delay {:.6} s{}",
+                            sample.offset,
+                            sample.delay,
+                            result
+                                .err()
+                                .map(|why| format!(" (not used: {why:?})"))
+                                .unwrap_or_default()
+                        );
+                        apply_commands(&mut engine, clock.as_ref());
+                        let poll = engine.poll_interval();
+                        for r in &mut sources {
+                            r.source.set_system_poll(poll);
+                        }
+                    }
+                    Event::Kiss(code) => {
+                        let what = match code {
+                            KissCode::Deny | KissCode::Restrict => "source stopped",
+                            KissCode::Rate => "polling less often",
+                            KissCode::NtsNak => "cookies refused",
+                            KissCode::Other(_) => "ignored",
+                        };
+                        tracing::info!("{name}: kiss-o'-death {code:?}: {what}");
+                    }
+                    Event::Rejected(why) => tracing::debug!("{name}: dropped reply: {why}"),
+                }
+            }
+            Input::Keys { source, result } => {
+                let Some(running) = sources.get_mut(source) else {
+                    continue;
+                };
+                let now = seconds(Instant::now());
+                match result {
+                    Ok((session, address)) => {
+                        tracing::info!("{}: NTS-KE done, NTP at {address}", running.spec.host);
+                        running.address = Some(address);
+                        engine.set_reference_id(running.id, reference_id(address));
+                        running.source.handle_key_exchange(Ok(session), now);
+                    }
+                    Err(e) => {
+                        tracing::warn!("{}: NTS-KE failed: {e}", running.spec.host);
+                        running.source.handle_key_exchange(Err(e), now);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Hands every queued command to the clock; a refusal is logged, never fatal here.
+fn apply_commands(engine: &mut SyncEngine, clock: &dyn Clock) {
+    while let Some(command) = engine.poll_command() {
+        tracing::debug!("clock: {command:?}");
+        if let Err(e) = clock.apply(command) {
+            tracing::warn!("clock refused {command:?}: {e}");
+        }
+    }
+}
+
+fn spawn_request(
+    source: usize,
+    address: SocketAddr,
+    request: Vec<u8>,
+    clock: Arc<dyn Clock>,
+    tx: mpsc::Sender<Input>,
+) {
+    tokio::spawn(async move {
+        let socket = match super::net::client_socket(address).await {
+            Ok(socket) => socket,
+            Err(e) => {
+                tracing::warn!("{address}: cannot open a socket: {e}");
+                return;
+            }
+        };
+        if let Err(e) = socket.send(&request).await {
+            tracing::debug!("{address}: send: {e}");
+            return;
+        }
+        let deadline = Instant::now() + REPLY_WAIT;
+        let mut buf = vec![0u8; 2048];
+        for _ in 0..DATAGRAMS_PER_REQUEST {
+            let Ok(received) = tokio::time::timeout_at(deadline, socket.recv(&mut buf)).await
+            else {
+                return;
+            };
+            // Read the clock first: everything after this adds to the measured delay.
+            let local = clock.now();
+            let at = Instant::now();
+            let Ok(len) = received else { continue };
+            let bytes = buf.get(..len).unwrap_or_default().to_vec();
+            if tx
+                .send(Input::Datagram {
+                    source,
+                    bytes,
+                    local,
+                    at,
+                })
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+}
+
+fn spawn_key_exchange(source: usize, spec: &SourceSpec, tx: mpsc::Sender<Input>) {
+    let SourceKind::Nts {
+        ke_host,
+        ke_port,
+        tls,
+    } = spec.kind.clone()
+    else {
+        return;
+    };
+    tokio::spawn(async move {
+        let result = async {
+            let ke = super::nts::key_exchange(&ke_host, ke_port, tls, KE_TIMEOUT).await?;
+            let address = super::net::resolve(&ke.ntp_host, ke.ntp_port).await?;
+            Ok((NtsSession::new(ke.keys, ke.response.cookies), address))
+        }
+        .await;
+        let _ = tx.send(Input::Keys { source, result }).await;
+    });
+}
