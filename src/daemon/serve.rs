@@ -39,6 +39,14 @@ pub enum Reference {
 }
 
 impl Reference {
+    fn describe(&self) -> String {
+        match self {
+            Self::Unsynchronized => "unsynchronized".into(),
+            Self::Local { stratum } => format!("local clock at stratum {stratum}"),
+            Self::Engine(_) => "time from the sync engine".into(),
+        }
+    }
+
     fn state(&self, precision: i8, now: NtpTimestamp) -> SyncState {
         match self {
             Self::Unsynchronized => SyncState::unsynchronized(precision),
@@ -290,9 +298,9 @@ pub async fn run(loaded: Loaded) -> Result<(), String> {
             .await
             .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
         tracing::info!(
-            "serving NTP on {} ({:?}, {} keys, NTS {})",
+            "serving NTP on {} ({}, {} keys, NTS {})",
             r.local_addr,
-            reference,
+            reference.describe(),
             loaded.keys.len(),
             if cookie_keys.is_some() { "on" } else { "off" }
         );
