@@ -55,9 +55,8 @@ fn wait_pulled_in(
     let mut last = None;
     let synced = wait_until(Duration::from_secs(40), || {
         last = served(port, netns);
-        last.as_ref().is_some_and(|r| {
-            r["stratum"] == Value::from(stratum) && json_f64(r, "offset").abs() < PULLED_IN
-        })
+        last.as_ref()
+            .is_some_and(|r| r["stratum"] == stratum && json_f64(r, "offset").abs() < PULLED_IN)
     });
     assert!(
         synced,

@@ -299,3 +299,137 @@ impl Source {
         self.silent_polls = 0;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{KeyFileFormat, KeyStore, mac};
+    use crate::proto::client::Reject;
+    use crate::wire::{Header, Mode, ReferenceId};
+
+    const LOCAL: NtpTimestamp = NtpTimestamp::from_bits(0xe000_0000_0000_0000);
+
+    fn key() -> SymmetricKey {
+        let keys = KeyStore::parse(
+            "t",
+            "1 SHA256 HEX:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
+            KeyFileFormat::Chrony,
+        )
+        .unwrap();
+        keys.get(1).cloned().unwrap()
+    }
+
+    /// Sends the first request; returns its transmit field (what a reply must echo).
+    fn first_request(source: &mut Source) -> NtpTimestamp {
+        let mut out = Vec::new();
+        assert_eq!(
+            source.handle_timeout(0.0, LOCAL, &mut out),
+            Some(Action::Transmit)
+        );
+        Header::parse(&out).unwrap().transmit_time
+    }
+
+    fn kiss(code: &[u8; 4], origin: NtpTimestamp) -> Vec<u8> {
+        let mut header = Header::client_request(6, LOCAL.add_seconds(0.001));
+        header.mode = Mode::Server;
+        header.stratum = 0;
+        header.reference_id = ReferenceId(*code);
+        header.origin_time = origin;
+        header.receive_time = LOCAL;
+        let mut out = Vec::new();
+        header.write(&mut out);
+        out
+    }
+
+    /// ADVERSARIAL 22: an off-path kiss (wrong origin) is dropped and changes nothing.
+    #[test]
+    fn off_path_kiss_is_dropped() {
+        let mut source = Source::new(SourceAuth::Insecure, SourceOptions::default(), 0.0);
+        let origin = first_request(&mut source);
+        let forged = kiss(b"DENY", origin.add_seconds(1.0));
+        let event = source.handle_response(&forged, LOCAL, 0.01);
+        assert_eq!(event, Event::Rejected(Reject::BogusOrigin));
+        assert_eq!(source.stopped(), None);
+        // The genuine kiss that follows is still honoured.
+        let event = source.handle_response(&kiss(b"DENY", origin), LOCAL, 0.02);
+        assert_eq!(event, Event::Kiss(KissCode::Deny));
+        assert_eq!(source.stopped(), Some(KissCode::Deny));
+        assert_eq!(source.poll_timeout(), None);
+    }
+
+    /// ADVERSARIAL 22: a kiss with the right origin but no MAC, for a keyed source, is
+    /// dropped; the same kiss signed with the source's key is honoured.
+    #[test]
+    fn unauthenticated_kiss_for_a_keyed_source_is_dropped() {
+        let mut source = Source::new(SourceAuth::Key(key()), SourceOptions::default(), 0.0);
+        let origin = first_request(&mut source);
+        let event = source.handle_response(&kiss(b"RSTR", origin), LOCAL, 0.01);
+        assert!(
+            matches!(event, Event::Rejected(Reject::Authentication(_))),
+            "{event:?}"
+        );
+        assert_eq!(source.stopped(), None);
+        let mut signed = kiss(b"RSTR", origin);
+        mac::append_mac(&key(), &mut signed);
+        assert_eq!(
+            source.handle_response(&signed, LOCAL, 0.02),
+            Event::Kiss(KissCode::Restrict)
+        );
+        assert_eq!(source.stopped(), Some(KissCode::Restrict));
+    }
+
+    #[test]
+    fn rate_kiss_doubles_the_interval() {
+        let mut source = Source::new(SourceAuth::Insecure, SourceOptions::default(), 0.0);
+        let origin = first_request(&mut source);
+        assert_eq!(source.poll(), 6);
+        assert_eq!(
+            source.handle_response(&kiss(b"RATE", origin), LOCAL, 0.01),
+            Event::Kiss(KissCode::Rate)
+        );
+        assert_eq!(source.poll(), 7);
+        assert!(source.poll_timeout().unwrap() >= 128.0);
+    }
+
+    #[test]
+    fn iburst_then_the_poll_interval_and_reach() {
+        let options = SourceOptions {
+            iburst: true,
+            ..SourceOptions::default()
+        };
+        let mut source = Source::new(SourceAuth::Insecure, options, 0.0);
+        let mut out = Vec::new();
+        let mut sent = Vec::new();
+        let mut now = 0.0;
+        while now < 200.0 {
+            if source.handle_timeout(now, LOCAL, &mut out) == Some(Action::Transmit) {
+                sent.push(now);
+            }
+            now = source.poll_timeout().unwrap();
+        }
+        assert_eq!(sent, [0.0, 2.0, 4.0, 6.0, 8.0, 72.0, 136.0]);
+        // Never answered: the register is empty.
+        assert!(!source.is_reachable());
+    }
+
+    /// NTS: no keys at first; two NTSNs mean a new key exchange; a failed one is
+    /// retried later, each time later than the last.
+    #[test]
+    fn nts_source_asks_for_key_exchange_and_backs_off() {
+        let mut source = Source::new(SourceAuth::Nts, SourceOptions::default(), 0.0);
+        let mut out = Vec::new();
+        assert_eq!(
+            source.handle_timeout(0.0, LOCAL, &mut out),
+            Some(Action::KeyExchange)
+        );
+        assert_eq!(source.poll_timeout(), None);
+        source.handle_key_exchange(Err("refused".into()), 1.0);
+        assert_eq!(source.poll_timeout(), Some(11.0));
+        assert_eq!(
+            source.handle_timeout(11.0, LOCAL, &mut out),
+            Some(Action::KeyExchange)
+        );
+        source.handle_key_exchange(Err("refused".into()), 12.0);
+        assert_eq!(source.poll_timeout(), Some(27.0));
+    }
+}

@@ -267,27 +267,26 @@ impl SyncEngine {
                 .get(*i)
                 .is_some_and(|s| s.filter.len() >= MIN_SAMPLES)
         };
-        if !truechimers.contains(&id.0) || !usable(&id.0) {
-            return Ok(());
-        }
         let truechimers: Vec<usize> = truechimers.into_iter().filter(usable).collect();
-        if self.synchronized {
-            self.track(id.0, &filtered, now, truechimers.len());
-        } else {
-            // At start, wait for a majority of all configured sources to agree, so that
-            // the first (and largest) correction cannot come from a minority that
-            // happened to answer first; after a grace period, settle for the sources
-            // that answer.
-            let majority = 2 * truechimers.len() > self.sources.len();
-            if !majority && now - self.created < STARTUP_GRACE {
-                return Ok(());
-            }
-            self.start(&truechimers, now);
+        // At start, wait for a majority of all configured sources to agree, so that the
+        // first (and largest) correction cannot come from a minority that happened to
+        // answer first; after a grace period, settle for the sources that answer.
+        let majority = 2 * truechimers.len() > self.sources.len();
+        if !self.synchronized && !majority && now - self.created < STARTUP_GRACE {
+            return Ok(());
         }
         for &i in &truechimers {
             if let Some(source) = self.sources.get_mut(i) {
                 source.selected = true;
             }
+        }
+        if !truechimers.contains(&id.0) {
+            return Ok(());
+        }
+        if self.synchronized {
+            self.track(id.0, &filtered, now, truechimers.len());
+        } else {
+            self.start(&truechimers, now);
         }
         self.after_update(&truechimers, now);
         Ok(())
@@ -534,5 +533,193 @@ impl SyncEngine {
                 }
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Leap;
+
+    fn sample(offset: f64, delay: f64) -> Sample {
+        Sample {
+            offset,
+            delay,
+            leap: Leap::NoWarning,
+            version: 4,
+            stratum: 1,
+            poll: 6,
+            precision: -20,
+            reference_id: ReferenceId(*b"GPS\0"),
+            root_delay: 0.0,
+            root_dispersion: 0.0,
+            received: NtpTimestamp::ZERO,
+            authenticated: Authenticated::Key(1),
+        }
+    }
+
+    fn engine(sources: usize) -> (SyncEngine, Vec<SourceId>) {
+        let mut engine = SyncEngine::new(SyncConfig::default(), 0.0);
+        let ids = (0..sources)
+            .map(|i| engine.add_source(format!("s{i}"), ReferenceId([10, 0, 0, i as u8]), true))
+            .collect();
+        while engine.poll_command().is_some() {}
+        (engine, ids)
+    }
+
+    fn commands(engine: &mut SyncEngine) -> Vec<ClockCommand> {
+        std::iter::from_fn(|| engine.poll_command()).collect()
+    }
+
+    fn steps(commands: &[ClockCommand]) -> Vec<f64> {
+        commands
+            .iter()
+            .filter_map(|c| match c {
+                ClockCommand::Step { offset } => Some(*offset),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// ADVERSARIAL 19: LI 3, stratum 0 or 16+, and a root distance of 16 s or more are
+    /// never used, however often they come.
+    #[test]
+    fn unusable_samples_never_reach_the_clock() {
+        let (mut engine, ids) = engine(1);
+        let id = ids[0];
+        let mut bad = vec![
+            Sample {
+                leap: Leap::Unsynchronized,
+                ..sample(0.5, 0.001)
+            },
+            Sample {
+                stratum: 0,
+                ..sample(0.5, 0.001)
+            },
+            Sample {
+                stratum: 16,
+                ..sample(0.5, 0.001)
+            },
+            Sample {
+                root_dispersion: 16.0,
+                ..sample(0.5, 0.001)
+            },
+        ];
+        bad.push(Sample {
+            root_delay: 40.0,
+            ..sample(0.5, 0.001)
+        });
+        for (i, s) in bad.iter().cycle().take(40).enumerate() {
+            let result = engine.handle_sample(id, s, i as f64, 0.0);
+            assert!(matches!(result, Err(Ignored::Unusable(_))), "{s:?}");
+        }
+        assert!(commands(&mut engine).is_empty());
+        assert!(!engine.is_synchronized());
+    }
+
+    /// A source configured with a key or NTS never moves the clock with an
+    /// unauthenticated sample, even if one got this far.
+    #[test]
+    fn unauthenticated_samples_are_refused_where_authentication_is_required() {
+        let (mut engine, ids) = engine(1);
+        for i in 0..10 {
+            let s = Sample {
+                authenticated: Authenticated::No,
+                ..sample(0.5, 0.001)
+            };
+            assert_eq!(
+                engine.handle_sample(ids[0], &s, f64::from(i), 0.0),
+                Err(Ignored::NotAuthenticated)
+            );
+        }
+        assert!(commands(&mut engine).is_empty());
+    }
+
+    /// ADVERSARIAL 24: one source beyond the panic threshold is never acted on.
+    #[test]
+    fn a_sample_beyond_the_panic_threshold_is_ignored() {
+        let (mut engine, ids) = engine(1);
+        for i in 0..10 {
+            let result = engine.handle_sample(ids[0], &sample(3600.0, 0.001), f64::from(i), 0.0);
+            assert_eq!(result, Err(Ignored::BeyondPanicThreshold));
+        }
+        assert!(commands(&mut engine).is_empty());
+    }
+
+    /// ADVERSARIAL 24: with three sources configured, one that answers alone cannot
+    /// step the clock: the first correction waits for a majority of the configured
+    /// sources, and after the grace period it slews instead of stepping.
+    #[test]
+    fn one_of_three_sources_cannot_step_the_clock() {
+        let (mut engine, ids) = engine(3);
+        for i in 0..4 {
+            let _ = engine.handle_sample(ids[0], &sample(0.9, 0.001), f64::from(i) * 64.0, 0.0);
+        }
+        assert!(!engine.is_synchronized(), "acted within the grace period");
+        for i in 4..10 {
+            let _ = engine.handle_sample(ids[0], &sample(0.9, 0.001), f64::from(i) * 64.0, 0.0);
+        }
+        let applied = commands(&mut engine);
+        assert!(steps(&applied).is_empty(), "{applied:?}");
+    }
+
+    /// ADVERSARIAL 24: after start-up, a run of offsets above the step threshold is
+    /// slewed, never stepped; steps cannot be built up from small ones.
+    #[test]
+    fn after_start_large_offsets_are_slewed_not_stepped() {
+        let (mut engine, ids) = engine(1);
+        let _ = engine.handle_sample(ids[0], &sample(0.5, 0.001), 0.0, 0.0);
+        let _ = engine.handle_sample(ids[0], &sample(0.5, 0.001), 64.0, 0.0);
+        assert_eq!(steps(&commands(&mut engine)), vec![0.5]);
+        // Now the source moves 0.2 s at a time.
+        let mut applied = Vec::new();
+        for i in 2..20 {
+            let _ = engine.handle_sample(ids[0], &sample(0.2, 0.001), f64::from(i) * 64.0, 0.0);
+            applied.extend(commands(&mut engine));
+        }
+        assert!(steps(&applied).is_empty(), "{applied:?}");
+    }
+
+    /// Falsetickers: two sources a second off against three that agree are never
+    /// selected, and the clock follows the three.
+    #[test]
+    fn falsetickers_are_not_followed() {
+        let (mut engine, ids) = engine(5);
+        let offsets = [0.0002, -0.0001, 0.0, 1.0, 2.0];
+        for round in 0..3 {
+            for (id, offset) in ids.iter().zip(offsets) {
+                let _ =
+                    engine.handle_sample(*id, &sample(offset, 0.001), f64::from(round) * 64.0, 0.0);
+            }
+        }
+        let report = engine.report(192.0);
+        let selected: Vec<bool> = report.iter().map(|r| r.selected).collect();
+        assert_eq!(selected, [true, true, true, false, false]);
+        let applied = commands(&mut engine);
+        assert!(steps(&applied).is_empty(), "{applied:?}");
+        assert!(engine.is_synchronized());
+    }
+
+    /// Leap warnings are passed on only when most selected sources announce one.
+    #[test]
+    fn leap_second_follows_the_majority() {
+        let (mut engine, ids) = engine(3);
+        for round in 0..3 {
+            for (i, id) in ids.iter().enumerate() {
+                let leap = if i < 2 {
+                    Leap::AddSecond
+                } else {
+                    Leap::NoWarning
+                };
+                let s = Sample {
+                    leap,
+                    ..sample(0.0, 0.001)
+                };
+                let _ = engine.handle_sample(*id, &s, f64::from(round) * 64.0, 0.0);
+            }
+        }
+        assert!(commands(&mut engine).contains(&ClockCommand::SetLeap(Leap::AddSecond)));
+        let state = engine.sync_state(192.0, NtpTimestamp::from_unix(1_800_000_000, 0), -20);
+        assert_eq!((state.leap, state.stratum), (Leap::AddSecond, 2));
     }
 }
