@@ -318,3 +318,92 @@ fn request_flood_is_rate_limited_and_others_are_still_served() {
     let (len, _) = other.recv_from(&mut buf).expect("served");
     assert_eq!((len, buf[1]), (48, 1), "a normal stratum-1 answer");
 }
+
+fn sim_json(scenario: &str, seeds: &str) -> serde_json::Value {
+    let out = run_to_exit(ntimed(&["sim", scenario, "--seeds", seeds, "--json"]));
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice(&out.stdout).expect("one JSON object")
+}
+
+#[test]
+fn sim_json_reports_every_metric_and_never_selects_a_falseticker() {
+    let m = sim_json("falsetickers", "5");
+    for key in [
+        "rms_offset",
+        "max_offset",
+        "rms_freq",
+        "sync_time",
+        "mean_poll_interval",
+    ] {
+        assert!(m[key].as_f64().is_some(), "{key} missing: {m}");
+    }
+    assert_eq!(m["falseticker_selected"], false, "{m}");
+    assert_eq!(m["seeds"], 5, "{m}");
+    // Three agreeing servers, 1 ms away with 0.1 ms jitter: well inside a millisecond.
+    assert!(m["rms_offset"].as_f64().unwrap() < 5e-4, "{m}");
+}
+
+#[test]
+fn sim_iburst_with_a_drift_file_syncs_within_six_seconds() {
+    let m = sim_json("iburst", "10");
+    assert!(m["sync_time"].as_f64().unwrap() <= 6.0, "{m}");
+}
+
+#[test]
+fn sim_plot_writes_an_svg_and_unknown_scenarios_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("plot.svg");
+    let out = run_to_exit(ntimed(&[
+        "sim",
+        "defaults",
+        "--seeds",
+        "1",
+        "--plot",
+        svg.to_str().unwrap(),
+    ]));
+    assert!(out.status.success(), "{out:?}");
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        text.starts_with("<svg") && text.contains("phase error"),
+        "{}",
+        &text[..200.min(text.len())]
+    );
+    let out = run_to_exit(ntimed(&["sim", "no-such"]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown scenario"));
+}
+
+#[test]
+fn run_refuses_sources_without_a_clock_or_an_authentication_choice() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "[[source]]\naddress = \"127.0.0.1:123\"\ninsecure = true\n",
+            "needs a [clock] section",
+        ),
+        (
+            "[clock]\nmode = \"observe\"\n[[source]]\naddress = \"127.0.0.1:123\"\n",
+            "exactly one of",
+        ),
+        (
+            "[clock]\nmode = \"observe\"\n[[source]]\naddress = \"127.0.0.1:123\"\nkey = 7\ninsecure = true\n",
+            "exactly one of",
+        ),
+        (
+            "[clock]\nmode = \"observe\"\n[[source]]\naddress = \"127.0.0.1:123\"\nkey = 7\n",
+            "key 7 is not in the [keys] file",
+        ),
+        (
+            "[clock]\nmode = \"observe\"\nsimulated-offset = 1.0\n[[source]]\naddress = \"127.0.0.1:123\"\ninsecure = true\n",
+            "need mode = \"simulated\"",
+        ),
+    ];
+    for (i, (toml, expected)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("c{i}.toml"));
+        std::fs::write(&path, toml).unwrap();
+        let out = run_to_exit(ntimed(&["run", "--config", path.to_str().unwrap()]));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{toml}: {stderr}");
+        assert!(stderr.contains(expected), "{toml}: {stderr}");
+    }
+}

@@ -242,19 +242,7 @@ pub fn run(scenario: &Scenario, seed: u64, trace: Option<&mut Trace>) -> Metrics
             let received = local(&clock, t);
             if let Event::Sample(sample) = sim.source.handle_response(&flight.bytes, received, t) {
                 let pending = clock.status(t).pending_slew;
-                let before = clock.phase(t);
                 let _ = engine.handle_sample(sim.id, &sample, t, pending);
-                if std::env::var_os("NTIMED_SIM_TRACE").is_some() {
-                    eprintln!(
-                        "{t:.1} phase {:.1} meas {:.1} delay {:.1} pending {:.1} freqerr {:.3} {}",
-                        before * 1e6,
-                        sample.offset * 1e6,
-                        sample.delay * 1e6,
-                        pending * 1e6,
-                        clock.frequency_error() * 1e6,
-                        engine.debug()
-                    );
-                }
                 drain(&mut engine, &mut clock, t);
                 let poll = engine.poll_interval();
                 for s in &mut sources {
@@ -302,9 +290,6 @@ pub fn run(scenario: &Scenario, seed: u64, trace: Option<&mut Trace>) -> Metrics
             trace.phase.push(phase);
             trace.frequency.push(frequency);
         }
-    }
-    if std::env::var_os("NTIMED_SIM_DEBUG").is_some() {
-        eprintln!("{} seed {seed}: {:?}", scenario.name, engine.debug());
     }
     let requests: u64 = sources.iter().map(|s| s.requests).sum();
     let per_source = requests as f64 / sources.len().max(1) as f64;

@@ -468,16 +468,6 @@ impl SyncEngine {
         self.kalman.wander()
     }
 
-    pub fn debug(&self) -> String {
-        format!(
-            "wander {:.0e} sd {:.1}us poll {} freq {:.3}",
-            self.kalman.wander(),
-            self.kalman.offset_sd(self.last_update.unwrap_or(0.0)) * 1e6,
-            self.poll,
-            self.frequency_ppm
-        )
-    }
-
     fn root_distance(&self, now: f64) -> f64 {
         let Some(source) = self.reference.and_then(|i| self.sources.get(i)) else {
             return 16.0;
