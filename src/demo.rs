@@ -14,7 +14,8 @@ use crate::auth::nts::ke::NtpEndpoint;
 use crate::auth::{KeyFileFormat, KeyStore, SymmetricKey};
 use crate::clock::{Clock, SoftwareClock};
 use crate::daemon::client::{ClientRole, SourceKind, SourceSpec};
-use crate::daemon::nts::{self, KeLimits, ThrowawayPki};
+use crate::daemon::nts::{self, KeLimits, RunningKeServer, ThrowawayPki};
+use crate::daemon::serve::RunningServer;
 use crate::daemon::{query, serve};
 use crate::proto::server::{Server, ServerOptions, SyncState};
 use crate::proto::source::SourceOptions;
@@ -35,28 +36,14 @@ pub async fn run() -> Result<ExitCode, String> {
     cookie_keys.update(unix_now);
     let cookie_keys = Arc::new(RwLock::new(cookie_keys));
 
-    let listen: SocketAddr = ([127, 0, 0, 1], 0).into();
-    let server = Server::new(keys.clone(), ServerOptions::default()).with_nts(cookie_keys.clone());
-    let system_time: Arc<dyn Clock> = Arc::new(SoftwareClock::observe());
-    let stratum_1 = serve::Reference::Local { stratum: 1 };
-    let running = serve::start(listen, server, stratum_1.clone(), None, system_time.clone())
-        .await
-        .map_err(|e| format!("cannot start the demo server: {e}"))?;
-    let addr = running.local_addr;
-    let pki = ThrowawayPki::new(&["localhost", "127.0.0.1"])?;
-    let endpoint = NtpEndpoint {
-        server: Some("127.0.0.1".into()),
-        port: Some(addr.port()),
+    let servers = Servers {
+        keys: keys.clone(),
+        cookie_keys,
+        pki: ThrowawayPki::new(&["localhost", "127.0.0.1"])?,
+        clock: Arc::new(SoftwareClock::observe()),
     };
-    let ke = nts::start_ke_server(
-        listen,
-        pki.server_config()?,
-        cookie_keys.clone(),
-        endpoint,
-        KeLimits::default(),
-    )
-    .await
-    .map_err(|e| format!("cannot start the demo NTS-KE server: {e}"))?;
+    let (running, ke) = servers.start_pair().await?;
+    let addr = running.local_addr;
     println!("1. Servers on loopback: local stratum-1 reference");
     println!(
         "   NTP on {addr}, {} keys from keys/example.keys",
@@ -68,7 +55,7 @@ pub async fn run() -> Result<ExitCode, String> {
     );
 
     let key = |id| keys.get(id).cloned().map(query::QueryAuth::Key);
-    let tls = pki.client_config()?;
+    let tls = servers.pki.client_config()?;
     let nts_auth = || query::QueryAuth::Nts {
         ke_port: ke.local_addr.port(),
         tls: tls.clone(),
@@ -137,7 +124,7 @@ pub async fn run() -> Result<ExitCode, String> {
         }
     }
 
-    failures += discipline_demo(&keys, cookie_keys.clone(), &pki, system_time).await?;
+    failures += discipline_demo(&servers).await?;
 
     let stats = &running.server.stats;
     println!(
@@ -160,53 +147,24 @@ pub async fn run() -> Result<ExitCode, String> {
 /// Step 7: a simulated clock, 0.3 s off and 80 ppm fast, pulled in by three NTS
 /// sources (three servers, each with its own NTS-KE, sharing cookie keys). Returns the
 /// number of failures.
-async fn discipline_demo(
-    keys: &KeyStore,
-    cookie_keys: Arc<RwLock<CookieKeys>>,
-    pki: &ThrowawayPki,
-    system_time: Arc<dyn Clock>,
-) -> Result<u32, String> {
+async fn discipline_demo(servers: &Servers) -> Result<u32, String> {
     const OFFSET: f64 = 0.3;
     const PPM: f64 = 80.0;
     const SECONDS: u64 = 16;
     println!(
         "\n7. The sync engine: a simulated clock starts {OFFSET} s off and {PPM} ppm fast; three NTS\n   sources (polling every 2 s, for the demo) pull it in. The system clock is the truth."
     );
-    let listen: SocketAddr = ([127, 0, 0, 1], 0).into();
-    let mut servers = Vec::new();
+    let mut running = Vec::new();
     let mut specs = Vec::new();
     for _ in 0..3 {
-        let server =
-            Server::new(keys.clone(), ServerOptions::default()).with_nts(cookie_keys.clone());
-        let ntp = serve::start(
-            listen,
-            server,
-            serve::Reference::Local { stratum: 1 },
-            None,
-            system_time.clone(),
-        )
-        .await
-        .map_err(|e| format!("cannot start a demo server: {e}"))?;
-        let endpoint = NtpEndpoint {
-            server: Some("127.0.0.1".into()),
-            port: Some(ntp.local_addr.port()),
-        };
-        let ke = nts::start_ke_server(
-            listen,
-            pki.server_config()?,
-            cookie_keys.clone(),
-            endpoint,
-            KeLimits::default(),
-        )
-        .await
-        .map_err(|e| format!("cannot start a demo NTS-KE server: {e}"))?;
+        let (ntp, ke) = servers.start_pair().await?;
         specs.push(SourceSpec {
             host: "127.0.0.1".into(),
             port: ntp.local_addr.port(),
             kind: SourceKind::Nts {
                 ke_host: "localhost".into(),
                 ke_port: ke.local_addr.port(),
-                tls: pki.client_config()?,
+                tls: servers.pki.client_config()?,
             },
             options: SourceOptions {
                 min_poll: 1,
@@ -214,7 +172,7 @@ async fn discipline_demo(
                 iburst: true,
             },
         });
-        servers.push((ntp, ke));
+        running.push((ntp, ke));
     }
     let simulated = Arc::new(SoftwareClock::simulated(OFFSET, PPM));
     let role = ClientRole {
@@ -261,6 +219,42 @@ async fn discipline_demo(
         println!("   UNEXPECTED: still {error:.6} s off (synchronized: {synced})");
         1
     })
+}
+
+/// What the demo's servers share: keys, cookie keys, a CA and the clock they serve.
+struct Servers {
+    keys: KeyStore,
+    cookie_keys: Arc<RwLock<CookieKeys>>,
+    pki: ThrowawayPki,
+    clock: Arc<dyn Clock>,
+}
+
+impl Servers {
+    /// A keyed and NTS stratum-1 NTP server on a loopback port, and an NTS-KE server
+    /// that sends its clients there.
+    async fn start_pair(&self) -> Result<(RunningServer, RunningKeServer), String> {
+        let listen: SocketAddr = ([127, 0, 0, 1], 0).into();
+        let server = Server::new(self.keys.clone(), ServerOptions::default())
+            .with_nts(self.cookie_keys.clone());
+        let stratum_1 = serve::Reference::Local { stratum: 1 };
+        let ntp = serve::start(listen, server, stratum_1, None, self.clock.clone())
+            .await
+            .map_err(|e| format!("cannot start a demo NTP server: {e}"))?;
+        let endpoint = NtpEndpoint {
+            server: Some("127.0.0.1".into()),
+            port: Some(ntp.local_addr.port()),
+        };
+        let ke = nts::start_ke_server(
+            listen,
+            self.pki.server_config()?,
+            self.cookie_keys.clone(),
+            endpoint,
+            KeLimits::default(),
+        )
+        .await
+        .map_err(|e| format!("cannot start a demo NTS-KE server: {e}"))?;
+        Ok((ntp, ke))
+    }
 }
 
 /// Key 1's id and type with a secret the server does not know.
