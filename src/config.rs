@@ -12,7 +12,7 @@
 //!
 //! Relative paths are resolved from the directory holding the config file.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -79,7 +79,8 @@ pub enum ClockMode {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct SourceSection {
-    /// `host:port` of the NTP server (for NTS, the KE server may name another).
+    /// `host:port` of the NTP server. For NTS, where NTP goes if the NTS-KE server
+    /// does not name a server and port itself (it may name either or both).
     pub address: String,
     pub nts: Option<NtsSourceSection>,
     /// A key id from `[keys]`: replies must carry its MAC.
@@ -176,6 +177,40 @@ pub struct RateLimitSection {
 
 fn default_kiss_one_in() -> u32 {
     4
+}
+
+/// Splits `host`, `host:port`, `[v6]:port` or a bare IPv6 address.
+pub fn split_host_port(text: &str, default_port: u16) -> Result<(String, u16), String> {
+    if text.parse::<IpAddr>().is_ok() {
+        return Ok((text.to_string(), default_port));
+    }
+    let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+        let (host, after) = rest
+            .split_once(']')
+            .ok_or_else(|| format!("{text:?}: missing ']'"))?;
+        match after.strip_prefix(':') {
+            Some(port) => (host, Some(port)),
+            None if after.is_empty() => (host, None),
+            None => return Err(format!("{text:?}: unexpected text after ']'")),
+        }
+    } else {
+        match text.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (text, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(format!("{text:?}: empty host name"));
+    }
+    let port = match port {
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|&p| p != 0)
+            .ok_or_else(|| format!("{text:?}: port must be 1 to 65535"))?,
+        None => default_port,
+    };
+    Ok((host.to_string(), port))
 }
 
 /// A config that cannot be used.
@@ -292,8 +327,11 @@ impl Config {
                 );
                 return Err((span, message));
             }
-            if s.address.is_empty() || s.address.len() > 300 {
-                return Err((span, "source address must be host:port".into()));
+            let ke = s.nts.as_ref().map(|n| n.ke.as_str());
+            for (what, text) in [("address", Some(s.address.as_str())), ("nts ke", ke)] {
+                if let Some(Err(e)) = text.map(|t| split_host_port(t, 123)) {
+                    return Err((span, format!("source {what}: {e}")));
+                }
             }
         }
         if let Some(clock) = &self.clock {
@@ -332,8 +370,22 @@ impl Config {
                         .into(),
                 ));
             }
-            if c.min_sources == Some(0) {
-                return Err((span, "[clock] min-sources must be at least 1".into()));
+            if c.min_sources
+                .is_some_and(|n| n == 0 || n > self.sources.len().max(1))
+            {
+                let message = format!(
+                    "[clock] min-sources must be from 1 to the number of sources ({})",
+                    self.sources.len()
+                );
+                return Err((span, message));
+            }
+            if let (Some(step), Some(panic)) = (c.step_threshold, c.panic_threshold)
+                && step > panic
+            {
+                return Err((
+                    span,
+                    "[clock] step-threshold must not exceed panic-threshold".into(),
+                ));
             }
         }
         Ok(())

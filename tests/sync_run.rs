@@ -77,7 +77,6 @@ fn syncs_from_chronyd(key: u32) {
         port,
     );
     let run = NtimedRun::start(None, &toml, Some(port), None);
-    // Before the first correction the server must not claim to be synchronized.
     let reply = wait_pulled_in(port, None, 2, || run.log());
     assert_eq!(reply["refid"], Value::from("127.0.0.1"), "{reply}");
     assert_eq!(reply["leap"], Value::from("none"), "{reply}");

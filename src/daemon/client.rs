@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use crate::auth::nts::ntp::NtsSession;
 use crate::clock::Clock;
 use crate::config::Loaded;
+use crate::proto::client::echoes_request;
 use crate::proto::server::SyncState;
 use crate::proto::source::{Action, Event, Source, SourceAuth, SourceOptions};
 use crate::sync::{SourceId, SyncConfig, SyncEngine};
@@ -25,10 +26,12 @@ use crate::wire::{KissCode, NtpTimestamp, ReferenceId};
 
 /// How long a request's socket stays open for the reply.
 const REPLY_WAIT: Duration = Duration::from_secs(4);
-/// Datagrams forwarded per request at most (a flood of forgeries must not grow
-/// a queue).
+/// Datagrams echoing our request forwarded per request at most (copies from the path
+/// must not grow a queue).
 const DATAGRAMS_PER_REQUEST: usize = 8;
-/// NTS-KE may take this long.
+/// Whole datagrams are read: an NTS reply with 8 large cookies exceeds 2 KiB.
+const MAX_REPLY_LEN: usize = 65_536;
+/// NTS-KE, and resolving the NTP server it names, may take this long.
 const KE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the published state and the drift file are refreshed.
 const STATE_REFRESH: Duration = Duration::from_secs(1);
@@ -61,6 +64,10 @@ enum Input {
         local: NtpTimestamp,
         at: Instant,
     },
+    Resolved {
+        source: usize,
+        result: Result<SocketAddr, String>,
+    },
     Keys {
         source: usize,
         result: Result<(NtsSession, SocketAddr), String>,
@@ -69,10 +76,13 @@ enum Input {
 
 struct Running {
     spec: SourceSpec,
+    /// `host:port`, for logs.
+    name: String,
     source: Source,
     id: SourceId,
     /// Where NTP requests go (resolved, or told by NTS-KE).
     address: Option<SocketAddr>,
+    resolving: bool,
 }
 
 /// The reference id announced when `address` is our reference (RFC 5905 §7.3: the
@@ -103,13 +113,14 @@ pub fn read_drift_file(path: &std::path::Path, limit: f64) -> Option<f64> {
     }
 }
 
-fn write_drift_file(path: &std::path::Path, ppm: f64) {
-    let tmp = path.with_extension("tmp");
-    let result =
-        std::fs::write(&tmp, format!("{ppm:.6}\n")).and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = result {
-        tracing::warn!("cannot write drift file {}: {e}", path.display());
-    }
+/// Saves the frequency correction (atomically, off the async workers).
+fn save_drift_file(path: &std::path::Path, ppm: f64) {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = super::write_atomic(&path, &format!("{ppm:.6}\n")) {
+            tracing::warn!("cannot write drift file {}: {e}", path.display());
+        }
+    });
 }
 
 /// The client role, checked and ready to run.
@@ -204,214 +215,234 @@ impl ClientRole {
         clock: Arc<dyn Clock>,
         fallback: Option<u8>,
         precision: i8,
-        shutdown: tokio::sync::oneshot::Receiver<()>,
+        mut shutdown: tokio::sync::oneshot::Receiver<()>,
     ) {
-        run(self, clock, fallback, precision, shutdown).await;
-    }
-}
-
-async fn run(
-    role: ClientRole,
-    clock: Arc<dyn Clock>,
-    fallback: Option<u8>,
-    precision: i8,
-    mut shutdown: tokio::sync::oneshot::Receiver<()>,
-) {
-    let ClientRole {
-        specs,
-        config,
-        drift_file,
-        state,
-    } = role;
-    let started = Instant::now();
-    let seconds = |at: Instant| at.duration_since(started).as_secs_f64();
-    let mut engine = SyncEngine::new(config, 0.0);
-    let mut sources: Vec<Running> = Vec::new();
-    for spec in specs {
-        let auth = match &spec.kind {
-            SourceKind::Insecure => SourceAuth::Insecure,
-            SourceKind::Key(key) => SourceAuth::Key(key.clone()),
-            SourceKind::Nts { .. } => SourceAuth::Nts,
-        };
-        let address = match &spec.kind {
-            SourceKind::Nts { .. } => None,
-            _ => super::net::resolve(&spec.host, spec.port).await.ok(),
-        };
-        let refid = address.map_or(ReferenceId(*b"XFAC"), reference_id);
-        let requires_auth = !matches!(spec.kind, SourceKind::Insecure);
-        let id = engine.add_source(format!("{}:{}", spec.host, spec.port), refid, requires_auth);
-        sources.push(Running {
-            source: Source::new(auth, spec.options, 0.0),
-            spec,
-            id,
-            address,
-        });
-    }
-    let (tx, mut rx) = mpsc::channel::<Input>(256);
-    let mut request = Vec::new();
-    let mut next_refresh = Instant::now();
-    let mut next_drift_save = Instant::now() + DRIFT_SAVE;
-    apply_commands(&mut engine, clock.as_ref());
-    loop {
-        let now = seconds(Instant::now());
-        // Sources that are due.
-        for (i, running) in sources.iter_mut().enumerate() {
-            let Some(action) = running
-                .source
-                .handle_timeout(now, clock.now(), &mut request)
-            else {
-                continue;
+        let ClientRole {
+            specs,
+            mut config,
+            drift_file,
+            state,
+        } = self;
+        // Without a drift file, start from the frequency the clock already has rather
+        // than throwing away what the kernel (or a previous run) learned.
+        if config.initial_frequency_ppm.is_none() {
+            config.initial_frequency_ppm = Some(clock.status().frequency_ppm);
+        }
+        let started = Instant::now();
+        let seconds = |at: Instant| at.duration_since(started).as_secs_f64();
+        let (tx, mut rx) = mpsc::channel::<Input>(256);
+        let mut engine = SyncEngine::new(config, 0.0);
+        let mut sources: Vec<Running> = Vec::new();
+        for (i, spec) in specs.into_iter().enumerate() {
+            let auth = match &spec.kind {
+                SourceKind::Insecure => SourceAuth::Insecure,
+                SourceKind::Key(key) => SourceAuth::Key(key.clone()),
+                SourceKind::Nts { .. } => SourceAuth::Nts,
             };
-            match action {
-                Action::Transmit => {
+            let name = format!("{}:{}", spec.host, spec.port);
+            let requires_auth = !matches!(spec.kind, SourceKind::Insecure);
+            // The reference id is the address once known.
+            let id = engine.add_source(name.clone(), ReferenceId(*b"INIT"), requires_auth);
+            let nts = matches!(spec.kind, SourceKind::Nts { .. });
+            if !nts {
+                spawn_resolve(i, &spec, tx.clone());
+            }
+            sources.push(Running {
+                source: Source::new(auth, spec.options, 0.0),
+                name,
+                spec,
+                id,
+                address: None,
+                resolving: !nts,
+            });
+        }
+        let mut request = Vec::new();
+        let mut next_refresh = Instant::now();
+        let mut next_drift_save = Instant::now() + DRIFT_SAVE;
+        apply_commands(&mut engine, clock.as_ref());
+        loop {
+            let now = seconds(Instant::now());
+            for (i, running) in sources.iter_mut().enumerate() {
+                if running.source.poll_timeout().is_none_or(|t| t > now) {
+                    continue;
+                }
+                // The socket first: the request is timestamped right before it leaves.
+                let socket = running.address.map(super::net::client_socket_std);
+                let action = running
+                    .source
+                    .handle_timeout(now, clock.now(), &mut request);
+                match (action, socket) {
+                    (Some(Action::Transmit), Some(Ok(socket))) => {
+                        spawn_request(i, socket, &request, clock.clone(), tx.clone());
+                    }
+                    (Some(Action::Transmit), Some(Err(e))) => {
+                        tracing::warn!("{}: cannot open a socket: {e}", running.name);
+                    }
+                    // Not resolved yet: this poll counts as unanswered.
+                    (Some(Action::Transmit), None) if !running.resolving => {
+                        running.resolving = true;
+                        spawn_resolve(i, &running.spec, tx.clone());
+                    }
+                    (Some(Action::KeyExchange), _) => {
+                        spawn_key_exchange(i, &running.spec, tx.clone());
+                    }
+                    _ => {}
+                }
+                engine.handle_reachability(running.id, running.source.is_reachable());
+            }
+            if Instant::now() >= next_refresh {
+                next_refresh = Instant::now() + STATE_REFRESH;
+                let published = match (engine.is_synchronized(), fallback) {
+                    (false, Some(stratum)) => {
+                        SyncState::local_reference(stratum, clock.now(), precision)
+                    }
+                    _ => engine.sync_state(seconds(Instant::now()), clock.now(), precision),
+                };
+                *state.write().unwrap_or_else(|p| p.into_inner()) = published;
+            }
+            if let Some(path) = &drift_file
+                && Instant::now() >= next_drift_save
+            {
+                next_drift_save = Instant::now() + DRIFT_SAVE;
+                if engine.is_synchronized() {
+                    save_drift_file(path, engine.frequency_ppm());
+                }
+            }
+            let wake = sources
+                .iter()
+                .filter_map(|r| r.source.poll_timeout())
+                .fold(seconds(next_refresh), f64::min);
+            let deadline = started + Duration::from_secs_f64(wake.max(0.0));
+            let input = tokio::select! {
+                input = rx.recv() => input,
+                () = tokio::time::sleep_until(deadline) => continue,
+                _ = &mut shutdown => {
+                    if let Some(path) = &drift_file && engine.is_synchronized() {
+                        save_drift_file(path, engine.frequency_ppm());
+                    }
+                    return;
+                }
+            };
+            let Some(input) = input else { return };
+            let now = seconds(Instant::now());
+            match input {
+                Input::Datagram {
+                    source,
+                    bytes,
+                    local,
+                    at,
+                } => {
+                    let Some(running) = sources.get_mut(source) else {
+                        continue;
+                    };
+                    let name = &running.name;
+                    match running.source.handle_response(&bytes, local, seconds(at)) {
+                        Event::Sample(sample) => {
+                            let pending = clock.status().pending_slew;
+                            let result =
+                                engine.handle_sample(running.id, &sample, seconds(at), pending);
+                            tracing::debug!(
+                                "{name}: offset {:+.6} s delay {:.6} s{}",
+                                sample.offset,
+                                sample.delay,
+                                result
+                                    .err()
+                                    .map(|why| format!(" (not used: {why:?})"))
+                                    .unwrap_or_default()
+                            );
+                            apply_commands(&mut engine, clock.as_ref());
+                            let poll = engine.poll_interval();
+                            for r in &mut sources {
+                                r.source.set_system_poll(poll);
+                            }
+                        }
+                        Event::Kiss(code) => {
+                            let what = match code {
+                                KissCode::Deny | KissCode::Restrict => "source stopped",
+                                KissCode::Rate => "polling less often",
+                                KissCode::NtsNak => "cookies refused",
+                                KissCode::Other(_) => "ignored",
+                            };
+                            tracing::info!("{name}: kiss-o'-death {code:?}: {what}");
+                            engine.handle_reachability(running.id, running.source.is_reachable());
+                        }
+                        Event::Rejected(why) => tracing::debug!("{name}: dropped reply: {why}"),
+                    }
+                }
+                Input::Resolved { source, result } => {
+                    let Some(running) = sources.get_mut(source) else {
+                        continue;
+                    };
+                    running.resolving = false;
+                    match result {
+                        Ok(address) => {
+                            running.address = Some(address);
+                            engine.set_reference_id(running.id, reference_id(address));
+                        }
+                        Err(e) => tracing::warn!("{}: {e}", running.name),
+                    }
+                }
+                Input::Keys { source, result } => {
+                    let Some(running) = sources.get_mut(source) else {
+                        continue;
+                    };
+                    match result {
+                        Ok((session, address)) => {
+                            tracing::info!("{}: NTS-KE done, NTP at {address}", running.name);
+                            running.address = Some(address);
+                            engine.set_reference_id(running.id, reference_id(address));
+                            running.source.handle_key_exchange(Ok(session), now);
+                        }
+                        Err(e) => {
+                            tracing::warn!("{}: NTS-KE failed: {e}", running.name);
+                            running.source.handle_key_exchange(Err(e), now);
+                        }
+                    }
                     engine.handle_reachability(running.id, running.source.is_reachable());
-                    match running.address {
-                        Some(address) => {
-                            spawn_request(i, address, request.clone(), clock.clone(), tx.clone())
-                        }
-                        None => {
-                            // Resolution failed at start: try again for the next poll.
-                            running.address =
-                                super::net::resolve(&running.spec.host, running.spec.port)
-                                    .await
-                                    .ok();
-                        }
-                    }
-                }
-                Action::KeyExchange => spawn_key_exchange(i, &running.spec, tx.clone()),
-            }
-        }
-        if Instant::now() >= next_refresh {
-            next_refresh = Instant::now() + STATE_REFRESH;
-            let published = match (engine.is_synchronized(), fallback) {
-                (false, Some(stratum)) => {
-                    SyncState::local_reference(stratum, clock.now(), precision)
-                }
-                _ => engine.sync_state(seconds(Instant::now()), clock.now(), precision),
-            };
-            *state.write().unwrap_or_else(|p| p.into_inner()) = published;
-        }
-        if let Some(path) = &drift_file
-            && Instant::now() >= next_drift_save
-        {
-            next_drift_save = Instant::now() + DRIFT_SAVE;
-            if engine.is_synchronized() {
-                write_drift_file(path, engine.frequency_ppm());
-            }
-        }
-        let wake = sources
-            .iter()
-            .filter_map(|r| r.source.poll_timeout())
-            .fold(seconds(next_refresh), f64::min);
-        let deadline = started + Duration::from_secs_f64(wake.max(0.0));
-        let input = tokio::select! {
-            input = rx.recv() => input,
-            () = tokio::time::sleep_until(deadline) => continue,
-            _ = &mut shutdown => {
-                if let Some(path) = &drift_file && engine.is_synchronized() {
-                    write_drift_file(path, engine.frequency_ppm());
-                }
-                return;
-            }
-        };
-        let Some(input) = input else { return };
-        match input {
-            Input::Datagram {
-                source,
-                bytes,
-                local,
-                at,
-            } => {
-                let Some(running) = sources.get_mut(source) else {
-                    continue;
-                };
-                let name = format!("{}:{}", running.spec.host, running.spec.port);
-                match running.source.handle_response(&bytes, local, seconds(at)) {
-                    Event::Sample(sample) => {
-                        let pending = clock.status().pending_slew;
-                        let result =
-                            engine.handle_sample(running.id, &sample, seconds(at), pending);
-                        tracing::debug!(
-                            "{name}: offset {:+.6} s delay {:.6} s{}",
-                            sample.offset,
-                            sample.delay,
-                            result
-                                .err()
-                                .map(|why| format!(" (not used: {why:?})"))
-                                .unwrap_or_default()
-                        );
-                        apply_commands(&mut engine, clock.as_ref());
-                        let poll = engine.poll_interval();
-                        for r in &mut sources {
-                            r.source.set_system_poll(poll);
-                        }
-                    }
-                    Event::Kiss(code) => {
-                        let what = match code {
-                            KissCode::Deny | KissCode::Restrict => "source stopped",
-                            KissCode::Rate => "polling less often",
-                            KissCode::NtsNak => "cookies refused",
-                            KissCode::Other(_) => "ignored",
-                        };
-                        tracing::info!("{name}: kiss-o'-death {code:?}: {what}");
-                    }
-                    Event::Rejected(why) => tracing::debug!("{name}: dropped reply: {why}"),
-                }
-            }
-            Input::Keys { source, result } => {
-                let Some(running) = sources.get_mut(source) else {
-                    continue;
-                };
-                let now = seconds(Instant::now());
-                match result {
-                    Ok((session, address)) => {
-                        tracing::info!("{}: NTS-KE done, NTP at {address}", running.spec.host);
-                        running.address = Some(address);
-                        engine.set_reference_id(running.id, reference_id(address));
-                        running.source.handle_key_exchange(Ok(session), now);
-                    }
-                    Err(e) => {
-                        tracing::warn!("{}: NTS-KE failed: {e}", running.spec.host);
-                        running.source.handle_key_exchange(Err(e), now);
-                    }
                 }
             }
         }
     }
 }
 
-/// Hands every queued command to the clock; a refusal is logged, never fatal here.
+/// Hands every queued command to the clock. A refusal is logged and handed back to the
+/// engine, which then no longer counts on it.
 fn apply_commands(engine: &mut SyncEngine, clock: &dyn Clock) {
     while let Some(command) = engine.poll_command() {
         tracing::debug!("clock: {command:?}");
         if let Err(e) = clock.apply(command) {
             tracing::warn!("clock refused {command:?}: {e}");
+            engine.handle_clock_refused(&command);
         }
     }
 }
 
+/// Sends `request` on `socket` now, then forwards what arrives for a while. Only
+/// datagrams that echo the request's transmit field are forwarded (and at most a few),
+/// so junk from off the path can neither crowd out the reply nor fill the queue.
 fn spawn_request(
     source: usize,
-    address: SocketAddr,
-    request: Vec<u8>,
+    socket: std::net::UdpSocket,
+    request: &[u8],
     clock: Arc<dyn Clock>,
     tx: mpsc::Sender<Input>,
 ) {
-    tokio::spawn(async move {
-        let socket = match super::net::client_socket(address).await {
-            Ok(socket) => socket,
-            Err(e) => {
-                tracing::warn!("{address}: cannot open a socket: {e}");
-                return;
-            }
-        };
-        if let Err(e) = socket.send(&request).await {
-            tracing::debug!("{address}: send: {e}");
+    let socket = match socket
+        .send(request)
+        .and_then(|_| tokio::net::UdpSocket::from_std(socket))
+    {
+        Ok(socket) => socket,
+        Err(e) => {
+            tracing::debug!("send: {e}");
             return;
         }
+    };
+    let request = request.to_vec();
+    tokio::spawn(async move {
         let deadline = Instant::now() + REPLY_WAIT;
-        let mut buf = vec![0u8; 2048];
-        for _ in 0..DATAGRAMS_PER_REQUEST {
+        let mut buf = vec![0u8; MAX_REPLY_LEN];
+        let mut forwarded = 0;
+        while forwarded < DATAGRAMS_PER_REQUEST {
             let Ok(received) = tokio::time::timeout_at(deadline, socket.recv(&mut buf)).await
             else {
                 return;
@@ -419,8 +450,15 @@ fn spawn_request(
             // Read the clock first: everything after this adds to the measured delay.
             let local = clock.now();
             let at = Instant::now();
-            let Ok(len) = received else { continue };
-            let bytes = buf.get(..len).unwrap_or_default().to_vec();
+            // ICMP errors (anyone can forge one) and junk do not count.
+            let Some(bytes) = received.ok().and_then(|len| buf.get(..len)) else {
+                continue;
+            };
+            if !echoes_request(&request, bytes) {
+                continue;
+            }
+            forwarded += 1;
+            let bytes = bytes.to_vec();
             if tx
                 .send(Input::Datagram {
                     source,
@@ -437,6 +475,15 @@ fn spawn_request(
     });
 }
 
+fn spawn_resolve(source: usize, spec: &SourceSpec, tx: mpsc::Sender<Input>) {
+    let (host, port) = (spec.host.clone(), spec.port);
+    tokio::spawn(async move {
+        let result = super::net::resolve(&host, port).await;
+        let _ = tx.send(Input::Resolved { source, result }).await;
+    });
+}
+
+/// NTS-KE; NTP then goes where the KE server says, else to the source's `address`.
 fn spawn_key_exchange(source: usize, spec: &SourceSpec, tx: mpsc::Sender<Input>) {
     let SourceKind::Nts {
         ke_host,
@@ -446,13 +493,9 @@ fn spawn_key_exchange(source: usize, spec: &SourceSpec, tx: mpsc::Sender<Input>)
     else {
         return;
     };
+    let (host, port) = (spec.host.clone(), spec.port);
     tokio::spawn(async move {
-        let result = async {
-            let ke = super::nts::key_exchange(&ke_host, ke_port, tls, KE_TIMEOUT).await?;
-            let address = super::net::resolve(&ke.ntp_host, ke.ntp_port).await?;
-            Ok((NtsSession::new(ke.keys, ke.response.cookies), address))
-        }
-        .await;
+        let result = super::nts::establish(&ke_host, ke_port, tls, KE_TIMEOUT, (&host, port)).await;
         let _ = tx.send(Input::Keys { source, result }).await;
     });
 }

@@ -4,39 +4,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use tokio::net::UdpSocket;
 
-/// Splits `host`, `host:port`, `[v6]:port` or a bare IPv6 address.
-pub fn split_host_port(text: &str, default_port: u16) -> Result<(String, u16), String> {
-    if text.parse::<IpAddr>().is_ok() {
-        return Ok((text.to_string(), default_port));
-    }
-    let (host, port) = if let Some(rest) = text.strip_prefix('[') {
-        let (host, after) = rest
-            .split_once(']')
-            .ok_or_else(|| format!("{text:?}: missing ']'"))?;
-        match after.strip_prefix(':') {
-            Some(port) => (host, Some(port)),
-            None if after.is_empty() => (host, None),
-            None => return Err(format!("{text:?}: unexpected text after ']'")),
-        }
-    } else {
-        match text.rsplit_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (text, None),
-        }
-    };
-    if host.is_empty() {
-        return Err(format!("{text:?}: empty host name"));
-    }
-    let port = match port {
-        Some(p) => p
-            .parse::<u16>()
-            .ok()
-            .filter(|&p| p != 0)
-            .ok_or_else(|| format!("{text:?}: port must be 1 to 65535"))?,
-        None => default_port,
-    };
-    Ok((host.to_string(), port))
-}
+pub use crate::config::split_host_port;
 
 /// Resolves `host:port`, preferring the first address the resolver gives.
 pub async fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
@@ -52,7 +20,14 @@ const EPHEMERAL: std::ops::RangeInclusive<u16> = 49152..=65535;
 
 /// A UDP socket connected to `server` from a randomly chosen source port (RFC 9109),
 /// so an off-path attacker must guess the port as well as the transmit timestamp.
-pub async fn client_socket(server: SocketAddr) -> std::io::Result<UdpSocket> {
+/// Needs a tokio runtime.
+pub fn client_socket(server: SocketAddr) -> std::io::Result<UdpSocket> {
+    UdpSocket::from_std(client_socket_std(server)?)
+}
+
+/// [`client_socket`] as a non-blocking std socket: made and sent on synchronously, so
+/// that a request is timestamped right before it leaves.
+pub fn client_socket_std(server: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     let any: IpAddr = match server {
         SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
         SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
@@ -60,9 +35,10 @@ pub async fn client_socket(server: SocketAddr) -> std::io::Result<UdpSocket> {
     let mut last_error = None;
     for _ in 0..16 {
         let port = rand::random_range(EPHEMERAL);
-        match UdpSocket::bind((any, port)).await {
+        match std::net::UdpSocket::bind((any, port)) {
             Ok(socket) => {
-                socket.connect(server).await?;
+                socket.connect(server)?;
+                socket.set_nonblocking(true)?;
                 return Ok(socket);
             }
             Err(e) => last_error = Some(e),
@@ -103,7 +79,7 @@ mod tests {
         let server: SocketAddr = "127.0.0.1:9".parse().unwrap();
         let mut ports = Vec::new();
         for _ in 0..1000 {
-            let socket = client_socket(server).await.unwrap();
+            let socket = client_socket(server).unwrap();
             ports.push(socket.local_addr().unwrap().port());
         }
         let distinct: std::collections::HashSet<_> = ports.iter().collect();

@@ -17,6 +17,7 @@ use crate::auth::nts::cookie::{
     CookieKeys, Rotation, SessionKeys, decode_persisted, encode_persisted,
 };
 use crate::auth::nts::ke::{self, KeDecision, KeResponse, NtpEndpoint};
+use crate::auth::nts::ntp::NtsSession;
 use crate::proto::server::SharedCookieKeys;
 use crate::wire::ke::{MAX_MESSAGE_LEN, parse_message};
 
@@ -198,6 +199,30 @@ async fn key_exchange_inner(
         response,
         keys,
     })
+}
+
+/// NTS-KE with `host:port`, then the NTP server to use: the one the KE server named,
+/// else `default_ntp` (host, port), resolved. All within `timeout`.
+pub async fn establish(
+    host: &str,
+    port: u16,
+    config: Arc<ClientConfig>,
+    timeout: Duration,
+    default_ntp: (&str, u16),
+) -> Result<(NtsSession, SocketAddr), String> {
+    let work = async {
+        let ke = key_exchange_inner(host, port, config).await?;
+        let endpoint = &ke.response.endpoint;
+        let ntp_host = endpoint.server.as_deref().unwrap_or(default_ntp.0);
+        let address = super::net::resolve(ntp_host, endpoint.port.unwrap_or(default_ntp.1)).await?;
+        Ok((NtsSession::new(ke.keys, ke.response.cookies), address))
+    };
+    tokio::time::timeout(timeout, work).await.map_err(|_| {
+        format!(
+            "NTS-KE with {host}:{port} timed out after {:.1} s",
+            timeout.as_secs_f64()
+        )
+    })?
 }
 
 /// Connects to the first of `host`'s addresses that answers (`localhost` may name
@@ -640,33 +665,10 @@ fn ensure_private_dir(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Writes the random keys atomically, mode 0600: a fresh temporary file (any old one,
-/// or a symlink planted in its place, is removed first and never followed), fsync,
-/// rename, fsync of the directory.
+/// Writes the random keys atomically, mode 0600 ([`super::write_atomic`]).
 pub fn persist_cookie_keys(file: &Path, text: &str) -> Result<(), String> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let fail = |e: std::io::Error| format!("{}: cannot save cookie keys: {e}", file.display());
-    let tmp = file.with_extension("tmp");
-    match std::fs::remove_file(&tmp) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(fail(e)),
-        _ => {}
-    }
-    let mut out = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(fail)?;
-    out.write_all(text.as_bytes()).map_err(fail)?;
-    out.sync_all().map_err(fail)?;
-    std::fs::rename(&tmp, file).map_err(fail)?;
-    if let Some(dir) = file.parent() {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(fail)?;
-    }
-    Ok(())
+    super::write_atomic(file, text)
+        .map_err(|e| format!("{}: cannot save cookie keys: {e}", file.display()))
 }
 
 /// Rotates master keys as time passes, saving them when they change (off the async

@@ -7,7 +7,6 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::auth::SymmetricKey;
-use crate::auth::nts::ntp::NtsSession;
 use crate::proto::client::{
     Authenticated, ClientAuth, ClientExchange, RequestError, Response, Sample,
 };
@@ -87,9 +86,8 @@ async fn connect(
             ClientAuth::Key(key.clone()),
         )),
         QueryAuth::Nts { ke_port, tls } => {
-            let ke = super::nts::key_exchange(host, *ke_port, tls.clone(), timeout).await?;
-            let server = super::net::resolve(&ke.ntp_host, ke.ntp_port).await?;
-            let session = NtsSession::new(ke.keys, ke.response.cookies);
+            let (session, server) =
+                super::nts::establish(host, *ke_port, tls.clone(), timeout, (host, 123)).await?;
             Ok((server, ClientAuth::Nts(session)))
         }
     }
@@ -169,7 +167,6 @@ async fn exchange(
 ) -> Result<Response, ExchangeError> {
     let other = ExchangeError::Other;
     let socket = super::net::client_socket(server)
-        .await
         .map_err(|e| other(format!("{server}: cannot open socket: {e}")))?;
     let mut request = Vec::new();
     client

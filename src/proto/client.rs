@@ -19,6 +19,17 @@ use crate::wire::{
 /// lower; this is the hard limit of PROTOCOL.md).
 pub const MAX_ROOT_DISTANCE: f64 = 16.0;
 
+/// Whether `reply` echoes `request`'s transmit field in its origin field: a cheap
+/// first test for a driver that forwards datagrams, so that junk from off the path
+/// cannot crowd out the genuine reply. [`ClientExchange::handle_response`] still makes
+/// every check.
+pub fn echoes_request(request: &[u8], reply: &[u8]) -> bool {
+    match (request.get(40..48), reply.get(24..32)) {
+        (Some(transmit), Some(origin)) => transmit == origin,
+        _ => false,
+    }
+}
+
 /// A response that was not accepted. The exchange's state is unchanged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Reject {

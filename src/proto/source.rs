@@ -6,13 +6,14 @@
 //!
 //! * Poll interval: the sync engine's wish ([`Source::set_system_poll`]) within
 //!   `min_poll..=max_poll`, raised by RATE kisses; `iburst` sends the first
-//!   [`IBURST_COUNT`] requests [`IBURST_INTERVAL`] apart.
+//!   [`IBURST_COUNT`] requests after the first at most [`IBURST_INTERVAL`] apart.
 //! * Reachability: an 8-bit register, shifted at every poll, set by every accepted
-//!   reply. A source silent for 8 polls is unreachable and polls at `max_poll`.
+//!   reply. A source silent for 8 polls polls at `max_poll`.
 //! * Kisses (only those that passed the on-wire and authentication checks of
 //!   [`ClientExchange`]): DENY and RSTR stop the source for good; RATE doubles the
-//!   interval; NTSN twice in a row, or no cookies left, means a new NTS-KE, retried with
-//!   backoff when it fails.
+//!   interval until good samples bring it back; NTSNs for two requests in a row, no
+//!   cookies left, or 8 silent polls mean a new NTS-KE at the next poll, retried with
+//!   backoff (10 s × 1.5ⁿ, at most 5 days) while it fails.
 
 use crate::auth::SymmetricKey;
 use crate::auth::nts::ntp::NtsSession;
@@ -23,14 +24,19 @@ use crate::wire::{KissCode, NtpTimestamp};
 pub const IBURST_COUNT: u32 = 4;
 /// Seconds between them.
 pub const IBURST_INTERVAL: f64 = 2.0;
-/// First wait before retrying a failed NTS-KE, seconds; it grows by half each time.
+/// First wait before retrying a failed NTS-KE, seconds; it grows by half each time up
+/// to five days (PROTOCOL.md), and only a good sample resets it.
 const KE_RETRY_FIRST: f64 = 10.0;
 const KE_RETRY_GROWTH: f64 = 1.5;
-/// NTSNs in a row that mean the server has lost our keys.
+const KE_RETRY_MAX: f64 = 5.0 * 86_400.0;
+/// A key exchange not reported back within this long counts as failed.
+pub const KE_DEADLINE: f64 = 30.0;
+/// NTSNs (for different requests) in a row that mean the server has lost our keys.
 const NTSN_REKEY: u32 = 2;
-/// Polls without a reply after which an NTS source re-keys (the server may have
-/// restarted with new cookie keys and be dropping our requests).
-const SILENT_POLLS_REKEY: u32 = 8;
+/// Polls without a reply after which a source counts as gone quiet: it polls at
+/// `max_poll`, and an NTS source re-keys (the server may have restarted with new
+/// cookie keys and be dropping our requests).
+const SILENT_POLLS: u32 = 8;
 
 /// How a source must authenticate its replies.
 #[derive(Debug, Clone)]
@@ -84,11 +90,10 @@ enum State {
     /// Waiting for keys (NTS), or for the next attempt at them.
     NeedsKeys {
         retry_at: f64,
-        backoff: f64,
     },
-    /// A key exchange is running.
+    /// A key exchange is running; past the deadline it counts as failed.
     KeyExchanging {
-        backoff: f64,
+        deadline: f64,
     },
     Polling(ClientExchange),
     /// Denied by the server (DENY/RSTR): never polled again.
@@ -97,35 +102,42 @@ enum State {
 
 #[derive(Debug)]
 pub struct Source {
-    auth: SourceAuth,
+    nts: bool,
     options: SourceOptions,
     state: State,
     next_poll: f64,
     system_poll: i8,
-    /// Extra poll exponent from RATE kisses.
+    /// Extra poll exponent from RATE kisses; each good sample takes one back.
     rate_backoff: i8,
     reach: u8,
     /// Consecutive polls without a reply.
     silent_polls: u32,
     polls_sent: u64,
+    /// NTSNs for different requests in a row, and the request the last one answered.
     naks: u32,
+    last_nak_poll: Option<u64>,
+    /// Set when the next poll must run NTS-KE instead (the current request stays
+    /// answerable until then).
+    rekey_due: bool,
+    ke_backoff: f64,
     iburst_left: u32,
 }
 
 impl Source {
     pub fn new(auth: SourceAuth, options: SourceOptions, now: f64) -> Self {
-        let state = match &auth {
-            SourceAuth::Nts => State::NeedsKeys {
-                retry_at: now,
-                backoff: KE_RETRY_FIRST,
-            },
-            SourceAuth::Insecure => State::Polling(ClientExchange::new(ClientAuth::None, 0)),
-            SourceAuth::Key(key) => {
-                State::Polling(ClientExchange::new(ClientAuth::Key(key.clone()), 0))
-            }
+        let (nts, state) = match auth {
+            SourceAuth::Nts => (true, State::NeedsKeys { retry_at: now }),
+            SourceAuth::Insecure => (
+                false,
+                State::Polling(ClientExchange::new(ClientAuth::None, 0)),
+            ),
+            SourceAuth::Key(key) => (
+                false,
+                State::Polling(ClientExchange::new(ClientAuth::Key(key), 0)),
+            ),
         };
         Self {
-            auth,
+            nts,
             options,
             state,
             next_poll: now,
@@ -135,13 +147,16 @@ impl Source {
             silent_polls: 0,
             polls_sent: 0,
             naks: 0,
+            last_nak_poll: None,
+            rekey_due: false,
+            ke_backoff: KE_RETRY_FIRST,
             iburst_left: if options.iburst { IBURST_COUNT } else { 0 },
         }
     }
 
     /// The poll interval in force (log2 seconds).
     pub fn poll(&self) -> i8 {
-        let base = if self.reach == 0 && self.silent_polls >= 8 {
+        let base = if self.silent_polls >= SILENT_POLLS {
             self.options.max_poll
         } else {
             self.system_poll
@@ -157,12 +172,9 @@ impl Source {
         self.system_poll = poll;
     }
 
-    pub fn reach(&self) -> u8 {
-        self.reach
-    }
-
+    /// Whether the source answered any of its last 8 polls and is still being polled.
     pub fn is_reachable(&self) -> bool {
-        self.reach != 0
+        self.reach != 0 && matches!(self.state, State::Polling(_))
     }
 
     /// The kiss that stopped this source, if one did.
@@ -173,18 +185,12 @@ impl Source {
         }
     }
 
-    pub fn nts_cookies(&self) -> Option<usize> {
-        match &self.state {
-            State::Polling(exchange) => exchange.nts_cookies(),
-            _ => None,
-        }
-    }
-
     /// When the driver must next call [`Source::handle_timeout`] (`None`: never).
     pub fn poll_timeout(&self) -> Option<f64> {
         match self.state {
-            State::NeedsKeys { retry_at, .. } => Some(retry_at),
-            State::KeyExchanging { .. } | State::Stopped(_) => None,
+            State::NeedsKeys { retry_at } => Some(retry_at),
+            State::KeyExchanging { deadline } => Some(deadline),
+            State::Stopped(_) => None,
             State::Polling(_) => Some(self.next_poll),
         }
     }
@@ -199,61 +205,70 @@ impl Source {
     ) -> Option<Action> {
         let poll = self.poll();
         match &mut self.state {
-            State::NeedsKeys { retry_at, backoff } if now >= *retry_at => {
-                self.state = State::KeyExchanging { backoff: *backoff };
-                Some(Action::KeyExchange)
+            State::NeedsKeys { retry_at } if now >= *retry_at => Some(self.start_key_exchange(now)),
+            State::KeyExchanging { deadline } if now >= *deadline => {
+                self.key_exchange_failed(now);
+                None
+            }
+            State::Polling(_)
+                if now >= self.next_poll
+                    && (self.rekey_due || self.nts && self.silent_polls >= SILENT_POLLS) =>
+            {
+                Some(self.start_key_exchange(now))
             }
             State::Polling(exchange) if now >= self.next_poll => {
                 exchange.set_poll(poll);
                 if let Err(RequestError::NoCookies) = exchange.poll_request(local, out) {
-                    self.state = State::KeyExchanging {
-                        backoff: KE_RETRY_FIRST,
-                    };
-                    return Some(Action::KeyExchange);
+                    return Some(self.start_key_exchange(now));
                 }
                 // The register shifts at every poll; a reply sets the new low bit.
                 if self.polls_sent > 0 && self.reach & 1 == 0 {
-                    self.silent_polls += 1;
+                    self.silent_polls = self.silent_polls.saturating_add(1);
                 }
                 self.polls_sent += 1;
                 self.reach <<= 1;
-                let interval = if self.iburst_left > 0 {
+                let mut interval = 2f64.powi(i32::from(poll));
+                if self.iburst_left > 0 {
                     self.iburst_left -= 1;
-                    IBURST_INTERVAL
-                } else {
-                    2f64.powi(i32::from(self.poll()))
-                };
-                self.next_poll = now + interval;
-                if self.silent_polls >= SILENT_POLLS_REKEY && matches!(self.auth, SourceAuth::Nts) {
-                    self.silent_polls = 0;
-                    self.state = State::NeedsKeys {
-                        retry_at: self.next_poll,
-                        backoff: KE_RETRY_FIRST,
-                    };
+                    interval = interval.min(IBURST_INTERVAL);
                 }
+                self.next_poll = now + interval;
                 Some(Action::Transmit)
             }
             _ => None,
         }
     }
 
+    fn start_key_exchange(&mut self, now: f64) -> Action {
+        self.rekey_due = false;
+        self.state = State::KeyExchanging {
+            deadline: now + KE_DEADLINE,
+        };
+        Action::KeyExchange
+    }
+
+    fn key_exchange_failed(&mut self, now: f64) {
+        self.state = State::NeedsKeys {
+            retry_at: now + self.ke_backoff,
+        };
+        self.ke_backoff = (self.ke_backoff * KE_RETRY_GROWTH).min(KE_RETRY_MAX);
+    }
+
     /// The outcome of NTS-KE: a fresh session, or why it failed.
     pub fn handle_key_exchange(&mut self, result: Result<NtsSession, String>, now: f64) {
-        let State::KeyExchanging { backoff } = self.state else {
+        if !matches!(self.state, State::KeyExchanging { .. }) {
             return;
-        };
-        self.state = match result {
+        }
+        match result {
             Ok(session) => {
                 self.naks = 0;
+                self.last_nak_poll = None;
+                self.silent_polls = 0;
                 self.next_poll = now;
-                State::Polling(ClientExchange::new(ClientAuth::Nts(session), 0))
+                self.state = State::Polling(ClientExchange::new(ClientAuth::Nts(session), 0));
             }
-            Err(_) => State::NeedsKeys {
-                retry_at: now + backoff,
-                backoff: (backoff * KE_RETRY_GROWTH)
-                    .min(2f64.powi(i32::from(self.options.max_poll))),
-            },
-        };
+            Err(_) => self.key_exchange_failed(now),
+        }
     }
 
     /// A datagram arrived on the socket of the current request at local time `local`.
@@ -263,13 +278,16 @@ impl Source {
         };
         match exchange.handle_response(bytes, local) {
             Err(reject) => Event::Rejected(reject),
+            // An NTSN is unauthenticated and stays answerable until the next request:
+            // copies of one count once, and the re-key waits for the next poll.
+            Ok(Response::Kiss(KissCode::NtsNak)) if self.last_nak_poll == Some(self.polls_sent) => {
+                Event::Rejected(Reject::Duplicate)
+            }
             Ok(Response::Kiss(KissCode::NtsNak)) => {
+                self.last_nak_poll = Some(self.polls_sent);
                 self.naks += 1;
                 if self.naks >= NTSN_REKEY {
-                    self.state = State::NeedsKeys {
-                        retry_at: now,
-                        backoff: KE_RETRY_FIRST,
-                    };
+                    self.rekey_due = true;
                 }
                 Event::Kiss(KissCode::NtsNak)
             }
@@ -289,6 +307,9 @@ impl Source {
             Ok(Response::Sample(sample)) => {
                 self.reached();
                 self.naks = 0;
+                self.rekey_due = false;
+                self.ke_backoff = KE_RETRY_FIRST;
+                self.rate_backoff = (self.rate_backoff - 1).max(0);
                 Event::Sample(sample)
             }
         }
@@ -412,8 +433,8 @@ mod tests {
         assert!(!source.is_reachable());
     }
 
-    /// NTS: no keys at first; two NTSNs mean a new key exchange; a failed one is
-    /// retried later, each time later than the last.
+    /// NTS: no keys at first; a failed key exchange (or one that never reports back)
+    /// is retried later, each time later than the last.
     #[test]
     fn nts_source_asks_for_key_exchange_and_backs_off() {
         let mut source = Source::new(SourceAuth::Nts, SourceOptions::default(), 0.0);
@@ -422,7 +443,7 @@ mod tests {
             source.handle_timeout(0.0, LOCAL, &mut out),
             Some(Action::KeyExchange)
         );
-        assert_eq!(source.poll_timeout(), None);
+        assert_eq!(source.poll_timeout(), Some(KE_DEADLINE));
         source.handle_key_exchange(Err("refused".into()), 1.0);
         assert_eq!(source.poll_timeout(), Some(11.0));
         assert_eq!(
@@ -431,5 +452,92 @@ mod tests {
         );
         source.handle_key_exchange(Err("refused".into()), 12.0);
         assert_eq!(source.poll_timeout(), Some(27.0));
+        assert_eq!(
+            source.handle_timeout(27.0, LOCAL, &mut out),
+            Some(Action::KeyExchange)
+        );
+        assert_eq!(
+            source.handle_timeout(27.0 + KE_DEADLINE, LOCAL, &mut out),
+            None
+        );
+        assert_eq!(source.poll_timeout(), Some(27.0 + KE_DEADLINE + 22.5));
+    }
+
+    /// ADVERSARIAL 16: copies of one NTSN count once, and even two NTSNs for two
+    /// requests leave the session until the next poll, which then re-keys.
+    #[test]
+    fn ntsn_copies_count_once_and_rekeying_waits_for_the_next_poll() {
+        use crate::auth::nts::aead::{AeadAlgorithm, AeadKey};
+        use crate::auth::nts::cookie::{CookieKeys, Rotation, SessionKeys};
+        use crate::proto::server::{Server, ServerOptions, SyncState};
+        use std::sync::{Arc, RwLock};
+
+        let session_keys = || {
+            let alg = AeadAlgorithm::AesSivCmac256;
+            SessionKeys {
+                c2s: AeadKey::new(alg, &[1; 32]).unwrap(),
+                s2c: AeadKey::new(alg, &[2; 32]).unwrap(),
+            }
+        };
+        let cookie_keys = || {
+            let mut keys = CookieKeys::random(Rotation::default(), vec![]);
+            keys.update(1_800_000_000);
+            keys
+        };
+        // Cookies from one server, requests to another that cannot open them.
+        let issuer = cookie_keys();
+        let cookies = (0..8)
+            .map(|_| issuer.seal(&session_keys()).unwrap())
+            .collect();
+        let server = Server::new(KeyStore::default(), ServerOptions::default())
+            .with_nts(Arc::new(RwLock::new(cookie_keys())));
+        let nak = |request: &[u8]| {
+            let mut reply = Vec::new();
+            let state = SyncState::local_reference(1, LOCAL, -20);
+            server
+                .handle_request(request, LOCAL, &state, || LOCAL, &mut reply)
+                .expect("an NTSN");
+            reply
+        };
+
+        let mut source = Source::new(SourceAuth::Nts, SourceOptions::default(), 0.0);
+        let mut out = Vec::new();
+        assert_eq!(
+            source.handle_timeout(0.0, LOCAL, &mut out),
+            Some(Action::KeyExchange)
+        );
+        source.handle_key_exchange(Ok(NtsSession::new(session_keys(), cookies)), 1.0);
+        assert_eq!(
+            source.handle_timeout(1.0, LOCAL, &mut out),
+            Some(Action::Transmit)
+        );
+        let first = nak(&out);
+        assert_eq!(
+            source.handle_response(&first, LOCAL, 1.1),
+            Event::Kiss(KissCode::NtsNak)
+        );
+        assert_eq!(
+            source.handle_response(&first, LOCAL, 1.2),
+            Event::Rejected(Reject::Duplicate)
+        );
+        // One NTSN: the next poll is an ordinary request.
+        let next = source.poll_timeout().unwrap();
+        assert_eq!(
+            source.handle_timeout(next, LOCAL, &mut out),
+            Some(Action::Transmit)
+        );
+        let second = nak(&out);
+        assert_eq!(
+            source.handle_response(&second, LOCAL, next + 0.1),
+            Event::Kiss(KissCode::NtsNak)
+        );
+        // Two: still polling until the next poll, which re-keys.
+        assert_eq!(source.stopped(), None);
+        let next = source.poll_timeout().unwrap();
+        assert!(next > 2.0 * 64.0 - 1.0, "{next}");
+        assert_eq!(
+            source.handle_timeout(next, LOCAL, &mut out),
+            Some(Action::KeyExchange)
+        );
     }
 }

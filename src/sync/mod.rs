@@ -445,6 +445,21 @@ impl SyncEngine {
         });
     }
 
+    /// The clock refused `command` (policy, or a limit of the kernel's): the engine no
+    /// longer counts on the correction and measures the offset afresh.
+    pub fn handle_clock_refused(&mut self, command: &ClockCommand) {
+        let offset = match *command {
+            ClockCommand::Step { offset } => {
+                self.stepped_total -= offset.abs();
+                offset
+            }
+            ClockCommand::Slew { offset, .. } => offset,
+            _ => return,
+        };
+        self.corrected_total -= offset;
+        self.kalman.reset_offset();
+    }
+
     /// The next command for the clock, if any.
     pub fn poll_command(&mut self) -> Option<ClockCommand> {
         self.commands.pop_front()
