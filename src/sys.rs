@@ -146,7 +146,7 @@ impl KernelClock {
         let sub_nanos = if status & libc::STA_NANO != 0 {
             sub
         } else {
-            sub * 1000
+            sub.saturating_mul(1000)
         };
         Self {
             offset: wide(tx.offset),

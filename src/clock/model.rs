@@ -49,11 +49,19 @@ impl ClockModel {
         }
     }
 
+    /// How much of the slew in progress is done by `t` (signed like the slew).
+    fn slewed(&self, t: f64) -> f64 {
+        let dt = (t - self.at).max(0.0);
+        (self.slew_rate * dt)
+            .abs()
+            .min(self.slew_left.abs())
+            .copysign(self.slew_left)
+    }
+
     /// Clock minus reference at reference time `t` (not before the last update).
     pub fn phase(&self, t: f64) -> f64 {
         let dt = (t - self.at).max(0.0);
-        let slewed = (self.slew_rate * dt).abs().min(self.slew_left.abs());
-        self.phase + (self.oscillator + self.correction) * dt + slewed.copysign(self.slew_left)
+        self.phase + (self.oscillator + self.correction) * dt + self.slewed(t)
     }
 
     /// Folds everything up to `t` into the state, so that a change applies from `t`.
@@ -61,10 +69,9 @@ impl ClockModel {
         if t <= self.at {
             return;
         }
-        let dt = t - self.at;
-        let slewed = (self.slew_rate * dt).abs().min(self.slew_left.abs());
+        let slewed = self.slewed(t);
         self.phase = self.phase(t);
-        self.slew_left -= slewed.copysign(self.slew_left);
+        self.slew_left -= slewed;
         if self.slew_left == 0.0 {
             self.slew_rate = 0.0;
         }
@@ -75,16 +82,6 @@ impl ClockModel {
     pub fn set_oscillator(&mut self, t: f64, oscillator: f64) {
         self.advance(t);
         self.oscillator = oscillator;
-    }
-
-    /// The rate the clock gains on its reference, counting any slew in progress.
-    pub fn frequency_error(&self) -> f64 {
-        let slewing = if self.slew_left != 0.0 {
-            self.slew_rate
-        } else {
-            0.0
-        };
-        self.oscillator + self.correction + slewing
     }
 
     /// Applies `command` at reference time `t`. Numbers must be finite (checked by
@@ -112,11 +109,9 @@ impl ClockModel {
     }
 
     pub fn status(&self, t: f64) -> ClockStatus {
-        let dt = (t - self.at).max(0.0);
-        let slewed = (self.slew_rate * dt).abs().min(self.slew_left.abs());
         ClockStatus {
             frequency_ppm: self.correction * 1e6,
-            pending_slew: self.slew_left - slewed.copysign(self.slew_left),
+            pending_slew: self.slew_left - self.slewed(t),
             max_slew_rate: self.max_slew_rate,
             leap: self.leap,
             synchronized: self.synchronized,
@@ -151,7 +146,8 @@ mod tests {
         assert!((clock.status(5.0).pending_slew + 0.005).abs() < 1e-12);
         assert!((clock.phase(100.0) + 0.01).abs() < 1e-12);
         clock.advance(100.0);
-        assert_eq!(clock.frequency_error(), 0.0);
+        assert_eq!(clock.status(100.0).pending_slew, 0.0);
+        assert!((clock.phase(200.0) + 0.01).abs() < 1e-12);
     }
 
     #[test]

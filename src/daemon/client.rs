@@ -292,6 +292,8 @@ impl ClientRole {
             }
             if Instant::now() >= next_refresh {
                 next_refresh = Instant::now() + STATE_REFRESH;
+                engine.handle_timeout(seconds(Instant::now()));
+                apply_commands(&mut engine, clock.as_ref());
                 let published = match (engine.is_synchronized(), fallback) {
                     (false, Some(stratum)) => {
                         SyncState::local_reference(stratum, clock.now(), precision)

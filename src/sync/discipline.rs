@@ -88,8 +88,9 @@ impl Discipline {
         self.best().map_or(f64::INFINITY, |k| k.offset_sd(at))
     }
 
-    pub fn wander(&self) -> f64 {
-        self.best().map_or(MIN_WANDER, Kalman::wander)
+    /// Standard deviation of the rate estimate (fraction).
+    pub fn rate_sd(&self) -> f64 {
+        self.best().map_or(f64::INFINITY, Kalman::rate_sd)
     }
 
     pub fn poll_interval(&self, min: i8, max: i8, ratio: f64) -> i8 {
@@ -182,9 +183,11 @@ impl Kalman {
         let (k0, k1) = (p00 / s, p10 / s);
         self.x[0] += k0 * nu;
         self.x[1] += k1 * nu;
+        // Symmetric, with a non-negative diagonal, whatever rounding does.
+        let cross = (1.0 - k0) * p01;
         self.p = [
-            [(1.0 - k0) * p00, (1.0 - k0) * p01],
-            [p10 - k1 * p00, p11 - k1 * p01],
+            [((1.0 - k0) * p00).max(0.0), cross],
+            [cross, (p11 - k1 * p01).max(0.0)],
         ];
         self.typical_variance = if self.typical_variance.is_finite() {
             1.0 / (0.9 / self.typical_variance + 0.1 / variance)
@@ -215,10 +218,6 @@ impl Kalman {
 
     pub fn rate_sd(&self) -> f64 {
         self.p[1][1].sqrt()
-    }
-
-    pub fn wander(&self) -> f64 {
-        self.wander
     }
 
     /// The longest interval (log2 seconds, within the bounds) over which the clock's

@@ -104,10 +104,6 @@ impl SourceFilter {
         self.samples.iter()
     }
 
-    pub fn latest(&self) -> Option<&FilteredSample> {
-        self.samples.back()
-    }
-
     /// The sample that bounds the source's offset most tightly now, with that bound
     /// (RFC 5905's clock filter: delay/2 + server distance, growing with age).
     pub fn best(&self, now: f64) -> Option<(FilteredSample, f64)> {
@@ -115,11 +111,6 @@ impl SourceFilter {
             .iter()
             .map(|s| (*s, bound(s, now)))
             .min_by(|a, b| a.1.total_cmp(&b.1))
-    }
-
-    pub fn clear(&mut self) {
-        self.samples.clear();
-        self.delays.clear();
     }
 }
 

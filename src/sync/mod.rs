@@ -86,8 +86,19 @@ const OUTLIER_RUN: u32 = 3;
 /// Seconds after start during which the first correction waits for a majority of all
 /// configured sources.
 const STARTUP_GRACE: f64 = 300.0;
+/// Maximum poll intervals without an update before the clock counts as
+/// unsynchronized.
+pub const HOLDOVER_POLLS: f64 = 16.0;
 /// Frequency uncertainty with a drift file, fraction.
 const DRIFT_FILE_SD: f64 = 5e-6;
+
+/// How well the frequency is known before any measurement, as a fraction.
+fn initial_rate_sd(config: &SyncConfig) -> f64 {
+    match config.initial_frequency_ppm {
+        Some(_) => DRIFT_FILE_SD,
+        None => config.max_frequency_ppm * 1e-6,
+    }
+}
 
 /// Handle for a source registered with the engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -142,6 +153,10 @@ pub struct SyncEngine {
     stepped_total: f64,
     frequency_ppm: f64,
     synchronized: bool,
+    /// Whether the clock was ever synchronized (a start-up step happens only before).
+    ever_synchronized: bool,
+    /// The slew the clock still had to apply when the current sample arrived.
+    pending_slew: f64,
     last_update: Option<f64>,
     created: f64,
     leap: Leap,
@@ -151,14 +166,18 @@ pub struct SyncEngine {
 }
 
 impl SyncEngine {
-    pub fn new(config: SyncConfig, now: f64) -> Self {
-        let (frequency_ppm, rate_sd) = match config.initial_frequency_ppm {
-            Some(ppm) => (
-                ppm.clamp(-config.max_frequency_ppm, config.max_frequency_ppm),
-                DRIFT_FILE_SD,
-            ),
-            None => (0.0, config.max_frequency_ppm * 1e-6),
-        };
+    pub fn new(mut config: SyncConfig, now: f64) -> Self {
+        let limit = config.max_frequency_ppm;
+        if !(limit.is_finite() && limit > 0.0) {
+            config.max_frequency_ppm = SyncConfig::default().max_frequency_ppm;
+        }
+        let frequency_ppm = config
+            .initial_frequency_ppm
+            .filter(|ppm| ppm.is_finite())
+            .map_or(0.0, |ppm| {
+                ppm.clamp(-config.max_frequency_ppm, config.max_frequency_ppm)
+            });
+        let rate_sd = initial_rate_sd(&config);
         let mut commands = VecDeque::new();
         commands.push_back(ClockCommand::SetFrequency { ppm: frequency_ppm });
         commands.push_back(ClockCommand::SetStatus {
@@ -176,6 +195,8 @@ impl SyncEngine {
             stepped_total: 0.0,
             frequency_ppm,
             synchronized: false,
+            ever_synchronized: false,
+            pending_slew: 0.0,
             last_update: None,
             created: now,
             leap: Leap::NoWarning,
@@ -231,7 +252,7 @@ impl SyncEngine {
         now: f64,
         pending_slew: f64,
     ) -> Result<(), Ignored> {
-        let config = self.config.clone();
+        let panic_threshold = self.config.panic_threshold;
         let source = self.sources.get_mut(id.0).ok_or(Ignored::UnknownSource)?;
         if let Some(reason) = sample.unusable_reason() {
             return Err(Ignored::Unusable(reason));
@@ -239,23 +260,29 @@ impl SyncEngine {
         if source.requires_authentication && sample.authenticated == Authenticated::No {
             return Err(Ignored::NotAuthenticated);
         }
-        if !(sample.offset.is_finite() && sample.delay.is_finite() && pending_slew.is_finite()) {
+        let numbers = [sample.offset, sample.delay, pending_slew, now];
+        if !numbers.iter().all(|n| n.is_finite()) {
             return Err(Ignored::NotFinite);
+        }
+        let precision = 2f64.powi(i32::from(sample.precision.clamp(-30, 0)));
+        // A round trip shorter than nothing: the server's timestamps are wrong.
+        if sample.delay < -2.0 * precision {
+            return Err(Ignored::Unusable("negative round-trip delay"));
         }
         // The clock will still move by the pending slew: count it as done.
         let offset = sample.offset - pending_slew;
-        if offset.abs() > config.panic_threshold {
+        if offset.abs() > panic_threshold {
             return Err(Ignored::BeyondPanicThreshold);
         }
-        let precision = 2f64.powi(i32::from(sample.precision.clamp(-30, 0)));
         let server_distance = sample.root_delay / 2.0 + sample.root_dispersion + precision;
         let filtered = source.filter.add(
             now,
             offset + self.corrected_total,
-            sample.delay,
+            sample.delay.max(precision),
             server_distance,
             precision,
         );
+        self.pending_slew = pending_slew;
         source.last = Some(*sample);
         source.reachable = true;
 
@@ -280,16 +307,34 @@ impl SyncEngine {
                 source.selected = true;
             }
         }
-        if !truechimers.contains(&id.0) {
+        self.choose_reference(&truechimers, now);
+        // Only the reference steers: sources differ by their paths' asymmetries, and
+        // mixing them would turn those biases into apparent frequency changes.
+        if self.reference != Some(id.0) {
             return Ok(());
         }
         if self.synchronized {
-            self.track(id.0, &filtered, now, truechimers.len());
+            self.track(id.0, &filtered, now, majority);
         } else {
-            self.start(&truechimers, now);
+            self.start(id.0, majority, now);
         }
         self.after_update(&truechimers, now);
         Ok(())
+    }
+
+    /// Keeps the reference while it agrees with the majority (switching costs a jump
+    /// by the difference of two paths' biases); otherwise takes the agreeing source
+    /// with the tightest bound.
+    fn choose_reference(&mut self, truechimers: &[usize], now: f64) {
+        if self.reference.is_some_and(|r| truechimers.contains(&r)) {
+            return;
+        }
+        self.reference = truechimers
+            .iter()
+            .copied()
+            .filter_map(|i| Some((i, self.sources.get(i)?.filter.best(now)?.1)))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(i, _)| i);
     }
 
     /// Runs selection over the reachable sources; returns the truechimers (and clears
@@ -297,6 +342,10 @@ impl SyncEngine {
     fn select(&mut self, now: f64) -> Option<Vec<usize>> {
         let mut indices = Vec::new();
         let mut candidates = Vec::new();
+        // Samples of different ages are compared at `now`: each moves by the estimated
+        // rate, and its bound grows by how uncertain that rate is.
+        let (_, rate) = self.kalman.estimate(now);
+        let rate_sd = self.kalman.rate_sd();
         for (i, source) in self.sources.iter().enumerate() {
             // Every source heard from counts towards the majority, even before it has
             // enough samples to be used itself.
@@ -304,10 +353,11 @@ impl SyncEngine {
                 continue;
             }
             if let Some((best, bound)) = source.filter.best(now) {
+                let age = (now - best.at).max(0.0);
                 indices.push(i);
                 candidates.push(Candidate {
-                    offset: best.normalized_offset - self.corrected_total,
-                    bound,
+                    offset: best.normalized_offset - self.corrected_total + rate * age,
+                    bound: bound + rate_sd * age,
                 });
             }
         }
@@ -323,33 +373,35 @@ impl SyncEngine {
         Some(truechimers)
     }
 
-    /// The first correction: the agreeing sources' histories, in order, through a fresh
-    /// filter (frequency and offset together), then one step or slew.
-    fn start(&mut self, truechimers: &[usize], now: f64) {
-        let mut history: Vec<FilteredSample> = truechimers
-            .iter()
-            .filter_map(|&i| self.sources.get(i))
-            .flat_map(|s| s.filter.samples().copied())
-            .collect();
-        history.sort_by(|a, b| a.at.total_cmp(&b.at));
-        let rate_sd = match self.config.initial_frequency_ppm {
-            Some(_) => DRIFT_FILE_SD,
-            None => self.config.max_frequency_ppm * 1e-6,
-        };
+    /// The first correction (and the first after losing synchronization): the
+    /// reference's history through a fresh filter (frequency and offset together), then
+    /// one step or slew.
+    fn start(&mut self, reference: usize, majority: bool, now: f64) {
+        let history: Vec<FilteredSample> = self
+            .sources
+            .get(reference)
+            .map(|s| s.filter.samples().copied().collect())
+            .unwrap_or_default();
+        let rate_sd = initial_rate_sd(&self.config);
         let mut kalman = Discipline::new(history.first().map_or(now, |s| s.at), rate_sd);
         for s in &history {
             kalman.update(s.at, s.normalized_offset - self.corrected_total, s.variance);
         }
         self.kalman = kalman;
         let (offset, rate) = self.kalman.estimate(now);
-        let majority = 2 * truechimers.len() > self.sources.len();
-        let may_step = self.config.steps != StepPolicy::Never && majority;
+        let may_step = majority
+            && match self.config.steps {
+                StepPolicy::Always => true,
+                StepPolicy::Startup => !self.ever_synchronized,
+                StepPolicy::Never => false,
+            };
         self.correct(offset, rate, may_step, now);
         self.synchronized = true;
+        self.ever_synchronized = true;
     }
 
     /// Every later sample from an agreeing source: one filter update and a correction.
-    fn track(&mut self, index: usize, sample: &FilteredSample, now: f64, agreeing: usize) {
+    fn track(&mut self, index: usize, sample: &FilteredSample, now: f64, majority: bool) {
         let Some(source) = self.sources.get_mut(index) else {
             return;
         };
@@ -366,7 +418,6 @@ impl SyncEngine {
         source.outliers = 0;
         self.kalman.update(sample.at, offset, sample.variance);
         let (offset, rate) = self.kalman.estimate(now);
-        let majority = 2 * agreeing > self.sources.len();
         let may_step = self.config.steps == StepPolicy::Always && majority;
         self.correct(offset, rate, may_step, now);
     }
@@ -380,16 +431,14 @@ impl SyncEngine {
             && offset.abs() > self.config.step_threshold
             && self.stepped_total + offset.abs() <= self.config.panic_threshold;
         if step {
+            // The slew in progress goes on: the offset was measured as if it were done.
             self.stepped_total += offset.abs();
             self.commands.push_back(ClockCommand::Step { offset });
-            self.commands.push_back(ClockCommand::Slew {
-                offset: 0.0,
-                duration: 0.0,
-            });
         } else {
+            // A slew replaces the one in progress, so it carries what that one had left.
             let interval = 2f64.powi(i32::from(self.poll));
             self.commands.push_back(ClockCommand::Slew {
-                offset,
+                offset: offset + self.pending_slew,
                 duration: interval * SLEW_FRACTION,
             });
         }
@@ -407,12 +456,6 @@ impl SyncEngine {
         self.poll =
             self.kalman
                 .poll_interval(self.config.min_poll, self.config.max_poll, POLL_RATIO);
-        self.reference = truechimers
-            .iter()
-            .copied()
-            .filter_map(|i| Some((i, self.sources.get(i)?.filter.best(now)?.1)))
-            .min_by(|a, b| a.1.total_cmp(&b.1))
-            .map(|(i, _)| i);
         // Leap warnings: only when most agreeing sources announce the same one.
         let votes = |leap: Leap| {
             truechimers
@@ -460,6 +503,21 @@ impl SyncEngine {
         self.kalman.reset_offset();
     }
 
+    /// Time passes without samples: after [`HOLDOVER_POLLS`] maximum poll intervals
+    /// without an update the clock counts as unsynchronized again (and says so), and
+    /// the next correction starts afresh (without a step, under the default policy).
+    pub fn handle_timeout(&mut self, now: f64) {
+        let limit = HOLDOVER_POLLS * 2f64.powi(i32::from(self.config.max_poll));
+        if self.synchronized && self.last_update.is_some_and(|t| now - t > limit) {
+            self.synchronized = false;
+            self.commands.push_back(ClockCommand::SetStatus {
+                synchronized: false,
+                estimated_error: 16.0,
+                max_error: 16.0,
+            });
+        }
+    }
+
     /// The next command for the clock, if any.
     pub fn poll_command(&mut self) -> Option<ClockCommand> {
         self.commands.pop_front()
@@ -477,10 +535,6 @@ impl SyncEngine {
     /// The frequency correction in force, ppm (for the drift file).
     pub fn frequency_ppm(&self) -> f64 {
         self.frequency_ppm
-    }
-
-    pub fn wander(&self) -> f64 {
-        self.kalman.wander()
     }
 
     fn root_distance(&self, now: f64) -> f64 {
@@ -703,6 +757,87 @@ mod tests {
         let applied = commands(&mut engine);
         assert!(steps(&applied).is_empty(), "{applied:?}");
         assert!(engine.is_synchronized());
+    }
+
+    /// After a long silence the clock is unsynchronized again (and says so), and the
+    /// correction that follows is slewed: the start-up step happens once.
+    #[test]
+    fn holdover_ends_in_unsynchronized_and_no_second_step() {
+        let (mut engine, ids) = engine(1);
+        let _ = engine.handle_sample(ids[0], &sample(0.5, 0.001), 0.0, 0.0);
+        let _ = engine.handle_sample(ids[0], &sample(0.5, 0.001), 64.0, 0.0);
+        assert_eq!(steps(&commands(&mut engine)), vec![0.5]);
+        engine.handle_timeout(64.0 + HOLDOVER_POLLS * 1024.0 + 1.0);
+        assert!(!engine.is_synchronized());
+        assert!(commands(&mut engine).iter().any(|c| matches!(
+            c,
+            ClockCommand::SetStatus {
+                synchronized: false,
+                ..
+            }
+        )));
+        let later = 64.0 + HOLDOVER_POLLS * 1024.0 + 10.0;
+        let _ = engine.handle_sample(ids[0], &sample(0.5, 0.001), later, 0.0);
+        let _ = engine.handle_sample(ids[0], &sample(0.5, 0.001), later + 64.0, 0.0);
+        assert!(engine.is_synchronized());
+        assert!(steps(&commands(&mut engine)).is_empty());
+    }
+
+    /// A negative round trip means the server's timestamps are wrong.
+    #[test]
+    fn negative_delay_is_unusable() {
+        let (mut engine, ids) = engine(1);
+        assert_eq!(
+            engine.handle_sample(ids[0], &sample(0.0, -0.01), 0.0, 0.0),
+            Err(Ignored::Unusable("negative round-trip delay"))
+        );
+        assert_eq!(
+            engine.handle_sample(ids[0], &sample(0.0, 0.001), f64::INFINITY, 0.0),
+            Err(Ignored::NotFinite)
+        );
+    }
+
+    /// Perfect sources polled every `interval` at the given phases (seconds into each
+    /// interval) steer a model clock; returns its error at the end.
+    fn drive(start_offset: f64, f0: f64, phases: &[f64], interval: f64, intervals: u32) -> f64 {
+        use crate::clock::model::ClockModel;
+        let (mut engine, ids) = engine(phases.len());
+        let mut clock = ClockModel::new(start_offset, f0);
+        let mut events: Vec<(f64, SourceId)> = (0..intervals)
+            .flat_map(|k| {
+                ids.iter()
+                    .zip(phases)
+                    .map(move |(id, p)| (f64::from(k) * interval + p, *id))
+            })
+            .collect();
+        events.sort_by(|a, b| a.0.total_cmp(&b.0));
+        for (t, id) in events {
+            let pending = clock.status(t).pending_slew;
+            let _ = engine.handle_sample(id, &sample(-clock.phase(t), 0.001), t, pending);
+            while let Some(command) = engine.poll_command() {
+                clock.apply(t, command);
+            }
+        }
+        clock.phase(f64::from(intervals) * interval)
+    }
+
+    /// A new slew replaces the one in progress: it must carry what that one had left,
+    /// or a sample arriving mid-slew cancels the rest of the correction.
+    #[test]
+    fn a_slew_in_progress_is_not_cancelled_by_the_next_correction() {
+        // Slews take a 16th of the 64 s poll interval; samples come every second.
+        let error = drive(0.05, 0.0, &[0.0], 1.0, 20);
+        assert!(error.abs() < 1e-3, "{error}");
+        let error = drive(0.05, 0.0, &[0.0, 0.001, 0.002], 64.0, 4);
+        assert!(error.abs() < 1e-3, "{error}");
+    }
+
+    /// Samples taken at different times are compared with the clock's drift allowed
+    /// for: a clock 100 ms off and 100 ppm fast still finds its majority.
+    #[test]
+    fn sources_polled_apart_agree_despite_the_drift_between_them() {
+        let error = drive(0.1, 100e-6, &[0.0, 20.0, 40.0], 64.0, 12);
+        assert!(error.abs() < 1e-3, "{error}");
     }
 
     /// Leap warnings are passed on only when most selected sources announce one.

@@ -53,6 +53,7 @@ pub fn select(candidates: &[Candidate], min_agree: usize) -> Option<Selection> {
     let truechimers = candidates
         .iter()
         .enumerate()
+        .filter(|(_, c)| c.offset.is_finite() && c.bound.is_finite())
         .filter(|(_, c)| c.offset - c.bound <= high && c.offset + c.bound >= low)
         .map(|(i, _)| i)
         .collect();
