@@ -37,6 +37,12 @@ enum Command {
     Demo,
     /// Run a simulated scenario (or `all`) and print its metrics.
     Sim(SimArgs),
+    /// Internal: the privileged clock process `ntimed run` starts as root.
+    #[command(name = "privsep-clock", hide = true)]
+    PrivsepClock(crate::privsep::ChildArgs),
+    /// Internal: the sandboxed engine `ntimed run` starts as root.
+    #[command(name = "privsep-engine", hide = true)]
+    PrivsepEngine(crate::privsep::ChildArgs),
 }
 
 #[derive(Args)]
@@ -123,13 +129,36 @@ fn parse_seconds(text: &str) -> Result<f64, String> {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
-        Command::Run { .. } => tracing::Level::INFO,
+        Command::Run { .. } | Command::PrivsepClock(_) | Command::PrivsepEngine(_) => {
+            tracing::Level::INFO
+        }
         _ => tracing::Level::WARN,
     };
+    let level = cli.log_level.unwrap_or(default_level);
     tracing_subscriber::fmt()
-        .with_max_level(cli.log_level.unwrap_or(default_level))
+        .with_max_level(level)
         .with_writer(std::io::stderr)
         .init();
+    // These fork, drop privileges or sandbox themselves before any runtime (and its
+    // threads) exists.
+    let early = match cli.command {
+        Command::Run { config } if crate::sys::effective_uid() == 0 => {
+            crate::privsep::supervise(&config, level)
+        }
+        Command::PrivsepClock(args) => crate::privsep::clock_main(args),
+        Command::PrivsepEngine(args) => crate::privsep::engine_main(args),
+        command => return run_in_runtime(command),
+    };
+    match early {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("ntimed: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run_in_runtime(command: Command) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -141,8 +170,11 @@ pub fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match cli.command {
+        match command {
             Command::Run { config } => run(config).await,
+            Command::PrivsepClock(_) | Command::PrivsepEngine(_) => {
+                Err("internal commands run before the runtime".into())
+            }
             Command::Query(args) => run_query(args).await,
             Command::Ke(args) => run_ke(args).await,
             Command::Demo => crate::demo::run().await,
@@ -158,8 +190,23 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// `ntimed run` without root: one process, which can set no clock.
 async fn run(config: PathBuf) -> Result<ExitCode, String> {
     let loaded = Config::load(&config).map_err(|e| e.to_string())?;
+    let mode = loaded.config.clock.as_ref().map(|c| c.get_ref().mode);
+    if mode == Some(crate::config::ClockMode::System) {
+        return Err(format!(
+            "{}: [clock] mode = \"system\" needs ntimed started as root (it then runs the \
+             clock in a separate privileged process); without root, use \"observe\" or \
+             \"simulated\"",
+            config.display()
+        ));
+    }
+    tracing::info!(
+        "running unprivileged in one process{}; started as root, ntimed separates privileges",
+        mode.map(|m| format!(" with the {m:?} clock").to_lowercase())
+            .unwrap_or_default()
+    );
     serve::run(loaded).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -36,6 +36,38 @@ pub struct Config {
     pub clock: Option<Spanned<ClockSection>>,
     #[serde(default, rename = "source")]
     pub sources: Vec<Spanned<SourceSection>>,
+    pub sandbox: Option<SandboxSection>,
+}
+
+/// Who the daemon's processes become when started as root, and where the network
+/// process is jailed. Ignored without root (nothing to drop).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SandboxSection {
+    /// An unprivileged user of its own (`ntimed`).
+    #[serde(default = "default_sandbox_user")]
+    pub user: String,
+    /// The engine's chroot: owned by root, not writable by group or others, nor its
+    /// parent (`/var/lib/ntimed`). `[nts] key-dir` must lie inside it.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+}
+
+impl Default for SandboxSection {
+    fn default() -> Self {
+        Self {
+            user: default_sandbox_user(),
+            state_dir: default_state_dir(),
+        }
+    }
+}
+
+fn default_sandbox_user() -> String {
+    "ntimed".into()
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/ntimed")
 }
 
 /// Which clock the engine steers, and the policy it steers by.

@@ -13,8 +13,10 @@
 //! 4. [`config`] — the TOML configuration, checked completely before anything starts.
 //! 5. [`daemon`] — the tokio shell: sockets, TLS (NTS-KE) and clocks around the
 //!    sans-IO core.
-//! 6. [`cli`] — `ntimed run | query | ke | demo`, kept thin; [`demo`] shows the whole path
-//!    offline.
+//! 6. [`privsep`] — the split of `ntimed run` as root into an engine that cannot set
+//!    the clock and a clock process that obeys policy; [`sys`] holds every syscall.
+//! 7. [`cli`] — `ntimed run | query | ke | demo | sim`, kept thin; [`demo`] shows the
+//!    whole path offline.
 //!
 //! Every packet is parsed and authenticated before it can change any state; that
 //! ordering is the lesson of most NTP CVEs.
@@ -58,6 +60,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod privsep;
 pub mod proto;
 pub mod sim;
 pub mod sync;

@@ -315,3 +315,240 @@ fn apply_adjust(tx: &mut libc::timex, adjust: &KernelAdjust) -> io::Result<Kerne
     let state = adjtimex(tx)?;
     Ok(KernelClock::from_timex(tx, state))
 }
+
+// ---------------------------------------------------------------------------------
+// Processes and privileges (the privilege separation in `crate::privsep`)
+
+/// A local user, as the password database knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Looks `name` up in the password database (`getpwnam_r`): `Ok(None)` if there is no
+/// such user.
+pub fn lookup_user(name: &str) -> io::Result<Option<User>> {
+    let c_name = std::ffi::CString::new(name)
+        .map_err(|_| invalid(format!("user name {name:?} contains a NUL byte")))?;
+    let mut buffer = vec![0u8; 16 * 1024];
+    // SAFETY: passwd is plain old data (integers and pointers), for which all-zero bytes
+    // are a valid value; getpwnam_r fills it in.
+    let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the whole call: a NUL-terminated name, an
+    // exclusively borrowed passwd, a buffer of the length given, and the out pointer.
+    // The strings getpwnam_r points `entry` at live in `buffer`, which we only read
+    // through `entry`'s integers below.
+    let rc = unsafe {
+        libc::getpwnam_r(
+            c_name.as_ptr(),
+            &mut entry,
+            buffer.as_mut_ptr().cast(),
+            buffer.len(),
+            &mut found,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    if found.is_null() {
+        return Ok(None);
+    }
+    Ok(Some(User {
+        name: name.to_string(),
+        uid: entry.pw_uid,
+        gid: entry.pw_gid,
+    }))
+}
+
+/// The effective user id of this process.
+pub fn effective_uid() -> u32 {
+    // SAFETY: geteuid takes nothing, cannot fail and touches no memory.
+    unsafe { libc::geteuid() }
+}
+
+/// Turns a `-1` return into the `errno` it stands for.
+fn check(rc: libc::c_int) -> io::Result<()> {
+    if rc == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Becomes `user` for good: supplementary groups = its group only, then real,
+/// effective and saved gid and uid. Capabilities the caller asked to keep with
+/// [`set_keep_capabilities`] survive in the permitted set only.
+pub fn become_user(user: &User) -> io::Result<()> {
+    let groups = [user.gid as libc::gid_t];
+    // SAFETY: setgroups reads `groups.len()` gids from a valid array.
+    check(unsafe { libc::setgroups(groups.len(), groups.as_ptr()) })?;
+    // SAFETY: setresgid/setresuid take plain integers.
+    check(unsafe { libc::setresgid(user.gid, user.gid, user.gid) })?;
+    // SAFETY: as above.
+    check(unsafe { libc::setresuid(user.uid, user.uid, user.uid) })?;
+    Ok(())
+}
+
+/// One `prctl` option with integer arguments (no pointers cross).
+fn prctl(option: libc::c_int, arg: libc::c_ulong) -> io::Result<()> {
+    // SAFETY: every option used here (below) takes integer arguments only.
+    check(unsafe { libc::prctl(option, arg, 0 as libc::c_ulong, 0 as libc::c_ulong, 0) })
+}
+
+/// `PR_SET_KEEPCAPS`: whether permitted capabilities survive [`become_user`].
+pub fn set_keep_capabilities(keep: bool) -> io::Result<()> {
+    prctl(libc::PR_SET_KEEPCAPS, libc::c_ulong::from(keep))
+}
+
+/// `PR_SET_NO_NEW_PRIVS`: no exec can ever grant privileges again (set-uid binaries,
+/// file capabilities); also what lets an unprivileged process install seccomp filters.
+pub fn set_no_new_privileges() -> io::Result<()> {
+    prctl(libc::PR_SET_NO_NEW_PRIVS, 1)
+}
+
+/// `PR_SET_DUMPABLE` 0: no core dumps of key material, and no ptrace by the same uid.
+pub fn set_not_dumpable() -> io::Result<()> {
+    prctl(libc::PR_SET_DUMPABLE, 0)
+}
+
+/// `PR_SET_PDEATHSIG`: `signal` arrives when the parent dies. The kernel clears it on
+/// credential changes, so this comes after [`become_user`].
+pub fn set_parent_death_signal(signal: libc::c_int) -> io::Result<()> {
+    let signal = libc::c_ulong::try_from(signal).map_err(|_| invalid("signal".into()))?;
+    prctl(libc::PR_SET_PDEATHSIG, signal)
+}
+
+/// A connected `AF_UNIX` `SOCK_SEQPACKET` pair: reliable, ordered, message boundaries
+/// kept (so a short or long frame is seen as such), and end of file when the other
+/// end closes. Both ends are close-on-exec.
+pub fn seqpacket_pair() -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut fds = [-1 as libc::c_int; 2];
+    // SAFETY: socketpair writes two descriptors into a valid two-element array.
+    check(unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    })?;
+    // SAFETY: both descriptors were just created by socketpair and nothing else owns them.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Sets or clears close-on-exec, so that a descriptor is (or is no longer) passed to
+/// the next program this process starts.
+pub fn set_inheritable(fd: std::os::fd::BorrowedFd<'_>, inheritable: bool) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let raw = fd.as_raw_fd();
+    // SAFETY: F_GETFD/F_SETFD on a descriptor the borrow keeps open; integers only.
+    let flags = unsafe { libc::fcntl(raw, libc::F_GETFD) };
+    check(flags)?;
+    let flags = if inheritable {
+        flags & !libc::FD_CLOEXEC
+    } else {
+        flags | libc::FD_CLOEXEC
+    };
+    // SAFETY: as above.
+    check(unsafe { libc::fcntl(raw, libc::F_SETFD, flags) })
+}
+
+/// Descriptors already taken by [`take_inherited_fd`]: each may be owned only once.
+static TAKEN_FDS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+
+/// Takes ownership of descriptor `fd`, inherited from the parent across exec (its
+/// number came on the command line), and makes it close-on-exec. Refuses the standard
+/// streams, descriptors that are not open, and any number taken before.
+pub fn take_inherited_fd(fd: i32) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    if fd <= 2 {
+        return Err(invalid(format!("descriptor {fd} is a standard stream")));
+    }
+    let mut taken = TAKEN_FDS.lock().unwrap_or_else(|p| p.into_inner());
+    if taken.contains(&fd) {
+        return Err(invalid(format!("descriptor {fd} was already taken")));
+    }
+    // SAFETY: F_GETFD only asks whether `fd` is open; no memory is involved.
+    check(unsafe { libc::fcntl(fd, libc::F_GETFD) })
+        .map_err(|e| io::Error::new(e.kind(), format!("descriptor {fd}: {e}")))?;
+    taken.push(fd);
+    // SAFETY: `fd` is open (checked above), was handed to this process by its parent
+    // for exactly this purpose, and TAKEN_FDS guarantees no second owner is made here.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    set_inheritable(std::os::fd::AsFd::as_fd(&owned), false)?;
+    Ok(owned)
+}
+
+/// A set of signals, built from signal numbers.
+fn signal_set(signals: &[libc::c_int]) -> io::Result<libc::sigset_t> {
+    // SAFETY: sigset_t is plain old data; sigemptyset initialises it below.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid, exclusively borrowed sigset_t.
+    check(unsafe { libc::sigemptyset(&mut set) })?;
+    for &signal in signals {
+        // SAFETY: as above; an invalid signal number is refused with EINVAL.
+        check(unsafe { libc::sigaddset(&mut set, signal) })?;
+    }
+    Ok(set)
+}
+
+/// Blocks (`block`) or unblocks `signals` for the calling thread; threads started
+/// later, and programs it execs, inherit the mask.
+pub fn block_signals(signals: &[libc::c_int], block: bool) -> io::Result<()> {
+    let set = signal_set(signals)?;
+    let how = if block {
+        libc::SIG_BLOCK
+    } else {
+        libc::SIG_UNBLOCK
+    };
+    // SAFETY: `set` is initialised; the old mask is not asked for (null).
+    let rc = unsafe { libc::pthread_sigmask(how, &set, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(())
+}
+
+/// Waits up to `timeout` for one of `signals` (which must be blocked) and returns it.
+pub fn wait_for_signal(
+    signals: &[libc::c_int],
+    timeout: std::time::Duration,
+) -> io::Result<Option<libc::c_int>> {
+    let set = signal_set(signals)?;
+    let timeout = libc::timespec {
+        tv_sec: narrow(
+            i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX),
+            "seconds",
+        )?,
+        tv_nsec: narrow(i64::from(timeout.subsec_nanos()), "nanoseconds")?,
+    };
+    // SAFETY: `set` and `timeout` are valid for the call; the siginfo is not asked for.
+    let rc = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &timeout) };
+    if rc >= 0 {
+        return Ok(Some(rc));
+    }
+    match io::Error::last_os_error() {
+        e if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EINTR)) => Ok(None),
+        e => Err(e),
+    }
+}
+
+/// Ignores `signal` (`SIG_IGN`) from now on; inherited across exec.
+pub fn ignore_signal(signal: libc::c_int) -> io::Result<()> {
+    // SAFETY: SIG_IGN installs no handler code, so nothing runs in signal context.
+    if unsafe { libc::signal(signal, libc::SIG_IGN) } == libc::SIG_ERR {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sends `signal` to process `pid`.
+pub fn send_signal(pid: u32, signal: libc::c_int) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| invalid(format!("pid {pid}")))?;
+    // SAFETY: kill takes integers only.
+    check(unsafe { libc::kill(pid, signal) })
+}

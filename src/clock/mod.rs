@@ -52,6 +52,9 @@ pub enum ClockError {
     NotFinite(&'static str),
     #[error("the system refused: {0}")]
     System(String),
+    /// The privileged clock process said no ([`crate::privsep::policy`]).
+    #[error("the clock process refused: {0}")]
+    Refused(String),
 }
 
 /// What the clock reports about itself.
@@ -119,7 +122,13 @@ impl SoftwareClock {
     /// A clock that starts `offset` seconds off the system clock and drifts from it by
     /// `frequency_ppm` until the engine corrects it.
     pub fn simulated(offset: f64, frequency_ppm: f64) -> Self {
-        let started = SystemTime::now();
+        Self::with_epoch(SystemTime::now(), offset, frequency_ppm)
+    }
+
+    /// A simulated clock whose model counts from `started`: the clock process and the
+    /// engine's mirror of it share one, so the same commands applied at the same
+    /// [`Self::elapsed`] give the same clock in both.
+    pub fn with_epoch(started: SystemTime, offset: f64, frequency_ppm: f64) -> Self {
         Self {
             epoch: NtpTimestamp::from_system_time(started),
             started,
@@ -127,7 +136,8 @@ impl SoftwareClock {
         }
     }
 
-    fn elapsed(&self) -> f64 {
+    /// Seconds of system time since the epoch the model counts from.
+    pub fn elapsed(&self) -> f64 {
         // A system clock stepped back before our start reads as time standing still.
         SystemTime::now()
             .duration_since(self.started)
@@ -138,10 +148,23 @@ impl SoftwareClock {
         self.model.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Applies `command` as of `elapsed` seconds after the epoch (see
+    /// [`Self::with_epoch`]); numbers must be finite.
+    pub fn apply_at(&self, elapsed: f64, command: ClockCommand) -> Result<(), ClockError> {
+        check_finite(&command)?;
+        self.model().apply(elapsed, command);
+        Ok(())
+    }
+
     /// How far this clock is from the system clock now, seconds.
     pub fn offset_from_system(&self) -> f64 {
-        let t = self.elapsed();
-        self.model().phase(t)
+        self.offset_at(self.elapsed())
+    }
+
+    /// How far this clock is (or was) from the system clock `elapsed` seconds after
+    /// its epoch, given the commands applied so far.
+    pub fn offset_at(&self, elapsed: f64) -> f64 {
+        self.model().phase(elapsed)
     }
 }
 
@@ -153,10 +176,7 @@ impl Clock for SoftwareClock {
     }
 
     fn apply(&self, command: ClockCommand) -> Result<(), ClockError> {
-        check_finite(&command)?;
-        let t = self.elapsed();
-        self.model().apply(t, command);
-        Ok(())
+        self.apply_at(self.elapsed(), command)
     }
 
     fn status(&self) -> ClockStatus {

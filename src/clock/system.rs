@@ -31,6 +31,12 @@ impl SystemClock {
         Self::default()
     }
 
+    /// Counts a step applied elsewhere (by the clock process, for the engine's
+    /// read-only view of the kernel clock).
+    pub fn record_step(&self) {
+        self.steps.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Everything `adjtimex` reports, for diagnostics. Read-only, needs no privilege.
     pub fn read_kernel() -> io::Result<KernelClock> {
         sys::adjtimex_read()

@@ -105,6 +105,8 @@ pub fn reference_id(address: SocketAddr) -> ReferenceId {
 pub fn read_drift_file(path: &std::path::Path, limit: f64) -> Option<f64> {
     let text = std::fs::read_to_string(path).ok()?;
     match text.trim().parse::<f64>() {
+        // Just created (by the clock process, before the first save).
+        _ if text.trim().is_empty() => None,
         Ok(ppm) if ppm.is_finite() && ppm.abs() <= limit => Some(ppm),
         _ => {
             tracing::warn!("{}: not a frequency in ppm; ignored", path.display());

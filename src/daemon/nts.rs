@@ -481,7 +481,21 @@ pub async fn start_ke_server(
     endpoint: NtpEndpoint,
     limits: KeLimits,
 ) -> std::io::Result<RunningKeServer> {
-    let listener = TcpListener::bind(listen).await?;
+    let listener = std::net::TcpListener::bind(listen)?;
+    start_ke_server_on(listener, tls, cookie_keys, endpoint, limits)
+}
+
+/// [`start_ke_server`] on a listener bound already (by the supervisor, before
+/// privileges were dropped). Must be called within the runtime.
+pub fn start_ke_server_on(
+    listener: std::net::TcpListener,
+    tls: Arc<ServerConfig>,
+    cookie_keys: SharedCookieKeys,
+    endpoint: NtpEndpoint,
+    limits: KeLimits,
+) -> std::io::Result<RunningKeServer> {
+    listener.set_nonblocking(true)?;
+    let listener = TcpListener::from_std(listener)?;
     let local_addr = listener.local_addr()?;
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let in_flight = Arc::new(std::sync::Mutex::new(InFlight::default()));
@@ -622,6 +636,11 @@ pub fn load_cookie_keys(
         (None, Some(dir)) => {
             ensure_private_dir(dir)?;
             let file = dir.join(COOKIE_KEY_FILE);
+            // Read as root before privileges are dropped, from a directory the
+            // unprivileged user owns: never through a link it may have planted.
+            if std::fs::symlink_metadata(&file).is_ok_and(|m| !m.is_file()) {
+                return Err(format!("{}: not a regular file", file.display()));
+            }
             let persisted = if file.exists() {
                 let bytes = crate::auth::keys::read_private_file(&file, 1 << 20)
                     .map_err(|e| format!("{}: {e}", file.display()))?;

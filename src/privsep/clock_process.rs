@@ -1,0 +1,286 @@
+//! The privileged side: a loop that reads one frame, checks it, asks the policy, applies
+//! the command to the clock it holds and answers. Blocking and single-threaded; it
+//! never allocates per frame beyond a log line.
+//!
+//! A malformed frame ends the loop with an error (the process then exits and the
+//! supervisor stops everything): it can only come from an engine that is no longer
+//! running our code. A command the policy refuses is answered with the reason and
+//! logged; the engine carries on.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::os::unix::net::UnixDatagram;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::ipc::{self, FRAME_LEN, Refusal, Reply};
+use super::policy::Policy;
+use crate::clock::system::SystemClock;
+use crate::clock::{Clock, ClockCommand, SoftwareClock};
+
+/// How long a receive waits before the loop looks at the drift file.
+const IDLE_WAKE: Duration = Duration::from_secs(60);
+/// How often the frequency is saved while synchronized.
+const DRIFT_SAVE: Duration = Duration::from_secs(3600);
+/// Larger than a frame, so that a long one is seen as long rather than cut to size.
+const RECEIVE_BUFFER: usize = 2 * FRAME_LEN;
+
+/// The clock this process steers.
+pub enum HeldClock {
+    /// No `[clock]`: every command is refused by policy.
+    None,
+    /// `observe` or `simulated`: a software clock the engine mirrors.
+    Software(SoftwareClock),
+    /// The kernel clock.
+    System(SystemClock),
+}
+
+impl HeldClock {
+    /// Applies `command`, returning the instant the engine's mirror must apply it at.
+    fn apply(&self, command: ClockCommand) -> Result<f64, String> {
+        match self {
+            Self::None => Err("no clock".into()),
+            Self::Software(clock) => {
+                let at = clock.elapsed();
+                clock.apply_at(at, command).map_err(|e| e.to_string())?;
+                Ok(at)
+            }
+            Self::System(clock) => clock
+                .apply(command)
+                .map(|()| 0.0)
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// The drift file, opened before privileges were dropped; rewritten in place.
+pub struct DriftFile {
+    file: File,
+    frequency_ppm: Option<f64>,
+    synchronized: bool,
+    next_save: Instant,
+}
+
+impl DriftFile {
+    pub fn new(file: File) -> Self {
+        Self {
+            file,
+            frequency_ppm: None,
+            synchronized: false,
+            next_save: Instant::now() + DRIFT_SAVE,
+        }
+    }
+
+    fn note(&mut self, command: &ClockCommand) {
+        match *command {
+            ClockCommand::SetFrequency { ppm } => self.frequency_ppm = Some(ppm),
+            ClockCommand::SetStatus { synchronized, .. } => self.synchronized = synchronized,
+            _ => {}
+        }
+    }
+
+    /// Saves the frequency if the clock is synchronized (and, unless `now`, an hour
+    /// has passed since the last save).
+    fn save(&mut self, now: bool) {
+        let (Some(ppm), true) = (self.frequency_ppm, self.synchronized) else {
+            return;
+        };
+        if !now && Instant::now() < self.next_save {
+            return;
+        }
+        self.next_save = Instant::now() + DRIFT_SAVE;
+        let text = format!("{ppm:.6}\n");
+        let written = self
+            .file
+            .write_all_at(text.as_bytes(), 0)
+            .and_then(|()| self.file.set_len(text.len() as u64))
+            .and_then(|()| self.file.sync_data());
+        if let Err(e) = written {
+            tracing::warn!("cannot save the drift file: {e}");
+        }
+    }
+}
+
+/// Why the loop ended badly.
+#[derive(Debug, thiserror::Error)]
+pub enum Fatal {
+    #[error("malformed frame from the engine: {0}")]
+    Malformed(#[from] ipc::FrameError),
+    #[error("IPC: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Serves the engine on `link` until it closes its end (`Ok`) or sends something
+/// malformed (`Err`). `applied` hears of every command applied, for the log.
+pub fn serve(
+    link: &UnixDatagram,
+    clock: &HeldClock,
+    policy: &mut Policy,
+    mut drift: Option<&mut DriftFile>,
+) -> Result<(), Fatal> {
+    link.set_read_timeout(Some(IDLE_WAKE))?;
+    let started = Instant::now();
+    let mut buffer = [0u8; RECEIVE_BUFFER];
+    loop {
+        let len = match link.recv(&mut buffer) {
+            Ok(0) => break,
+            Ok(len) => len,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                if let Some(d) = drift.as_deref_mut() {
+                    d.save(false);
+                }
+                continue;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let command = ipc::decode_command(buffer.get(..len).unwrap_or_default())?;
+        let now = started.elapsed().as_secs_f64();
+        let unix_time = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        let reply = match policy.check(&command, now, unix_time) {
+            Err(why) => {
+                tracing::warn!("refused {command:?}: {why}");
+                Reply::Refused(why)
+            }
+            Ok(()) => match clock.apply(command) {
+                Ok(at) => {
+                    // Steps and leap seconds are rare and matter; the rest is routine.
+                    if matches!(
+                        command,
+                        ClockCommand::Step { .. } | ClockCommand::SetLeap(_)
+                    ) {
+                        tracing::info!("applied {command:?}");
+                    } else {
+                        tracing::debug!("applied {command:?}");
+                    }
+                    policy.applied(&command);
+                    if let Some(d) = drift.as_deref_mut() {
+                        d.note(&command);
+                        d.save(false);
+                    }
+                    Reply::Applied { at }
+                }
+                Err(e) => {
+                    tracing::warn!("the clock refused {command:?}: {e}");
+                    Reply::Refused(Refusal::System)
+                }
+            },
+        };
+        link.send(&ipc::encode_reply(&reply))?;
+    }
+    if let Some(d) = drift {
+        d.save(true);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::policy::PolicyConfig;
+    use super::*;
+    use crate::sync::StepPolicy;
+    use crate::wire::Leap;
+
+    fn pair() -> (UnixDatagram, UnixDatagram) {
+        let (a, b) = crate::sys::seqpacket_pair().unwrap();
+        (UnixDatagram::from(a), UnixDatagram::from(b))
+    }
+
+    fn policy() -> Policy {
+        Policy::new(
+            PolicyConfig {
+                clock_configured: true,
+                steps: StepPolicy::Startup,
+                panic_threshold: 1000.0,
+                max_frequency: 500.0,
+            },
+            0.0,
+        )
+    }
+
+    /// Runs the loop on a thread, sends `frames`, and returns the replies and how the
+    /// loop ended, with the clock it held.
+    fn exchange(frames: Vec<Vec<u8>>) -> (Vec<Reply>, Result<(), String>, HeldClock) {
+        let (engine, clock_end) = pair();
+        let handle = std::thread::spawn(move || {
+            let clock = HeldClock::Software(SoftwareClock::simulated(0.0, 0.0));
+            let result = serve(&clock_end, &clock, &mut policy(), None).map_err(|e| e.to_string());
+            (result, clock)
+        });
+        let mut replies = Vec::new();
+        for frame in frames {
+            engine.send(&frame).unwrap();
+            let mut buf = [0u8; 64];
+            match engine.recv(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => replies.push(ipc::decode_reply(&buf[..n]).unwrap()),
+            }
+        }
+        drop(engine);
+        let (result, clock) = handle.join().unwrap();
+        (replies, result, clock)
+    }
+
+    fn status(clock: &HeldClock) -> crate::clock::ClockStatus {
+        match clock {
+            HeldClock::Software(c) => c.status(),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn commands_within_policy_are_applied_and_an_hour_step_is_refused() {
+        let frames = [
+            ClockCommand::SetFrequency { ppm: 12.0 },
+            ClockCommand::Step { offset: 3600.0 },
+            ClockCommand::Step { offset: 0.25 },
+            ClockCommand::Step { offset: 3600.0 },
+        ]
+        .iter()
+        .map(|c| ipc::encode_command(c).to_vec())
+        .collect();
+        let (replies, result, clock) = exchange(frames);
+        assert!(result.is_ok());
+        assert!(matches!(replies[0], Reply::Applied { .. }));
+        assert_eq!(replies[1], Reply::Refused(Refusal::StepTooLarge));
+        assert!(matches!(replies[2], Reply::Applied { .. }));
+        assert_eq!(replies[3], Reply::Refused(Refusal::StartupOver));
+        let s = status(&clock);
+        assert_eq!((s.steps, s.frequency_ppm), (1, 12.0));
+    }
+
+    /// ADVERSARIAL 27: short, long, unknown, NaN, out of range: the loop ends with an
+    /// error at the first one, and nothing in that frame (or after it) is applied.
+    #[test]
+    fn a_malformed_frame_ends_the_loop_and_nothing_is_applied() {
+        let step = ipc::encode_command(&ClockCommand::Step { offset: 0.5 });
+        let mut unknown = step;
+        unknown[0] = 42;
+        let mut nan = step;
+        nan[8..16].copy_from_slice(&f64::NAN.to_be_bytes());
+        let mut bad_leap = ipc::encode_command(&ClockCommand::SetLeap(Leap::NoWarning));
+        bad_leap[1] = 7;
+        let far = ipc::encode_command(&ClockCommand::SetFrequency { ppm: 2e6 });
+        for hostile in [
+            step[..31].to_vec(),
+            [step.as_slice(), &[0]].concat(),
+            unknown.to_vec(),
+            nan.to_vec(),
+            bad_leap.to_vec(),
+            far.to_vec(),
+            vec![0xff; 4096],
+        ] {
+            let (replies, result, clock) = exchange(vec![hostile.clone(), step.to_vec()]);
+            assert!(replies.is_empty(), "{hostile:?} got {replies:?}");
+            assert!(result.unwrap_err().contains("malformed"));
+            assert_eq!(status(&clock).steps, 0);
+        }
+    }
+}

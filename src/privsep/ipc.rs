@@ -1,0 +1,424 @@
+//! The messages between the engine and the clock process: one fixed 32-byte frame per
+//! message, in both directions, over a `SOCK_SEQPACKET` pair (so a frame arrives whole
+//! or not at all, and a short or long one is seen as such).
+//!
+//! ```text
+//! request (engine → clock)              reply (clock → engine)
+//!  0     kind                            0     kind: 1 applied, 2 refused
+//!  1     flag: leap 0–3 / synchronized   1     refusal code (refused), else 0
+//!  2..8  zero                            2..8  zero
+//!  8..16 a: f64, big-endian              8..16 at: f64, seconds since the epoch the
+//! 16..24 b: f64, big-endian                    command was applied at (applied)
+//! 24..32 zero                           16..32 zero
+//! ```
+//!
+//! Decoding is strict, because a frame that is not exactly what the engine would send
+//! means the engine is no longer the engine: any malformed request is fatal for the
+//! clock process (ADVERSARIAL 27). Numbers must be finite and within coarse bounds here;
+//! the policy ([`super::policy`]) applies the real limits.
+
+use crate::clock::ClockCommand;
+use crate::wire::Leap;
+use crate::wire::reader::Reader;
+
+pub const FRAME_LEN: usize = 32;
+pub type Frame = [u8; FRAME_LEN];
+
+/// Coarse bounds, far beyond anything the policy allows: they only keep absurd numbers
+/// out of clock arithmetic.
+const MAX_OFFSET: f64 = 1e9;
+const MAX_DURATION: f64 = 1e7;
+const MAX_PPM: f64 = 1e6;
+const MAX_ERROR: f64 = 1e9;
+
+mod kind {
+    pub const STEP: u8 = 1;
+    pub const SLEW: u8 = 2;
+    pub const SET_FREQUENCY: u8 = 3;
+    pub const SET_LEAP: u8 = 4;
+    pub const SET_STATUS: u8 = 5;
+    pub const APPLIED: u8 = 1;
+    pub const REFUSED: u8 = 2;
+}
+
+/// Why a frame was rejected; each names the field at fault.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame of {0} bytes, not {FRAME_LEN}")]
+    Length(usize),
+    #[error("unknown message kind {0}")]
+    UnknownKind(u8),
+    #[error("reserved byte {0} is not zero")]
+    Reserved(usize),
+    #[error("flag {value} is not valid for {field}")]
+    Flag { field: &'static str, value: u8 },
+    #[error("{field} is {value}, outside its bounds")]
+    OutOfRange { field: &'static str, value: f64 },
+}
+
+/// Why the clock process did not apply a command. Unknown codes are kept, not
+/// rejected: a newer clock process may know more reasons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("steps are not allowed by policy")]
+    StepsNotAllowed,
+    #[error("the start-up step is over (one step, before the first slew)")]
+    StartupOver,
+    #[error("the step is beyond the panic threshold")]
+    StepTooLarge,
+    #[error("steps would add up to more than the panic threshold")]
+    StepBudgetSpent,
+    #[error("the slew is larger than policy allows")]
+    SlewTooLarge,
+    #[error("the frequency is beyond the maximum frequency")]
+    FrequencyTooLarge,
+    #[error("a leap second can only be announced on the last day of a month")]
+    LeapNotAtMonthEnd,
+    #[error("too many commands in too short a time")]
+    RateLimited,
+    #[error("no clock is steered ([clock] is not configured)")]
+    NoClock,
+    #[error("the kernel refused the change")]
+    System,
+    #[error("refusal code {0}")]
+    Unknown(u8),
+}
+
+impl Refusal {
+    fn code(self) -> u8 {
+        match self {
+            Self::StepsNotAllowed => 1,
+            Self::StartupOver => 2,
+            Self::StepTooLarge => 3,
+            Self::StepBudgetSpent => 4,
+            Self::SlewTooLarge => 5,
+            Self::FrequencyTooLarge => 6,
+            Self::LeapNotAtMonthEnd => 7,
+            Self::RateLimited => 8,
+            Self::NoClock => 9,
+            Self::System => 10,
+            Self::Unknown(code) => code,
+        }
+    }
+
+    fn from_code(code: u8) -> Self {
+        match code {
+            1 => Self::StepsNotAllowed,
+            2 => Self::StartupOver,
+            3 => Self::StepTooLarge,
+            4 => Self::StepBudgetSpent,
+            5 => Self::SlewTooLarge,
+            6 => Self::FrequencyTooLarge,
+            7 => Self::LeapNotAtMonthEnd,
+            8 => Self::RateLimited,
+            9 => Self::NoClock,
+            10 => Self::System,
+            other => Self::Unknown(other),
+        }
+    }
+}
+
+/// The clock process's answer to one command.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Reply {
+    /// Applied at `at` seconds since the shared epoch (the engine's mirror of a
+    /// software clock applies it at the same instant, and so stays exact).
+    Applied {
+        at: f64,
+    },
+    Refused(Refusal),
+}
+
+fn leap_code(leap: Leap) -> u8 {
+    match leap {
+        Leap::NoWarning => 0,
+        Leap::AddSecond => 1,
+        Leap::DeleteSecond => 2,
+        Leap::Unsynchronized => 3,
+    }
+}
+
+fn frame(kind: u8, flag: u8, a: f64, b: f64) -> Frame {
+    let mut out = [0u8; FRAME_LEN];
+    out[0] = kind;
+    out[1] = flag;
+    out[8..16].copy_from_slice(&a.to_be_bytes());
+    out[16..24].copy_from_slice(&b.to_be_bytes());
+    out
+}
+
+pub fn encode_command(command: &ClockCommand) -> Frame {
+    match *command {
+        ClockCommand::Step { offset } => frame(kind::STEP, 0, offset, 0.0),
+        ClockCommand::Slew { offset, duration } => frame(kind::SLEW, 0, offset, duration),
+        ClockCommand::SetFrequency { ppm } => frame(kind::SET_FREQUENCY, 0, ppm, 0.0),
+        ClockCommand::SetLeap(leap) => frame(kind::SET_LEAP, leap_code(leap), 0.0, 0.0),
+        ClockCommand::SetStatus {
+            synchronized,
+            estimated_error,
+            max_error,
+        } => frame(
+            kind::SET_STATUS,
+            u8::from(synchronized),
+            estimated_error,
+            max_error,
+        ),
+    }
+}
+
+pub fn encode_reply(reply: &Reply) -> Frame {
+    match *reply {
+        Reply::Applied { at } => frame(kind::APPLIED, 0, at, 0.0),
+        Reply::Refused(why) => frame(kind::REFUSED, why.code(), 0.0, 0.0),
+    }
+}
+
+/// A frame split into its fields, with the length and reserved bytes checked.
+struct Fields {
+    kind: u8,
+    flag: u8,
+    a: f64,
+    b: f64,
+    /// Whether bytes 16..24 are zero (the replies' `b` is reserved).
+    b_zero: bool,
+}
+
+fn split(bytes: &[u8]) -> Result<Fields, FrameError> {
+    if bytes.len() != FRAME_LEN {
+        return Err(FrameError::Length(bytes.len()));
+    }
+    let mut r = Reader::new(bytes);
+    let (kind, flag) = (r.u8(), r.u8());
+    let head = r.array::<6>();
+    let (a, b) = (r.u64(), r.u64());
+    let tail = r.array::<8>();
+    let (Some(kind), Some(flag), Some(head), Some(a), Some(b), Some(tail)) =
+        (kind, flag, head, a, b, tail)
+    else {
+        return Err(FrameError::Length(bytes.len()));
+    };
+    if let Some(i) = head.iter().position(|&x| x != 0) {
+        return Err(FrameError::Reserved(2 + i));
+    }
+    if let Some(i) = tail.iter().position(|&x| x != 0) {
+        return Err(FrameError::Reserved(24 + i));
+    }
+    Ok(Fields {
+        kind,
+        flag,
+        a: f64::from_bits(a),
+        b: f64::from_bits(b),
+        b_zero: b == 0,
+    })
+}
+
+/// `value` if it is finite and within `min..=max`.
+fn bounded(field: &'static str, value: f64, min: f64, max: f64) -> Result<f64, FrameError> {
+    if value.is_finite() && (min..=max).contains(&value) {
+        Ok(value)
+    } else {
+        Err(FrameError::OutOfRange { field, value })
+    }
+}
+
+/// An unused number field must be exactly +0.0 (no NaN payloads, no −0.0).
+fn unused(field: &'static str, value: f64) -> Result<(), FrameError> {
+    if value.to_bits() == 0 {
+        Ok(())
+    } else {
+        Err(FrameError::OutOfRange { field, value })
+    }
+}
+
+fn no_flag(field: &'static str, flag: u8) -> Result<(), FrameError> {
+    if flag == 0 {
+        Ok(())
+    } else {
+        Err(FrameError::Flag { field, value: flag })
+    }
+}
+
+/// Decodes an engine's request. Every byte is checked.
+pub fn decode_command(bytes: &[u8]) -> Result<ClockCommand, FrameError> {
+    let f = split(bytes)?;
+    match f.kind {
+        kind::STEP => {
+            no_flag("step", f.flag)?;
+            unused("step b", f.b)?;
+            let offset = bounded("step offset", f.a, -MAX_OFFSET, MAX_OFFSET)?;
+            Ok(ClockCommand::Step { offset })
+        }
+        kind::SLEW => {
+            no_flag("slew", f.flag)?;
+            let offset = bounded("slew offset", f.a, -MAX_OFFSET, MAX_OFFSET)?;
+            let duration = bounded("slew duration", f.b, 0.0, MAX_DURATION)?;
+            Ok(ClockCommand::Slew { offset, duration })
+        }
+        kind::SET_FREQUENCY => {
+            no_flag("frequency", f.flag)?;
+            unused("frequency b", f.b)?;
+            let ppm = bounded("frequency", f.a, -MAX_PPM, MAX_PPM)?;
+            Ok(ClockCommand::SetFrequency { ppm })
+        }
+        kind::SET_LEAP => {
+            let leap = match f.flag {
+                0 => Leap::NoWarning,
+                1 => Leap::AddSecond,
+                2 => Leap::DeleteSecond,
+                3 => Leap::Unsynchronized,
+                value => {
+                    return Err(FrameError::Flag {
+                        field: "leap",
+                        value,
+                    });
+                }
+            };
+            unused("leap a", f.a)?;
+            unused("leap b", f.b)?;
+            Ok(ClockCommand::SetLeap(leap))
+        }
+        kind::SET_STATUS => {
+            let synchronized = match f.flag {
+                0 => false,
+                1 => true,
+                value => {
+                    return Err(FrameError::Flag {
+                        field: "synchronized",
+                        value,
+                    });
+                }
+            };
+            Ok(ClockCommand::SetStatus {
+                synchronized,
+                estimated_error: bounded("estimated error", f.a, 0.0, MAX_ERROR)?,
+                max_error: bounded("maximum error", f.b, 0.0, MAX_ERROR)?,
+            })
+        }
+        other => Err(FrameError::UnknownKind(other)),
+    }
+}
+
+/// Decodes the clock process's reply.
+pub fn decode_reply(bytes: &[u8]) -> Result<Reply, FrameError> {
+    let f = split(bytes)?;
+    if !f.b_zero {
+        return Err(FrameError::Reserved(16));
+    }
+    match f.kind {
+        kind::APPLIED => {
+            no_flag("applied", f.flag)?;
+            let at = bounded("applied at", f.a, -MAX_DURATION * 1e3, MAX_DURATION * 1e3)?;
+            Ok(Reply::Applied { at })
+        }
+        kind::REFUSED => {
+            unused("refused a", f.a)?;
+            Ok(Reply::Refused(Refusal::from_code(f.flag)))
+        }
+        other => Err(FrameError::UnknownKind(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn commands() -> Vec<ClockCommand> {
+        vec![
+            ClockCommand::Step { offset: -0.3 },
+            ClockCommand::Slew {
+                offset: 0.0012,
+                duration: 16.0,
+            },
+            ClockCommand::SetFrequency { ppm: -41.5 },
+            ClockCommand::SetLeap(Leap::AddSecond),
+            ClockCommand::SetLeap(Leap::Unsynchronized),
+            ClockCommand::SetStatus {
+                synchronized: true,
+                estimated_error: 1e-4,
+                max_error: 0.02,
+            },
+        ]
+    }
+
+    #[test]
+    fn every_command_and_reply_round_trips() {
+        for command in commands() {
+            assert_eq!(decode_command(&encode_command(&command)), Ok(command));
+        }
+        for reply in [
+            Reply::Applied { at: 12.5 },
+            Reply::Refused(Refusal::StartupOver),
+            Reply::Refused(Refusal::Unknown(200)),
+        ] {
+            assert_eq!(decode_reply(&encode_reply(&reply)), Ok(reply));
+        }
+    }
+
+    #[test]
+    fn short_and_long_frames_are_rejected() {
+        let good = encode_command(&ClockCommand::Step { offset: 1.0 });
+        assert_eq!(decode_command(&good[..31]), Err(FrameError::Length(31)));
+        assert_eq!(decode_command(&[]), Err(FrameError::Length(0)));
+        let mut long = good.to_vec();
+        long.push(0);
+        assert_eq!(decode_command(&long), Err(FrameError::Length(33)));
+    }
+
+    #[test]
+    fn unknown_kinds_reserved_bytes_and_flags_are_rejected() {
+        let mut f = encode_command(&ClockCommand::SetFrequency { ppm: 1.0 });
+        f[0] = 9;
+        assert_eq!(decode_command(&f), Err(FrameError::UnknownKind(9)));
+        for i in (2..8).chain(24..32) {
+            let mut f = encode_command(&ClockCommand::SetFrequency { ppm: 1.0 });
+            f[i] = 1;
+            assert_eq!(decode_command(&f), Err(FrameError::Reserved(i)));
+        }
+        let mut f = encode_command(&ClockCommand::SetLeap(Leap::NoWarning));
+        f[1] = 4;
+        assert!(matches!(decode_command(&f), Err(FrameError::Flag { .. })));
+        let mut f = encode_command(&ClockCommand::Step { offset: 1.0 });
+        f[1] = 1;
+        assert!(matches!(decode_command(&f), Err(FrameError::Flag { .. })));
+    }
+
+    #[test]
+    fn nan_infinity_and_absurd_numbers_are_rejected() {
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 1e300] {
+            for command in [
+                ClockCommand::Step { offset: bad },
+                ClockCommand::Slew {
+                    offset: bad,
+                    duration: 1.0,
+                },
+                ClockCommand::Slew {
+                    offset: 0.1,
+                    duration: bad,
+                },
+                ClockCommand::SetFrequency { ppm: bad },
+                ClockCommand::SetStatus {
+                    synchronized: false,
+                    estimated_error: bad,
+                    max_error: 1.0,
+                },
+            ] {
+                assert!(
+                    matches!(
+                        decode_command(&encode_command(&command)),
+                        Err(FrameError::OutOfRange { .. })
+                    ),
+                    "{command:?}"
+                );
+            }
+        }
+        // Negative durations and errors, and a number hidden in an unused field.
+        let negative = ClockCommand::Slew {
+            offset: 0.1,
+            duration: -1.0,
+        };
+        assert!(decode_command(&encode_command(&negative)).is_err());
+        let mut f = encode_command(&ClockCommand::Step { offset: 1.0 });
+        f[16..24].copy_from_slice(&(-0.0f64).to_be_bytes());
+        assert!(decode_command(&f).is_err());
+    }
+}

@@ -1,0 +1,408 @@
+//! Layer 6: privilege separation. `ntimed run` started as root splits in three:
+//!
+//! ```text
+//! supervisor (root, no network input): reads the config, binds the sockets, starts
+//!  │   the two children by re-executing itself, waits; stops both if either dies
+//!  ├─ clock process: CAP_SYS_TIME only, its own user, chrooted, seccomp (the clock
+//!  │      calls and its IPC socket); applies what [`policy`] allows
+//!  └─ engine: no capabilities, its own user, chrooted to the state directory,
+//!         Landlock and seccomp; runs tokio and every protocol
+//! ```
+//!
+//! * [`ipc`]: the fixed 32-byte frames between engine and clock process.
+//! * [`policy`]: what the clock process lets the engine do (sans-IO).
+//! * [`clock_process`]: the privileged loop.
+//! * [`remote`]: the engine's [`crate::clock::Clock`] that forwards commands.
+//! * [`sandbox`]: chroot, user, capabilities, no_new_privs, Landlock, seccomp.
+//!
+//! The children are started with `exec`, not just `fork`, so each begins as a fresh
+//! single-threaded program with none of the supervisor's memory; they take their
+//! descriptors by the numbers given on the command line. Without root, `ntimed run`
+//! stays one process and accepts only the `observe` and `simulated` clocks.
+
+pub mod clock_process;
+pub mod ipc;
+pub mod policy;
+pub mod remote;
+pub mod sandbox;
+
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitCode, ExitStatus};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::clock::SoftwareClock;
+use crate::clock::system::SystemClock;
+use crate::config::{ClockMode, Config, Loaded};
+use crate::daemon::serve::{self, Listeners};
+use crate::sys;
+use clock_process::{DriftFile, HeldClock};
+use policy::{Policy, PolicyConfig};
+use remote::{LocalView, RemoteClock};
+use sandbox::{Jail, Role};
+
+/// The hidden subcommands the supervisor runs its children as.
+pub const CLOCK_COMMAND: &str = "privsep-clock";
+pub const ENGINE_COMMAND: &str = "privsep-engine";
+
+/// Signals the supervisor takes synchronously (and its children unblock at once).
+const SUPERVISOR_SIGNALS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGCHLD];
+/// How long children get to stop before they are killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// What a child needs from the supervisor, as its command line carries it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ChildArgs {
+    #[arg(long)]
+    pub config: PathBuf,
+    /// The supervisor's pid: a child whose parent is already someone else exits.
+    #[arg(long)]
+    pub parent: u32,
+    /// Its end of the engine–clock socket pair.
+    #[arg(long)]
+    pub ipc_fd: i32,
+    /// Nanoseconds since 1970 that the simulated clock's model counts from, shared by
+    /// the clock process and the engine's mirror.
+    #[arg(long)]
+    pub epoch_ns: u64,
+    /// Engine: the bound `[[server]]` sockets, in config order.
+    #[arg(long, value_delimiter = ',')]
+    pub udp_fds: Vec<i32>,
+    /// Engine: the bound `[[nts-ke-server]]` listeners, in config order.
+    #[arg(long, value_delimiter = ',')]
+    pub tcp_fds: Vec<i32>,
+    /// Engine: a pipe to write one byte to once serving.
+    #[arg(long)]
+    pub ready_fd: Option<i32>,
+}
+
+/// Starts `command` with `fds` inherited (at their current numbers): each is made
+/// inheritable just for the spawn. The caller must be single-threaded, or another
+/// thread's spawn could inherit them too.
+pub fn spawn_with_fds(command: &mut Command, fds: &[BorrowedFd<'_>]) -> std::io::Result<Child> {
+    for fd in fds {
+        sys::set_inheritable(*fd, true)?;
+    }
+    let child = command.spawn();
+    for fd in fds {
+        sys::set_inheritable(*fd, false)?;
+    }
+    child
+}
+
+fn sandbox_jail(loaded: &Loaded) -> Result<Jail, String> {
+    let section = loaded.config.sandbox.clone().unwrap_or_default();
+    Jail::new(&section.user, &loaded.path(&section.state_dir))
+}
+
+fn epoch(args: &ChildArgs) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_nanos(args.epoch_ns)
+}
+
+fn child_command(subcommand: &str, config: &std::path::Path, log: &str) -> Command {
+    // /proc/self/exe is this very binary even if its path was replaced meanwhile.
+    let mut command = Command::new("/proc/self/exe");
+    command
+        .arg("--log-level")
+        .arg(log)
+        .arg(subcommand)
+        .arg("--config")
+        .arg(config)
+        .arg("--parent")
+        .arg(std::process::id().to_string());
+    command
+}
+
+fn fd_list(fds: &[BorrowedFd<'_>]) -> String {
+    fds.iter()
+        .map(|fd| fd.as_raw_fd().to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `ntimed run` as root: check, bind, start both children, and wait. Exits non-zero if
+/// either child fails or dies on its own.
+pub fn supervise(config: &std::path::Path, log_level: tracing::Level) -> Result<ExitCode, String> {
+    let config = std::fs::canonicalize(config).map_err(|e| format!("{}: {e}", config.display()))?;
+    let loaded = Config::load(&config).map_err(|e| e.to_string())?;
+    // Checked here too, so that a bad user or state directory stops the start at once.
+    sandbox_jail(&loaded)?;
+    let listeners = Listeners::bind(&loaded.config)?;
+    fn io(what: &'static str) -> impl Fn(std::io::Error) -> String {
+        move |e| format!("{what}: {e}")
+    }
+    let (engine_end, clock_end) = sys::seqpacket_pair().map_err(io("socketpair"))?;
+    let (mut ready_reader, ready_writer) = std::io::pipe().map_err(io("pipe"))?;
+    let epoch_ns = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    let log = log_level.to_string();
+    sys::block_signals(&SUPERVISOR_SIGNALS, true).map_err(io("blocking signals"))?;
+
+    let mut clock = spawn_with_fds(
+        child_command(CLOCK_COMMAND, &config, &log)
+            .arg("--ipc-fd")
+            .arg(clock_end.as_raw_fd().to_string())
+            .arg("--epoch-ns")
+            .arg(epoch_ns.to_string()),
+        &[clock_end.as_fd()],
+    )
+    .map_err(io("starting the clock process"))?;
+    drop(clock_end);
+    let udp: Vec<BorrowedFd<'_>> = listeners.udp.iter().map(|s| s.as_fd()).collect();
+    let tcp: Vec<BorrowedFd<'_>> = listeners.tcp.iter().map(|s| s.as_fd()).collect();
+    let mut engine_command = child_command(ENGINE_COMMAND, &config, &log);
+    engine_command
+        .arg("--ipc-fd")
+        .arg(engine_end.as_raw_fd().to_string())
+        .arg("--epoch-ns")
+        .arg(epoch_ns.to_string())
+        .arg("--ready-fd")
+        .arg(ready_writer.as_raw_fd().to_string());
+    if !udp.is_empty() {
+        engine_command.arg("--udp-fds").arg(fd_list(&udp));
+    }
+    if !tcp.is_empty() {
+        engine_command.arg("--tcp-fds").arg(fd_list(&tcp));
+    }
+    let fds: Vec<BorrowedFd<'_>> = [engine_end.as_fd(), ready_writer.as_fd()]
+        .into_iter()
+        .chain(udp.iter().copied())
+        .chain(tcp.iter().copied())
+        .collect();
+    let engine = spawn_with_fds(&mut engine_command, &fds);
+    drop(fds);
+    drop((engine_end, ready_writer, listeners));
+    let mut engine = match engine {
+        Ok(engine) => engine,
+        Err(e) => {
+            let _ = clock.kill();
+            let _ = clock.wait();
+            return Err(format!("starting the engine: {e}"));
+        }
+    };
+    tracing::info!(
+        "privilege separation: clock process {}, engine {}",
+        clock.id(),
+        engine.id()
+    );
+    std::thread::spawn(move || {
+        let mut byte = [0u8; 1];
+        if matches!(ready_reader.read(&mut byte), Ok(1)) {
+            notify_systemd("READY=1");
+        }
+    });
+    Ok(wait_for_children(&mut clock, &mut engine))
+}
+
+/// Waits until both children have exited, stopping the engine on SIGTERM/SIGINT and
+/// both when either dies first. Success only for a requested, clean stop.
+fn wait_for_children(clock: &mut Child, engine: &mut Child) -> ExitCode {
+    let mut clock_status: Option<ExitStatus> = None;
+    let mut engine_status: Option<ExitStatus> = None;
+    let mut requested = false;
+    let mut kill_at: Option<Instant> = None;
+    loop {
+        let signal =
+            sys::wait_for_signal(&SUPERVISOR_SIGNALS, Duration::from_millis(200)).unwrap_or(None);
+        if matches!(signal, Some(libc::SIGTERM | libc::SIGINT)) && !requested {
+            tracing::info!("stopping");
+            requested = true;
+            let _ = sys::send_signal(engine.id(), libc::SIGTERM);
+            kill_at.get_or_insert(Instant::now() + STOP_GRACE);
+        }
+        engine_status = engine_status.or_else(|| engine.try_wait().ok().flatten());
+        clock_status = clock_status.or_else(|| clock.try_wait().ok().flatten());
+        match (engine_status, clock_status) {
+            (Some(_), Some(_)) => break,
+            // The engine's end of the link closed with it: the clock process follows.
+            (Some(status), None) if kill_at.is_none() => {
+                if !requested {
+                    tracing::error!("the engine exited ({status}); stopping the clock process");
+                }
+                kill_at = Some(Instant::now() + STOP_GRACE);
+            }
+            (None, Some(status)) if kill_at.is_none() => {
+                tracing::error!("the clock process exited ({status}); stopping the engine");
+                let _ = sys::send_signal(engine.id(), libc::SIGTERM);
+                kill_at = Some(Instant::now() + STOP_GRACE);
+            }
+            _ => {}
+        }
+        if kill_at.is_some_and(|t| Instant::now() >= t) {
+            for child in [&mut *engine, &mut *clock] {
+                let _ = child.kill();
+            }
+        }
+    }
+    let clean = |s: Option<ExitStatus>| s.is_some_and(|s| s.success());
+    if requested && clean(engine_status) && clean(clock_status) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Tells systemd (`Type=notify`) something, if it is listening.
+pub fn notify_systemd(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sent = (|| -> std::io::Result<()> {
+        let socket = UnixDatagram::unbound()?;
+        let bytes = path.as_encoded_bytes();
+        if let Some(name) = bytes.strip_prefix(b"@") {
+            use std::os::linux::net::SocketAddrExt;
+            let address = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            socket.send_to_addr(state.as_bytes(), &address)?;
+        } else {
+            socket.send_to(state.as_bytes(), &path)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = sent {
+        tracing::warn!("cannot notify systemd: {e}");
+    }
+}
+
+/// Before anything else in a child: undo the supervisor's signal mask (inherited
+/// across exec).
+fn child_start() -> Result<(), String> {
+    sys::block_signals(&SUPERVISOR_SIGNALS, false).map_err(|e| format!("signal mask: {e}"))
+}
+
+/// The clock process: takes its link, opens the drift file, drops everything but
+/// CAP_SYS_TIME, and serves the engine until it goes.
+pub fn clock_main(args: ChildArgs) -> Result<ExitCode, String> {
+    child_start()?;
+    // It leaves when the engine's end of the link closes (saving the drift file), not
+    // on the SIGTERM systemd sends the whole group; the supervisor's death kills it.
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        sys::ignore_signal(signal).map_err(|e| format!("signals: {e}"))?;
+    }
+    let loaded = Config::load(&args.config).map_err(|e| e.to_string())?;
+    let jail = sandbox_jail(&loaded)?;
+    let link = UnixDatagram::from(
+        sys::take_inherited_fd(args.ipc_fd).map_err(|e| format!("IPC socket: {e}"))?,
+    );
+    let section = loaded.config.clock.as_ref().map(|c| c.get_ref());
+    let held = match section {
+        None => HeldClock::None,
+        Some(c) => match c.mode {
+            ClockMode::Observe => {
+                HeldClock::Software(SoftwareClock::with_epoch(epoch(&args), 0.0, 0.0))
+            }
+            ClockMode::Simulated => HeldClock::Software(SoftwareClock::with_epoch(
+                epoch(&args),
+                c.simulated_offset,
+                c.simulated_frequency,
+            )),
+            ClockMode::System => HeldClock::System(SystemClock::new()),
+        },
+    };
+    let mut drift = match section.and_then(|c| c.drift_file.as_ref()) {
+        Some(path) => Some(DriftFile::new(open_drift_file(&loaded.path(path))?)),
+        None => None,
+    };
+    let mut policy = Policy::new(PolicyConfig::from_config(section), 0.0);
+    let report = sandbox::enter(&jail, Role::Clock, &[], libc::SIGKILL, args.parent)?;
+    tracing::info!("{report}");
+    match clock_process::serve(&link, &held, &mut policy, drift.as_mut()) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            tracing::error!("{e}; the clock process exits and the clock stays as it is");
+            Ok(ExitCode::from(3))
+        }
+    }
+}
+
+/// Opens (creating, mode 0644) the drift file for writing in place, never through a
+/// symbolic link.
+fn open_drift_file(path: &std::path::Path) -> Result<std::fs::File, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| format!("drift file {}: {e}", path.display()))
+}
+
+/// The engine: loads everything as root, takes its sockets, enters the sandbox, and
+/// only then starts the runtime and serves.
+pub fn engine_main(args: ChildArgs) -> Result<ExitCode, String> {
+    child_start()?;
+    let loaded = Config::load(&args.config).map_err(|e| e.to_string())?;
+    let jail = sandbox_jail(&loaded)?;
+    jail.copy_resolver_files()?;
+    let key_dir = loaded
+        .config
+        .nts
+        .as_ref()
+        .and_then(|n| n.key_dir.as_ref())
+        .map(|dir| jail.user_dir(&loaded.path(dir)))
+        .transpose()?;
+    let take = |fd: i32, what: &str| sys::take_inherited_fd(fd).map_err(|e| format!("{what}: {e}"));
+    let link = UnixDatagram::from(take(args.ipc_fd, "IPC socket")?);
+    let listeners = Listeners {
+        udp: args
+            .udp_fds
+            .iter()
+            .map(|&fd| take(fd, "NTP socket").map(std::net::UdpSocket::from))
+            .collect::<Result<_, _>>()?,
+        tcp: args
+            .tcp_fds
+            .iter()
+            .map(|&fd| take(fd, "NTS-KE socket").map(std::net::TcpListener::from))
+            .collect::<Result<_, _>>()?,
+    };
+    listeners.check(&loaded.config)?;
+    let mut ready = args
+        .ready_fd
+        .map(|fd| take(fd, "readiness pipe").map(std::fs::File::from))
+        .transpose()?;
+    let section = loaded.config.clock.as_ref().map(|c| c.get_ref()).cloned();
+    let mut prepared = serve::prepare(loaded)?;
+    // Inside the jail the cookie keys are saved under the directory's inside name; the
+    // clock process keeps the drift file.
+    if let (Some((_, persist_to)), Some(dir)) = (&mut prepared.cookie_keys, &key_dir) {
+        *persist_to = persist_to
+            .as_ref()
+            .and_then(|p| p.file_name())
+            .map(|name| dir.join(name));
+    }
+    if let Some(client) = &mut prepared.client {
+        client.drift_file = None;
+    }
+    let view = match section.as_ref().map(|c| (c.mode, c)) {
+        None | Some((ClockMode::System, _)) => LocalView::System(SystemClock::new()),
+        Some((ClockMode::Observe, _)) => {
+            LocalView::Mirror(SoftwareClock::with_epoch(epoch(&args), 0.0, 0.0))
+        }
+        Some((ClockMode::Simulated, c)) => LocalView::Mirror(SoftwareClock::with_epoch(
+            epoch(&args),
+            c.simulated_offset,
+            c.simulated_frequency,
+        )),
+    };
+    let clock = Arc::new(RemoteClock::new(link, view).map_err(|e| format!("IPC socket: {e}"))?);
+    let writable: Vec<PathBuf> = key_dir.into_iter().collect();
+    let report = sandbox::enter(&jail, Role::Engine, &writable, libc::SIGTERM, args.parent)?;
+    tracing::info!("{report}");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(serve::serve(prepared, listeners, clock, move || {
+        if let Some(pipe) = ready.as_mut() {
+            let _ = pipe.write_all(b"1");
+        }
+    }))?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,147 @@
+//! The engine's side of the clock: commands cross to the clock process; reading the
+//! clock never does. The engine reads the system clock itself, or a mirror of the
+//! simulated clock the clock process holds, kept exact by applying each command the
+//! clock process applied at the instant it reports.
+
+use std::os::unix::net::UnixDatagram;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::ipc::{self, FRAME_LEN, Reply};
+use crate::clock::system::SystemClock;
+use crate::clock::{Clock, ClockCommand, ClockError, ClockStatus, SoftwareClock, check_finite};
+use crate::wire::NtpTimestamp;
+
+/// The clock process answers at once; silence this long means it is gone.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How the engine reads the clock it does not hold.
+pub enum LocalView {
+    /// The kernel clock, read-only.
+    System(SystemClock),
+    /// A replica of the clock process's software clock (same epoch and start).
+    Mirror(SoftwareClock),
+}
+
+pub struct RemoteClock {
+    link: Mutex<UnixDatagram>,
+    view: LocalView,
+}
+
+impl RemoteClock {
+    pub fn new(link: UnixDatagram, view: LocalView) -> std::io::Result<Self> {
+        link.set_read_timeout(Some(REPLY_TIMEOUT))?;
+        Ok(Self {
+            link: Mutex::new(link),
+            view,
+        })
+    }
+
+    /// Closes the link (the clock process then exits) and returns the view.
+    pub fn into_view(self) -> LocalView {
+        self.view
+    }
+
+    fn exchange(&self, command: &ClockCommand) -> Result<Reply, ClockError> {
+        let lost = |e: String| ClockError::System(format!("clock process: {e}"));
+        let link = self.link.lock().unwrap_or_else(|p| p.into_inner());
+        link.send(&ipc::encode_command(command))
+            .map_err(|e| lost(e.to_string()))?;
+        let mut buffer = [0u8; 2 * FRAME_LEN];
+        let len = link.recv(&mut buffer).map_err(|e| lost(e.to_string()))?;
+        if len == 0 {
+            return Err(lost("gone".into()));
+        }
+        ipc::decode_reply(buffer.get(..len).unwrap_or_default()).map_err(|e| lost(e.to_string()))
+    }
+}
+
+impl Clock for RemoteClock {
+    fn now(&self) -> NtpTimestamp {
+        match &self.view {
+            LocalView::System(clock) => clock.now(),
+            LocalView::Mirror(clock) => clock.now(),
+        }
+    }
+
+    fn apply(&self, command: ClockCommand) -> Result<(), ClockError> {
+        check_finite(&command)?;
+        match self.exchange(&command)? {
+            Reply::Refused(why) => Err(ClockError::Refused(why.to_string())),
+            Reply::Applied { at } => match &self.view {
+                LocalView::Mirror(clock) => clock.apply_at(at, command),
+                LocalView::System(clock) => {
+                    if matches!(command, ClockCommand::Step { .. }) {
+                        clock.record_step();
+                    }
+                    Ok(())
+                }
+            },
+        }
+    }
+
+    fn status(&self) -> ClockStatus {
+        match &self.view {
+            LocalView::System(clock) => clock.status(),
+            LocalView::Mirror(clock) => clock.status(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::clock_process::{self, HeldClock};
+    use super::super::policy::{Policy, PolicyConfig};
+    use super::*;
+    use crate::sync::StepPolicy;
+    use std::time::SystemTime;
+
+    /// The mirror shows exactly the time the clock process's clock shows.
+    #[test]
+    fn the_mirror_follows_the_held_clock_exactly() {
+        let epoch = SystemTime::now();
+        let (a, b) = crate::sys::seqpacket_pair().unwrap();
+        let (engine_end, clock_end) = (UnixDatagram::from(a), UnixDatagram::from(b));
+        let process = std::thread::spawn(move || {
+            let held = HeldClock::Software(SoftwareClock::with_epoch(epoch, 0.3, 80.0));
+            let mut policy = Policy::new(
+                PolicyConfig {
+                    clock_configured: true,
+                    steps: StepPolicy::Startup,
+                    panic_threshold: 1000.0,
+                    max_frequency: 500.0,
+                },
+                0.0,
+            );
+            clock_process::serve(&clock_end, &held, &mut policy, None).unwrap();
+            held
+        });
+        let mirror = SoftwareClock::with_epoch(epoch, 0.3, 80.0);
+        let remote = RemoteClock::new(engine_end, LocalView::Mirror(mirror)).unwrap();
+        remote.apply(ClockCommand::Step { offset: -0.3 }).unwrap();
+        remote
+            .apply(ClockCommand::SetFrequency { ppm: -80.0 })
+            .unwrap();
+        let slew = ClockCommand::Slew {
+            offset: 0.01,
+            duration: 1.0,
+        };
+        remote.apply(slew).unwrap();
+        let refused = remote.apply(ClockCommand::Step { offset: 1.0 });
+        assert!(
+            matches!(refused, Err(ClockError::Refused(_))),
+            "{refused:?}"
+        );
+        let LocalView::Mirror(mirror) = remote.into_view() else {
+            unreachable!()
+        };
+        let HeldClock::Software(held) = process.join().unwrap() else {
+            unreachable!()
+        };
+        assert_eq!(held.status().steps, 1);
+        assert_eq!(held.status().frequency_ppm, -80.0);
+        for t in [0.0, 0.5, 3.0, 100.0, 1e5] {
+            assert_eq!(mirror.offset_at(t).to_bits(), held.offset_at(t).to_bits());
+        }
+    }
+}
