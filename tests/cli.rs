@@ -7,6 +7,10 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::SANDBOX_TOML;
+
 const NTIMED: &str = env!("CARGO_BIN_EXE_ntimed");
 const KEYS: &str = "1 SHA256 HEX:fa4efa4efa4efa4efa4efa4efa4efa4efa4efa4efa4efa4efa4efa4efa4efa4e\n\
                     2 AES128 HEX:fa4efa4efa4efa4efa4efa4efa4efa4e\n";
@@ -69,7 +73,7 @@ fn setup(dir: &Path, port: u16, extra: &str) -> std::path::PathBuf {
     write(
         &config,
         &format!(
-            "[keys]\nfile = \"test.keys\"\n[local]\nstratum = 1\n[[server]]\nlisten = \"127.0.0.1:{port}\"\n{extra}"
+            "[keys]\nfile = \"test.keys\"\n[local]\nstratum = 1\n[[server]]\nlisten = \"127.0.0.1:{port}\"\n{extra}{SANDBOX_TOML}"
         ),
         0o644,
     );
@@ -113,7 +117,7 @@ fn exchange(port: u16, request: &[u8]) -> Option<Vec<u8>> {
 
 #[test]
 fn server_answers_only_client_mode_and_never_amplifies() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = common::tempdir("cli");
     let port = free_udp_port();
     let _daemon = start(&setup(dir.path(), port, ""), port);
 
@@ -149,7 +153,7 @@ fn server_answers_only_client_mode_and_never_amplifies() {
 
 #[test]
 fn crypto_nak_is_sent_only_when_configured() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = common::tempdir("cli");
     let port = free_udp_port();
     let config = setup(dir.path(), port, "crypto-nak = true\n");
     let _daemon = start(&config, port);
@@ -163,7 +167,7 @@ fn crypto_nak_is_sent_only_when_configured() {
 
 #[test]
 fn query_authenticates_and_rejects_a_wrong_secret() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = common::tempdir("cli");
     let port = free_udp_port();
     let _daemon = start(&setup(dir.path(), port, ""), port);
     let server = format!("127.0.0.1:{port}");
@@ -217,7 +221,7 @@ fn query_authenticates_and_rejects_a_wrong_secret() {
 /// problem, and nothing is bound.
 #[test]
 fn bad_config_or_key_file_stops_the_start() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = common::tempdir("cli");
     let port = free_udp_port();
     let cases: [(&str, &str, u32, &str); 6] = [
         (
@@ -260,7 +264,8 @@ fn bad_config_or_key_file_stops_the_start() {
     for (config, keys, key_mode, expected) in cases {
         write(&dir.path().join("test.keys"), keys, key_mode);
         let path = dir.path().join("ntimed.toml");
-        write(&path, &config.replace("PORT", &port.to_string()), 0o644);
+        let config = config.replace("PORT", &port.to_string()) + SANDBOX_TOML;
+        write(&path, &config, 0o644);
         let out = run_to_exit(ntimed(&[
             "run",
             "--config",
@@ -280,7 +285,7 @@ fn bad_config_or_key_file_stops_the_start() {
 /// another address is still served.
 #[test]
 fn request_flood_is_rate_limited_and_others_are_still_served() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = common::tempdir("cli");
     let port = free_udp_port();
     let config = setup(
         dir.path(),
@@ -351,7 +356,7 @@ fn sim_iburst_with_a_drift_file_syncs_within_six_seconds() {
 
 #[test]
 fn sim_plot_writes_an_svg_and_unknown_scenarios_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::tempdir("cli");
     let svg = dir.path().join("plot.svg");
     let out = run_to_exit(ntimed(&[
         "sim",
@@ -375,7 +380,7 @@ fn sim_plot_writes_an_svg_and_unknown_scenarios_are_refused() {
 
 #[test]
 fn run_refuses_sources_without_a_clock_or_an_authentication_choice() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::tempdir("cli");
     let cases = [
         (
             "[[source]]\naddress = \"127.0.0.1:123\"\ninsecure = true\n",
@@ -400,7 +405,7 @@ fn run_refuses_sources_without_a_clock_or_an_authentication_choice() {
     ];
     for (i, (toml, expected)) in cases.iter().enumerate() {
         let path = dir.path().join(format!("c{i}.toml"));
-        std::fs::write(&path, toml).unwrap();
+        std::fs::write(&path, format!("{toml}{SANDBOX_TOML}")).unwrap();
         let out = run_to_exit(ntimed(&["run", "--config", path.to_str().unwrap()]));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{toml}: {stderr}");

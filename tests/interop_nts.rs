@@ -274,9 +274,15 @@ fn ntpsec_nts_client_reaches_ntimed_with_nts() {
     // serves NTP on another port and tells clients so in NTS-KE (port negotiation).
     let ntp_port = 11_123;
     let ke_port = 4460;
-    let state = tempdir("ntimed-state");
-    let toml = nts_server_toml(&certs, ntp_port, ke_port, &state.path().join("state"));
-    let ntimed = NtimedRun::start(Some(NetNs::new()), &toml, Some(ntp_port), Some(ke_port));
+    let run_dir = tempdir("ntimed-nts");
+    let toml = nts_server_toml(&certs, ntp_port, ke_port, &run_dir.path().join("state"));
+    let ntimed = NtimedRun::start_in(
+        run_dir,
+        Some(NetNs::new()),
+        &toml,
+        Some(ntp_port),
+        Some(ke_port),
+    );
     let netns = ntimed.netns().expect("namespace");
 
     let dir = tempdir("ntpd-nts-client");
@@ -374,6 +380,7 @@ fn cookies_from_a_rotated_out_key_work_until_retention_ends() {
     let key_file = state.join("cookie-keys");
     fs::write(&key_file, encode_persisted(&persisted).as_bytes()).expect("write keys");
     fs::set_permissions(&key_file, fs::Permissions::from_mode(0o600)).expect("chmod keys");
+    give_to_sandbox_user(&state);
     let toml = nts_server_toml(&certs, ntp_port, ke_port, &state);
     let run = NtimedRun::start_in(dir, None, &toml, Some(ntp_port), Some(ke_port));
     let server = ([127, 0, 0, 1], ntp_port).into();

@@ -610,8 +610,7 @@ fn ke_client_aborts_on_bad_certificates_and_names_the_problem() {
 fn expect_refusal(dir: &Path, toml: &str, what: &str, expected: &[&str]) {
     let conf = dir.join(format!("{}.toml", what.replace(' ', "-")));
     fs::write(&conf, toml).expect("write config");
-    let mut cmd = safe_command(None, ntimed_bin());
-    cmd.arg("run").arg("--config").arg(&conf);
+    let cmd = ntimed_run(None, &conf);
     let out = run_with_deadline(cmd, Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("ntimed run with {what} did not refuse to start: {e}"));
     assert!(

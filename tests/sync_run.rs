@@ -141,8 +141,7 @@ fn run_syncs_a_simulated_clock_from_ntpsec() {
         client_toml(&keys.ntp, "127.0.0.1:123", KEY_AES128, port),
     )
     .expect("write config");
-    let mut cmd = safe_command(Some(ntpd.netns()), ntimed_bin());
-    cmd.arg("run").arg("--config").arg(&conf);
+    let cmd = ntimed_run(Some(ntpd.netns()), &conf);
     let daemon = Daemon::spawn(
         "ntimed run (NTPsec source)",
         cmd,

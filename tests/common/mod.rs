@@ -327,11 +327,50 @@ impl Default for TestKeys {
     }
 }
 
+/// Test directories live here: owned by root (when the tests run as root) and writable
+/// by nobody else, so that a test's own directory can serve as `ntimed run`'s state
+/// directory, whose parent must be root's alone.
+pub const TEST_ROOT: &str = "/tmp/ntimed-tests";
+
+/// A fresh directory under [`TEST_ROOT`], mode 0755 (the engine's user must be able to
+/// enter its jail).
 pub fn tempdir(what: &str) -> TempDir {
-    tempfile::Builder::new()
+    fs::create_dir_all(TEST_ROOT).expect("create the tests' root directory");
+    let dir = tempfile::Builder::new()
         .prefix(&format!("ntimed-interop-{what}-"))
-        .tempdir()
-        .expect("create tempdir")
+        .tempdir_in(TEST_ROOT)
+        .expect("create tempdir");
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod tempdir");
+    dir
+}
+
+/// Added to every configuration `ntimed run` gets in the tests: started as root (as in
+/// CI), ntimed separates privileges; its engine and clock process run as `nobody`,
+/// jailed in the directory holding the configuration. Ignored without root.
+pub const SANDBOX_TOML: &str = "\n[sandbox]\nuser = \"nobody\"\nstate-dir = \".\"\n";
+
+/// Makes `path` the sandbox user's (`nobody`), as `[nts] key-dir` must be when ntimed
+/// separates privileges (only when the tests run as root).
+pub fn give_to_sandbox_user(path: &Path) {
+    if ntimed::sys::effective_uid() != 0 {
+        return;
+    }
+    let nobody = ntimed::sys::lookup_user("nobody")
+        .expect("look up nobody")
+        .expect("user nobody exists");
+    std::os::unix::fs::chown(path, Some(nobody.uid), Some(nobody.gid)).expect("chown to nobody");
+}
+
+/// `ntimed run --config CONF` under [`safe_command`], with [`SANDBOX_TOML`] appended to
+/// CONF unless it has a `[sandbox]` of its own.
+pub fn ntimed_run(netns: Option<&NetNs>, conf: &Path) -> Command {
+    let text = fs::read_to_string(conf).expect("read the config");
+    if !text.contains("[sandbox]") {
+        fs::write(conf, text + SANDBOX_TOML).expect("write the config");
+    }
+    let mut cmd = safe_command(netns, ntimed_bin());
+    cmd.arg("run").arg("--config").arg(conf);
+    cmd
 }
 
 // ---------------------------------------------------------------------------
@@ -954,8 +993,7 @@ impl NtimedServer {
         conf.push_str(extra_toml);
         let conf_path = dir.path().join("ntimed.toml");
         fs::write(&conf_path, &conf).expect("write ntimed.toml");
-        let mut cmd = safe_command(netns.as_ref(), ntimed_bin());
-        cmd.arg("run").arg("--config").arg(&conf_path);
+        let cmd = ntimed_run(netns.as_ref(), &conf_path);
         let daemon = Daemon::spawn("ntimed run", cmd, dir.path().join("ntimed.log"));
         let mut server = NtimedServer {
             daemon,
@@ -1254,8 +1292,7 @@ impl NtimedRun {
     pub fn restart(&mut self) {
         self.stop();
         self.starts += 1;
-        let mut cmd = safe_command(self.netns.as_ref(), ntimed_bin());
-        cmd.arg("run").arg("--config").arg(&self.conf_path);
+        let cmd = ntimed_run(self.netns.as_ref(), &self.conf_path);
         let log = self.dir.path().join(format!("ntimed-{}.log", self.starts));
         let mut daemon = Daemon::spawn("ntimed run (NTS)", cmd, log);
         let (netns, ntp, ke) = (self.netns.as_ref(), self.ntp_port, self.ke_port);

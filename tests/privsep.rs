@@ -1,0 +1,494 @@
+//! The privilege boundary, end to end (ADVERSARIAL 27–29): `ntimed run` started as root
+//! splits into an engine and a clock process, each sandboxed as /proc shows; a forged
+//! engine cannot get a malformed frame or a step beyond policy through the real clock
+//! process; and without root `ntimed run` refuses the system clock.
+//!
+//! Every daemon runs with CAP_SYS_TIME out of its bounding set and a simulated clock, so
+//! nothing here can change this machine's clock; the clock process then holds no
+//! capability at all, and its start-up report says what it asked for.
+
+mod common;
+
+use std::fs;
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use common::*;
+use ntimed::clock::ClockCommand;
+use ntimed::privsep::ipc::{self, Refusal, Reply};
+use serde_json::Value;
+
+/// Descriptors are passed by making them inheritable for one spawn; no other spawn in
+/// this binary may run meanwhile, or it would inherit them too.
+static SPAWN: Mutex<()> = Mutex::new(());
+
+const CAP_SYS_TIME: u32 = 25;
+
+/// Root is needed to split (and CI runs as root); elsewhere these tests are skipped.
+fn require_root() -> bool {
+    if ntimed::sys::effective_uid() == 0 {
+        return true;
+    }
+    let message = "the privilege-separation tests need root: run them as root";
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("{message}");
+    }
+    eprintln!("SKIPPING: {message}");
+    false
+}
+
+/// The fields of /proc/PID/status this test reads.
+#[derive(Debug)]
+struct ProcStatus {
+    uids: Vec<u32>,
+    gids: Vec<u32>,
+    cap_eff: u64,
+    cap_prm: u64,
+    cap_bnd: u64,
+    no_new_privs: bool,
+    seccomp: u32,
+    root: PathBuf,
+}
+
+fn proc_status(pid: u32) -> ProcStatus {
+    let text = fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
+            .trim()
+            .to_string()
+    };
+    let ids = |name: &str| -> Vec<u32> {
+        field(name)
+            .split_whitespace()
+            .map(|n| n.parse().unwrap())
+            .collect()
+    };
+    let hex = |name: &str| u64::from_str_radix(&field(name), 16).unwrap();
+    ProcStatus {
+        uids: ids("Uid:"),
+        gids: ids("Gid:"),
+        cap_eff: hex("CapEff:"),
+        cap_prm: hex("CapPrm:"),
+        cap_bnd: hex("CapBnd:"),
+        no_new_privs: field("NoNewPrivs:") == "1",
+        seccomp: field("Seccomp:").parse().unwrap(),
+        root: fs::read_link(format!("/proc/{pid}/root")).expect("read /proc root"),
+    }
+}
+
+/// The children of `parent` whose command line contains `marker`.
+fn child_with(parent: u32, marker: &str) -> Option<u32> {
+    fs::read_dir("/proc").ok()?.find_map(|entry| {
+        let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The fields after the parenthesised command: state, then the parent's pid.
+        let ppid: u32 = stat
+            .rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        (ppid == parent && String::from_utf8_lossy(&cmdline).contains(marker)).then_some(pid)
+    })
+}
+
+fn client_toml(upstream_port: u16, port: u16) -> String {
+    format!(
+        "[clock]\nmode = \"simulated\"\nsimulated-offset = 0.4\nsimulated-frequency = 30\n\
+         drift-file = \"drift\"\n\n\
+         [[source]]\naddress = \"127.0.0.1:{upstream_port}\"\ninsecure = true\niburst = true\n\
+         min-poll = 0\nmax-poll = 1\n\n\
+         [[server]]\nlisten = \"127.0.0.1:{port}\"\n"
+    )
+}
+
+fn query(port: u16) -> Option<Value> {
+    ntimed_query(&QueryArgs::new(format!("127.0.0.1:{port}")))
+        .ok()?
+        .into_iter()
+        .next()
+}
+
+/// ADVERSARIAL 29, and the mirror: the engine steers a simulated clock held by the
+/// clock process and serves it within 2 ms of the truth.
+#[test]
+fn run_as_root_splits_into_a_sandboxed_engine_and_clock_process() {
+    if !require_root() {
+        return;
+    }
+    let _spawning = SPAWN.lock().unwrap_or_else(|p| p.into_inner());
+    let upstream = NtimedServer::start(None);
+    let port = free_port();
+    let run = NtimedRun::start(
+        None,
+        &client_toml(upstream.addr().port(), port),
+        Some(port),
+        None,
+    );
+    drop(_spawning);
+    let jail = fs::canonicalize(run.dir()).unwrap();
+    let supervisor = run.pid();
+    let engine = child_with(supervisor, "privsep-engine").expect("an engine process");
+    let clock = child_with(supervisor, "privsep-clock").expect("a clock process");
+
+    let e = proc_status(engine);
+    assert!(e.uids.iter().all(|&u| u != 0), "engine uids {e:?}");
+    assert!(e.gids.iter().all(|&g| g != 0), "engine gids {e:?}");
+    assert_eq!((e.cap_eff, e.cap_prm, e.cap_bnd), (0, 0, 0), "engine {e:?}");
+    assert!(e.no_new_privs && e.seccomp == 2, "engine {e:?}");
+    assert_eq!(e.root, jail, "engine {e:?}");
+
+    let c = proc_status(clock);
+    assert!(c.uids.iter().all(|&u| u != 0), "clock uids {c:?}");
+    // Only CAP_SYS_TIME may be left anywhere; here it was never in the bounding set.
+    assert_eq!(c.cap_bnd & !(1 << CAP_SYS_TIME), 0, "clock {c:?}");
+    assert_eq!((c.cap_eff, c.cap_prm), (0, 0), "clock {c:?}");
+    assert!(c.no_new_privs && c.seccomp == 2, "clock {c:?}");
+    assert_eq!(c.root, jail, "clock {c:?}");
+    // What the clock process asked for, in its own report.
+    let log = run.log();
+    assert!(
+        log.contains("sandboxed Clock process")
+            && log.contains("capabilities requested cap_sys_time held none"),
+        "{log}"
+    );
+    assert!(log.contains("sandboxed Engine process"), "{log}");
+
+    // The start-up step crossed the boundary, and the engine serves the clock the
+    // clock process holds: within 2 ms of the system clock once pulled in.
+    let mut last = None;
+    let synced = wait_until(Duration::from_secs(30), || {
+        last = query(port);
+        last.as_ref().is_some_and(|r| {
+            r["stratum"] == 2 && r["offset"].as_f64().is_some_and(|o| o.abs() < 0.002)
+        })
+    });
+    assert!(synced, "last reply {last:?}\n{}", run.log());
+    assert!(run.log().contains("applied Step"), "{}", run.log());
+}
+
+/// If a child dies, the daemon stops, with a failure for systemd to restart on; a
+/// SIGTERM stops it cleanly.
+#[test]
+fn a_dead_child_stops_the_daemon_and_sigterm_stops_it_cleanly() {
+    if !require_root() {
+        return;
+    }
+    for victim in ["privsep-engine", "privsep-clock"] {
+        let dir = tempdir("privsep-death");
+        let conf = dir.path().join("ntimed.toml");
+        let port = free_port();
+        fs::write(
+            &conf,
+            format!("[local]\nstratum = 1\n[[server]]\nlisten = \"127.0.0.1:{port}\"\n"),
+        )
+        .unwrap();
+        let mut child = spawn_quiet(ntimed_run(None, &conf), &dir.path().join("log"));
+        let pid = child.id();
+        assert!(
+            wait_until(Duration::from_secs(10), || child_with(pid, victim)
+                .is_some()
+                && query(port).is_some()),
+            "never served: {}",
+            fs::read_to_string(dir.path().join("log")).unwrap_or_default()
+        );
+        let target = child_with(pid, victim).unwrap();
+        Command::new("kill")
+            .args(["-KILL", &target.to_string()])
+            .status()
+            .unwrap();
+        let status = wait_exit(&mut child, Duration::from_secs(15));
+        assert_eq!(status.code(), Some(1), "killing the {victim}");
+        assert!(
+            child_with(pid, "privsep-").is_none(),
+            "a child outlived {victim}"
+        );
+    }
+    let dir = tempdir("privsep-term");
+    let conf = dir.path().join("ntimed.toml");
+    let port = free_port();
+    fs::write(
+        &conf,
+        format!("[local]\nstratum = 1\n[[server]]\nlisten = \"127.0.0.1:{port}\"\n"),
+    )
+    .unwrap();
+    let mut child = spawn_quiet(ntimed_run(None, &conf), &dir.path().join("log"));
+    assert!(wait_until(Duration::from_secs(10), || query(port).is_some()));
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = wait_exit(&mut child, Duration::from_secs(15));
+    assert!(status.success(), "SIGTERM: {status}");
+}
+
+fn spawn_quiet(mut cmd: Command, log: &Path) -> Child {
+    let _spawning = SPAWN.lock().unwrap_or_else(|p| p.into_inner());
+    let file = fs::File::create(log).unwrap();
+    cmd.stdin(Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .expect("spawn ntimed")
+}
+
+fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let mut status = None;
+    let exited = wait_until(limit, || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    if !exited {
+        let _ = child.kill();
+        panic!("did not exit within {limit:?}");
+    }
+    status.unwrap()
+}
+
+/// A clock process started by the test, which plays the engine on the other end.
+struct ForgedEngine {
+    link: UnixDatagram,
+    child: Child,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl ForgedEngine {
+    fn start() -> ForgedEngine {
+        let dir = tempdir("privsep-forged");
+        let conf = dir.path().join("ntimed.toml");
+        fs::write(
+            &conf,
+            format!(
+                "[clock]\nmode = \"simulated\"\nsimulated-offset = 2.0\n\
+                 [[server]]\nlisten = \"127.0.0.1:{}\"\n{SANDBOX_TOML}",
+                free_port()
+            ),
+        )
+        .unwrap();
+        let (ours, theirs) = ntimed::sys::seqpacket_pair().unwrap();
+        let log = dir.path().join("clock.log");
+        let mut cmd = safe_command(None, ntimed_bin());
+        cmd.args(["--log-level", "debug", "privsep-clock", "--config"])
+            .arg(&conf)
+            .args(["--parent", &std::process::id().to_string()])
+            .args([
+                "--ipc-fd",
+                &std::os::fd::AsRawFd::as_raw_fd(&theirs).to_string(),
+            ])
+            .args(["--epoch-ns", "0"]);
+        let file = fs::File::create(&log).unwrap();
+        cmd.stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file);
+        let child = {
+            let _spawning = SPAWN.lock().unwrap_or_else(|p| p.into_inner());
+            ntimed::privsep::spawn_with_fds(&mut cmd, &[theirs.as_fd()]).expect("spawn")
+        };
+        drop(theirs);
+        let link = UnixDatagram::from(ours);
+        link.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let engine = ForgedEngine {
+            link,
+            child,
+            log,
+            _dir: dir,
+        };
+        // Up and sandboxed before the first frame.
+        assert!(
+            wait_until(Duration::from_secs(10), || engine
+                .log()
+                .contains("sandboxed Clock")),
+            "{}",
+            engine.log()
+        );
+        engine
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends `frame` and returns the reply, or `None` if the process closed the link.
+    fn send(&self, frame: &[u8]) -> Option<Reply> {
+        self.link.send(frame).ok()?;
+        let mut buf = [0u8; 64];
+        match self.link.recv(&mut buf) {
+            Ok(0) | Err(_) => None,
+            Ok(n) => Some(ipc::decode_reply(&buf[..n]).expect("a well-formed reply")),
+        }
+    }
+
+    fn command(&self, command: ClockCommand) -> Option<Reply> {
+        self.send(&ipc::encode_command(&command))
+    }
+}
+
+impl Drop for ForgedEngine {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// ADVERSARIAL 27: a malformed frame (short, long, unknown kind, NaN, out of range)
+/// makes the real clock process exit at once, and nothing is applied.
+#[test]
+fn a_forged_engine_cannot_get_a_malformed_frame_through() {
+    if !require_root() {
+        return;
+    }
+    let step = ipc::encode_command(&ClockCommand::Step { offset: 0.5 });
+    let mut unknown = step;
+    unknown[0] = 0x7f;
+    let mut nan = step;
+    nan[8..16].copy_from_slice(&f64::NAN.to_be_bytes());
+    let mut infinite = ipc::encode_command(&ClockCommand::SetFrequency { ppm: 1.0 });
+    infinite[8..16].copy_from_slice(&f64::INFINITY.to_be_bytes());
+    let far = ipc::encode_command(&ClockCommand::Slew {
+        offset: 1e12,
+        duration: 1.0,
+    });
+    let cases: [(&str, Vec<u8>); 6] = [
+        ("short", step[..20].to_vec()),
+        ("long", [step.as_slice(), &[0; 8]].concat()),
+        ("unknown kind", unknown.to_vec()),
+        ("NaN", nan.to_vec()),
+        ("infinity", infinite.to_vec()),
+        ("out of range", far.to_vec()),
+    ];
+    for (what, frame) in cases {
+        let mut engine = ForgedEngine::start();
+        assert_eq!(engine.send(&frame), None, "{what}: answered");
+        // Anything after it goes nowhere.
+        assert_eq!(engine.send(&step), None, "{what}: still listening");
+        let status = wait_exit(&mut engine.child, Duration::from_secs(10));
+        assert_eq!(status.code(), Some(3), "{what}: {}", engine.log());
+        let log = engine.log();
+        assert!(log.contains("malformed frame"), "{what}: {log}");
+        assert!(!log.contains("applied"), "{what}: {log}");
+    }
+}
+
+/// ADVERSARIAL 28: steps beyond policy are refused and logged, the process carries on,
+/// and a 1 h step is refused before and after start-up.
+#[test]
+fn a_forged_engine_cannot_step_the_clock_beyond_policy() {
+    if !require_root() {
+        return;
+    }
+    let mut engine = ForgedEngine::start();
+    let hour = ClockCommand::Step { offset: 3600.0 };
+    assert_eq!(
+        engine.command(hour),
+        Some(Reply::Refused(Refusal::StepTooLarge))
+    );
+    assert!(matches!(
+        engine.command(ClockCommand::Step { offset: -2.0 }),
+        Some(Reply::Applied { .. })
+    ));
+    assert!(matches!(
+        engine.command(ClockCommand::Slew {
+            offset: 0.001,
+            duration: 16.0
+        }),
+        Some(Reply::Applied { .. })
+    ));
+    assert_eq!(
+        engine.command(hour),
+        Some(Reply::Refused(Refusal::StartupOver))
+    );
+    assert_eq!(
+        engine.command(ClockCommand::Step { offset: 0.2 }),
+        Some(Reply::Refused(Refusal::StartupOver))
+    );
+    assert_eq!(
+        engine.command(ClockCommand::Slew {
+            offset: 5.0,
+            duration: 1.0
+        }),
+        Some(Reply::Refused(Refusal::SlewTooLarge))
+    );
+    assert_eq!(
+        engine.command(ClockCommand::SetFrequency { ppm: 900.0 }),
+        Some(Reply::Refused(Refusal::FrequencyTooLarge))
+    );
+    let log = engine.log();
+    assert_eq!(log.matches("applied Step").count(), 1, "{log}");
+    assert!(log.contains("refused Step { offset: 3600.0 }"), "{log}");
+    // Closing the link is the one clean way out.
+    engine.link.shutdown(std::net::Shutdown::Both).unwrap();
+    let status = wait_exit(&mut engine.child, Duration::from_secs(10));
+    assert!(status.success(), "{status}: {}", engine.log());
+}
+
+/// Without root there is nothing to separate: one process, and no system clock.
+#[test]
+fn without_root_run_is_one_process_and_refuses_the_system_clock() {
+    let dir = tempdir("privsep-unprivileged");
+    let conf = dir.path().join("ntimed.toml");
+    let port = free_port();
+    if ntimed::sys::effective_uid() != 0 {
+        eprintln!("SKIPPING: needs root to become nobody");
+        return;
+    }
+    let as_nobody = |conf: &Path| {
+        let mut cmd = Command::new("setpriv");
+        cmd.args([
+            "--reuid",
+            "nobody",
+            "--regid",
+            "nogroup",
+            "--clear-groups",
+            "--bounding-set",
+            "-sys_time",
+            "--",
+            ntimed_bin(),
+            "run",
+            "--config",
+        ])
+        .arg(conf);
+        cmd
+    };
+    fs::write(
+        &conf,
+        format!("[clock]\nmode = \"system\"\n[[server]]\nlisten = \"127.0.0.1:{port}\"\n"),
+    )
+    .unwrap();
+    fs::set_permissions(&conf, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let out = run_with_deadline(as_nobody(&conf), Duration::from_secs(10)).unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", out.describe());
+    assert!(
+        out.stderr.contains("needs ntimed started as root"),
+        "{}",
+        out.describe()
+    );
+
+    fs::write(
+        &conf,
+        format!(
+            "[clock]\nmode = \"simulated\"\n[local]\nstratum = 1\n\
+             [[server]]\nlisten = \"127.0.0.1:{port}\"\n"
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("log");
+    let mut child = spawn_quiet(as_nobody(&conf), &log);
+    let served = wait_until(Duration::from_secs(10), || query(port).is_some());
+    let pid = child.id();
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = fs::read_to_string(log).unwrap_or_default();
+    assert!(served, "{log}");
+    assert!(log.contains("running unprivileged in one process"), "{log}");
+    assert!(child_with(pid, "privsep-").is_none());
+}
