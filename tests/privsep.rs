@@ -82,21 +82,11 @@ fn proc_status(pid: u32) -> ProcStatus {
     }
 }
 
-/// The children of `parent` whose command line contains `marker`.
+/// The child of `parent` whose command line contains `marker`.
 fn child_with(parent: u32, marker: &str) -> Option<u32> {
-    fs::read_dir("/proc").ok()?.find_map(|entry| {
-        let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
-        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // The fields after the parenthesised command: state, then the parent's pid.
-        let ppid: u32 = stat
-            .rsplit_once(')')?
-            .1
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()?;
-        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        (ppid == parent && String::from_utf8_lossy(&cmdline).contains(marker)).then_some(pid)
+    children_of(parent).into_iter().find(|pid| {
+        fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(marker))
     })
 }
 

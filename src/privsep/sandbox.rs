@@ -435,22 +435,40 @@ fn install_seccomp(role: Role) -> Result<(), String> {
             libc::SYS_clone,
             vec![SeccompRule::new(vec![thread]).map_err(err)?],
         );
-        // Internet sockets, and netlink for the resolver's interface check.
-        let domain = |family: i32| -> Result<SeccompRule, String> {
-            let family = u64::try_from(family).map_err(|e| e.to_string())?;
+        // Calls allowed only with a given first argument.
+        let first_is = |value: u64| -> Result<SeccompRule, String> {
             SeccompRule::new(vec![
-                SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, family)
+                SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value)
                     .map_err(err)?,
             ])
             .map_err(err)
         };
+        let second_is = |value: u64| -> Result<SeccompRule, String> {
+            SeccompRule::new(vec![
+                SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value)
+                    .map_err(err)?,
+            ])
+            .map_err(err)
+        };
+        let unsigned = |n: i32| u64::try_from(n).map_err(|e| e.to_string());
+        // Internet sockets, and netlink for the resolver's interface check.
         rules.insert(
             libc::SYS_socket,
             vec![
-                domain(libc::AF_INET)?,
-                domain(libc::AF_INET6)?,
-                domain(libc::AF_NETLINK)?,
+                first_is(unsigned(libc::AF_INET)?)?,
+                first_is(unsigned(libc::AF_INET6)?)?,
+                first_is(unsigned(libc::AF_NETLINK)?)?,
             ],
+        );
+        // Naming threads, and nothing else prctl can do.
+        rules.insert(
+            libc::SYS_prctl,
+            vec![first_is(unsigned(libc::PR_SET_NAME)?)?],
+        );
+        // Non-blocking and close-on-exec switches only.
+        rules.insert(
+            libc::SYS_ioctl,
+            vec![second_is(libc::FIONBIO)?, second_is(libc::FIOCLEX)?],
         );
     }
     let mismatch = match role {

@@ -524,10 +524,46 @@ impl Daemon {
     }
 }
 
+/// The pids of `parent`'s children (from /proc: each stat's fourth field).
+pub fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| {
+            let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let ppid: u32 = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            (ppid == parent).then_some(pid)
+        })
+        .collect()
+}
+
+/// Whether `pid` is still a live process (not gone, not a zombie).
+fn alive(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| Some(stat.rsplit_once(')')?.1.split_whitespace().next()? != "Z"))
+        .unwrap_or(false)
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
+        // ntimed run as root has an engine and a clock process under it: they die with
+        // it, and the next test on the same port must not find them still there.
+        let children = children_of(self.pid());
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while children.iter().any(|&pid| alive(pid)) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
         if thread::panicking() {
             eprintln!(
                 "--- log of {} ({}) ---\n{}",
