@@ -125,6 +125,7 @@ pub async fn run() -> Result<ExitCode, String> {
     }
 
     failures += discipline_demo(&servers).await?;
+    failures += privilege_boundary_demo()?;
 
     let stats = &running.server.stats;
     println!(
@@ -219,6 +220,113 @@ async fn discipline_demo(servers: &Servers) -> Result<u32, String> {
         println!("   UNEXPECTED: still {error:.6} s off (synchronized: {synced})");
         1
     })
+}
+
+/// Step 8: the clock process's policy, which holds whatever the engine asks. Here both
+/// ends run in this process (the demo needs no root); `ntimed run` started as root puts
+/// the clock process in a sandboxed process of its own. Returns the number of failures.
+fn privilege_boundary_demo() -> Result<u32, String> {
+    use crate::clock::{ClockCommand, SoftwareClock};
+    use crate::privsep::clock_process::{self, HeldClock};
+    use crate::privsep::policy::{Policy, PolicyConfig};
+    use crate::privsep::remote::{LocalView, RemoteClock};
+    use crate::privsep::{ipc, policy};
+    use std::os::unix::net::UnixDatagram;
+
+    println!(
+        "\n8. The privilege boundary: the engine (which parses everything from the network) can\n   only ask the clock process, which applies what its policy allows. As if compromised,\n   the engine asks for:"
+    );
+    let pair = || -> Result<(UnixDatagram, UnixDatagram), String> {
+        let (a, b) = crate::sys::seqpacket_pair().map_err(|e| e.to_string())?;
+        Ok((UnixDatagram::from(a), UnixDatagram::from(b)))
+    };
+    let serve_in_thread = |link: UnixDatagram| {
+        std::thread::spawn(move || {
+            let held = HeldClock::Software(SoftwareClock::simulated(0.3, 0.0));
+            let config = PolicyConfig {
+                clock_configured: true,
+                steps: crate::sync::StepPolicy::Startup,
+                panic_threshold: 1000.0,
+                max_frequency: 500.0,
+            };
+            let result = clock_process::serve(&link, &held, &mut Policy::new(config, 0.0), None);
+            (result.map_err(|e| e.to_string()), held)
+        })
+    };
+    let (engine_end, clock_end) = pair()?;
+    let process = serve_in_thread(clock_end);
+    let engine = RemoteClock::new(
+        engine_end,
+        LocalView::Mirror(SoftwareClock::simulated(0.3, 0.0)),
+    )
+    .map_err(|e| e.to_string())?;
+    let asks = [
+        (
+            "the start-up step",
+            ClockCommand::Step { offset: -0.3 },
+            true,
+        ),
+        (
+            "a 1 ms slew",
+            ClockCommand::Slew {
+                offset: 0.001,
+                duration: 16.0,
+            },
+            true,
+        ),
+        ("a 1 h step", ClockCommand::Step { offset: 3600.0 }, false),
+        (
+            "a 2 s slew",
+            ClockCommand::Slew {
+                offset: 2.0,
+                duration: 1.0,
+            },
+            false,
+        ),
+        ("900 ppm", ClockCommand::SetFrequency { ppm: 900.0 }, false),
+    ];
+    let mut failures = 0;
+    for (what, command, allowed) in asks {
+        let outcome = engine.apply(command);
+        println!(
+            "   {what:<18} {}",
+            match &outcome {
+                Ok(()) => "applied".to_string(),
+                Err(e) => e.to_string(),
+            }
+        );
+        if outcome.is_ok() != allowed {
+            println!("   UNEXPECTED");
+            failures += 1;
+        }
+    }
+    drop(engine);
+    let _ = process.join();
+    // A frame no engine of ours would send: the clock process stops, the clock as it was.
+    let (engine_end, clock_end) = pair()?;
+    let process = serve_in_thread(clock_end);
+    let mut frame = ipc::encode_command(&ClockCommand::Step { offset: 0.0 });
+    frame[8..16].copy_from_slice(&f64::NAN.to_be_bytes());
+    engine_end.send(&frame).map_err(|e| e.to_string())?;
+    let (result, held) = process.join().map_err(|_| "the clock process panicked")?;
+    let untouched = match held {
+        HeldClock::Software(clock) => clock.status().steps == 0,
+        _ => false,
+    };
+    match result {
+        Err(e) if untouched => {
+            println!("   a NaN step frame   {e}: the clock process exits, the clock untouched")
+        }
+        _ => {
+            println!("   UNEXPECTED: a malformed frame was accepted");
+            failures += 1;
+        }
+    }
+    println!(
+        "   (slews are capped at {} s per command, run by the kernel at 500 ppm)",
+        policy::MAX_SLEW
+    );
+    Ok(failures)
 }
 
 /// What the demo's servers share: keys, cookie keys, a CA and the clock they serve.
