@@ -243,12 +243,7 @@ fn privilege_boundary_demo() -> Result<u32, String> {
     let serve_in_thread = |link: UnixDatagram| {
         std::thread::spawn(move || {
             let held = HeldClock::Software(SoftwareClock::simulated(0.3, 0.0));
-            let config = PolicyConfig {
-                clock_configured: true,
-                steps: crate::sync::StepPolicy::Startup,
-                panic_threshold: 1000.0,
-                max_frequency: 500.0,
-            };
+            let config = PolicyConfig::default();
             let result = clock_process::serve(&link, &held, &mut Policy::new(config, 0.0), None);
             (result.map_err(|e| e.to_string()), held)
         })

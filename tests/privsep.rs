@@ -173,15 +173,7 @@ fn a_dead_child_stops_the_daemon_and_sigterm_stops_it_cleanly() {
         return;
     }
     for victim in ["privsep-engine", "privsep-clock"] {
-        let dir = tempdir("privsep-death");
-        let conf = dir.path().join("ntimed.toml");
-        let port = free_port();
-        fs::write(
-            &conf,
-            format!("[local]\nstratum = 1\n[[server]]\nlisten = \"127.0.0.1:{port}\"\n"),
-        )
-        .unwrap();
-        let mut child = spawn_quiet(ntimed_run(None, &conf), &dir.path().join("log"));
+        let (dir, mut child, port) = start_local_server("privsep-death");
         let pid = child.id();
         assert!(
             wait_until(Duration::from_secs(10), || child_with(pid, victim)
@@ -202,15 +194,7 @@ fn a_dead_child_stops_the_daemon_and_sigterm_stops_it_cleanly() {
             "a child outlived {victim}"
         );
     }
-    let dir = tempdir("privsep-term");
-    let conf = dir.path().join("ntimed.toml");
-    let port = free_port();
-    fs::write(
-        &conf,
-        format!("[local]\nstratum = 1\n[[server]]\nlisten = \"127.0.0.1:{port}\"\n"),
-    )
-    .unwrap();
-    let mut child = spawn_quiet(ntimed_run(None, &conf), &dir.path().join("log"));
+    let (_dir, mut child, port) = start_local_server("privsep-term");
     assert!(wait_until(Duration::from_secs(10), || query(port).is_some()));
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -218,6 +202,20 @@ fn a_dead_child_stops_the_daemon_and_sigterm_stops_it_cleanly() {
         .unwrap();
     let status = wait_exit(&mut child, Duration::from_secs(15));
     assert!(status.success(), "SIGTERM: {status}");
+}
+
+/// `ntimed run` as a stratum-1 server on a free port, logging into its directory.
+fn start_local_server(what: &str) -> (tempfile::TempDir, Child, u16) {
+    let dir = tempdir(what);
+    let conf = dir.path().join("ntimed.toml");
+    let port = free_port();
+    fs::write(
+        &conf,
+        format!("[local]\nstratum = 1\n[[server]]\nlisten = \"127.0.0.1:{port}\"\n"),
+    )
+    .unwrap();
+    let child = spawn_quiet(ntimed_run(None, &conf), &dir.path().join("log"));
+    (dir, child, port)
 }
 
 fn spawn_quiet(mut cmd: Command, log: &Path) -> Child {

@@ -185,7 +185,6 @@ pub fn serve(
 mod tests {
     use super::super::policy::PolicyConfig;
     use super::*;
-    use crate::sync::StepPolicy;
     use crate::wire::Leap;
 
     fn pair() -> (UnixDatagram, UnixDatagram) {
@@ -194,15 +193,7 @@ mod tests {
     }
 
     fn policy() -> Policy {
-        Policy::new(
-            PolicyConfig {
-                clock_configured: true,
-                steps: StepPolicy::Startup,
-                panic_threshold: 1000.0,
-                max_frequency: 500.0,
-            },
-            0.0,
-        )
+        Policy::new(PolicyConfig::default(), 0.0)
     }
 
     /// Runs the loop on a thread, sends `frames`, and returns the replies and how the

@@ -37,10 +37,24 @@ pub struct PolicyConfig {
     pub max_frequency: f64,
 }
 
+impl Default for PolicyConfig {
+    /// A clock configured with the engine's defaults: one start-up step, 1000 s panic
+    /// threshold, 500 ppm.
+    fn default() -> Self {
+        let defaults = crate::sync::SyncConfig::default();
+        Self {
+            clock_configured: true,
+            steps: defaults.steps,
+            panic_threshold: defaults.panic_threshold,
+            max_frequency: defaults.max_frequency_ppm,
+        }
+    }
+}
+
 impl PolicyConfig {
     /// From `[clock]`, with the engine's defaults (`None`: no `[clock]`).
     pub fn from_config(section: Option<&crate::config::ClockSection>) -> Self {
-        let defaults = crate::sync::SyncConfig::default();
+        let defaults = Self::default();
         match section {
             None => Self {
                 clock_configured: false,
@@ -54,7 +68,7 @@ impl PolicyConfig {
                 panic_threshold: c.panic_threshold.unwrap_or(defaults.panic_threshold),
                 max_frequency: c
                     .max_frequency
-                    .unwrap_or(defaults.max_frequency_ppm)
+                    .unwrap_or(defaults.max_frequency)
                     .min(crate::sys::MAX_FREQUENCY_PPM),
             },
         }
@@ -180,10 +194,8 @@ mod tests {
     fn policy(steps: StepPolicy) -> Policy {
         Policy::new(
             PolicyConfig {
-                clock_configured: true,
                 steps,
-                panic_threshold: 1000.0,
-                max_frequency: 500.0,
+                ..PolicyConfig::default()
             },
             0.0,
         )

@@ -93,7 +93,6 @@ mod tests {
     use super::super::clock_process::{self, HeldClock};
     use super::super::policy::{Policy, PolicyConfig};
     use super::*;
-    use crate::sync::StepPolicy;
     use std::time::SystemTime;
 
     /// The mirror shows exactly the time the clock process's clock shows.
@@ -104,15 +103,7 @@ mod tests {
         let (engine_end, clock_end) = (UnixDatagram::from(a), UnixDatagram::from(b));
         let process = std::thread::spawn(move || {
             let held = HeldClock::Software(SoftwareClock::with_epoch(epoch, 0.3, 80.0));
-            let mut policy = Policy::new(
-                PolicyConfig {
-                    clock_configured: true,
-                    steps: StepPolicy::Startup,
-                    panic_threshold: 1000.0,
-                    max_frequency: 500.0,
-                },
-                0.0,
-            );
+            let mut policy = Policy::new(PolicyConfig::default(), 0.0);
             clock_process::serve(&clock_end, &held, &mut policy, None).unwrap();
             held
         });
