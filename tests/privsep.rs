@@ -173,7 +173,7 @@ fn a_dead_child_stops_the_daemon_and_sigterm_stops_it_cleanly() {
         return;
     }
     for victim in ["privsep-engine", "privsep-clock"] {
-        let (dir, mut child, port) = start_local_server("privsep-death");
+        let (dir, mut child, port) = start_local_server("privsep-death", None);
         let pid = child.id();
         assert!(
             wait_until(Duration::from_secs(10), || child_with(pid, victim)
@@ -194,8 +194,18 @@ fn a_dead_child_stops_the_daemon_and_sigterm_stops_it_cleanly() {
             "a child outlived {victim}"
         );
     }
-    let (_dir, mut child, port) = start_local_server("privsep-term");
-    assert!(wait_until(Duration::from_secs(10), || query(port).is_some()));
+    // Started by systemd (Type=notify): READY=1 once the engine serves.
+    let notify_dir = tempdir("privsep-notify");
+    let notify_path = notify_dir.path().join("notify");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let (_dir, mut child, port) = start_local_server("privsep-term", Some(&notify_path));
+    let mut buf = [0u8; 64];
+    let n = notify.recv(&mut buf).expect("READY=1 from ntimed");
+    assert_eq!(&buf[..n], b"READY=1");
+    assert!(query(port).is_some(), "READY=1 before serving");
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -204,8 +214,9 @@ fn a_dead_child_stops_the_daemon_and_sigterm_stops_it_cleanly() {
     assert!(status.success(), "SIGTERM: {status}");
 }
 
-/// `ntimed run` as a stratum-1 server on a free port, logging into its directory.
-fn start_local_server(what: &str) -> (tempfile::TempDir, Child, u16) {
+/// `ntimed run` as a stratum-1 server on a free port, logging into its directory, with
+/// `NOTIFY_SOCKET` set if `notify` is.
+fn start_local_server(what: &str, notify: Option<&Path>) -> (tempfile::TempDir, Child, u16) {
     let dir = tempdir(what);
     let conf = dir.path().join("ntimed.toml");
     let port = free_port();
@@ -214,7 +225,11 @@ fn start_local_server(what: &str) -> (tempfile::TempDir, Child, u16) {
         format!("[local]\nstratum = 1\n[[server]]\nlisten = \"127.0.0.1:{port}\"\n"),
     )
     .unwrap();
-    let child = spawn_quiet(ntimed_run(None, &conf), &dir.path().join("log"));
+    let mut cmd = ntimed_run(None, &conf);
+    if let Some(socket) = notify {
+        cmd.env("NOTIFY_SOCKET", socket);
+    }
+    let child = spawn_quiet(cmd, &dir.path().join("log"));
     (dir, child, port)
 }
 
