@@ -244,7 +244,8 @@ fn privilege_boundary_demo() -> Result<u32, String> {
         std::thread::spawn(move || {
             let held = HeldClock::Software(SoftwareClock::simulated(0.3, 0.0));
             let config = PolicyConfig::default();
-            let result = clock_process::serve(&link, &held, &mut Policy::new(config, 0.0), None);
+            let result =
+                clock_process::serve(&link, &held, &mut Policy::new(config, 0.0), None, None);
             (result.map_err(|e| e.to_string()), held)
         })
     };
@@ -300,7 +301,7 @@ fn privilege_boundary_demo() -> Result<u32, String> {
     // A frame no engine of ours would send: the clock process stops, the clock as it was.
     let (engine_end, clock_end) = pair()?;
     let process = serve_in_thread(clock_end);
-    let mut frame = ipc::encode_command(&ClockCommand::Step { offset: 0.0 });
+    let mut frame = ipc::encode_command(1, &ClockCommand::Step { offset: 0.0 });
     frame[8..16].copy_from_slice(&f64::NAN.to_be_bytes());
     engine_end.send(&frame).map_err(|e| e.to_string())?;
     let (result, held) = process.join().map_err(|_| "the clock process panicked")?;

@@ -457,13 +457,33 @@ pub fn set_inheritable(fd: std::os::fd::BorrowedFd<'_>, inheritable: bool) -> io
     check(unsafe { libc::fcntl(raw, libc::F_SETFD, flags) })
 }
 
+/// Marks every descriptor from `first` up close-on-exec (`close_range` with
+/// `CLOSE_RANGE_CLOEXEC`), so that nothing this process inherited reaches a program
+/// it starts unless passed on purpose.
+pub fn close_on_exec_from(first: u32) -> io::Result<()> {
+    // SAFETY: close_range takes integers only; with CLOSE_RANGE_CLOEXEC it closes
+    // nothing, so no descriptor owned elsewhere in this process becomes invalid.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if rc == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Descriptors already taken by [`take_inherited_fd`]: each may be owned only once.
 static TAKEN_FDS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
 
 /// Takes ownership of descriptor `fd`, inherited from the parent across exec (its
 /// number came on the command line), and makes it close-on-exec. Refuses the standard
 /// streams, descriptors that are not open, and any number taken before.
-pub fn take_inherited_fd(fd: i32) -> io::Result<std::os::fd::OwnedFd> {
+pub(crate) fn take_inherited_fd(fd: i32) -> io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::{FromRawFd, OwnedFd};
     if fd <= 2 {
         return Err(invalid(format!("descriptor {fd} is a standard stream")));

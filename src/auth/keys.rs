@@ -256,7 +256,27 @@ pub fn read_private_file(path: &Path, max_len: u64) -> Result<Zeroizing<Vec<u8>>
         return Err("not a regular file".into());
     }
     let file = std::fs::File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+    read_private(file, max_len)
+}
+
+/// [`read_private_file`] for a file in a directory an unprivileged process can write
+/// (read as root before privileges are dropped): never through a symbolic link, and a
+/// FIFO or device planted there is not waited on.
+pub fn read_private_file_no_link(path: &Path, max_len: u64) -> Result<Zeroizing<Vec<u8>>, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| format!("cannot open (symbolic links are refused): {e}"))?;
+    read_private(file, max_len)
+}
+
+fn read_private(file: std::fs::File, max_len: u64) -> Result<Zeroizing<Vec<u8>>, String> {
     let meta = file.metadata().map_err(|e| format!("cannot stat: {e}"))?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
     check_private(&meta)?;
     if meta.len() > max_len {
         return Err(format!("larger than {max_len} bytes"));

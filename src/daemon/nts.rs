@@ -638,11 +638,8 @@ pub fn load_cookie_keys(
             let file = dir.join(COOKIE_KEY_FILE);
             // Read as root before privileges are dropped, from a directory the
             // unprivileged user owns: never through a link it may have planted.
-            if std::fs::symlink_metadata(&file).is_ok_and(|m| !m.is_file()) {
-                return Err(format!("{}: not a regular file", file.display()));
-            }
-            let persisted = if file.exists() {
-                let bytes = crate::auth::keys::read_private_file(&file, 1 << 20)
+            let persisted = if std::fs::symlink_metadata(&file).is_ok() {
+                let bytes = crate::auth::keys::read_private_file_no_link(&file, 1 << 20)
                     .map_err(|e| format!("{}: {e}", file.display()))?;
                 let text = std::str::from_utf8(&bytes)
                     .map_err(|_| format!("{}: not text", file.display()))?;

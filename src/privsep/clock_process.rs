@@ -14,7 +14,7 @@ use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::ipc::{self, FRAME_LEN, Refusal, Reply};
-use super::policy::Policy;
+use super::policy::{Policy, PolicyState};
 use crate::clock::system::SystemClock;
 use crate::clock::{Clock, ClockCommand, SoftwareClock};
 
@@ -101,21 +101,93 @@ impl DriftFile {
     }
 }
 
+/// The policy's per-boot state, kept in a root-only file the clock process opened
+/// before dropping privileges: `BOOT_ID STEPPED STARTUP_OVER`.
+pub struct PolicyRecord {
+    file: File,
+    boot_id: String,
+}
+
+impl PolicyRecord {
+    pub fn new(file: File, boot_id: String) -> Self {
+        Self { file, boot_id }
+    }
+
+    /// What an earlier clock process of this boot left: nothing after a reboot or on
+    /// a new file; a record that cannot be read counts as "no steps left this boot".
+    pub fn load(&self) -> PolicyState {
+        let mut text = String::new();
+        if std::io::Read::read_to_string(&mut &self.file, &mut text).is_err() {
+            return PolicyState::spent();
+        }
+        let Some((boot_id, rest)) = text.trim().split_once(' ') else {
+            return if text.trim().is_empty() {
+                PolicyState::default()
+            } else {
+                tracing::warn!("the policy record is unreadable; no steps this boot");
+                PolicyState::spent()
+            };
+        };
+        if boot_id != self.boot_id {
+            return PolicyState::default();
+        }
+        PolicyState::decode(rest).unwrap_or_else(|| {
+            tracing::warn!("the policy record is unreadable; no steps this boot");
+            PolicyState::spent()
+        })
+    }
+
+    fn save(&self, state: &PolicyState) -> io::Result<()> {
+        let text = format!("{} {}\n", self.boot_id, state.encode());
+        self.file.write_all_at(text.as_bytes(), 0)?;
+        self.file.set_len(text.len() as u64)?;
+        self.file.sync_data()
+    }
+}
+
 /// Why the loop ended badly.
 #[derive(Debug, thiserror::Error)]
 pub enum Fatal {
     #[error("malformed frame from the engine: {0}")]
     Malformed(#[from] ipc::FrameError),
+    #[error("an empty frame from the engine")]
+    Empty,
     #[error("IPC: {0}")]
     Io(#[from] io::Error),
+    #[error("cannot keep the policy record: {0}")]
+    Record(io::Error),
+}
+
+/// Whether a zero-length read was the engine closing its end (`true`) or an empty
+/// frame (`false`): after a close every read returns 0 at once; after an empty frame
+/// the next one waits.
+fn closed(link: &UnixDatagram, buffer: &mut [u8]) -> io::Result<bool> {
+    link.set_read_timeout(Some(Duration::from_millis(50)))?;
+    let result = link.recv(buffer);
+    link.set_read_timeout(Some(IDLE_WAKE))?;
+    match result {
+        Ok(0) => Ok(true),
+        Ok(_) => Ok(false),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Serves the engine on `link` until it closes its end (`Ok`) or sends something
-/// malformed (`Err`). `applied` hears of every command applied, for the log.
+/// malformed (`Err`). The policy's state is saved to `record` (if any) before the engine
+/// hears that a step was applied, so that no restart can forget it.
 pub fn serve(
     link: &UnixDatagram,
     clock: &HeldClock,
     policy: &mut Policy,
+    record: Option<&PolicyRecord>,
     mut drift: Option<&mut DriftFile>,
 ) -> Result<(), Fatal> {
     link.set_read_timeout(Some(IDLE_WAKE))?;
@@ -123,7 +195,8 @@ pub fn serve(
     let mut buffer = [0u8; RECEIVE_BUFFER];
     loop {
         let len = match link.recv(&mut buffer) {
-            Ok(0) => break,
+            Ok(0) if closed(link, &mut buffer)? => break,
+            Ok(0) => return Err(Fatal::Empty),
             Ok(len) => len,
             Err(e)
                 if matches!(
@@ -139,7 +212,7 @@ pub fn serve(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e.into()),
         };
-        let command = ipc::decode_command(buffer.get(..len).unwrap_or_default())?;
+        let (id, command) = ipc::decode_command(buffer.get(..len).unwrap_or_default())?;
         let now = started.elapsed().as_secs_f64();
         let unix_time = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -160,10 +233,10 @@ pub fn serve(
                     } else {
                         tracing::debug!("applied {command:?}");
                     }
-                    policy.applied(&command);
-                    if let Some(d) = drift.as_deref_mut() {
-                        d.note(&command);
-                        d.save(false);
+                    if policy.applied(&command)
+                        && let Some(record) = record
+                    {
+                        record.save(&policy.state()).map_err(Fatal::Record)?;
                     }
                     Reply::Applied { at }
                 }
@@ -173,7 +246,11 @@ pub fn serve(
                 }
             },
         };
-        link.send(&ipc::encode_reply(&reply))?;
+        link.send(&ipc::encode_reply(id, &reply))?;
+        if let (Reply::Applied { .. }, Some(d)) = (reply, drift.as_deref_mut()) {
+            d.note(&command);
+            d.save(false);
+        }
     }
     if let Some(d) = drift {
         d.save(true);
@@ -202,7 +279,8 @@ mod tests {
         let (engine, clock_end) = pair();
         let handle = std::thread::spawn(move || {
             let clock = HeldClock::Software(SoftwareClock::simulated(0.0, 0.0));
-            let result = serve(&clock_end, &clock, &mut policy(), None).map_err(|e| e.to_string());
+            let result =
+                serve(&clock_end, &clock, &mut policy(), None, None).map_err(|e| e.to_string());
             (result, clock)
         });
         let mut replies = Vec::new();
@@ -211,7 +289,7 @@ mod tests {
             let mut buf = [0u8; 64];
             match engine.recv(&mut buf) {
                 Ok(0) | Err(_) => break,
-                Ok(n) => replies.push(ipc::decode_reply(&buf[..n]).unwrap()),
+                Ok(n) => replies.push(ipc::decode_reply(&buf[..n]).unwrap().1),
             }
         }
         drop(engine);
@@ -235,7 +313,7 @@ mod tests {
             ClockCommand::Step { offset: 3600.0 },
         ]
         .iter()
-        .map(|c| ipc::encode_command(c).to_vec())
+        .map(|c| ipc::encode_command(1, c).to_vec())
         .collect();
         let (replies, result, clock) = exchange(frames);
         assert!(result.is_ok());
@@ -251,14 +329,14 @@ mod tests {
     /// error at the first one, and nothing in that frame (or after it) is applied.
     #[test]
     fn a_malformed_frame_ends_the_loop_and_nothing_is_applied() {
-        let step = ipc::encode_command(&ClockCommand::Step { offset: 0.5 });
+        let step = ipc::encode_command(1, &ClockCommand::Step { offset: 0.5 });
         let mut unknown = step;
         unknown[0] = 42;
         let mut nan = step;
         nan[8..16].copy_from_slice(&f64::NAN.to_be_bytes());
-        let mut bad_leap = ipc::encode_command(&ClockCommand::SetLeap(Leap::NoWarning));
+        let mut bad_leap = ipc::encode_command(1, &ClockCommand::SetLeap(Leap::NoWarning));
         bad_leap[1] = 7;
-        let far = ipc::encode_command(&ClockCommand::SetFrequency { ppm: 2e6 });
+        let far = ipc::encode_command(1, &ClockCommand::SetFrequency { ppm: 2e6 });
         for hostile in [
             step[..31].to_vec(),
             [step.as_slice(), &[0]].concat(),
@@ -267,10 +345,15 @@ mod tests {
             bad_leap.to_vec(),
             far.to_vec(),
             vec![0xff; 4096],
+            Vec::new(),
         ] {
             let (replies, result, clock) = exchange(vec![hostile.clone(), step.to_vec()]);
             assert!(replies.is_empty(), "{hostile:?} got {replies:?}");
-            assert!(result.unwrap_err().contains("malformed"));
+            let error = result.unwrap_err();
+            assert!(
+                error.contains("malformed") || error.contains("empty"),
+                "{error}"
+            );
             assert_eq!(status(&clock).steps, 0);
         }
     }

@@ -6,13 +6,15 @@
 //! request (engine → clock)              reply (clock → engine)
 //!  0     kind                            0     kind: 1 applied, 2 refused
 //!  1     flag: leap 0–3 / synchronized   1     refusal code (refused), else 0
-//!  2..8  zero                            2..8  zero
+//!  2..4  zero                            2..4  zero
+//!  4..8  request id, big-endian          4..8  the request's id, echoed
 //!  8..16 a: f64, big-endian              8..16 at: f64, seconds since the epoch the
 //! 16..24 b: f64, big-endian                    command was applied at (applied)
 //! 24..32 zero                           16..32 zero
 //! ```
 //!
-//! Decoding is strict, because a frame that is not exactly what the engine would send
+//! The id lets the engine tell a late reply from the one it waits for. Decoding is
+//! strict, because a frame that is not exactly what the engine would send
 //! means the engine is no longer the engine: any malformed request is fatal for the
 //! clock process (ADVERSARIAL 27). Numbers must be finite and within coarse bounds here;
 //! the policy ([`super::policy`]) applies the real limits.
@@ -138,21 +140,22 @@ fn leap_code(leap: Leap) -> u8 {
     }
 }
 
-fn frame(kind: u8, flag: u8, a: f64, b: f64) -> Frame {
+fn frame(kind: u8, flag: u8, id: u32, a: f64, b: f64) -> Frame {
     let mut out = [0u8; FRAME_LEN];
     out[0] = kind;
     out[1] = flag;
+    out[4..8].copy_from_slice(&id.to_be_bytes());
     out[8..16].copy_from_slice(&a.to_be_bytes());
     out[16..24].copy_from_slice(&b.to_be_bytes());
     out
 }
 
-pub fn encode_command(command: &ClockCommand) -> Frame {
+pub fn encode_command(id: u32, command: &ClockCommand) -> Frame {
     match *command {
-        ClockCommand::Step { offset } => frame(kind::STEP, 0, offset, 0.0),
-        ClockCommand::Slew { offset, duration } => frame(kind::SLEW, 0, offset, duration),
-        ClockCommand::SetFrequency { ppm } => frame(kind::SET_FREQUENCY, 0, ppm, 0.0),
-        ClockCommand::SetLeap(leap) => frame(kind::SET_LEAP, leap_code(leap), 0.0, 0.0),
+        ClockCommand::Step { offset } => frame(kind::STEP, 0, id, offset, 0.0),
+        ClockCommand::Slew { offset, duration } => frame(kind::SLEW, 0, id, offset, duration),
+        ClockCommand::SetFrequency { ppm } => frame(kind::SET_FREQUENCY, 0, id, ppm, 0.0),
+        ClockCommand::SetLeap(leap) => frame(kind::SET_LEAP, leap_code(leap), id, 0.0, 0.0),
         ClockCommand::SetStatus {
             synchronized,
             estimated_error,
@@ -160,16 +163,17 @@ pub fn encode_command(command: &ClockCommand) -> Frame {
         } => frame(
             kind::SET_STATUS,
             u8::from(synchronized),
+            id,
             estimated_error,
             max_error,
         ),
     }
 }
 
-pub fn encode_reply(reply: &Reply) -> Frame {
+pub fn encode_reply(id: u32, reply: &Reply) -> Frame {
     match *reply {
-        Reply::Applied { at } => frame(kind::APPLIED, 0, at, 0.0),
-        Reply::Refused(why) => frame(kind::REFUSED, why.code(), 0.0, 0.0),
+        Reply::Applied { at } => frame(kind::APPLIED, 0, id, at, 0.0),
+        Reply::Refused(why) => frame(kind::REFUSED, why.code(), id, 0.0, 0.0),
     }
 }
 
@@ -177,6 +181,7 @@ pub fn encode_reply(reply: &Reply) -> Frame {
 struct Fields {
     kind: u8,
     flag: u8,
+    id: u32,
     a: f64,
     b: f64,
     /// Whether bytes 16..24 are zero (the replies' `b` is reserved).
@@ -189,11 +194,12 @@ fn split(bytes: &[u8]) -> Result<Fields, FrameError> {
     }
     let mut r = Reader::new(bytes);
     let (kind, flag) = (r.u8(), r.u8());
-    let head = r.array::<6>();
+    let head = r.array::<2>();
+    let id = r.u32();
     let (a, b) = (r.u64(), r.u64());
     let tail = r.array::<8>();
-    let (Some(kind), Some(flag), Some(head), Some(a), Some(b), Some(tail)) =
-        (kind, flag, head, a, b, tail)
+    let (Some(kind), Some(flag), Some(head), Some(id), Some(a), Some(b), Some(tail)) =
+        (kind, flag, head, id, a, b, tail)
     else {
         return Err(FrameError::Length(bytes.len()));
     };
@@ -206,6 +212,7 @@ fn split(bytes: &[u8]) -> Result<Fields, FrameError> {
     Ok(Fields {
         kind,
         flag,
+        id,
         a: f64::from_bits(a),
         b: f64::from_bits(b),
         b_zero: b == 0,
@@ -238,9 +245,13 @@ fn no_flag(field: &'static str, flag: u8) -> Result<(), FrameError> {
     }
 }
 
-/// Decodes an engine's request. Every byte is checked.
-pub fn decode_command(bytes: &[u8]) -> Result<ClockCommand, FrameError> {
+/// Decodes an engine's request and its id. Every byte is checked.
+pub fn decode_command(bytes: &[u8]) -> Result<(u32, ClockCommand), FrameError> {
     let f = split(bytes)?;
+    command_fields(&f).map(|command| (f.id, command))
+}
+
+fn command_fields(f: &Fields) -> Result<ClockCommand, FrameError> {
     match f.kind {
         kind::STEP => {
             no_flag("step", f.flag)?;
@@ -298,24 +309,25 @@ pub fn decode_command(bytes: &[u8]) -> Result<ClockCommand, FrameError> {
     }
 }
 
-/// Decodes the clock process's reply.
-pub fn decode_reply(bytes: &[u8]) -> Result<Reply, FrameError> {
+/// Decodes the clock process's reply and the id it answers.
+pub fn decode_reply(bytes: &[u8]) -> Result<(u32, Reply), FrameError> {
     let f = split(bytes)?;
     if !f.b_zero {
         return Err(FrameError::Reserved(16));
     }
-    match f.kind {
+    let reply = match f.kind {
         kind::APPLIED => {
             no_flag("applied", f.flag)?;
             let at = bounded("applied at", f.a, -MAX_DURATION * 1e3, MAX_DURATION * 1e3)?;
-            Ok(Reply::Applied { at })
+            Reply::Applied { at }
         }
         kind::REFUSED => {
             unused("refused a", f.a)?;
-            Ok(Reply::Refused(Refusal::from_code(f.flag)))
+            Reply::Refused(Refusal::from_code(f.flag))
         }
-        other => Err(FrameError::UnknownKind(other)),
-    }
+        other => return Err(FrameError::UnknownKind(other)),
+    };
+    Ok((f.id, reply))
 }
 
 #[cfg(test)]
@@ -342,21 +354,27 @@ mod tests {
 
     #[test]
     fn every_command_and_reply_round_trips() {
-        for command in commands() {
-            assert_eq!(decode_command(&encode_command(&command)), Ok(command));
+        for (id, command) in (7..).zip(commands()) {
+            assert_eq!(
+                decode_command(&encode_command(id, &command)),
+                Ok((id, command))
+            );
         }
         for reply in [
             Reply::Applied { at: 12.5 },
             Reply::Refused(Refusal::StartupOver),
             Reply::Refused(Refusal::Unknown(200)),
         ] {
-            assert_eq!(decode_reply(&encode_reply(&reply)), Ok(reply));
+            assert_eq!(
+                decode_reply(&encode_reply(u32::MAX, &reply)),
+                Ok((u32::MAX, reply))
+            );
         }
     }
 
     #[test]
     fn short_and_long_frames_are_rejected() {
-        let good = encode_command(&ClockCommand::Step { offset: 1.0 });
+        let good = encode_command(1, &ClockCommand::Step { offset: 1.0 });
         assert_eq!(decode_command(&good[..31]), Err(FrameError::Length(31)));
         assert_eq!(decode_command(&[]), Err(FrameError::Length(0)));
         let mut long = good.to_vec();
@@ -366,18 +384,18 @@ mod tests {
 
     #[test]
     fn unknown_kinds_reserved_bytes_and_flags_are_rejected() {
-        let mut f = encode_command(&ClockCommand::SetFrequency { ppm: 1.0 });
+        let mut f = encode_command(1, &ClockCommand::SetFrequency { ppm: 1.0 });
         f[0] = 9;
         assert_eq!(decode_command(&f), Err(FrameError::UnknownKind(9)));
-        for i in (2..8).chain(24..32) {
-            let mut f = encode_command(&ClockCommand::SetFrequency { ppm: 1.0 });
+        for i in (2..4).chain(24..32) {
+            let mut f = encode_command(1, &ClockCommand::SetFrequency { ppm: 1.0 });
             f[i] = 1;
             assert_eq!(decode_command(&f), Err(FrameError::Reserved(i)));
         }
-        let mut f = encode_command(&ClockCommand::SetLeap(Leap::NoWarning));
+        let mut f = encode_command(1, &ClockCommand::SetLeap(Leap::NoWarning));
         f[1] = 4;
         assert!(matches!(decode_command(&f), Err(FrameError::Flag { .. })));
-        let mut f = encode_command(&ClockCommand::Step { offset: 1.0 });
+        let mut f = encode_command(1, &ClockCommand::Step { offset: 1.0 });
         f[1] = 1;
         assert!(matches!(decode_command(&f), Err(FrameError::Flag { .. })));
     }
@@ -404,7 +422,7 @@ mod tests {
             ] {
                 assert!(
                     matches!(
-                        decode_command(&encode_command(&command)),
+                        decode_command(&encode_command(1, &command)),
                         Err(FrameError::OutOfRange { .. })
                     ),
                     "{command:?}"
@@ -416,8 +434,8 @@ mod tests {
             offset: 0.1,
             duration: -1.0,
         };
-        assert!(decode_command(&encode_command(&negative)).is_err());
-        let mut f = encode_command(&ClockCommand::Step { offset: 1.0 });
+        assert!(decode_command(&encode_command(1, &negative)).is_err());
+        let mut f = encode_command(1, &ClockCommand::Step { offset: 1.0 });
         f[16..24].copy_from_slice(&(-0.0f64).to_be_bytes());
         assert!(decode_command(&f).is_err());
     }

@@ -39,7 +39,7 @@ use crate::clock::system::SystemClock;
 use crate::config::{ClockMode, Config, Loaded};
 use crate::daemon::serve::{self, Listeners};
 use crate::sys;
-use clock_process::{DriftFile, HeldClock};
+use clock_process::{DriftFile, HeldClock, PolicyRecord};
 use policy::{Policy, PolicyConfig};
 use remote::{LocalView, RemoteClock};
 use sandbox::{Jail, Role};
@@ -126,6 +126,9 @@ fn fd_list(fds: &[BorrowedFd<'_>]) -> String {
 /// `ntimed run` as root: check, bind, start both children, and wait. Exits non-zero if
 /// either child fails or dies on its own.
 pub fn supervise(config: &std::path::Path, log_level: tracing::Level) -> Result<ExitCode, String> {
+    // Whatever started us may have leaked descriptors (a directory outside the jail,
+    // say); none of them may reach the children.
+    sys::close_on_exec_from(3).map_err(|e| format!("close_range: {e}"))?;
     let config = std::fs::canonicalize(config).map_err(|e| format!("{}: {e}", config.display()))?;
     let loaded = Config::load(&config).map_err(|e| e.to_string())?;
     // Checked here too, so that a bad user or state directory stops the start at once.
@@ -208,14 +211,17 @@ fn wait_for_children(clock: &mut Child, engine: &mut Child) -> ExitCode {
     loop {
         let signal =
             sys::wait_for_signal(&SUPERVISOR_SIGNALS, Duration::from_millis(200)).unwrap_or(None);
+        // Reap first: a pid is signalled only while its process is known to be ours.
+        engine_status = engine_status.or_else(|| engine.try_wait().ok().flatten());
+        clock_status = clock_status.or_else(|| clock.try_wait().ok().flatten());
         if matches!(signal, Some(libc::SIGTERM | libc::SIGINT)) && !requested {
             tracing::info!("stopping");
             requested = true;
-            let _ = sys::send_signal(engine.id(), libc::SIGTERM);
+            if engine_status.is_none() {
+                let _ = sys::send_signal(engine.id(), libc::SIGTERM);
+            }
             kill_at.get_or_insert(Instant::now() + STOP_GRACE);
         }
-        engine_status = engine_status.or_else(|| engine.try_wait().ok().flatten());
-        clock_status = clock_status.or_else(|| clock.try_wait().ok().flatten());
         match (engine_status, clock_status) {
             (Some(_), Some(_)) => break,
             // The engine's end of the link closed with it: the clock process follows.
@@ -225,24 +231,34 @@ fn wait_for_children(clock: &mut Child, engine: &mut Child) -> ExitCode {
                 }
                 kill_at = Some(Instant::now() + STOP_GRACE);
             }
+            // A clean exit means the engine closed the link: it is on its way out
+            // (perhaps still printing why), so it is only waited for.
             (None, Some(status)) if kill_at.is_none() => {
-                tracing::error!("the clock process exited ({status}); stopping the engine");
-                let _ = sys::send_signal(engine.id(), libc::SIGTERM);
+                if !status.success() {
+                    tracing::error!("the clock process exited ({status}); stopping the engine");
+                    let _ = sys::send_signal(engine.id(), libc::SIGTERM);
+                }
                 kill_at = Some(Instant::now() + STOP_GRACE);
             }
             _ => {}
         }
         if kill_at.is_some_and(|t| Instant::now() >= t) {
-            for child in [&mut *engine, &mut *clock] {
-                let _ = child.kill();
+            if engine_status.is_none() {
+                let _ = engine.kill();
+            }
+            if clock_status.is_none() {
+                let _ = clock.kill();
             }
         }
     }
     let clean = |s: Option<ExitStatus>| s.is_some_and(|s| s.success());
     if requested && clean(engine_status) && clean(clock_status) {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
+        return ExitCode::SUCCESS;
+    }
+    // The engine's own code says most (2: it could not load the configuration).
+    match engine_status.and_then(|s| s.code()) {
+        Some(code) if code != 0 => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        _ => ExitCode::FAILURE,
     }
 }
 
@@ -307,16 +323,39 @@ pub fn clock_main(args: ChildArgs) -> Result<ExitCode, String> {
         Some(path) => Some(DriftFile::new(open_drift_file(&loaded.path(path))?)),
         None => None,
     };
-    let mut policy = Policy::new(PolicyConfig::from_config(section), 0.0);
+    // What earlier clock processes of this boot stepped counts against this one.
+    let record = open_policy_record(&jail)?;
+    let mut policy = Policy::resume(PolicyConfig::from_config(section), 0.0, record.load());
     let report = sandbox::enter(&jail, Role::Clock, &[], libc::SIGKILL, args.parent)?;
     tracing::info!("{report}");
-    match clock_process::serve(&link, &held, &mut policy, drift.as_mut()) {
+    match clock_process::serve(&link, &held, &mut policy, Some(&record), drift.as_mut()) {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) => {
             tracing::error!("{e}; the clock process exits and the clock stays as it is");
             Ok(ExitCode::from(3))
         }
     }
+}
+
+/// The file where the policy's per-boot state is kept (`STATE/clock-policy`, root's
+/// alone, so the engine can neither read nor reset it), with this boot's id.
+fn open_policy_record(jail: &Jail) -> Result<PolicyRecord, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map_err(|e| format!("reading the boot id: {e}"))?
+        .trim()
+        .to_string();
+    let path = jail.state_dir.join("clock-policy");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(PolicyRecord::new(file, boot_id))
 }
 
 /// Opens (creating, mode 0644) the drift file for writing in place, never through a

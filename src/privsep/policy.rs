@@ -7,8 +7,11 @@
 //! * slews: at most the kernel's single-shot limit, 0.512 s, per command (the kernel
 //!   slews at 500 ppm whatever is asked);
 //! * frequency: within `max-frequency` (at most the kernel's 500 ppm);
-//! * leap seconds: announced only on the last day of a month (UTC), the only day the
-//!   kernel can act on one without inserting it at the wrong midnight;
+//! * leap seconds: announced only on the last day of June or December (UTC), when the
+//!   kernel inserts one at the right midnight, and counted as a 1 s step;
+//! * all of this per boot, not per process: what was stepped survives a restart of the
+//!   daemon ([`PolicyState`], kept by the clock process in its state directory), so a
+//!   crash loop cannot turn into a series of start-up steps;
 //! * commands: a token bucket, so a runaway engine cannot keep the process busy.
 //!
 //! A compromised engine can therefore move the clock by at most the slew rate plus the
@@ -75,13 +78,48 @@ impl PolicyConfig {
     }
 }
 
+/// What must outlive a clock process within one boot.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct PolicyState {
+    /// |steps| (and leap seconds) applied so far this boot, seconds.
+    pub stepped: f64,
+    /// The start-up step was used, or the clock was slewed: no start-up step any more.
+    pub startup_over: bool,
+}
+
+impl PolicyState {
+    /// Nothing left to step this boot (what an unreadable record means).
+    pub fn spent() -> Self {
+        Self {
+            stepped: f64::INFINITY,
+            startup_over: true,
+        }
+    }
+
+    /// `stepped startup_over` on one line (the boot id is the caller's business).
+    pub fn encode(&self) -> String {
+        format!("{} {}", self.stepped, u8::from(self.startup_over))
+    }
+
+    pub fn decode(text: &str) -> Option<Self> {
+        let mut fields = text.split_whitespace();
+        let stepped: f64 = fields.next()?.parse().ok()?;
+        let startup_over = match fields.next()? {
+            "0" => false,
+            "1" => true,
+            _ => return None,
+        };
+        (fields.next().is_none() && stepped.is_finite() && stepped >= 0.0).then_some(Self {
+            stepped,
+            startup_over,
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Policy {
     config: PolicyConfig,
-    /// |steps| applied so far, seconds.
-    stepped: f64,
-    steps: u64,
-    slewed: bool,
+    state: PolicyState,
     tokens: f64,
     /// When the bucket was last filled, seconds (any monotonic scale).
     filled_at: f64,
@@ -89,14 +127,21 @@ pub struct Policy {
 
 impl Policy {
     pub fn new(config: PolicyConfig, now: f64) -> Self {
+        Self::resume(config, now, PolicyState::default())
+    }
+
+    /// Carries on from what an earlier clock process of this boot left.
+    pub fn resume(config: PolicyConfig, now: f64, state: PolicyState) -> Self {
         Self {
             config,
-            stepped: 0.0,
-            steps: 0,
-            slewed: false,
+            state,
             tokens: COMMAND_BURST,
             filled_at: now,
         }
+    }
+
+    pub fn state(&self) -> PolicyState {
+        self.state
     }
 
     /// Whether `command` may be applied now (`now`: monotonic seconds; `unix_time`:
@@ -126,10 +171,14 @@ impl Policy {
             ClockCommand::SetFrequency { ppm } if ppm.abs() > self.config.max_frequency => {
                 Err(Refusal::FrequencyTooLarge)
             }
-            ClockCommand::SetLeap(Leap::AddSecond | Leap::DeleteSecond)
-                if !is_last_day_of_month(unix_time) =>
-            {
-                Err(Refusal::LeapNotAtMonthEnd)
+            ClockCommand::SetLeap(Leap::AddSecond | Leap::DeleteSecond) => {
+                if !is_leap_second_day(unix_time) {
+                    Err(Refusal::LeapNotAtMonthEnd)
+                } else if self.state.stepped + 1.0 > self.config.panic_threshold {
+                    Err(Refusal::StepBudgetSpent)
+                } else {
+                    Ok(())
+                }
             }
             _ => Ok(()),
         }
@@ -138,7 +187,7 @@ impl Policy {
     fn check_step(&self, offset: f64) -> Result<(), Refusal> {
         match self.config.steps {
             StepPolicy::Never => return Err(Refusal::StepsNotAllowed),
-            StepPolicy::Startup if self.steps > 0 || self.slewed => {
+            StepPolicy::Startup if self.state.startup_over => {
                 return Err(Refusal::StartupOver);
             }
             _ => {}
@@ -146,42 +195,52 @@ impl Policy {
         if offset.abs() > self.config.panic_threshold {
             return Err(Refusal::StepTooLarge);
         }
-        if self.stepped + offset.abs() > self.config.panic_threshold {
+        if self.state.stepped + offset.abs() > self.config.panic_threshold {
             return Err(Refusal::StepBudgetSpent);
         }
         Ok(())
     }
 
-    /// Records a command the clock applied.
-    pub fn applied(&mut self, command: &ClockCommand) {
+    /// Records a command the clock applied; true if [`Self::state`] changed (and
+    /// should be saved before the engine hears of it).
+    pub fn applied(&mut self, command: &ClockCommand) -> bool {
+        let before = self.state;
         match *command {
             ClockCommand::Step { offset } => {
-                self.steps += 1;
-                self.stepped += offset.abs();
+                self.state.startup_over = true;
+                self.state.stepped += offset.abs();
             }
-            ClockCommand::Slew { .. } => self.slewed = true,
+            ClockCommand::Slew { .. } => self.state.startup_over = true,
+            ClockCommand::SetLeap(Leap::AddSecond | Leap::DeleteSecond) => {
+                self.state.stepped += 1.0;
+            }
             _ => {}
         }
+        self.state != before
     }
 }
 
-/// Whether the UTC day holding `unix_time` is the last of its month (tomorrow is the
-/// 1st), by the days-from-civil arithmetic of H. Hinnant's `chrono`-compatible
-/// algorithms.
-pub fn is_last_day_of_month(unix_time: i64) -> bool {
-    let tomorrow = unix_time.div_euclid(86_400) + 1;
-    day_of_month(tomorrow) == 1
+/// Whether the UTC day holding `unix_time` is 30 June or 31 December, the days at
+/// whose end leap seconds are inserted (IERS Bulletin C; none has ever been elsewhere).
+pub fn is_leap_second_day(unix_time: i64) -> bool {
+    let today = unix_time.div_euclid(86_400);
+    let (month, day) = month_and_day(today);
+    let tomorrow = month_and_day(today + 1).1;
+    tomorrow == 1 && (month == 6 || month == 12) && day >= 30
 }
 
-/// The day of the month (1–31) of `days` since 1970-01-01.
-fn day_of_month(days: i64) -> i64 {
+/// The month (1–12) and day of the month (1–31) of `days` since 1970-01-01, by the
+/// days-from-civil arithmetic of H. Hinnant's algorithms.
+fn month_and_day(days: i64) -> (i64, i64) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097; // [0, 146096]
     let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
     let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
-    let mp = (5 * doy + 2) / 153; // [0, 11]
-    doy - (153 * mp + 2) / 5 + 1
+    let mp = (5 * doy + 2) / 153; // [0, 11], March first
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    (month, day)
 }
 
 #[cfg(test)]
@@ -205,6 +264,34 @@ mod tests {
         p.check(&command, now, MID_MONTH)?;
         p.applied(&command);
         Ok(())
+    }
+
+    /// A restart within the boot carries on where the last clock process stopped: no
+    /// second start-up step, and the budget stays spent.
+    #[test]
+    fn the_step_budget_and_the_start_up_step_survive_a_restart() {
+        let mut p = policy(StepPolicy::Startup);
+        assert_eq!(
+            apply(&mut p, ClockCommand::Step { offset: 900.0 }, 0.0),
+            Ok(())
+        );
+        let saved = PolicyState::decode(&p.state().encode()).unwrap();
+        assert_eq!(saved, p.state());
+        let mut after = Policy::resume(PolicyConfig::default(), 0.0, saved);
+        let step = ClockCommand::Step { offset: 50.0 };
+        assert_eq!(apply(&mut after, step, 1.0), Err(Refusal::StartupOver));
+        let always = PolicyConfig {
+            steps: StepPolicy::Always,
+            ..PolicyConfig::default()
+        };
+        let mut after = Policy::resume(always, 0.0, saved);
+        assert_eq!(
+            apply(&mut after, ClockCommand::Step { offset: 200.0 }, 1.0),
+            Err(Refusal::StepBudgetSpent)
+        );
+        for bad in ["", "1 2", "nan 0", "-1 0", "5 0 x", "inf 1"] {
+            assert_eq!(PolicyState::decode(bad), None, "{bad:?}");
+        }
     }
 
     #[test]
@@ -265,7 +352,7 @@ mod tests {
     }
 
     #[test]
-    fn leap_seconds_only_on_the_last_day_of_a_month() {
+    fn leap_seconds_only_at_the_end_of_june_or_december_and_they_count() {
         let mut p = policy(StepPolicy::Startup);
         let add = ClockCommand::SetLeap(Leap::AddSecond);
         assert_eq!(
@@ -273,16 +360,20 @@ mod tests {
             Err(Refusal::LeapNotAtMonthEnd)
         );
         assert_eq!(p.check(&add, 0.0, JUNE_30), Ok(()));
+        assert!(p.applied(&add));
+        assert_eq!(p.state().stepped, 1.0);
         let cancel = ClockCommand::SetLeap(Leap::NoWarning);
         assert_eq!(p.check(&cancel, 0.0, MID_MONTH), Ok(()));
-        // Month ends: 1972-02-29 (leap year), 2100-02-28 (not one), 2026-12-31.
-        for (y_m_d_noon, last) in [
-            (68_212_800, true),
-            (4_107_499_200, true),
+        // 1972-02-29 and 2100-02-28 end a month, but not June or December; 2026-12-31
+        // does; 2026-12-30 does not end a month.
+        for (noon, leap_day) in [
+            (68_212_800, false),
+            (4_107_499_200, false),
             (1_798_718_400, true),
             (1_798_632_000, false),
+            (JUNE_30, true),
         ] {
-            assert_eq!(is_last_day_of_month(y_m_d_noon), last, "{y_m_d_noon}");
+            assert_eq!(is_leap_second_day(noon), leap_day, "{noon}");
         }
     }
 

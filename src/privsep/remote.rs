@@ -24,15 +24,23 @@ pub enum LocalView {
 }
 
 pub struct RemoteClock {
-    link: Mutex<UnixDatagram>,
+    link: Mutex<Link>,
     view: LocalView,
+}
+
+struct Link {
+    socket: UnixDatagram,
+    next_id: u32,
 }
 
 impl RemoteClock {
     pub fn new(link: UnixDatagram, view: LocalView) -> std::io::Result<Self> {
         link.set_read_timeout(Some(REPLY_TIMEOUT))?;
         Ok(Self {
-            link: Mutex::new(link),
+            link: Mutex::new(Link {
+                socket: link,
+                next_id: 1,
+            }),
             view,
         })
     }
@@ -42,17 +50,38 @@ impl RemoteClock {
         self.view
     }
 
-    fn exchange(&self, command: &ClockCommand) -> Result<Reply, ClockError> {
-        let lost = |e: String| ClockError::System(format!("clock process: {e}"));
-        let link = self.link.lock().unwrap_or_else(|p| p.into_inner());
-        link.send(&ipc::encode_command(command))
-            .map_err(|e| lost(e.to_string()))?;
+    /// Sends `command` and waits for the reply to it. Any failure (silence, a closed
+    /// link, a malformed reply or one to another request) leaves the engine unable to
+    /// know what the clock did, so the engine exits: the supervisor then stops the
+    /// daemon and systemd starts it afresh.
+    fn exchange(&self, command: &ClockCommand) -> Reply {
+        let mut link = self.link.lock().unwrap_or_else(|p| p.into_inner());
+        let id = link.next_id;
+        link.next_id = id.wrapping_add(1);
         let mut buffer = [0u8; 2 * FRAME_LEN];
-        let len = link.recv(&mut buffer).map_err(|e| lost(e.to_string()))?;
-        if len == 0 {
-            return Err(lost("gone".into()));
+        let result = link
+            .socket
+            .send(&ipc::encode_command(id, command))
+            .and_then(|_| link.socket.recv(&mut buffer))
+            .map_err(|e| e.to_string())
+            .and_then(|len| match buffer.get(..len) {
+                Some([]) | None => Err("the clock process is gone".to_string()),
+                Some(frame) => ipc::decode_reply(frame).map_err(|e| e.to_string()),
+            })
+            .and_then(|(got, reply)| {
+                if got == id {
+                    Ok(reply)
+                } else {
+                    Err(format!("a reply to request {got} while waiting for {id}"))
+                }
+            });
+        match result {
+            Ok(reply) => reply,
+            Err(e) => {
+                tracing::error!("lost the clock process ({e}); the engine exits");
+                std::process::exit(70);
+            }
         }
-        ipc::decode_reply(buffer.get(..len).unwrap_or_default()).map_err(|e| lost(e.to_string()))
     }
 }
 
@@ -66,7 +95,7 @@ impl Clock for RemoteClock {
 
     fn apply(&self, command: ClockCommand) -> Result<(), ClockError> {
         check_finite(&command)?;
-        match self.exchange(&command)? {
+        match self.exchange(&command) {
             Reply::Refused(why) => Err(ClockError::Refused(why.to_string())),
             Reply::Applied { at } => match &self.view {
                 LocalView::Mirror(clock) => clock.apply_at(at, command),
@@ -104,7 +133,7 @@ mod tests {
         let process = std::thread::spawn(move || {
             let held = HeldClock::Software(SoftwareClock::with_epoch(epoch, 0.3, 80.0));
             let mut policy = Policy::new(PolicyConfig::default(), 0.0);
-            clock_process::serve(&clock_end, &held, &mut policy, None).unwrap();
+            clock_process::serve(&clock_end, &held, &mut policy, None, None).unwrap();
             held
         });
         let mirror = SoftwareClock::with_epoch(epoch, 0.3, 80.0);

@@ -334,14 +334,12 @@ fn allowed_syscalls(role: Role) -> Vec<i64> {
         libc::SYS_exit_group,
         libc::SYS_getpid,
         libc::SYS_gettid,
-        // std checks a descriptor is still open before closing it (debug builds).
-        libc::SYS_fcntl,
     ];
     match role {
+        // std checks a descriptor is still open before closing it (debug builds).
         Role::Clock => calls.extend([
+            libc::SYS_fcntl,
             libc::SYS_adjtimex,
-            libc::SYS_clock_adjtime,
-            libc::SYS_clock_settime,
             // The drift file, through the descriptor opened before the drop.
             libc::SYS_pwrite64,
             libc::SYS_ftruncate,
@@ -369,6 +367,8 @@ fn allowed_syscalls(role: Role) -> Vec<i64> {
             libc::SYS_rt_sigaction,
             libc::SYS_prctl,
             libc::SYS_ioctl,
+            // Descriptor flags only (the commands are checked below).
+            libc::SYS_fcntl,
             libc::SYS_pipe2,
             // tokio's signal driver wakes itself through a local socket pair.
             libc::SYS_socketpair,
@@ -464,6 +464,35 @@ fn install_seccomp(role: Role) -> Result<(), String> {
         rules.insert(
             libc::SYS_prctl,
             vec![first_is(unsigned(libc::PR_SET_NAME)?)?],
+        );
+        // Descriptor flags, but never O_ASYNC with F_SETOWN/F_SETSIG: that would let
+        // the engine have the kernel signal another process of its user.
+        let no_async = SeccompRule::new(vec![
+            SeccompCondition::new(
+                1,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::Eq,
+                unsigned(libc::F_SETFL)?,
+            )
+            .map_err(err)?,
+            SeccompCondition::new(
+                2,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::MaskedEq(unsigned(libc::O_ASYNC)?),
+                0,
+            )
+            .map_err(err)?,
+        ])
+        .map_err(err)?;
+        rules.insert(
+            libc::SYS_fcntl,
+            vec![
+                second_is(unsigned(libc::F_GETFD)?)?,
+                second_is(unsigned(libc::F_SETFD)?)?,
+                second_is(unsigned(libc::F_GETFL)?)?,
+                second_is(unsigned(libc::F_DUPFD_CLOEXEC)?)?,
+                no_async,
+            ],
         );
         // Non-blocking and close-on-exec switches only.
         rules.insert(

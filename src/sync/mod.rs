@@ -159,7 +159,10 @@ pub struct SyncEngine {
     pending_slew: f64,
     last_update: Option<f64>,
     created: f64,
+    /// The leap indicator the selected sources agree on (served to our clients).
     leap: Leap,
+    /// What the clock was last told about leap seconds (`None`: it refused, ask again).
+    clock_leap: Option<Leap>,
     poll: i8,
     /// The source our time comes from (the best of the agreeing ones).
     reference: Option<usize>,
@@ -200,6 +203,7 @@ impl SyncEngine {
             last_update: None,
             created: now,
             leap: Leap::NoWarning,
+            clock_leap: Some(Leap::NoWarning),
             reference: None,
         }
     }
@@ -472,8 +476,9 @@ impl SyncEngine {
             .into_iter()
             .find(|&l| 2 * votes(l) > truechimers.len())
             .unwrap_or(Leap::NoWarning);
-        if leap != self.leap {
-            self.leap = leap;
+        self.leap = leap;
+        if Some(leap) != self.clock_leap {
+            self.clock_leap = Some(leap);
             self.commands.push_back(ClockCommand::SetLeap(leap));
         }
         let estimated_error = self.kalman.offset_sd(now);
@@ -492,6 +497,12 @@ impl SyncEngine {
     /// longer counts on the correction and measures the offset afresh.
     pub fn handle_clock_refused(&mut self, command: &ClockCommand) {
         let offset = match *command {
+            // Asked again at the next update (a clock process takes leap seconds only
+            // on the last day of the month, while sources announce them earlier).
+            ClockCommand::SetLeap(_) => {
+                self.clock_leap = None;
+                return;
+            }
             ClockCommand::Step { offset } => {
                 self.stepped_total -= offset.abs();
                 offset
@@ -858,8 +869,20 @@ mod tests {
                 let _ = engine.handle_sample(*id, &s, f64::from(round) * 64.0, 0.0);
             }
         }
-        assert!(commands(&mut engine).contains(&ClockCommand::SetLeap(Leap::AddSecond)));
+        let add = ClockCommand::SetLeap(Leap::AddSecond);
+        assert!(commands(&mut engine).contains(&add));
         let state = engine.sync_state(192.0, NtpTimestamp::from_unix(1_800_000_000, 0), -20);
         assert_eq!((state.leap, state.stratum), (Leap::AddSecond, 2));
+        // Refused (too early in the month for the clock process): asked again at the
+        // next update, while our clients keep hearing the announcement.
+        engine.handle_clock_refused(&add);
+        let s = Sample {
+            leap: Leap::AddSecond,
+            ..sample(0.0, 0.001)
+        };
+        let _ = engine.handle_sample(ids[0], &s, 256.0, 0.0);
+        assert!(commands(&mut engine).contains(&add));
+        let _ = engine.handle_sample(ids[1], &s, 260.0, 0.0);
+        assert!(!commands(&mut engine).contains(&add), "asked twice");
     }
 }
