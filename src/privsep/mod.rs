@@ -144,6 +144,8 @@ pub fn supervise(config: &std::path::Path, log_level: tracing::Level) -> Result<
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
     let log = log_level.to_string();
     sys::block_signals(&SUPERVISOR_SIGNALS, true).map_err(io("blocking signals"))?;
+    // No reload yet: a stray SIGHUP must not stop a time server.
+    sys::ignore_signal(libc::SIGHUP).map_err(io("ignoring SIGHUP"))?;
 
     let mut clock = spawn_with_fds(
         child_command(CLOCK_COMMAND, &config, &log)
