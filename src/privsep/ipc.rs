@@ -372,6 +372,31 @@ mod tests {
         }
     }
 
+    /// The engine decodes replies as strictly: a reply it cannot read makes it exit.
+    #[test]
+    fn malformed_replies_are_rejected() {
+        let good = encode_reply(3, &Reply::Applied { at: 1.0 });
+        assert_eq!(decode_reply(&good[..16]), Err(FrameError::Length(16)));
+        let mut kind = good;
+        kind[0] = 9;
+        assert_eq!(decode_reply(&kind), Err(FrameError::UnknownKind(9)));
+        let mut b = good;
+        b[16] = 1;
+        assert_eq!(decode_reply(&b), Err(FrameError::Reserved(16)));
+        let mut nan = good;
+        nan[8..16].copy_from_slice(&f64::NAN.to_be_bytes());
+        assert!(matches!(
+            decode_reply(&nan),
+            Err(FrameError::OutOfRange { .. })
+        ));
+        let mut flagged = good;
+        flagged[1] = 1;
+        assert!(matches!(
+            decode_reply(&flagged),
+            Err(FrameError::Flag { .. })
+        ));
+    }
+
     #[test]
     fn short_and_long_frames_are_rejected() {
         let good = encode_command(1, &ClockCommand::Step { offset: 1.0 });

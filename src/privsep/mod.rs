@@ -98,8 +98,23 @@ fn sandbox_jail(loaded: &Loaded) -> Result<Jail, String> {
     Jail::new(&section.user, &loaded.path(&section.state_dir))
 }
 
-fn epoch(args: &ChildArgs) -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_nanos(args.epoch_ns)
+/// The software clock `[clock]` asks for (`None` for the kernel clock), counting from
+/// the epoch both children were given, so that the engine's mirror and the clock
+/// process's clock are the same clock. (The config allows a simulated offset and
+/// frequency only with `mode = "simulated"`; they are zero for `observe`.)
+fn software_clock(
+    section: &crate::config::ClockSection,
+    args: &ChildArgs,
+) -> Option<SoftwareClock> {
+    let epoch = SystemTime::UNIX_EPOCH + Duration::from_nanos(args.epoch_ns);
+    match section.mode {
+        ClockMode::System => None,
+        ClockMode::Observe | ClockMode::Simulated => Some(SoftwareClock::with_epoch(
+            epoch,
+            section.simulated_offset,
+            section.simulated_frequency,
+        )),
+    }
 }
 
 fn child_command(subcommand: &str, config: &std::path::Path, log: &str) -> Command {
@@ -309,17 +324,10 @@ pub fn clock_main(args: ChildArgs) -> Result<ExitCode, String> {
     let section = loaded.config.clock.as_ref().map(|c| c.get_ref());
     let held = match section {
         None => HeldClock::None,
-        Some(c) => match c.mode {
-            ClockMode::Observe => {
-                HeldClock::Software(SoftwareClock::with_epoch(epoch(&args), 0.0, 0.0))
-            }
-            ClockMode::Simulated => HeldClock::Software(SoftwareClock::with_epoch(
-                epoch(&args),
-                c.simulated_offset,
-                c.simulated_frequency,
-            )),
-            ClockMode::System => HeldClock::System(SystemClock::new()),
-        },
+        Some(c) => software_clock(c, &args).map_or_else(
+            || HeldClock::System(SystemClock::new()),
+            HeldClock::Software,
+        ),
     };
     let mut drift = match section.and_then(|c| c.drift_file.as_ref()) {
         Some(path) => Some(DriftFile::new(open_drift_file(&loaded.path(path))?)),
@@ -421,16 +429,9 @@ pub fn engine_main(args: ChildArgs) -> Result<ExitCode, String> {
     if let Some(client) = &mut prepared.client {
         client.drift_file = None;
     }
-    let view = match section.as_ref().map(|c| (c.mode, c)) {
-        None | Some((ClockMode::System, _)) => LocalView::System(SystemClock::new()),
-        Some((ClockMode::Observe, _)) => {
-            LocalView::Mirror(SoftwareClock::with_epoch(epoch(&args), 0.0, 0.0))
-        }
-        Some((ClockMode::Simulated, c)) => LocalView::Mirror(SoftwareClock::with_epoch(
-            epoch(&args),
-            c.simulated_offset,
-            c.simulated_frequency,
-        )),
+    let view = match section.as_ref().and_then(|c| software_clock(c, &args)) {
+        Some(mirror) => LocalView::Mirror(mirror),
+        None => LocalView::System(SystemClock::new()),
     };
     let clock = Arc::new(RemoteClock::new(link, view).map_err(|e| format!("IPC socket: {e}"))?);
     let writable: Vec<PathBuf> = key_dir.into_iter().collect();

@@ -126,17 +126,14 @@ impl Jail {
             let Ok(text) = std::fs::read_to_string(Path::new("/etc").join(name)) else {
                 continue;
             };
-            crate::daemon::write_atomic(&etc.join(name), &text)
-                .map_err(|e| format!("{}: {e}", etc.join(name).display()))?;
-        }
-        // The copies must be readable by the engine's user (write_atomic makes 0600).
-        for name in ["resolv.conf", "hosts"] {
-            let path = etc.join(name);
-            if path.exists() {
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
-            }
+            let copy = etc.join(name);
+            // write_atomic makes the file 0600; the engine's user must read it.
+            crate::daemon::write_atomic(&copy, &text)
+                .and_then(|()| {
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o644))
+                })
+                .map_err(|e| format!("{}: {e}", copy.display()))?;
         }
         Ok(())
     }
@@ -435,17 +432,10 @@ fn install_seccomp(role: Role) -> Result<(), String> {
             libc::SYS_clone,
             vec![SeccompRule::new(vec![thread]).map_err(err)?],
         );
-        // Calls allowed only with a given first argument.
-        let first_is = |value: u64| -> Result<SeccompRule, String> {
+        // Calls allowed only with a given argument (by index).
+        let arg_is = |index: u8, value: u64| -> Result<SeccompRule, String> {
             SeccompRule::new(vec![
-                SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value)
-                    .map_err(err)?,
-            ])
-            .map_err(err)
-        };
-        let second_is = |value: u64| -> Result<SeccompRule, String> {
-            SeccompRule::new(vec![
-                SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value)
+                SeccompCondition::new(index, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value)
                     .map_err(err)?,
             ])
             .map_err(err)
@@ -455,15 +445,15 @@ fn install_seccomp(role: Role) -> Result<(), String> {
         rules.insert(
             libc::SYS_socket,
             vec![
-                first_is(unsigned(libc::AF_INET)?)?,
-                first_is(unsigned(libc::AF_INET6)?)?,
-                first_is(unsigned(libc::AF_NETLINK)?)?,
+                arg_is(0, unsigned(libc::AF_INET)?)?,
+                arg_is(0, unsigned(libc::AF_INET6)?)?,
+                arg_is(0, unsigned(libc::AF_NETLINK)?)?,
             ],
         );
         // Naming threads, and nothing else prctl can do.
         rules.insert(
             libc::SYS_prctl,
-            vec![first_is(unsigned(libc::PR_SET_NAME)?)?],
+            vec![arg_is(0, unsigned(libc::PR_SET_NAME)?)?],
         );
         // Descriptor flags, but never O_ASYNC with F_SETOWN/F_SETSIG: that would let
         // the engine have the kernel signal another process of its user.
@@ -487,17 +477,17 @@ fn install_seccomp(role: Role) -> Result<(), String> {
         rules.insert(
             libc::SYS_fcntl,
             vec![
-                second_is(unsigned(libc::F_GETFD)?)?,
-                second_is(unsigned(libc::F_SETFD)?)?,
-                second_is(unsigned(libc::F_GETFL)?)?,
-                second_is(unsigned(libc::F_DUPFD_CLOEXEC)?)?,
+                arg_is(1, unsigned(libc::F_GETFD)?)?,
+                arg_is(1, unsigned(libc::F_SETFD)?)?,
+                arg_is(1, unsigned(libc::F_GETFL)?)?,
+                arg_is(1, unsigned(libc::F_DUPFD_CLOEXEC)?)?,
                 no_async,
             ],
         );
         // Non-blocking and close-on-exec switches only.
         rules.insert(
             libc::SYS_ioctl,
-            vec![second_is(libc::FIONBIO)?, second_is(libc::FIOCLEX)?],
+            vec![arg_is(1, libc::FIONBIO)?, arg_is(1, libc::FIOCLEX)?],
         );
     }
     let mismatch = match role {
