@@ -9,6 +9,7 @@
 //! * [`ratelimit`]: per-client request rate limits for the server.
 
 pub mod client;
+pub mod peer;
 pub mod ratelimit;
 pub mod server;
 pub mod source;
