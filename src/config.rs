@@ -36,6 +36,8 @@ pub struct Config {
     pub clock: Option<Spanned<ClockSection>>,
     #[serde(default, rename = "source")]
     pub sources: Vec<Spanned<SourceSection>>,
+    #[serde(default, rename = "peer")]
+    pub peers: Vec<Spanned<PeerSection>>,
     pub sandbox: Option<SandboxSection>,
 }
 
@@ -127,6 +129,26 @@ pub struct SourceSection {
     pub max_poll: Option<i8>,
 }
 
+/// A peer site in symmetric mode (RFC 5905 modes 1 and 2): each side may take time
+/// from the other. Packets go from and to the first `[[server]]` socket of the peer's
+/// address family. Exactly one of `key` and `insecure = true`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PeerSection {
+    /// `host:port` of the peer's NTP server socket (port 123 by default).
+    pub address: String,
+    /// A key id from `[keys]`; both ends use the same id and secret.
+    pub key: Option<u32>,
+    /// Accept unauthenticated packets from this peer (must be said explicitly).
+    #[serde(default)]
+    pub insecure: bool,
+    /// Only here to refuse it with a clear message: NTS does not cover peering.
+    nts: Option<toml::Value>,
+    /// Poll interval bounds, log2 seconds (6 and 10).
+    pub min_poll: Option<i8>,
+    pub max_poll: Option<i8>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct NtsSourceSection {
@@ -193,6 +215,20 @@ pub struct ServerSection {
     pub crypto_nak: bool,
     /// Limit each source's request rate (off unless set).
     pub rate_limit: Option<Spanned<RateLimitSection>>,
+    /// Symmetric-active packets from addresses that are not `[[peer]]`s: `reply`
+    /// (default: a stateless passive answer, as to a client) or `drop`.
+    #[serde(default)]
+    pub unknown_peers: UnknownPeers,
+}
+
+/// What an unconfigured peer's symmetric-active packet gets. Either way it never
+/// creates an association.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnknownPeers {
+    #[default]
+    Reply,
+    Drop,
 }
 
 /// `rate-limit = { interval = 2, burst = 16 }`: per IPv4 address or IPv6 /64, `burst`
@@ -309,6 +345,20 @@ impl Config {
                 });
             }
         }
+        for peer in &config.peers {
+            if let Some(id) = peer.get_ref().key
+                && keys.get(id).is_none()
+            {
+                return Err(ConfigError {
+                    file: name.clone(),
+                    line: Some(line_of(&text, peer.span().start)),
+                    message: format!(
+                        "peer {}: key {id} is not in the [keys] file",
+                        peer.get_ref().address
+                    ),
+                });
+            }
+        }
         Ok(Loaded {
             config,
             keys,
@@ -338,6 +388,7 @@ impl Config {
             let message = "[[source]] needs a [clock] section: mode = \"observe\", \"simulated\" or \"system\"";
             return Err((Some(source.span()), message.into()));
         }
+        self.check_peers()?;
         for source in &self.sources {
             let span = Some(source.span());
             let s = source.get_ref();
@@ -403,11 +454,11 @@ impl Config {
                 ));
             }
             if c.min_sources
-                .is_some_and(|n| n == 0 || n > self.sources.len().max(1))
+                .is_some_and(|n| n == 0 || n > (self.sources.len() + self.peers.len()).max(1))
             {
                 let message = format!(
-                    "[clock] min-sources must be from 1 to the number of sources ({})",
-                    self.sources.len()
+                    "[clock] min-sources must be from 1 to the number of sources and peers ({})",
+                    self.sources.len() + self.peers.len()
                 );
                 return Err((span, message));
             }
@@ -423,6 +474,47 @@ impl Config {
         Ok(())
     }
 
+    /// Peers steer the clock, send from a `[[server]]` socket, and say how they are
+    /// authenticated (a key, or `insecure = true` in so many words).
+    fn check_peers(&self) -> Result<(), (Option<std::ops::Range<usize>>, String)> {
+        for (i, peer) in self.peers.iter().enumerate() {
+            let span = Some(peer.span());
+            let p = peer.get_ref();
+            let fail = |what: &str| Err((span.clone(), format!("peer {}: {what}", p.address)));
+            if self.clock.is_none() {
+                return fail("[[peer]] needs a [clock] section (a peer's time steers the clock)");
+            }
+            if self.servers.is_empty() {
+                return fail("[[peer]] needs a [[server]]: peer packets use its socket");
+            }
+            if p.nts.is_some() {
+                return fail("NTS is not defined for symmetric mode; use key = N");
+            }
+            match (p.key, p.insecure) {
+                (Some(_), false) | (None, true) => {}
+                (None, false) => {
+                    return fail("needs key = N (both ends the same key), or insecure = true");
+                }
+                (Some(_), true) => return fail("say key = N or insecure = true, not both"),
+            }
+            let (min, max) = (p.min_poll.unwrap_or(6), p.max_poll.unwrap_or(10));
+            if !(-4..=17).contains(&min) || !(-4..=17).contains(&max) || min > max {
+                return fail("min-poll and max-poll must be -4 to 17, min ≤ max");
+            }
+            let address = split_host_port(&p.address, 123);
+            if let Err(e) = &address {
+                return fail(e);
+            }
+            let same = |other: &Spanned<PeerSection>| {
+                split_host_port(&other.get_ref().address, 123).ok() == address.clone().ok()
+            };
+            if self.peers.iter().take(i).any(same) {
+                return fail("listed twice");
+            }
+        }
+        Ok(())
+    }
+
     /// Checks what serde cannot; on error, says where in the text the fault is.
     fn check(&self) -> Result<(), (Option<std::ops::Range<usize>>, String)> {
         if let Some(local) = &self.local {
@@ -432,7 +524,11 @@ impl Config {
                 return Err((Some(local.stratum.span()), message));
             }
         }
-        if self.servers.is_empty() && self.nts_ke_servers.is_empty() && self.sources.is_empty() {
+        if self.servers.is_empty()
+            && self.nts_ke_servers.is_empty()
+            && self.sources.is_empty()
+            && self.peers.is_empty()
+        {
             let message = "nothing to run: add a [[source]], [[server]] or [[nts-ke-server]]";
             return Err((None, message.into()));
         }

@@ -178,6 +178,7 @@ async fn discipline_demo(servers: &Servers) -> Result<u32, String> {
     let simulated = Arc::new(SoftwareClock::simulated(OFFSET, PPM));
     let role = ClientRole {
         specs,
+        peers: Vec::new(),
         config: SyncConfig {
             min_poll: 1,
             max_poll: 1,
@@ -188,7 +189,7 @@ async fn discipline_demo(servers: &Servers) -> Result<u32, String> {
     };
     let state = role.state.clone();
     let (stop, stopped) = tokio::sync::oneshot::channel();
-    let task = tokio::spawn(role.run(simulated.clone(), None, -20, stopped));
+    let task = tokio::spawn(role.run(simulated.clone(), None, -20, None, stopped));
     println!("   time   clock − truth   frequency correction   served as");
     for second in 0..=SECONDS {
         let s = *state.read().unwrap_or_else(|p| p.into_inner());

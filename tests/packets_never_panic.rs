@@ -39,7 +39,7 @@ proptest! {
         let now = NtpTimestamp::from_bits(0xe000_0000_0000_0000);
         let state = SyncState::local_reference(1, now, -20);
         for crypto_nak in [false, true] {
-            let server = Server::new(keys(), ServerOptions { crypto_nak });
+            let server = Server::new(keys(), ServerOptions { crypto_nak, ..ServerOptions::default() });
             let mut reply = Vec::new();
             if server.handle_request(&data, now, &state, || now, &mut reply).is_ok() {
                 prop_assert!(reply.len() <= data.len());

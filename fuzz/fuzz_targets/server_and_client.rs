@@ -8,7 +8,7 @@ use ntimed::proto::server::{Server, ServerOptions, SyncState};
 use ntimed::wire::NtpTimestamp;
 
 fuzz_target!(|data: &[u8]| {
-    let server = Server::new(KeyStore::default(), ServerOptions { crypto_nak: true });
+    let server = Server::new(KeyStore::default(), ServerOptions { crypto_nak: true, ..ServerOptions::default() });
     let now = NtpTimestamp::from_bits(0xe000_0000_0000_0000);
     let state = SyncState::local_reference(1, now, -20);
     let mut reply = Vec::new();

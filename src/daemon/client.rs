@@ -18,11 +18,14 @@ use tokio::time::Instant;
 use crate::auth::nts::ntp::NtsSession;
 use crate::clock::Clock;
 use crate::config::Loaded;
-use crate::proto::client::echoes_request;
+use crate::proto::client::{Sample, echoes_request};
+use crate::proto::peer::{Peer, PeerAuth, PeerEvent, PeerOptions};
 use crate::proto::server::SyncState;
 use crate::proto::source::{Action, Event, Source, SourceAuth, SourceOptions};
 use crate::sync::{SourceId, SyncConfig, SyncEngine};
 use crate::wire::{KissCode, NtpTimestamp, ReferenceId};
+
+use super::peer::{PeerDatagram, PeerLink, PeerSpec};
 
 /// How long a request's socket stays open for the reply.
 const REPLY_WAIT: Duration = Duration::from_secs(4);
@@ -68,6 +71,10 @@ enum Input {
         source: usize,
         result: Result<SocketAddr, String>,
     },
+    PeerResolved {
+        peer: usize,
+        result: Result<SocketAddr, String>,
+    },
     Keys {
         source: usize,
         result: Result<(NtsSession, SocketAddr), String>,
@@ -83,6 +90,27 @@ struct Running {
     /// Where NTP requests go (resolved, or told by NTS-KE).
     address: Option<SocketAddr>,
     resolving: bool,
+}
+
+/// A `[[peer]]` association while it runs.
+struct RunningPeer {
+    spec: PeerSpec,
+    /// `peer host:port`, for logs.
+    name: String,
+    peer: Peer,
+    id: SourceId,
+    address: Option<SocketAddr>,
+    socket: Option<Arc<tokio::net::UdpSocket>>,
+    resolving: bool,
+    /// Its last measurement named us as its reference: not used until it stops.
+    looped: bool,
+}
+
+impl RunningPeer {
+    /// Whether the engine may count on it.
+    fn usable(&self) -> bool {
+        self.peer.is_reachable() && !self.looped
+    }
 }
 
 /// The reference id announced when `address` is our reference (RFC 5905 §7.3: the
@@ -128,6 +156,7 @@ fn save_drift_file(path: &std::path::Path, ppm: f64) {
 /// The client role, checked and ready to run.
 pub struct ClientRole {
     pub specs: Vec<SourceSpec>,
+    pub peers: Vec<PeerSpec>,
     pub config: SyncConfig,
     pub drift_file: Option<PathBuf>,
     /// What the server role answers from.
@@ -141,7 +170,7 @@ pub fn prepare(loaded: &Loaded) -> Result<Option<ClientRole>, String> {
     let Some(clock) = config.clock.as_ref().map(|c| c.get_ref()) else {
         return Ok(None);
     };
-    if config.sources.is_empty() {
+    if config.sources.is_empty() && config.peers.is_empty() {
         return Ok(None);
     }
     let mut specs = Vec::new();
@@ -178,6 +207,32 @@ pub fn prepare(loaded: &Loaded) -> Result<Option<ClientRole>, String> {
             },
         });
     }
+    let mut peers = Vec::new();
+    for section in &config.peers {
+        let p = section.get_ref();
+        let (host, port) = super::net::split_host_port(&p.address, 123)?;
+        let auth = match p.key {
+            Some(id) => PeerAuth::Key(
+                loaded
+                    .keys
+                    .get(id)
+                    .ok_or_else(|| format!("peer {}: no key {id}", p.address))?
+                    .clone(),
+            ),
+            None => PeerAuth::Insecure,
+        };
+        let defaults = PeerOptions::default();
+        peers.push(PeerSpec {
+            host,
+            port,
+            auth,
+            options: PeerOptions {
+                min_poll: p.min_poll.unwrap_or(defaults.min_poll),
+                max_poll: p.max_poll.unwrap_or(defaults.max_poll),
+                precision: defaults.precision,
+            },
+        });
+    }
     let defaults = SyncConfig::default();
     let max_frequency_ppm = clock.max_frequency.unwrap_or(defaults.max_frequency_ppm);
     let drift_file = clock.drift_file.as_ref().map(|p| loaded.path(p));
@@ -193,16 +248,19 @@ pub fn prepare(loaded: &Loaded) -> Result<Option<ClientRole>, String> {
         min_poll: specs
             .iter()
             .map(|s| s.options.min_poll)
+            .chain(peers.iter().map(|p| p.options.min_poll))
             .min()
             .unwrap_or(defaults.min_poll),
         max_poll: specs
             .iter()
             .map(|s| s.options.max_poll)
+            .chain(peers.iter().map(|p| p.options.max_poll))
             .max()
             .unwrap_or(defaults.max_poll),
     };
     Ok(Some(ClientRole {
         specs,
+        peers,
         config: sync,
         drift_file,
         state: Arc::new(RwLock::new(SyncState::unsynchronized(-20))),
@@ -210,17 +268,19 @@ pub fn prepare(loaded: &Loaded) -> Result<Option<ClientRole>, String> {
 }
 
 impl ClientRole {
-    /// Runs the sources until `shutdown` fires; `fallback` is the `[local]` stratum
-    /// served while unsynchronized.
+    /// Runs the sources and peers until `shutdown` fires; `fallback` is the `[local]`
+    /// stratum served while unsynchronized. Peers need `link` (the server sockets).
     pub async fn run(
         self,
         clock: Arc<dyn Clock>,
         fallback: Option<u8>,
         precision: i8,
+        link: Option<PeerLink>,
         mut shutdown: tokio::sync::oneshot::Receiver<()>,
     ) {
         let ClientRole {
             specs,
+            peers: peer_specs,
             mut config,
             drift_file,
             state,
@@ -258,7 +318,33 @@ impl ClientRole {
                 resolving: !nts,
             });
         }
+        let (routes, mut inbound, server_sockets) = match link {
+            Some(link) => (Some(link.routes), Some(link.inbound), link.sockets),
+            None => (None, None, Vec::new()),
+        };
+        let mut peers: Vec<RunningPeer> = Vec::new();
+        for (i, spec) in peer_specs.into_iter().enumerate() {
+            let name = format!("peer {}:{}", spec.host, spec.port);
+            let requires_auth = !matches!(spec.auth, PeerAuth::Insecure);
+            let id = engine.add_source(name.clone(), ReferenceId(*b"INIT"), requires_auth);
+            spawn_resolve_peer(i, &spec, tx.clone());
+            let options = PeerOptions {
+                precision,
+                ..spec.options
+            };
+            peers.push(RunningPeer {
+                peer: Peer::new(spec.auth.clone(), options, 0.0),
+                spec,
+                name,
+                id,
+                address: None,
+                socket: None,
+                resolving: true,
+                looped: false,
+            });
+        }
         let mut request = Vec::new();
+        let mut last_report: Vec<(bool, bool)> = Vec::new();
         let mut next_refresh = Instant::now();
         let mut next_drift_save = Instant::now() + DRIFT_SAVE;
         apply_commands(&mut engine, clock.as_ref());
@@ -292,6 +378,30 @@ impl ClientRole {
                 }
                 engine.handle_reachability(running.id, running.source.is_reachable());
             }
+            for (i, running) in peers.iter_mut().enumerate() {
+                if running.peer.poll_timeout() > now {
+                    continue;
+                }
+                let ours = *state.read().unwrap_or_else(|p| p.into_inner());
+                if running
+                    .peer
+                    .handle_timeout(now, clock.now(), &ours, &mut request)
+                {
+                    match (&running.socket, running.address) {
+                        (Some(socket), Some(address)) => {
+                            if let Err(e) = socket.try_send_to(&request, address) {
+                                tracing::debug!("{}: send: {e}", running.name);
+                            }
+                        }
+                        _ if !running.resolving => {
+                            running.resolving = true;
+                            spawn_resolve_peer(i, &running.spec, tx.clone());
+                        }
+                        _ => {}
+                    }
+                }
+                engine.handle_reachability(running.id, running.usable());
+            }
             if Instant::now() >= next_refresh {
                 next_refresh = Instant::now() + STATE_REFRESH;
                 engine.handle_timeout(seconds(Instant::now()));
@@ -303,6 +413,7 @@ impl ClientRole {
                     _ => engine.sync_state(seconds(Instant::now()), clock.now(), precision),
                 };
                 *state.write().unwrap_or_else(|p| p.into_inner()) = published;
+                log_changes(&engine, seconds(Instant::now()), &mut last_report);
             }
             if let Some(path) = &drift_file
                 && Instant::now() >= next_drift_save
@@ -315,10 +426,40 @@ impl ClientRole {
             let wake = sources
                 .iter()
                 .filter_map(|r| r.source.poll_timeout())
+                .chain(peers.iter().map(|p| p.peer.poll_timeout()))
                 .fold(seconds(next_refresh), f64::min);
             let deadline = started + Duration::from_secs_f64(wake.max(0.0));
+            let from_peer = async {
+                match inbound.as_mut() {
+                    Some(inbound) => inbound.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             let input = tokio::select! {
                 input = rx.recv() => input,
+                Some(datagram) = from_peer => {
+                    let PeerDatagram { peer, bytes, local, at } = datagram;
+                    let Some(running) = peers.get_mut(peer) else { continue };
+                    let event = running.peer.handle_packet(&bytes, local, seconds(at));
+                    match event {
+                        PeerEvent::Sample(sample) => {
+                            running.looped = false;
+                            engine.handle_reachability(running.id, running.usable());
+                            take_sample(&mut engine, clock.as_ref(), running.id, &running.name, &sample, seconds(at));
+                            set_poll(&engine, &mut sources, &mut peers);
+                        }
+                        PeerEvent::Loop(id) => {
+                            if !running.looped {
+                                tracing::info!("{}: synchronized to us (reference id {id:?}); not used", running.name);
+                            }
+                            running.looped = true;
+                            engine.handle_reachability(running.id, false);
+                        }
+                        PeerEvent::Accepted => engine.handle_reachability(running.id, running.usable()),
+                        PeerEvent::Rejected(why) => tracing::debug!("{}: dropped packet: {why}", running.name),
+                    }
+                    continue;
+                }
                 () = tokio::time::sleep_until(deadline) => continue,
                 _ = &mut shutdown => {
                     if let Some(path) = &drift_file && engine.is_synchronized() {
@@ -342,23 +483,16 @@ impl ClientRole {
                     let name = &running.name;
                     match running.source.handle_response(&bytes, local, seconds(at)) {
                         Event::Sample(sample) => {
-                            let pending = clock.status().pending_slew;
-                            let result =
-                                engine.handle_sample(running.id, &sample, seconds(at), pending);
-                            tracing::debug!(
-                                "{name}: offset {:+.6} s delay {:.6} s{}",
-                                sample.offset,
-                                sample.delay,
-                                result
-                                    .err()
-                                    .map(|why| format!(" (not used: {why:?})"))
-                                    .unwrap_or_default()
+                            let id = running.id;
+                            take_sample(
+                                &mut engine,
+                                clock.as_ref(),
+                                id,
+                                name,
+                                &sample,
+                                seconds(at),
                             );
-                            apply_commands(&mut engine, clock.as_ref());
-                            let poll = engine.poll_interval();
-                            for r in &mut sources {
-                                r.source.set_system_poll(poll);
-                            }
+                            set_poll(&engine, &mut sources, &mut peers);
                         }
                         Event::Kiss(code) => {
                             let what = match code {
@@ -386,6 +520,36 @@ impl ClientRole {
                         Err(e) => tracing::warn!("{}: {e}", running.name),
                     }
                 }
+                Input::PeerResolved { peer, result } => {
+                    let Some(running) = peers.get_mut(peer) else {
+                        continue;
+                    };
+                    running.resolving = false;
+                    let address = match result {
+                        Ok(address) => address,
+                        Err(e) => {
+                            tracing::warn!("{}: {e}", running.name);
+                            continue;
+                        }
+                    };
+                    let Some(socket) = super::peer::socket_for(&server_sockets, address) else {
+                        tracing::warn!(
+                            "{}: no [[server]] socket can reach {address}",
+                            running.name
+                        );
+                        continue;
+                    };
+                    if let Some(ours) = super::peer::our_address(&socket, address) {
+                        let own = reference_id(SocketAddr::new(ours, 0));
+                        running.peer.add_own_reference_id(own);
+                    }
+                    if let Some(routes) = &routes {
+                        routes.set(address, peer);
+                    }
+                    engine.set_reference_id(running.id, reference_id(address));
+                    running.address = Some(address);
+                    running.socket = Some(socket);
+                }
                 Input::Keys { source, result } => {
                     let Some(running) = sources.get_mut(source) else {
                         continue;
@@ -405,6 +569,66 @@ impl ClientRole {
                     engine.handle_reachability(running.id, running.source.is_reachable());
                 }
             }
+        }
+    }
+}
+
+/// Gives a measurement to the engine, and the engine's commands to the clock.
+fn take_sample(
+    engine: &mut SyncEngine,
+    clock: &dyn Clock,
+    id: SourceId,
+    name: &str,
+    sample: &Sample,
+    at: f64,
+) {
+    let pending = clock.status().pending_slew;
+    let result = engine.handle_sample(id, sample, at, pending);
+    tracing::debug!(
+        "{name}: offset {:+.6} s delay {:.6} s{}",
+        sample.offset,
+        sample.delay,
+        result
+            .err()
+            .map(|why| format!(" (not used: {why:?})"))
+            .unwrap_or_default()
+    );
+    apply_commands(engine, clock);
+}
+
+/// Tells every source and peer the poll interval the engine wants now.
+fn set_poll(engine: &SyncEngine, sources: &mut [Running], peers: &mut [RunningPeer]) {
+    let poll = engine.poll_interval();
+    for r in sources {
+        r.source.set_system_poll(poll);
+    }
+    for p in peers {
+        p.peer.set_system_poll(poll);
+    }
+}
+
+/// Logs each source or peer that became reachable or unreachable, selected or not.
+fn log_changes(engine: &SyncEngine, now: f64, last: &mut Vec<(bool, bool)>) {
+    let report = engine.report(now);
+    last.resize(report.len(), (false, false));
+    for (source, seen) in report.iter().zip(last.iter_mut()) {
+        let state = (source.reachable, source.selected);
+        if state != *seen {
+            *seen = state;
+            tracing::info!(
+                "{}: {}, {}",
+                source.name,
+                if source.reachable {
+                    "reachable"
+                } else {
+                    "unreachable"
+                },
+                if source.selected {
+                    "selected"
+                } else {
+                    "not selected"
+                }
+            );
         }
     }
 }
@@ -476,6 +700,14 @@ fn spawn_request(
                 return;
             }
         }
+    });
+}
+
+fn spawn_resolve_peer(peer: usize, spec: &PeerSpec, tx: mpsc::Sender<Input>) {
+    let (host, port) = (spec.host.clone(), spec.port);
+    tokio::spawn(async move {
+        let result = super::net::resolve(&host, port).await;
+        let _ = tx.send(Input::PeerResolved { peer, result }).await;
     });
 }
 

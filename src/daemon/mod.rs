@@ -4,12 +4,14 @@
 //!
 //! * [`client`]: the sources, the sync engine and the clock (`[[source]]`).
 //! * [`net`]: address parsing and sockets with random source ports.
+//! * [`peer`]: routing `[[peer]]` packets between the server sockets and the client task.
 //! * [`serve`]: the UDP server loop (`ntimed run`).
 //! * [`query`]: one-shot client exchanges (`ntimed query`).
 
 pub mod client;
 pub mod net;
 pub mod nts;
+pub mod peer;
 pub mod query;
 pub mod serve;
 

@@ -10,11 +10,12 @@ use tokio::task::JoinHandle;
 use std::sync::{Mutex, RwLock};
 
 use super::nts::{self, KeLimits};
+use super::peer::{PeerLink, PeerRoutes};
 use crate::auth::nts::cookie::Rotation;
 use crate::auth::nts::ke::NtpEndpoint;
 use crate::clock::system::SystemClock;
 use crate::clock::{Clock, SoftwareClock};
-use crate::config::{ClockMode, Loaded};
+use crate::config::{ClockMode, Loaded, UnknownPeers};
 use crate::proto::ratelimit::{RateLimit, RateLimiter, Verdict};
 use crate::proto::server::{DropReason, Server, ServerOptions, SyncState};
 use crate::wire::NtpTimestamp;
@@ -60,6 +61,8 @@ impl Reference {
 pub struct RunningServer {
     pub local_addr: SocketAddr,
     pub server: Arc<Server>,
+    /// Peers send from it too.
+    pub socket: Arc<UdpSocket>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -84,17 +87,19 @@ pub async fn start(
     clock: Arc<dyn Clock>,
 ) -> std::io::Result<RunningServer> {
     let socket = std::net::UdpSocket::bind(listen)?;
-    start_on(socket, server, reference, rate_limit, clock)
+    start_on(socket, server, reference, rate_limit, clock, None)
 }
 
 /// [`start`] on a socket bound already (by the supervisor, before privileges were
-/// dropped). Must be called within the runtime.
+/// dropped), handing symmetric packets from configured peers to `peers`. Must be
+/// called within the runtime.
 pub fn start_on(
     socket: std::net::UdpSocket,
     server: Server,
     reference: Reference,
     rate_limit: Option<RateLimit>,
     clock: Arc<dyn Clock>,
+    peers: Option<Arc<PeerRoutes>>,
 ) -> std::io::Result<RunningServer> {
     socket.set_nonblocking(true)?;
     let socket = Arc::new(UdpSocket::from_std(socket)?);
@@ -113,6 +118,7 @@ pub fn start_on(
                 reference: reference.clone(),
                 precision,
                 clock: clock.clone(),
+                peers: peers.clone(),
             };
             tokio::spawn(worker.answer_requests())
         })
@@ -120,6 +126,7 @@ pub fn start_on(
     Ok(RunningServer {
         local_addr,
         server,
+        socket,
         tasks,
     })
 }
@@ -132,6 +139,7 @@ struct Worker {
     reference: Reference,
     precision: i8,
     clock: Arc<dyn Clock>,
+    peers: Option<Arc<PeerRoutes>>,
 }
 
 impl Worker {
@@ -153,6 +161,12 @@ impl Worker {
             };
             let received = self.clock.now();
             let bytes = request.get(..len).unwrap_or_default();
+            // A configured peer's packets go to its association, not to the responder.
+            if let Some(routes) = &self.peers
+                && routes.route(peer, bytes, received)
+            {
+                continue;
+            }
             let verdict = match &self.limiter {
                 Some(limiter) => limiter
                     .lock()
@@ -401,12 +415,20 @@ pub async fn serve(
         (None, Some(stratum)) => Reference::Local { stratum },
         (None, None) => Reference::Unsynchronized,
     };
+    let (routes, inbound) = match &client {
+        Some(client) if !client.peers.is_empty() => {
+            let (routes, inbound) = PeerRoutes::new();
+            (Some(routes), Some(inbound))
+        }
+        _ => (None, None),
+    };
     let mut running = Vec::new();
     for (section, socket) in config.servers.iter().zip(listeners.udp) {
         let mut server = Server::new(
             loaded.keys.clone(),
             ServerOptions {
                 crypto_nak: section.crypto_nak,
+                answer_unknown_peers: section.unknown_peers == UnknownPeers::Reply,
             },
         );
         if let Some((keys, _)) = &cookie_keys {
@@ -422,8 +444,15 @@ pub async fn serve(
                 kiss_one_in: r.kiss_one_in,
             });
         let listen = *section.listen.get_ref();
-        let r = start_on(socket, server, reference.clone(), rate_limit, clock.clone())
-            .map_err(|e| format!("cannot serve on {listen}: {e}"))?;
+        let r = start_on(
+            socket,
+            server,
+            reference.clone(),
+            rate_limit,
+            clock.clone(),
+            routes.clone(),
+        )
+        .map_err(|e| format!("cannot serve on {listen}: {e}"))?;
         tracing::info!(
             "serving NTP on {} ({}, {} keys, NTS {})",
             r.local_addr,
@@ -454,9 +483,14 @@ pub async fn serve(
     }
     let rotation = cookie_keys.map(|(keys, persist_to)| nts::spawn_rotation(keys, persist_to));
     let (stop_client, stopped) = tokio::sync::oneshot::channel();
+    let link = routes.zip(inbound).map(|(routes, inbound)| PeerLink {
+        routes,
+        inbound,
+        sockets: running.iter().map(|r| r.socket.clone()).collect(),
+    });
     let client_task = client.map(|client| {
         let precision = super::measure_precision();
-        tokio::spawn(client.run(clock.clone(), local_stratum, precision, stopped))
+        tokio::spawn(client.run(clock.clone(), local_stratum, precision, link, stopped))
     });
     ready();
     shutdown_signal().await;

@@ -1,7 +1,10 @@
 //! The stateless NTP responder: request bytes and receive time in, reply bytes or a
 //! reason to stay silent out.
 //!
-//! It answers client-mode (3) requests of versions 1 to 4 only, echoing the version.
+//! It answers client-mode (3) requests of versions 1 to 4, echoing the version, and
+//! (unless configured not to) symmetric-active (1) packets from addresses that are not
+//! configured peers, statelessly in symmetric-passive mode as chrony does: such a
+//! packet never creates an association, so it cannot steer our clock (ADVERSARIAL 21).
 //! A request with a MAC is answered under the same key if that key is in the store and
 //! the MAC verifies; otherwise it is dropped, or answered with a crypto-NAK if so
 //! configured. A reply is never larger than its request, so ntimed cannot amplify.
@@ -64,7 +67,7 @@ impl SyncState {
 pub enum DropReason {
     Malformed(PacketError),
     UnsupportedVersion(u8),
-    /// Only client mode is answered here; symmetric modes belong to configured peers.
+    /// Only client mode (and, if enabled, symmetric active) is answered here.
     NotClientMode(Mode),
     /// A crypto-NAK is a server's answer, never a request.
     CryptoNakRequest,
@@ -96,12 +99,24 @@ pub enum Answer {
     RateKiss,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServerOptions {
     /// Answer requests whose MAC fails with a crypto-NAK instead of dropping them.
     /// Off by default: a NAK is unauthenticated and tells an attacker nothing useful
     /// to a client, but it costs a reply.
     pub crypto_nak: bool,
+    /// Answer symmetric-active packets from unconfigured peers in passive mode (as a
+    /// server answers a client) rather than dropping them. On by default.
+    pub answer_unknown_peers: bool,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            crypto_nak: false,
+            answer_unknown_peers: true,
+        }
+    }
 }
 
 /// Counters, readable while the server runs.
@@ -255,8 +270,14 @@ impl Server {
         if !(1..=4).contains(&header.version) {
             return Err(DropReason::UnsupportedVersion(header.version));
         }
-        if header.mode != Mode::Client {
-            return Err(DropReason::NotClientMode(header.mode));
+        let reply_mode = match header.mode {
+            Mode::Client => Mode::Server,
+            Mode::SymmetricActive if self.options.answer_unknown_peers => Mode::SymmetricPassive,
+            mode => return Err(DropReason::NotClientMode(mode)),
+        };
+        let symmetric = reply_mode == Mode::SymmetricPassive;
+        if symmetric && nts::ntp::has_nts_fields(&packet) {
+            return Err(DropReason::BadNts("NTS is not defined for symmetric mode"));
         }
         // Authenticate before anything else is decided.
         // A poisoned lock still holds valid keys: a panic elsewhere must not stop NTP.
@@ -291,11 +312,11 @@ impl Server {
                 None => Auth::Plain,
                 Some(Trailer::CryptoNak) => return Err(DropReason::CryptoNakRequest),
                 Some(Trailer::Mac { key_id, .. }) => match self.keys.get(key_id) {
-                    None if self.options.crypto_nak => Auth::CryptoNak,
+                    None if self.options.crypto_nak && !symmetric => Auth::CryptoNak,
                     None => return Err(DropReason::UnknownKey(key_id)),
                     Some(key) => match mac::check_packet(key, &packet, request) {
                         Ok(()) => Auth::Mac(key),
-                        Err(_) if self.options.crypto_nak => Auth::CryptoNak,
+                        Err(_) if self.options.crypto_nak && !symmetric => Auth::CryptoNak,
                         Err(_) => return Err(DropReason::BadMac(key_id)),
                     },
                 },
@@ -304,7 +325,7 @@ impl Server {
         let mut response = Header {
             leap: state.leap,
             version: header.version,
-            mode: Mode::Server,
+            mode: reply_mode,
             stratum: state.stratum,
             poll: header.poll,
             precision: state.precision,
@@ -477,7 +498,13 @@ mod tests {
         );
         assert_eq!(quiet.stats.auth_failed.load(Ordering::Relaxed), 2);
 
-        let nak = Server::new(keys(), ServerOptions { crypto_nak: true });
+        let nak = Server::new(
+            keys(),
+            ServerOptions {
+                crypto_nak: true,
+                ..ServerOptions::default()
+            },
+        );
         for r in [&req, &unknown] {
             let (result, reply) = answer(&nak, r);
             assert_eq!(result, Ok(Answer::CryptoNak));
@@ -492,8 +519,14 @@ mod tests {
     #[test]
     fn only_client_mode_is_answered() {
         // ADVERSARIAL 25: modes 0, 2 (unconfigured), 4, 5, 6, 7 get no reply; so does 1
-        // until peering is configured.
-        let server = Server::new(keys(), ServerOptions::default());
+        // when unknown peers are not answered.
+        let server = Server::new(
+            keys(),
+            ServerOptions {
+                answer_unknown_peers: false,
+                ..ServerOptions::default()
+            },
+        );
         for bits in [0u8, 1, 2, 4, 5, 6, 7] {
             let mode = Mode::from_bits(bits);
             let (result, reply) = answer(&server, &request(4, mode));
@@ -557,7 +590,13 @@ mod tests {
 
     #[test]
     fn reply_is_never_larger_than_request() {
-        let server = Server::new(keys(), ServerOptions { crypto_nak: true });
+        let server = Server::new(
+            keys(),
+            ServerOptions {
+                crypto_nak: true,
+                ..ServerOptions::default()
+            },
+        );
         // A request with extension fields is answered with the bare header.
         let mut req = request(4, Mode::Client);
         req.extend_from_slice(&[0x20, 0x05, 0x00, 0x10]);
@@ -565,5 +604,49 @@ mod tests {
         let (result, reply) = answer(&server, &req);
         assert_eq!(result, Ok(Answer::Plain));
         assert_eq!(reply.len(), 48);
+    }
+
+    /// ADVERSARIAL 21: an unconfigured symmetric-active packet gets a stateless passive
+    /// answer (signed under the key it used, if we have that key) that is no larger than
+    /// it, or nothing; never an association. Mode 2 is never answered.
+    #[test]
+    fn unknown_symmetric_active_gets_a_stateless_passive_answer() {
+        let server = Server::new(keys(), ServerOptions::default());
+        let (result, reply) = answer(&server, &request(4, Mode::SymmetricActive));
+        assert_eq!(result, Ok(Answer::Plain));
+        let p = Packet::parse(&reply).unwrap();
+        assert_eq!(p.header.mode, Mode::SymmetricPassive);
+        assert_eq!(p.header.origin_time, CLIENT_TX);
+        assert_eq!(reply.len(), 48);
+        let key = keys().get(2).cloned().unwrap();
+        let mut signed = request(4, Mode::SymmetricActive);
+        mac::append_mac(&key, &mut signed);
+        let (result, reply) = answer(&server, &signed);
+        assert_eq!(result, Ok(Answer::Keyed(2)));
+        assert!(reply.len() <= signed.len());
+        let p = Packet::parse(&reply).unwrap();
+        assert_eq!(mac::check_packet(&key, &p, &reply), Ok(()));
+        // A bad MAC gets nothing, even where clients get crypto-NAKs.
+        let naks = Server::new(
+            keys(),
+            ServerOptions {
+                crypto_nak: true,
+                ..ServerOptions::default()
+            },
+        );
+        *signed.last_mut().unwrap() ^= 1;
+        assert_eq!(answer(&naks, &signed), (Err(DropReason::BadMac(2)), vec![]));
+        // NTS is not defined for peering.
+        let mut nts = request(4, Mode::SymmetricActive);
+        nts.extend_from_slice(&[0x01, 0x04, 0x00, 0x24]);
+        nts.extend_from_slice(&[7; 32]);
+        assert!(matches!(
+            answer(&server, &nts).0,
+            Err(DropReason::BadNts(_))
+        ));
+        assert_eq!(
+            answer(&server, &request(4, Mode::SymmetricPassive)).0,
+            Err(DropReason::NotClientMode(Mode::SymmetricPassive))
+        );
     }
 }

@@ -326,19 +326,30 @@ impl SyncEngine {
         Ok(())
     }
 
-    /// Keeps the reference while it agrees with the majority (switching costs a jump
-    /// by the difference of two paths' biases); otherwise takes the agreeing source
-    /// with the tightest bound.
+    /// Takes the agreeing source closest to a primary reference (lowest stratum), the
+    /// tightest bound among those; but keeps the reference while it agrees with the
+    /// majority and none closer does (switching costs a jump by the difference of two
+    /// paths' biases). So a site that followed its peer returns to its own upstream
+    /// when that comes back.
     fn choose_reference(&mut self, truechimers: &[usize], now: f64) {
-        if self.reference.is_some_and(|r| truechimers.contains(&r)) {
-            return;
-        }
-        self.reference = truechimers
+        let stratum = |i: usize| {
+            self.sources
+                .get(i)
+                .and_then(|s| s.last)
+                .map_or(u8::MAX, |s| s.stratum)
+        };
+        let best = truechimers
             .iter()
             .copied()
-            .filter_map(|i| Some((i, self.sources.get(i)?.filter.best(now)?.1)))
-            .min_by(|a, b| a.1.total_cmp(&b.1))
-            .map(|(i, _)| i);
+            .filter_map(|i| Some((i, stratum(i), self.sources.get(i)?.filter.best(now)?.1)))
+            .min_by(|a, b| a.1.cmp(&b.1).then(a.2.total_cmp(&b.2)));
+        if let Some(current) = self.reference
+            && truechimers.contains(&current)
+            && best.is_none_or(|(_, s, _)| s >= stratum(current))
+        {
+            return;
+        }
+        self.reference = best.map(|(i, _, _)| i);
     }
 
     /// Runs selection over the reachable sources; returns the truechimers (and clears
@@ -649,6 +660,51 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    /// A site's own upstream (stratum 1) is its reference while it answers; when it
+    /// is lost the site follows its peer (stratum 2), and it returns to the upstream
+    /// when that answers again, although the peer still agrees.
+    #[test]
+    fn reference_prefers_the_lower_stratum_and_returns_to_it() {
+        let (mut engine, ids) = engine(2);
+        let (upstream, peer) = (ids[0], ids[1]);
+        let from_peer = |offset| Sample {
+            stratum: 2,
+            ..sample(offset, 0.002)
+        };
+        let reference =
+            |engine: &SyncEngine, now| engine.sync_state(now, NtpTimestamp::ZERO, -20).reference_id;
+        let mut now = 0.0;
+        for _ in 0..6 {
+            now += 16.0;
+            engine
+                .handle_sample(peer, &from_peer(0.0), now, 0.0)
+                .unwrap();
+            engine
+                .handle_sample(upstream, &sample(0.0, 0.004), now + 1.0, 0.0)
+                .unwrap();
+        }
+        assert_eq!(reference(&engine, now), ReferenceId([10, 0, 0, 0]));
+        engine.handle_reachability(upstream, false);
+        for _ in 0..4 {
+            now += 16.0;
+            engine
+                .handle_sample(peer, &from_peer(0.0), now, 0.0)
+                .unwrap();
+        }
+        assert_eq!(reference(&engine, now), ReferenceId([10, 0, 0, 1]));
+        for _ in 0..4 {
+            now += 16.0;
+            engine
+                .handle_sample(upstream, &sample(0.0, 0.004), now, 0.0)
+                .unwrap();
+            engine
+                .handle_sample(peer, &from_peer(0.0), now + 1.0, 0.0)
+                .unwrap();
+        }
+        assert_eq!(reference(&engine, now), ReferenceId([10, 0, 0, 0]));
+        assert!(engine.is_synchronized());
     }
 
     /// ADVERSARIAL 19: LI 3, stratum 0 or 16+, and a root distance of 16 s or more are
