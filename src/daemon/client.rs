@@ -326,7 +326,7 @@ impl ClientRole {
         for (i, spec) in peer_specs.into_iter().enumerate() {
             let name = format!("peer {}:{}", spec.host, spec.port);
             let requires_auth = !matches!(spec.auth, PeerAuth::Insecure);
-            let id = engine.add_source(name.clone(), ReferenceId(*b"INIT"), requires_auth);
+            let id = engine.add_peer(name.clone(), ReferenceId(*b"INIT"), requires_auth);
             spawn_resolve_peer(i, &spec, tx.clone());
             let options = PeerOptions {
                 precision,

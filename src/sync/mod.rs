@@ -121,6 +121,10 @@ struct SourceEntry {
     /// The reference id we announce when this source is our reference.
     reference_id: ReferenceId,
     requires_authentication: bool,
+    /// A peer: it may join a majority, but neither its silence nor its being
+    /// unsynchronized holds up the start (two sites starting together would wait for
+    /// each other).
+    backup: bool,
     filter: SourceFilter,
     last: Option<Sample>,
     reachable: bool,
@@ -220,6 +224,7 @@ impl SyncEngine {
             name: name.into(),
             reference_id,
             requires_authentication,
+            backup: false,
             filter: SourceFilter::default(),
             last: None,
             reachable: false,
@@ -227,6 +232,21 @@ impl SyncEngine {
             outliers: 0,
         });
         SourceId(self.sources.len() - 1)
+    }
+
+    /// Registers a peer: a source that does not count towards the majority start-up
+    /// waits for (it can still be part of one).
+    pub fn add_peer(
+        &mut self,
+        name: impl Into<String>,
+        reference_id: ReferenceId,
+        requires_authentication: bool,
+    ) -> SourceId {
+        let id = self.add_source(name, reference_id, requires_authentication);
+        if let Some(source) = self.sources.get_mut(id.0) {
+            source.backup = true;
+        }
+        id
     }
 
     /// Changes what we announce when `id` is our reference (NTS learns the address late).
@@ -302,7 +322,8 @@ impl SyncEngine {
         // At start, wait for a majority of all configured sources to agree, so that the
         // first (and largest) correction cannot come from a minority that happened to
         // answer first; after a grace period, settle for the sources that answer.
-        let majority = 2 * truechimers.len() > self.sources.len();
+        let voters = self.sources.iter().filter(|s| !s.backup).count();
+        let majority = 2 * truechimers.len() > voters;
         if !self.synchronized && !majority && now - self.created < STARTUP_GRACE {
             return Ok(());
         }
@@ -660,6 +681,29 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    /// Two sites starting together: each has its upstream and a peer that is not yet
+    /// synchronized. The peer does not hold up the start.
+    #[test]
+    fn an_unsynchronized_peer_does_not_hold_up_the_start() {
+        let mut engine = SyncEngine::new(SyncConfig::default(), 0.0);
+        let upstream = engine.add_source("up", ReferenceId([10, 0, 0, 9]), true);
+        let peer = engine.add_peer("peer", ReferenceId([10, 0, 0, 8]), true);
+        let unsynchronized = Sample {
+            leap: Leap::Unsynchronized,
+            stratum: 16,
+            ..sample(0.0, 0.001)
+        };
+        for i in 0..3 {
+            let now = f64::from(i) * 16.0;
+            let _ = engine.handle_sample(peer, &unsynchronized, now, 0.0);
+            engine
+                .handle_sample(upstream, &sample(0.2, 0.001), now + 1.0, 0.0)
+                .unwrap();
+        }
+        assert!(engine.is_synchronized());
+        assert_eq!(steps(&commands(&mut engine)).len(), 1, "the start-up step");
     }
 
     /// A site's own upstream (stratum 1) is its reference while it answers; when it
