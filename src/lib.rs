@@ -8,8 +8,9 @@
 //!    at fault.
 //! 2. [`auth`] — the symmetric key store (ntp.keys and chrony formats), MACs, and NTS:
 //!    AEADs, NTS-KE negotiation, cookies and the NTS extension fields.
-//! 3. [`proto`] — sans-IO state machines: the stateless server responder and the client
-//!    exchange with its on-wire checks. Time comes in as arguments.
+//! 3. [`proto`] — sans-IO state machines: the stateless server responder, the client
+//!    exchange with its on-wire checks, sources, and symmetric peers. Time comes in as
+//!    arguments.
 //! 4. [`config`] — the TOML configuration, checked completely before anything starts.
 //! 5. [`daemon`] — the tokio shell: sockets, TLS (NTS-KE) and clocks around the
 //!    sans-IO core.

@@ -6,6 +6,7 @@
 //!   and by every source.
 //! * [`source`]: an upstream source's association: polling, reachability, kisses,
 //!   NTS re-keying.
+//! * [`peer`]: a symmetric association (modes 1/2) with a configured peer.
 //! * [`ratelimit`]: per-client request rate limits for the server.
 
 pub mod client;
