@@ -703,4 +703,56 @@ mod tests {
             assert!(err.to_string().starts_with("c.toml"), "{err}");
         }
     }
+
+    /// A `[[peer]]` needs a clock, a server socket and a key (or `insecure = true`
+    /// said outright); NTS and a second listing are refused.
+    #[test]
+    fn peers_are_checked() {
+        let base = "[clock]\nmode = \"observe\"\n[[server]]\nlisten = \"127.0.0.1:1\"\n";
+        let ok = format!("{base}[[peer]]\naddress = \"192.0.2.7\"\nkey = 2\n");
+        let c = Config::parse("c.toml", &ok).unwrap();
+        assert_eq!(c.peers[0].get_ref().key, Some(2));
+        assert_eq!(c.servers[0].unknown_peers, UnknownPeers::Reply);
+        let insecure = format!("{base}[[peer]]\naddress = \"192.0.2.7\"\ninsecure = true\n");
+        assert!(Config::parse("c.toml", &insecure).is_ok());
+        let cases = [
+            (format!("{base}[[peer]]\naddress = \"192.0.2.7\"\n"), "needs key = N"),
+            (
+                format!("{base}[[peer]]\naddress = \"192.0.2.7\"\nkey = 1\ninsecure = true\n"),
+                "not both",
+            ),
+            (
+                format!("{base}[[peer]]\naddress = \"192.0.2.7\"\nnts = {{ ke = \"x\" }}\n"),
+                "NTS is not defined",
+            ),
+            (format!("{ok}[[peer]]\naddress = \"192.0.2.7:123\"\nkey = 2\n"), "listed twice"),
+            (
+                "[clock]\nmode = \"observe\"\n[[peer]]\naddress = \"192.0.2.7\"\nkey = 2\n".into(),
+                "needs a [[server]]",
+            ),
+            (
+                "[[server]]\nlisten = \"127.0.0.1:1\"\n[[peer]]\naddress = \"192.0.2.7\"\nkey = 2\n".into(),
+                "needs a [clock]",
+            ),
+            (
+                format!("{base}[[peer]]\naddress = \"192.0.2.7\"\nkey = 2\nmin-poll = 30\n"),
+                "min-poll",
+            ),
+        ];
+        for (text, message) in cases {
+            let err = Config::parse("c.toml", &text).unwrap_err();
+            assert!(err.message.contains(message), "{text:?}: {err}");
+            assert!(err.line.is_some(), "{text:?}: {err}");
+        }
+        let drop = base.replace(
+            "listen = \"127.0.0.1:1\"\n",
+            "listen = \"127.0.0.1:1\"\nunknown-peers = \"drop\"\n",
+        );
+        let c = Config::parse(
+            "c.toml",
+            &format!("{drop}[[peer]]\naddress = \"h\"\nkey = 2\n"),
+        )
+        .unwrap();
+        assert_eq!(c.servers[0].unknown_peers, UnknownPeers::Drop);
+    }
 }
