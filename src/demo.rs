@@ -1,7 +1,9 @@
 //! `ntimed demo`: the whole path on loopback, offline, with nothing to set up. It grows
 //! as ntimed does; today: a keyed and NTS server, queried plainly, with keys, and with
 //! NTS after a key exchange over TLS 1.3 with a throwaway CA; then the sync engine
-//! pulling a simulated clock in from three NTS sources.
+//! pulling a simulated clock in from three NTS sources; the clock process's policy;
+//! and two sites peering under a key, one following the other while its upstream is
+//! down.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -126,6 +128,7 @@ pub async fn run() -> Result<ExitCode, String> {
 
     failures += discipline_demo(&servers).await?;
     failures += privilege_boundary_demo()?;
+    failures += peering_demo(&keys).await?;
 
     let stats = &running.server.stats;
     println!(
@@ -323,6 +326,179 @@ fn privilege_boundary_demo() -> Result<u32, String> {
         "   (slews are capped at {} s per command, run by the kernel at 500 ppm)",
         policy::MAX_SLEW
     );
+    Ok(failures)
+}
+
+/// One site of the peering demo: its NTP server (peer packets use its socket too), the
+/// engine's task and what it serves.
+struct Site {
+    server: RunningServer,
+    state: Arc<RwLock<SyncState>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Site {
+    /// A site on `listen` with a simulated clock `offset` s off, following `upstream`
+    /// (keyed) and peering with `peer` under `key`.
+    async fn start(
+        listen: SocketAddr,
+        upstream: SocketAddr,
+        peer: SocketAddr,
+        key: &SymmetricKey,
+        offset: f64,
+    ) -> Result<Site, String> {
+        use crate::daemon::peer::{PeerLink, PeerRoutes, PeerSpec};
+        use crate::proto::peer::{PeerAuth, PeerOptions};
+        let clock: Arc<dyn Clock> = Arc::new(SoftwareClock::simulated(offset, 20.0));
+        let state = Arc::new(RwLock::new(SyncState::unsynchronized(-20)));
+        let (routes, inbound) = PeerRoutes::new();
+        let socket = std::net::UdpSocket::bind(listen)
+            .map_err(|e| format!("cannot bind {listen} (a loopback address): {e}"))?;
+        let server = serve::start_on(
+            socket,
+            Server::new(KeyStore::default(), ServerOptions::default()),
+            serve::Reference::Engine(state.clone()),
+            None,
+            clock.clone(),
+            Some(routes.clone()),
+        )
+        .map_err(|e| format!("cannot serve on {listen}: {e}"))?;
+        let fast = |min_poll, max_poll| SourceOptions {
+            min_poll,
+            max_poll,
+            iburst: true,
+        };
+        let role = ClientRole {
+            specs: vec![SourceSpec {
+                host: upstream.ip().to_string(),
+                port: upstream.port(),
+                kind: SourceKind::Key(key.clone()),
+                options: fast(0, 0),
+            }],
+            peers: vec![PeerSpec {
+                host: peer.ip().to_string(),
+                port: peer.port(),
+                auth: PeerAuth::Key(key.clone()),
+                options: PeerOptions {
+                    min_poll: 0,
+                    max_poll: 0,
+                    ..PeerOptions::default()
+                },
+            }],
+            config: SyncConfig {
+                min_poll: 0,
+                max_poll: 0,
+                ..SyncConfig::default()
+            },
+            drift_file: None,
+            state: state.clone(),
+        };
+        let link = PeerLink {
+            routes,
+            inbound,
+            sockets: vec![server.socket.clone()],
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(role.run(clock, None, -20, Some(link), stopped));
+        Ok(Site {
+            server,
+            state,
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    /// "stratum N from A.B.C.D", or "unsynchronized".
+    fn served(&self) -> String {
+        let s = *self.state.read().unwrap_or_else(|p| p.into_inner());
+        if s.stratum >= 16 {
+            "unsynchronized".into()
+        } else {
+            let [a, b, c, d] = s.reference_id.0;
+            format!("stratum {} from {a}.{b}.{c}.{d}", s.stratum)
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+        drop(self.server);
+    }
+}
+
+/// Step 9: sites A (127.0.0.2) and B (127.0.0.3) each follow their own keyed upstream
+/// and peer under key 2 (AES128-CMAC). A's upstream goes away: A follows B (whose log
+/// would say A is "synchronized to us"), and returns when the upstream is back.
+/// Distinct loopback addresses keep reference ids meaningful. Returns the number of
+/// failures.
+async fn peering_demo(keys: &KeyStore) -> Result<u32, String> {
+    const WAIT: Duration = Duration::from_secs(30);
+    println!(
+        "\n9. Keyed peering: sites A (127.0.0.2) and B (127.0.0.3), simulated clocks, each with its\n   own upstream, peer under key 2 (AES128-CMAC), polling every second for the demo."
+    );
+    let key = keys.get(2).cloned().ok_or("example key 2 missing")?;
+    let upstream = |ip: [u8; 4]| async move {
+        let server = Server::new(keys.clone(), ServerOptions::default());
+        let local = serve::Reference::Local { stratum: 1 };
+        let observe: Arc<dyn Clock> = Arc::new(SoftwareClock::observe());
+        serve::start((ip, 0).into(), server, local, None, observe)
+            .await
+            .map_err(|e| format!("cannot start an upstream on {ip:?}: {e}"))
+    };
+    let free = |ip: [u8; 4]| {
+        std::net::UdpSocket::bind(SocketAddr::from((ip, 0)))
+            .and_then(|s| s.local_addr())
+            .map_err(|e| format!("no free port on {ip:?}: {e}"))
+    };
+    let (a_addr, b_addr) = (free([127, 0, 0, 2])?, free([127, 0, 0, 3])?);
+    let upstream_a = upstream([127, 0, 0, 4]).await?;
+    let upstream_b = upstream([127, 0, 0, 5]).await?;
+    let (ua, ub) = (upstream_a.local_addr, upstream_b.local_addr);
+    let a = Site::start(a_addr, ua, b_addr, &key, 0.2).await?;
+    let b = Site::start(b_addr, ub, a_addr, &key, -0.1).await?;
+    let mut failures = 0;
+    let mut expect = async |what: &str, wanted: &str| {
+        let started = tokio::time::Instant::now();
+        while a.served() != wanted && started.elapsed() < WAIT {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let t = started.elapsed().as_secs();
+        if a.served() == wanted {
+            println!(
+                "   {what:<34} A serves {wanted} (after {t} s); B serves {}",
+                b.served()
+            );
+        } else {
+            failures += 1;
+            println!(
+                "   UNEXPECTED: {what}: A serves {}, not {wanted}",
+                a.served()
+            );
+        }
+    };
+    expect(
+        "both follow their own upstreams:",
+        "stratum 2 from 127.0.0.4",
+    )
+    .await;
+    drop(upstream_a);
+    expect("A's upstream stops answering:", "stratum 3 from 127.0.0.3").await;
+    let upstream_a = serve::start(
+        ua,
+        Server::new(keys.clone(), ServerOptions::default()),
+        serve::Reference::Local { stratum: 1 },
+        None,
+        Arc::new(SoftwareClock::observe()),
+    )
+    .await
+    .map_err(|e| format!("cannot restart A's upstream: {e}"))?;
+    expect("A's upstream is back:", "stratum 2 from 127.0.0.4").await;
+    drop(upstream_a);
+    a.stop().await;
+    b.stop().await;
     Ok(failures)
 }
 
