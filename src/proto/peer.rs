@@ -4,11 +4,14 @@
 //!
 //! A packet is checked in this order, and nothing changes before the last check:
 //! it parses; it is mode 1 or 2 of versions 1 to 4; transmit ≠ 0; its MAC verifies
-//! under exactly the configured key id (a crypto-NAK is not a MAC); it is not a copy
-//! of the last packet accepted; it is *fresh*: later than the last one accepted, or the
-//! answer to one of our own packets still unanswered. A replayed old packet therefore
-//! cannot move what we echo back (the DoS of ntpd's CVE-2015-7704/7705 class), and an
-//! unauthenticated one cannot touch anything (CVE-2015-1799, CVE-2016-1548).
+//! under exactly the configured key id (a crypto-NAK is not a MAC); it is not one of
+//! our own packets sent back to us (both ends sign with one key, so a reflected packet
+//! verifies: its transmit must not be one of our last [`REMEMBERED`]); it is not a copy
+//! of one of the last [`REMEMBERED`] packets accepted; and it is *fresh*: later than
+//! every packet accepted, or the answer to one of our own packets still unanswered.
+//! Only a later packet moves what we echo back, so a replayed or delayed old packet
+//! cannot (the DoS of ntpd's CVE-2015-7704/7705 class), and an unauthenticated one
+//! cannot touch anything (CVE-2015-1799, CVE-2016-1548).
 //!
 //! A measurement needs an answer to one of our last [`OUTSTANDING`] packets: origin ==
 //! its transmit field, all 64 bits, receive ≠ 0. Each of our packets is answered at
@@ -34,6 +37,9 @@ use crate::wire::{
 /// Our packets that may still be answered: the latest and the one before (a poll and
 /// a prompt reply can cross the peer's packets).
 pub const OUTSTANDING: usize = 2;
+/// Transmit timestamps remembered, of our packets (reflections) and of the peer's
+/// (duplicates).
+pub const REMEMBERED: usize = 8;
 /// Least time between our packets, seconds: prompt replies never come faster.
 pub const PROMPT_SPACING: f64 = 1.0;
 /// A packet held longer than this (its transmit minus receive, seconds) was not a
@@ -84,7 +90,9 @@ pub enum PeerReject {
     ZeroTransmit,
     #[error("authentication failed: {0}")]
     Authentication(MacError),
-    #[error("duplicate of the last accepted packet")]
+    #[error("one of our own packets, sent back")]
+    Reflected,
+    #[error("duplicate of an accepted packet")]
     Duplicate,
     #[error("older than the last accepted packet and answers nothing of ours (a replay)")]
     Stale,
@@ -129,7 +137,10 @@ pub struct Peer {
     /// Newest first.
     outstanding: [Option<Sent>; OUTSTANDING],
     echo: Option<Echo>,
-    last_transmit: Option<NtpTimestamp>,
+    /// Transmit fields of our last packets and of the peer's last accepted ones,
+    /// newest first.
+    sent: [Option<NtpTimestamp>; REMEMBERED],
+    accepted: [Option<NtpTimestamp>; REMEMBERED],
     next_poll: f64,
     /// When a prompt reply is due, if one is.
     reply_due: Option<f64>,
@@ -148,7 +159,8 @@ impl Peer {
             own_ids: Vec::new(),
             outstanding: [None; OUTSTANDING],
             echo: None,
-            last_transmit: None,
+            sent: [None; REMEMBERED],
+            accepted: [None; REMEMBERED],
             next_poll: now,
             reply_due: None,
             last_sent: None,
@@ -267,6 +279,8 @@ impl Peer {
             transmit_field,
             sent_at: local,
         });
+        self.sent.rotate_right(1);
+        self.sent[0] = Some(transmit_field);
     }
 
     /// A datagram from the peer's address arrived at local time `received` (`now` in
@@ -305,31 +319,40 @@ impl Peer {
             }
             PeerAuth::Insecure => Authenticated::No,
         };
-        if self.last_transmit == Some(h.transmit_time) {
+        if self.sent.contains(&Some(h.transmit_time)) {
+            return Err(PeerReject::Reflected);
+        }
+        if self.accepted.contains(&Some(h.transmit_time)) {
             return Err(PeerReject::Duplicate);
         }
         let answered = self
             .outstanding
             .iter()
             .position(|s| s.is_some_and(|s| s.transmit_field == h.origin_time));
-        let later = self
-            .last_transmit
-            .is_none_or(|last| h.transmit_time.seconds_since(last) > 0.0);
+        let later =
+            self.accepted[0].is_none_or(|newest| h.transmit_time.seconds_since(newest) > 0.0);
         if answered.is_none() && !later {
             return Err(PeerReject::Stale);
         }
 
         // Accepted: from here on the association changes.
-        self.last_transmit = Some(h.transmit_time);
-        self.echo = Some(Echo {
-            peer_transmit: h.transmit_time,
-            received,
-        });
+        self.accepted.rotate_right(1);
+        self.accepted[0] = Some(h.transmit_time);
+        if later {
+            self.echo = Some(Echo {
+                peer_transmit: h.transmit_time,
+                received,
+            });
+        } else {
+            // An older answer measures, but the newest stays first: it is what we echo
+            // and what freshness is judged by.
+            self.accepted.swap(0, 1);
+        }
         self.reach |= 1;
         self.silent_polls = 0;
         let hold = h.transmit_time.seconds_since(h.receive_time);
         let prompt_answer = answered.is_some() && hold.abs() < PROMPT_HOLD;
-        if h.mode == Mode::SymmetricActive && !prompt_answer {
+        if later && h.mode == Mode::SymmetricActive && !prompt_answer {
             let earliest = self.last_sent.map_or(now, |t| t + PROMPT_SPACING);
             self.reply_due = Some(now.max(earliest));
         }
@@ -630,21 +653,92 @@ mod tests {
             PeerEvent::Rejected(PeerReject::Duplicate)
         );
         // B's next poll (a later packet) is accepted and echoed ...
+        // B polls twice; the first poll is held back on the path, the second is
+        // accepted and echoed ...
         let state = synced(2, *b"GPS\0");
-        let mut second = Vec::new();
+        let (mut held, mut second) = (Vec::new(), Vec::new());
         b.next_poll = 64.0;
-        assert!(b.handle_timeout(64.0, START.add_seconds(64.0), &state, &mut second));
+        assert!(b.handle_timeout(64.0, START.add_seconds(64.0), &state, &mut held));
+        b.next_poll = 128.0;
+        assert!(b.handle_timeout(128.0, START.add_seconds(128.0), &state, &mut second));
         assert!(!matches!(
-            a.handle_packet(&second, START.add_seconds(64.01), 64.01),
+            a.handle_packet(&second, START.add_seconds(128.01), 128.01),
             PeerEvent::Rejected(_)
         ));
         let second_transmit = Header::parse(&second).unwrap().transmit_time;
-        // ... and the first, replayed now, is older than it and answers nothing.
+        // ... and the held one, released now, is older and answers nothing of ours.
         assert_eq!(
-            a.handle_packet(&first, START.add_seconds(65.0), 65.0),
+            a.handle_packet(&held, START.add_seconds(129.0), 129.0),
             PeerEvent::Rejected(PeerReject::Stale)
         );
-        assert_eq!(next_origin(&mut a, 66.0), second_transmit);
+        assert_eq!(
+            a.handle_packet(&second, START.add_seconds(129.5), 129.5),
+            PeerEvent::Rejected(PeerReject::Duplicate)
+        );
+        assert_eq!(next_origin(&mut a, 130.0), second_transmit);
+    }
+
+    /// Both ends sign with one key, so our own packets verify. Sent back to us (from the
+    /// peer's address, by someone on the path) they are dropped, so they can neither
+    /// make a dead peer look alive nor, answering each other, make us measure our own
+    /// clock.
+    #[test]
+    fn our_own_packets_sent_back_are_dropped() {
+        let (mut a, _, poll, good) = exchange(keyed(1));
+        assert_eq!(
+            a.handle_packet(&poll, START.add_seconds(0.02), 0.02),
+            PeerEvent::Rejected(PeerReject::Reflected)
+        );
+        assert!(!a.is_reachable() && a.reply_due.is_none());
+        // Once the genuine answer is in, A answers B's packet; that answer, sent back,
+        // names A's outstanding poll nowhere but its transmit is A's own: dropped.
+        assert!(matches!(
+            a.handle_packet(&good, START.add_seconds(0.02), 0.02),
+            PeerEvent::Sample(_)
+        ));
+        let state = synced(2, *b"GPS\0");
+        let mut reply = Vec::new();
+        a.next_poll = 1.0;
+        assert!(a.handle_timeout(1.0, START.add_seconds(1.0), &state, &mut reply));
+        assert_eq!(
+            a.handle_packet(&reply, START.add_seconds(1.01), 1.01),
+            PeerEvent::Rejected(PeerReject::Reflected)
+        );
+    }
+
+    /// Answers delivered out of order both measure, but the older one does not move
+    /// what we echo, and neither can be replayed afterwards.
+    #[test]
+    fn answers_out_of_order_measure_once_and_do_not_move_the_echo() {
+        let state = synced(2, *b"GPS\0");
+        let mut a = Peer::new(keyed(1), PeerOptions::default(), 0.0);
+        let mut b = Peer::new(keyed(1), PeerOptions::default(), 1000.0);
+        let (mut x, mut y, mut p1, mut p2) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        assert!(a.handle_timeout(0.0, START, &state, &mut x));
+        a.next_poll = 5.0;
+        assert!(a.handle_timeout(5.0, START.add_seconds(5.0), &state, &mut y));
+        b.handle_packet(&x, START.add_seconds(0.01), 0.01);
+        assert!(b.handle_timeout(0.01, START.add_seconds(0.01), &state, &mut p1));
+        b.handle_packet(&y, START.add_seconds(5.01), 5.01);
+        assert!(b.handle_timeout(5.01, START.add_seconds(5.01), &state, &mut p2));
+        assert!(matches!(
+            a.handle_packet(&p2, START.add_seconds(5.02), 5.02),
+            PeerEvent::Sample(_)
+        ));
+        assert!(matches!(
+            a.handle_packet(&p1, START.add_seconds(5.03), 5.03),
+            PeerEvent::Sample(_)
+        ));
+        for replay in [&p1, &p2] {
+            assert_eq!(
+                a.handle_packet(replay, START.add_seconds(6.0), 6.0),
+                PeerEvent::Rejected(PeerReject::Duplicate)
+            );
+        }
+        assert_eq!(
+            next_origin(&mut a, 7.0),
+            Header::parse(&p2).unwrap().transmit_time
+        );
     }
 
     /// Origin games: a zero origin, an origin we never sent and an origin already

@@ -322,8 +322,19 @@ impl SyncEngine {
         // At start, wait for a majority of all configured sources to agree, so that the
         // first (and largest) correction cannot come from a minority that happened to
         // answer first; after a grace period, settle for the sources that answer.
-        let voters = self.sources.iter().filter(|s| !s.backup).count();
-        let majority = 2 * truechimers.len() > voters;
+        // Peers are backups: the majority is of the configured sources, counting only
+        // sources, so that neither an unsynchronized peer holds up the start nor a bad
+        // peer helps a bad source to one; with nothing but peers, of the peers.
+        let sources = self.sources.iter().filter(|s| !s.backup).count();
+        let majority = if sources > 0 {
+            let agreeing = truechimers
+                .iter()
+                .filter(|&&i| self.sources.get(i).is_some_and(|s| !s.backup))
+                .count();
+            2 * agreeing > sources
+        } else {
+            2 * truechimers.len() > self.sources.len()
+        };
         if !self.synchronized && !majority && now - self.created < STARTUP_GRACE {
             return Ok(());
         }
@@ -347,26 +358,21 @@ impl SyncEngine {
         Ok(())
     }
 
-    /// Takes the agreeing source closest to a primary reference (lowest stratum), the
-    /// tightest bound among those; but keeps the reference while it agrees with the
-    /// majority and none closer does (switching costs a jump by the difference of two
-    /// paths' biases). So a site that followed its peer returns to its own upstream
-    /// when that comes back.
+    /// Keeps the reference while it agrees with the majority (switching costs a jump
+    /// by the difference of two paths' biases) and is not a peer standing in for a
+    /// source that agrees again; otherwise takes the agreeing source with the tightest
+    /// bound, sources before peers. So a site that followed its peer returns to its own
+    /// upstream as soon as that agrees again.
     fn choose_reference(&mut self, truechimers: &[usize], now: f64) {
-        let stratum = |i: usize| {
-            self.sources
-                .get(i)
-                .and_then(|s| s.last)
-                .map_or(u8::MAX, |s| s.stratum)
-        };
+        let backup = |i: usize| self.sources.get(i).is_none_or(|s| s.backup);
         let best = truechimers
             .iter()
             .copied()
-            .filter_map(|i| Some((i, stratum(i), self.sources.get(i)?.filter.best(now)?.1)))
+            .filter_map(|i| Some((i, backup(i), self.sources.get(i)?.filter.best(now)?.1)))
             .min_by(|a, b| a.1.cmp(&b.1).then(a.2.total_cmp(&b.2)));
         if let Some(current) = self.reference
             && truechimers.contains(&current)
-            && best.is_none_or(|(_, s, _)| s >= stratum(current))
+            && (!backup(current) || best.is_none_or(|(_, b, _)| b))
         {
             return;
         }
@@ -706,13 +712,68 @@ mod tests {
         assert_eq!(steps(&commands(&mut engine)).len(), 1, "the start-up step");
     }
 
-    /// A site's own upstream (stratum 1) is its reference while it answers; when it
-    /// is lost the site follows its peer (stratum 2), and it returns to the upstream
-    /// when that answers again, although the peer still agrees.
+    /// ADVERSARIAL 24 with peers: a bad source and a bad peer, the other sources
+    /// silenced, are no majority of three sources: the start waits, and when it settles
+    /// for them it slews instead of stepping. With nothing but peers, the peers vote.
     #[test]
-    fn reference_prefers_the_lower_stratum_and_returns_to_it() {
-        let (mut engine, ids) = engine(2);
-        let (upstream, peer) = (ids[0], ids[1]);
+    fn peers_do_not_help_a_minority_of_sources_step() {
+        let mut engine = SyncEngine::new(SyncConfig::default(), 0.0);
+        let sources: Vec<SourceId> = (0..3)
+            .map(|i| engine.add_source(format!("s{i}"), ReferenceId([10, 0, 0, i]), true))
+            .collect();
+        let peers: Vec<SourceId> = (0..2)
+            .map(|i| engine.add_peer(format!("p{i}"), ReferenceId([10, 0, 1, i]), true))
+            .collect();
+        while engine.poll_command().is_some() {}
+        let mut now = 0.0;
+        while now < 270.0 {
+            now += 16.0;
+            engine
+                .handle_sample(sources[0], &sample(0.5, 0.001), now, 0.0)
+                .unwrap();
+            engine
+                .handle_sample(peers[0], &sample(0.5, 0.001), now + 1.0, 0.0)
+                .unwrap();
+        }
+        assert!(!engine.is_synchronized(), "no majority of sources yet");
+        while now < 400.0 {
+            now += 16.0;
+            engine
+                .handle_sample(sources[0], &sample(0.5, 0.001), now, 0.0)
+                .unwrap();
+        }
+        assert!(engine.is_synchronized());
+        assert!(
+            steps(&commands(&mut engine)).is_empty(),
+            "slewed, not stepped"
+        );
+
+        let mut only_peers = SyncEngine::new(SyncConfig::default(), 0.0);
+        let p: Vec<SourceId> = (0..2)
+            .map(|i| only_peers.add_peer(format!("p{i}"), ReferenceId([10, 0, 1, i]), true))
+            .collect();
+        while only_peers.poll_command().is_some() {}
+        for i in 0..3 {
+            let t = f64::from(i) * 16.0;
+            only_peers
+                .handle_sample(p[0], &sample(0.5, 0.001), t, 0.0)
+                .unwrap();
+            only_peers
+                .handle_sample(p[1], &sample(0.5, 0.001), t + 1.0, 0.0)
+                .unwrap();
+        }
+        assert!(only_peers.is_synchronized());
+        assert_eq!(steps(&commands(&mut only_peers)).len(), 1);
+    }
+
+    /// A site's own upstream is its reference while it answers; when it is lost the
+    /// site follows its peer, and it returns to the upstream when that answers again,
+    /// although the peer still agrees (and has the tighter bound).
+    #[test]
+    fn a_peer_stands_in_for_a_lost_upstream_only() {
+        let mut engine = SyncEngine::new(SyncConfig::default(), 0.0);
+        let upstream = engine.add_source("up", ReferenceId([10, 0, 0, 0]), true);
+        let peer = engine.add_peer("peer", ReferenceId([10, 0, 0, 1]), true);
         let from_peer = |offset| Sample {
             stratum: 2,
             ..sample(offset, 0.002)
