@@ -352,12 +352,12 @@ impl Site {
         use crate::proto::peer::{PeerAuth, PeerOptions};
         let clock: Arc<dyn Clock> = Arc::new(SoftwareClock::simulated(offset, 20.0));
         let state = Arc::new(RwLock::new(SyncState::unsynchronized(-20)));
-        let (routes, inbound) = PeerRoutes::new();
+        let (routes, inbound) = PeerRoutes::new(1);
         let socket = std::net::UdpSocket::bind(listen)
             .map_err(|e| format!("cannot bind {listen} (a loopback address): {e}"))?;
         let server = serve::start_on(
             socket,
-            Server::new(KeyStore::default(), ServerOptions::default()),
+            Server::new(KeyStore::default(), ServerOptions::default()).with_peer_keys([key.id()]),
             serve::Reference::Engine(state.clone()),
             None,
             clock.clone(),

@@ -116,7 +116,7 @@ fn exchange(port: u16, request: &[u8]) -> Option<Vec<u8>> {
 }
 
 #[test]
-fn server_answers_only_client_mode_and_never_amplifies() {
+fn server_answers_client_and_unknown_symmetric_modes_and_never_amplifies() {
     let dir = common::tempdir("cli");
     let port = free_udp_port();
     let _daemon = start(&setup(dir.path(), port, ""), port);
@@ -130,13 +130,18 @@ fn server_answers_only_client_mode_and_never_amplifies() {
         "origin echoes transmit"
     );
 
-    for mode in [0, 1, 2, 4, 5, 6, 7] {
+    for mode in [0, 2, 4, 5, 6, 7] {
         assert_eq!(
             exchange(port, &client_request(mode)),
             None,
             "mode {mode} got a reply"
         );
     }
+    // Symmetric active from an address that is no [[peer]]: a stateless passive answer
+    // (unknown-peers = "reply", the default), no larger than the request.
+    let passive = exchange(port, &client_request(1)).expect("mode 1 is answered");
+    assert_eq!((passive.len(), passive[0] & 7), (48, 2));
+    assert_eq!(&passive[24..32], &client_request(1)[40..48]);
     // Short, truncated and MAC-failing requests get nothing either.
     assert_eq!(exchange(port, &client_request(3)[..47]), None);
     let mut bad_mac = client_request(3);

@@ -125,82 +125,155 @@ fn two_sites_back_each_other_up() {
     wait_following(b, UPSTREAM_B, 2, &site_b);
 }
 
-/// ADVERSARIAL 21: symmetric-active packets from an address that is no `[[peer]]`,
-/// signed with a key the site has and claiming stratum 1 time 1000 s away, get at most
-/// a stateless passive answer no larger than themselves, and never move the site's
-/// clock. With `unknown-peers = "drop"` they get nothing.
+/// A site whose upstream and peer are both silent: nothing it serves may come from
+/// anywhere else.
+fn isolated_site(keys: &TestKeys) -> (NtimedRun, SocketAddr, UdpSocket) {
+    let port = free_port();
+    let site = addr(SITE_A, port);
+    let dead_upstream = addr(UPSTREAM_A, free_port());
+    // The peer's address, held by the test: nothing there answers unless the test does.
+    let peer = UdpSocket::bind(addr(SITE_B, 0)).expect("bind 127.0.0.2");
+    let peer_addr = peer.local_addr().expect("address");
+    let toml = site_toml(&keys.chrony, site, dead_upstream, peer_addr);
+    (NtimedRun::start(None, &toml, Some(port), None), site, peer)
+}
+
+fn assert_unsynchronized(site: SocketAddr, run: &NtimedRun, why: &str) {
+    let probe = sntp_probe(site, Duration::from_secs(1));
+    assert_eq!(probe, Some((3, 16)), "{why}; log:\n{}", run.log());
+}
+
+/// A symmetric-active packet at time `at` (stratum 1), signed with `key`.
+fn symmetric_active(at: ntimed::wire::NtpTimestamp, key: &ntimed::auth::SymmetricKey) -> Vec<u8> {
+    let header = ntimed::wire::Header {
+        mode: ntimed::wire::Mode::SymmetricActive,
+        stratum: 1,
+        reference_id: ntimed::wire::ReferenceId(*b"GPS\0"),
+        reference_time: at,
+        ..ntimed::wire::Header::client_request(0, at)
+    };
+    let mut packet = Vec::new();
+    header.write(&mut packet);
+    ntimed::auth::mac::append_mac(key, &mut packet);
+    packet
+}
+
+/// ADVERSARIAL 21: symmetric-active packets from an address that is no `[[peer]]`, with
+/// good stratum-1 time, get a stateless passive answer no larger than themselves under a
+/// key the site has (none under the peer's key, nor with `unknown-peers = "drop"`), and
+/// never synchronize a site that has nothing else.
 #[test]
 fn unconfigured_symmetric_packets_never_steer() {
     let keys = TestKeys::new();
-    let (pa, pua) = (free_port(), free_port());
-    let (a, ua) = (addr(SITE_A, pa), addr(UPSTREAM_A, pua));
-    let _upstream = upstream(ua);
-    let nowhere = addr(SITE_B, free_port());
-    let site = NtimedRun::start(
-        None,
-        &site_toml(&keys.chrony, a, ua, nowhere),
-        Some(pa),
-        None,
-    );
-    wait_following(a, UPSTREAM_A, 2, &site);
-
-    let key = ntimed::auth::KeyStore::load(&keys.chrony, ntimed::auth::KeyFileFormat::Chrony)
+    let (site, a, _peer) = isolated_site(&keys);
+    let store = ntimed::auth::KeyStore::load(&keys.chrony, ntimed::auth::KeyFileFormat::Chrony)
         .expect("test keys");
-    let key = key.get(KEY_SHA256).expect("key 1");
+    let (peer_key, other_key) = (
+        store.get(KEY_SHA256).expect("key 1"),
+        store.get(KEY_AES128).expect("key 2"),
+    );
     let attacker = UdpSocket::bind(("127.0.0.9", 0)).expect("bind 127.0.0.9");
     attacker
-        .set_read_timeout(Some(Duration::from_millis(200)))
+        .set_read_timeout(Some(Duration::from_millis(100)))
         .expect("timeout");
-    let far = ntimed::daemon::now().add_seconds(1000.0);
-    let mut answers = 0;
-    for i in 0..300u64 {
-        let header = ntimed::wire::Header {
-            mode: ntimed::wire::Mode::SymmetricActive,
-            stratum: 1,
-            reference_id: ntimed::wire::ReferenceId(*b"GPS\0"),
-            reference_time: far,
-            ..ntimed::wire::Header::client_request(0, far.add_seconds(i as f64 * 1e-3))
-        };
-        let mut packet = Vec::new();
-        header.write(&mut packet);
-        ntimed::auth::mac::append_mac(key, &mut packet);
-        attacker.send_to(&packet, a).expect("send");
-        let mut buf = [0u8; 512];
-        if let Ok((len, _)) = attacker.recv_from(&mut buf) {
-            answers += 1;
-            assert!(len <= packet.len(), "amplified: {len} > {}", packet.len());
-            let reply = ntimed::wire::Header::parse(&buf[..len]).expect("a packet");
-            assert_eq!(reply.mode, ntimed::wire::Mode::SymmetricPassive);
-            assert_eq!(reply.origin_time, header.transmit_time);
+    let mut buf = [0u8; 512];
+    let (mut answered, mut answered_under_peer_key) = (0, 0);
+    for _ in 0..60 {
+        for (key, count) in [
+            (other_key, &mut answered),
+            (peer_key, &mut answered_under_peer_key),
+        ] {
+            let packet = symmetric_active(ntimed::daemon::now(), key);
+            attacker.send_to(&packet, a).expect("send");
+            if let Ok((len, _)) = attacker.recv_from(&mut buf) {
+                *count += 1;
+                assert!(len <= packet.len(), "amplified: {len} > {}", packet.len());
+                let reply = ntimed::wire::Header::parse(&buf[..len]).expect("a packet");
+                assert_eq!(reply.mode, ntimed::wire::Mode::SymmetricPassive);
+                assert_eq!(
+                    reply.origin_time.to_bits(),
+                    u64::from_be_bytes(packet[40..48].try_into().unwrap())
+                );
+            }
         }
     }
-    assert!(answers > 0, "no stateless answers at all");
-    std::thread::sleep(Duration::from_secs(3));
-    wait_following(a, UPSTREAM_A, 2, &site);
-    assert!(!site.log().contains("127.0.0.9"), "{}", site.log());
+    assert!(answered > 0, "no stateless answers at all");
+    assert_eq!(answered_under_peer_key, 0, "answered under the peer's key");
+    assert_unsynchronized(a, &site, "unconfigured peers steered the clock");
 
     // The same with unknown-peers = "drop": silence.
     let pd = free_port();
     let d = addr(SITE_A, pd);
-    let toml = site_toml(&keys.chrony, d, ua, nowhere).replace(
+    let toml = site_toml(
+        &keys.chrony,
+        d,
+        addr(UPSTREAM_A, free_port()),
+        addr(SITE_B, free_port()),
+    )
+    .replace(
         &format!("listen = \"{d}\"\n"),
         &format!("listen = \"{d}\"\nunknown-peers = \"drop\"\n"),
     );
     let _dropping = NtimedRun::start(None, &toml, Some(pd), None);
-    let mut packet = Vec::new();
-    ntimed::wire::Header {
-        mode: ntimed::wire::Mode::SymmetricActive,
-        ..ntimed::wire::Header::client_request(0, far)
-    }
-    .write(&mut packet);
     for _ in 0..5 {
-        attacker.send_to(&packet, d).expect("send");
-        let mut buf = [0u8; 512];
+        attacker
+            .send_to(&symmetric_active(ntimed::daemon::now(), other_key), d)
+            .expect("send");
         assert!(
             attacker.recv_from(&mut buf).is_err(),
             "answered despite drop"
         );
     }
+}
+
+/// Someone on the path at the peer's address, without the key, sends the site's own
+/// packets back (they verify: both ends sign with one key), and bounces them off the
+/// site's server for signed answers. The peer never becomes reachable and the site,
+/// with nothing else to follow, stays unsynchronized: it never measures itself.
+#[test]
+fn reflected_packets_never_make_a_peer() {
+    let keys = TestKeys::new();
+    let (site, a, peer) = isolated_site(&keys);
+    let bouncer = UdpSocket::bind(("127.0.0.9", 0)).expect("bind 127.0.0.9");
+    bouncer
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .expect("timeout");
+    peer.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let mut buf = [0u8; 512];
+    let mut reflected = 0;
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(10) {
+        let Ok((len, from)) = peer.recv_from(&mut buf) else {
+            continue;
+        };
+        assert_eq!(from, a, "peer packets come from the site's server socket");
+        let packet = buf[..len].to_vec();
+        peer.send_to(&packet, a).expect("reflect");
+        reflected += 1;
+        bouncer.send_to(&packet, a).expect("bounce");
+        if let Ok((len, _)) = bouncer.recv_from(&mut buf) {
+            peer.send_to(&buf[..len], a).expect("forward the answer");
+        }
+    }
+    assert!(
+        reflected >= 5,
+        "the site sent only {reflected} packets to its peer"
+    );
+    assert!(
+        !site.log().contains("reachable, selected"),
+        "{}",
+        site.log()
+    );
+    assert!(
+        !site.log().contains(&format!(
+            "peer {}: reachable",
+            peer.local_addr().expect("addr")
+        )),
+        "{}",
+        site.log()
+    );
+    assert_unsynchronized(a, &site, "reflections steered the clock");
 }
 
 // ---------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 //! Any datagrams at a symmetric association: no panic; a keyed peer accepts nothing
 //! (nothing is reachable, nothing is echoed); an insecure one never measures, since no
-//! input can guess the random low bits of our transmit timestamp.
+//! input can guess our transmit timestamp's 32 random bits (precision 0 makes the whole
+//! fraction random).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use ntimed::auth::{KeyFileFormat, KeyStore};
@@ -14,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
     let Some(key) = keys.get(1).cloned() else { return };
     let now = NtpTimestamp::from_bits(0xe000_0000_0000_0000);
     let state = SyncState::local_reference(2, now, -20);
-    let options = PeerOptions { precision: -8, ..PeerOptions::default() };
+    let options = PeerOptions { precision: 0, ..PeerOptions::default() };
     for keyed in [true, false] {
         let auth = if keyed { PeerAuth::Key(key.clone()) } else { PeerAuth::Insecure };
         let mut peer = Peer::new(auth, options, 0.0);

@@ -39,6 +39,8 @@ const KE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the published state and the drift file are refreshed.
 const STATE_REFRESH: Duration = Duration::from_secs(1);
 const DRIFT_SAVE: Duration = Duration::from_secs(3600);
+/// A peer whose name did not resolve is tried again after this long.
+const RESOLVE_RETRY: Duration = Duration::from_secs(30);
 
 /// How a configured source authenticates, with what it needs at run time.
 #[derive(Clone)]
@@ -101,7 +103,6 @@ struct RunningPeer {
     id: SourceId,
     address: Option<SocketAddr>,
     socket: Option<Arc<tokio::net::UdpSocket>>,
-    resolving: bool,
     /// Its last measurement named us as its reference: not used until it stops.
     looped: bool,
 }
@@ -327,7 +328,7 @@ impl ClientRole {
             let name = format!("peer {}:{}", spec.host, spec.port);
             let requires_auth = !matches!(spec.auth, PeerAuth::Insecure);
             let id = engine.add_peer(name.clone(), ReferenceId(*b"INIT"), requires_auth);
-            spawn_resolve_peer(i, &spec, tx.clone());
+            spawn_resolve_peer(i, &spec, Duration::ZERO, tx.clone());
             let options = PeerOptions {
                 precision,
                 ..spec.options
@@ -339,7 +340,6 @@ impl ClientRole {
                 id,
                 address: None,
                 socket: None,
-                resolving: true,
                 looped: false,
             });
         }
@@ -378,7 +378,12 @@ impl ClientRole {
                 }
                 engine.handle_reachability(running.id, running.source.is_reachable());
             }
-            for (i, running) in peers.iter_mut().enumerate() {
+            for running in &mut peers {
+                // Not polled before its address is known: a poll nobody hears would only
+                // count against it.
+                let (Some(socket), Some(address)) = (&running.socket, running.address) else {
+                    continue;
+                };
                 if running.peer.poll_timeout() > now {
                     continue;
                 }
@@ -386,19 +391,9 @@ impl ClientRole {
                 if running
                     .peer
                     .handle_timeout(now, clock.now(), &ours, &mut request)
+                    && let Err(e) = super::peer::send(socket, &request, address)
                 {
-                    match (&running.socket, running.address) {
-                        (Some(socket), Some(address)) => {
-                            if let Err(e) = socket.try_send_to(&request, address) {
-                                tracing::debug!("{}: send: {e}", running.name);
-                            }
-                        }
-                        _ if !running.resolving => {
-                            running.resolving = true;
-                            spawn_resolve_peer(i, &running.spec, tx.clone());
-                        }
-                        _ => {}
-                    }
+                    tracing::debug!("{}: send: {e}", running.name);
                 }
                 engine.handle_reachability(running.id, running.usable());
             }
@@ -426,7 +421,12 @@ impl ClientRole {
             let wake = sources
                 .iter()
                 .filter_map(|r| r.source.poll_timeout())
-                .chain(peers.iter().map(|p| p.peer.poll_timeout()))
+                .chain(
+                    peers
+                        .iter()
+                        .filter(|p| p.address.is_some())
+                        .map(|p| p.peer.poll_timeout()),
+                )
                 .fold(seconds(next_refresh), f64::min);
             let deadline = started + Duration::from_secs_f64(wake.max(0.0));
             let from_peer = async {
@@ -439,6 +439,9 @@ impl ClientRole {
                 input = rx.recv() => input,
                 Some(datagram) = from_peer => {
                     let PeerDatagram { peer, bytes, local, at } = datagram;
+                    if let Some(routes) = &routes {
+                        routes.taken(peer);
+                    }
                     let Some(running) = peers.get_mut(peer) else { continue };
                     let event = running.peer.handle_packet(&bytes, local, seconds(at));
                     match event {
@@ -524,28 +527,36 @@ impl ClientRole {
                     let Some(running) = peers.get_mut(peer) else {
                         continue;
                     };
-                    running.resolving = false;
                     let address = match result {
                         Ok(address) => address,
                         Err(e) => {
-                            tracing::warn!("{}: {e}", running.name);
+                            tracing::warn!(
+                                "{}: {e}; trying again in {} s",
+                                running.name,
+                                RESOLVE_RETRY.as_secs()
+                            );
+                            spawn_resolve_peer(peer, &running.spec, RESOLVE_RETRY, tx.clone());
                             continue;
                         }
                     };
-                    let Some(socket) = super::peer::socket_for(&server_sockets, address) else {
+                    let Some((socket, ours)) = super::peer::socket_for(&server_sockets, address)
+                    else {
                         tracing::warn!(
-                            "{}: no [[server]] socket can reach {address}",
+                            "{}: no [[server]] socket can reach {address}; not used",
                             running.name
                         );
                         continue;
                     };
-                    if let Some(ours) = super::peer::our_address(&socket, address) {
-                        let own = reference_id(SocketAddr::new(ours, 0));
-                        running.peer.add_own_reference_id(own);
+                    if routes.as_ref().is_some_and(|r| !r.set(address, peer)) {
+                        tracing::warn!(
+                            "{}: {address} is another peer's address too; not used",
+                            running.name
+                        );
+                        continue;
                     }
-                    if let Some(routes) = &routes {
-                        routes.set(address, peer);
-                    }
+                    running
+                        .peer
+                        .add_own_reference_id(reference_id(SocketAddr::new(ours, 0)));
                     engine.set_reference_id(running.id, reference_id(address));
                     running.address = Some(address);
                     running.socket = Some(socket);
@@ -703,9 +714,11 @@ fn spawn_request(
     });
 }
 
-fn spawn_resolve_peer(peer: usize, spec: &PeerSpec, tx: mpsc::Sender<Input>) {
+/// Resolves a peer's address after `delay`.
+fn spawn_resolve_peer(peer: usize, spec: &PeerSpec, delay: Duration, tx: mpsc::Sender<Input>) {
     let (host, port) = (spec.host.clone(), spec.port);
     tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
         let result = super::net::resolve(&host, port).await;
         let _ = tx.send(Input::PeerResolved { peer, result }).await;
     });

@@ -417,7 +417,7 @@ pub async fn serve(
     };
     let (routes, inbound) = match &client {
         Some(client) if !client.peers.is_empty() => {
-            let (routes, inbound) = PeerRoutes::new();
+            let (routes, inbound) = PeerRoutes::new(client.peers.len());
             (Some(routes), Some(inbound))
         }
         _ => (None, None),
@@ -434,6 +434,7 @@ pub async fn serve(
         if let Some((keys, _)) = &cookie_keys {
             server = server.with_nts(keys.clone());
         }
+        server = server.with_peer_keys(config.peers.iter().filter_map(|p| p.get_ref().key));
         let rate_limit = section
             .rate_limit
             .as_ref()

@@ -73,6 +73,10 @@ pub enum DropReason {
     CryptoNakRequest,
     UnknownKey(u32),
     BadMac(u32),
+    /// Symmetric active under a `[[peer]]`'s key from an address that is not that
+    /// peer: answering would sign packets the peer's association accepts (a reflected
+    /// packet of ours would come back as an answer to ourselves).
+    PeerKey(u32),
     /// NTS fields that are not a well-formed NTS request (ADVERSARIAL 11, 13).
     BadNts(&'static str),
     /// A poisoned lock or a sealing failure; never expected.
@@ -138,6 +142,8 @@ pub struct ServerStats {
 #[derive(Debug)]
 pub struct Server {
     keys: KeyStore,
+    /// Key ids of configured peers: never used for stateless symmetric answers.
+    peer_keys: Vec<u32>,
     nts: Option<SharedCookieKeys>,
     options: ServerOptions,
     pub stats: ServerStats,
@@ -165,10 +171,18 @@ impl Server {
     pub fn new(keys: KeyStore, options: ServerOptions) -> Self {
         Self {
             keys,
+            peer_keys: Vec::new(),
             nts: None,
             options,
             stats: ServerStats::default(),
         }
+    }
+
+    /// Never answers symmetric-active packets under these key ids (the `[[peer]]`s'):
+    /// those belong to the peers' associations.
+    pub fn with_peer_keys(mut self, ids: impl IntoIterator<Item = u32>) -> Self {
+        self.peer_keys = ids.into_iter().collect();
+        self
     }
 
     /// Also answers NTS requests whose cookies open under `cookie_keys`.
@@ -199,9 +213,12 @@ impl Server {
             Ok(Answer::RateKiss) => &self.stats.rate_kisses_sent,
             Err(DropReason::RateLimited) => &self.stats.rate_limited,
             Err(DropReason::Malformed(_)) => &self.stats.malformed,
-            Err(DropReason::UnknownKey(_) | DropReason::BadMac(_) | DropReason::BadNts(_)) => {
-                &self.stats.auth_failed
-            }
+            Err(
+                DropReason::UnknownKey(_)
+                | DropReason::BadMac(_)
+                | DropReason::BadNts(_)
+                | DropReason::PeerKey(_),
+            ) => &self.stats.auth_failed,
             Err(_) => &self.stats.refused,
         };
         counter.fetch_add(1, Ordering::Relaxed);
@@ -278,6 +295,11 @@ impl Server {
         let symmetric = reply_mode == Mode::SymmetricPassive;
         if symmetric && nts::ntp::has_nts_fields(&packet) {
             return Err(DropReason::BadNts("NTS is not defined for symmetric mode"));
+        }
+        if let (true, Some(Trailer::Mac { key_id, .. })) = (symmetric, packet.trailer)
+            && self.peer_keys.contains(&key_id)
+        {
+            return Err(DropReason::PeerKey(key_id));
         }
         // Authenticate before anything else is decided.
         // A poisoned lock still holds valid keys: a panic elsewhere must not stop NTP.
@@ -626,6 +648,12 @@ mod tests {
         assert!(reply.len() <= signed.len());
         let p = Packet::parse(&reply).unwrap();
         assert_eq!(mac::check_packet(&key, &p, &reply), Ok(()));
+        // Never under a peer's key: that would sign what the peer's association takes.
+        let with_peers = Server::new(keys(), ServerOptions::default()).with_peer_keys([2]);
+        assert_eq!(
+            answer(&with_peers, &signed),
+            (Err(DropReason::PeerKey(2)), vec![])
+        );
         // A bad MAC gets nothing, even where clients get crypto-NAKs.
         let naks = Server::new(
             keys(),
