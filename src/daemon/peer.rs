@@ -128,8 +128,8 @@ impl PeerRoutes {
 
 /// The server socket to reach `peer` from, and our address as the peer sees it (what
 /// it names as its reference when synchronized to us): the socket bound to the
-/// address the routing table picks for `peer`, else a wildcard one of its family (or
-/// a dual-stack one, for IPv4).
+/// address the routing table picks for `peer`, else a wildcard one of its family, else
+/// any of its family (or a dual-stack one, for IPv4).
 pub fn socket_for(
     sockets: &[Arc<tokio::net::UdpSocket>],
     peer: SocketAddr,
@@ -145,8 +145,12 @@ pub fn socket_for(
                 .is_ok_and(|a| a.ip().is_unspecified() && a.is_ipv4() == v4)
         })
     };
+    let same_family = sockets
+        .iter()
+        .find(|s| s.local_addr().is_ok_and(|a| a.is_ipv4() == peer.is_ipv4()));
     let socket = bound_to_route
         .or_else(|| wildcard(peer.is_ipv4()))
+        .or(same_family)
         .or_else(|| peer.is_ipv4().then(|| wildcard(false)).flatten())?;
     let ours = match local(socket) {
         Some(ip) if !ip.is_unspecified() => ip,
@@ -185,6 +189,35 @@ pub fn send(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_socket_for_a_peer_and_our_address_as_it_sees_us() {
+        let bind = |a: &str| {
+            Arc::new(
+                tokio::net::UdpSocket::from_std({
+                    let s = std::net::UdpSocket::bind(a).unwrap();
+                    s.set_nonblocking(true).unwrap();
+                    s
+                })
+                .unwrap(),
+            )
+        };
+        let specific = bind("127.0.0.2:0");
+        let wildcard = bind("0.0.0.0:0");
+        let peer: SocketAddr = "127.0.0.1:123".parse().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        // Bound to another address than the route's: a wildcard socket is preferred,
+        // and the route's address is ours.
+        let (s, ours) = socket_for(&[specific.clone(), wildcard.clone()], peer).unwrap();
+        assert!(Arc::ptr_eq(&s, &wildcard));
+        assert_eq!(ours, ip("127.0.0.1"));
+        // Only a specific socket: it is used, and its address is ours.
+        let (s, ours) = socket_for(std::slice::from_ref(&specific), peer).unwrap();
+        assert!(Arc::ptr_eq(&s, &specific));
+        assert_eq!(ours, ip("127.0.0.2"));
+        // No IPv6 socket for an IPv6 peer.
+        assert!(socket_for(&[specific], "[::1]:123".parse().unwrap()).is_none());
+    }
 
     #[tokio::test]
     async fn only_symmetric_packets_from_configured_peers_are_routed() {
