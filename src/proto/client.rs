@@ -292,22 +292,11 @@ impl ClientExchange {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::{KeyFileFormat, KeyStore};
     use crate::proto::server::{Server, ServerOptions, SyncState};
 
     const T1: NtpTimestamp = NtpTimestamp::from_bits(0x1000_0000_0000_0000);
 
-    fn keys() -> KeyStore {
-        KeyStore::parse(
-            "t",
-            "1 SHA256 HEX:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n\
-             2 AES128 HEX:000102030405060708090a0b0c0d0e0f\n\
-             3 MD5 HEX:000102030405060708090a0b0c0d0e0f\n\
-             4 SHA1 HEX:000102030405060708090a0b0c0d0e0f10111213\n",
-            KeyFileFormat::Chrony,
-        )
-        .unwrap()
-    }
+    use crate::proto::test_keys as keys;
 
     /// A server whose clock is 0.25 s ahead, answering after 10 ms in flight each way.
     fn serve(server: &Server, request: &[u8]) -> Vec<u8> {

@@ -14,3 +14,18 @@ pub mod peer;
 pub mod ratelimit;
 pub mod server;
 pub mod source;
+
+/// The keys the protocol tests share (fake secrets): SHA256, AES128, MD5 and SHA1 as
+/// ids 1 to 4.
+#[cfg(test)]
+pub(crate) fn test_keys() -> crate::auth::KeyStore {
+    crate::auth::KeyStore::parse(
+        "t",
+        "1 SHA256 HEX:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n\
+         2 AES128 HEX:000102030405060708090a0b0c0d0e0f\n\
+         3 MD5 HEX:000102030405060708090a0b0c0d0e0f\n\
+         4 SHA1 HEX:000102030405060708090a0b0c0d0e0f10111213\n",
+        crate::auth::KeyFileFormat::Chrony,
+    )
+    .expect("test keys parse")
+}

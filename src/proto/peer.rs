@@ -388,21 +388,11 @@ impl Peer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::{KeyFileFormat, KeyStore};
     use crate::wire::Leap;
 
     const START: NtpTimestamp = NtpTimestamp::from_bits(0xe000_0000_0000_0000);
 
-    fn keys() -> KeyStore {
-        KeyStore::parse(
-            "t",
-            "1 SHA256 HEX:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n\
-             2 AES128 HEX:000102030405060708090a0b0c0d0e0f\n\
-             3 MD5 HEX:000102030405060708090a0b0c0d0e0f\n",
-            KeyFileFormat::Chrony,
-        )
-        .unwrap()
-    }
+    use crate::proto::test_keys as keys;
 
     fn keyed(id: u32) -> PeerAuth {
         PeerAuth::Key(keys().get(id).cloned().unwrap())
