@@ -111,6 +111,32 @@ pub struct Sample {
 }
 
 impl Sample {
+    /// The measurement an exchange makes (RFC 5905 §8): our packet left at `sent` (T1),
+    /// the other end's `header` says when it arrived (T2) and when the answer left (T3),
+    /// and the answer arrived at `received` (T4).
+    pub fn from_exchange(
+        header: &Header,
+        sent: NtpTimestamp,
+        received: NtpTimestamp,
+        authenticated: Authenticated,
+    ) -> Self {
+        let (t1, t2, t3, t4) = (sent, header.receive_time, header.transmit_time, received);
+        Self {
+            offset: (t2.seconds_since(t1) + t3.seconds_since(t4)) / 2.0,
+            delay: t4.seconds_since(t1) - t3.seconds_since(t2),
+            leap: header.leap,
+            version: header.version,
+            stratum: header.stratum,
+            poll: header.poll,
+            precision: header.precision,
+            reference_id: header.reference_id,
+            root_delay: header.root_delay.to_seconds(),
+            root_dispersion: header.root_dispersion.to_seconds(),
+            received,
+            authenticated,
+        }
+    }
+
     /// Upper bound on the server's error relative to its primary reference, as seen
     /// from here (RFC 5905 §11.2.1, without our own dispersion).
     pub fn root_distance(&self) -> f64 {
@@ -270,22 +296,12 @@ impl ClientExchange {
         if h.stratum == 0 && h.reference_id.0.iter().all(u8::is_ascii_uppercase) {
             return Ok(Response::Kiss(KissCode::from_reference_id(h.reference_id)));
         }
-        let t1 = outstanding.sent_at;
-        let (t2, t3, t4) = (h.receive_time, h.transmit_time, received);
-        Ok(Response::Sample(Sample {
-            offset: (t2.seconds_since(t1) + t3.seconds_since(t4)) / 2.0,
-            delay: t4.seconds_since(t1) - t3.seconds_since(t2),
-            leap: h.leap,
-            version: h.version,
-            stratum: h.stratum,
-            poll: h.poll,
-            precision: h.precision,
-            reference_id: h.reference_id,
-            root_delay: h.root_delay.to_seconds(),
-            root_dispersion: h.root_dispersion.to_seconds(),
+        Ok(Response::Sample(Sample::from_exchange(
+            h,
+            outstanding.sent_at,
             received,
             authenticated,
-        }))
+        )))
     }
 }
 

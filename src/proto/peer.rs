@@ -363,21 +363,8 @@ impl Peer {
         let Some(sent) = sent else {
             return Ok(PeerEvent::Accepted);
         };
-        let (t1, t2, t3, t4) = (sent.sent_at, h.receive_time, h.transmit_time, received);
-        let sample = Sample {
-            offset: (t2.seconds_since(t1) + t3.seconds_since(t4)) / 2.0,
-            delay: t4.seconds_since(t1) - hold,
-            leap: h.leap,
-            version: h.version,
-            stratum: h.stratum,
-            poll: h.poll,
-            precision: h.precision,
-            reference_id: h.reference_id,
-            root_delay: h.root_delay.to_seconds(),
-            root_dispersion: h.root_dispersion.to_seconds() + hold.abs() * HOLD_DISPERSION_RATE,
-            received,
-            authenticated,
-        };
+        let mut sample = Sample::from_exchange(h, sent.sent_at, received, authenticated);
+        sample.root_dispersion += hold.abs() * HOLD_DISPERSION_RATE;
         if h.stratum > 1 && self.own_ids.contains(&h.reference_id) {
             return Ok(PeerEvent::Loop(h.reference_id));
         }
