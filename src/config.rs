@@ -281,6 +281,16 @@ pub fn split_host_port(text: &str, default_port: u16) -> Result<(String, u16), S
     Ok((host.to_string(), port))
 }
 
+/// Poll interval bounds (log2 s) of a source or peer, with the defaults 6 and 10.
+fn check_poll_bounds(min: Option<i8>, max: Option<i8>) -> Result<(), &'static str> {
+    let (min, max) = (min.unwrap_or(6), max.unwrap_or(10));
+    if (-4..=17).contains(&min) && (-4..=17).contains(&max) && min <= max {
+        Ok(())
+    } else {
+        Err("min-poll and max-poll must be -4 to 17, min ≤ max")
+    }
+}
+
 /// A config that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{file}{}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
@@ -331,31 +341,29 @@ impl Config {
                 .map_err(|e| fail(format!("[keys] file: {e}")))?,
             None => KeyStore::default(),
         };
-        for source in &config.sources {
-            if let Some(id) = source.get_ref().key
+        let keyed = config
+            .sources
+            .iter()
+            .map(|s| ("source", &s.get_ref().address, s.get_ref().key, s.span()))
+            .chain(
+                config
+                    .peers
+                    .iter()
+                    .map(|p| ("peer", &p.get_ref().address, p.get_ref().key, p.span())),
+            );
+        for (what, address, key, span) in keyed {
+            if let Some(id) = key
                 && keys.get(id).is_none()
             {
+                let missing = if config.keys.is_some() {
+                    "is not in the [keys] file"
+                } else {
+                    "needs a [keys] section naming the key file"
+                };
                 return Err(ConfigError {
                     file: name.clone(),
-                    line: Some(line_of(&text, source.span().start)),
-                    message: format!(
-                        "source {}: key {id} is not in the [keys] file",
-                        source.get_ref().address
-                    ),
-                });
-            }
-        }
-        for peer in &config.peers {
-            if let Some(id) = peer.get_ref().key
-                && keys.get(id).is_none()
-            {
-                return Err(ConfigError {
-                    file: name.clone(),
-                    line: Some(line_of(&text, peer.span().start)),
-                    message: format!(
-                        "peer {}: key {id} is not in the [keys] file",
-                        peer.get_ref().address
-                    ),
+                    line: Some(line_of(&text, span.start)),
+                    message: format!("{what} {address}: key {id} {missing}"),
                 });
             }
         }
@@ -388,8 +396,7 @@ impl Config {
             let message = "[[source]] needs a [clock] section: mode = \"observe\", \"simulated\" or \"system\"";
             return Err((Some(source.span()), message.into()));
         }
-        self.check_peers()?;
-        for source in &self.sources {
+        for (i, source) in self.sources.iter().enumerate() {
             let span = Some(source.span());
             let s = source.get_ref();
             let ways = usize::from(s.nts.is_some())
@@ -402,19 +409,22 @@ impl Config {
                 );
                 return Err((span, message));
             }
-            let (min, max) = (s.min_poll.unwrap_or(6), s.max_poll.unwrap_or(10));
-            if !(-4..=17).contains(&min) || !(-4..=17).contains(&max) || min > max {
-                let message = format!(
-                    "source {}: min-poll and max-poll must be -4 to 17, min ≤ max",
-                    s.address
-                );
-                return Err((span, message));
+            if let Err(e) = check_poll_bounds(s.min_poll, s.max_poll) {
+                return Err((span, format!("source {}: {e}", s.address)));
             }
             let ke = s.nts.as_ref().map(|n| n.ke.as_str());
             for (what, text) in [("address", Some(s.address.as_str())), ("nts ke", ke)] {
                 if let Some(Err(e)) = text.map(|t| split_host_port(t, 123)) {
                     return Err((span, format!("source {what}: {e}")));
                 }
+            }
+            // The same server twice would count twice towards min-sources and majorities.
+            let address = split_host_port(&s.address, 123).ok();
+            let same = |other: &Spanned<SourceSection>| {
+                split_host_port(&other.get_ref().address, 123).ok() == address
+            };
+            if self.sources.iter().take(i).any(same) {
+                return Err((span, format!("source {}: listed twice", s.address)));
             }
         }
         if let Some(clock) = &self.clock {
@@ -497,9 +507,8 @@ impl Config {
                 }
                 (Some(_), true) => return fail("say key = N or insecure = true, not both"),
             }
-            let (min, max) = (p.min_poll.unwrap_or(6), p.max_poll.unwrap_or(10));
-            if !(-4..=17).contains(&min) || !(-4..=17).contains(&max) || min > max {
-                return fail("min-poll and max-poll must be -4 to 17, min ≤ max");
+            if let Err(e) = check_poll_bounds(p.min_poll, p.max_poll) {
+                return fail(e);
             }
             let address = split_host_port(&p.address, 123);
             if let Err(e) = &address {
@@ -533,6 +542,7 @@ impl Config {
             return Err((None, message.into()));
         }
         self.check_sources()?;
+        self.check_peers()?;
         if let Some(ke) = self.nts_ke_servers.first()
             && self.nts.is_none()
         {
@@ -695,6 +705,91 @@ mod tests {
                 Some(4),
                 "listed twice",
             ),
+            (
+                "[clock]\nmode = \"observe\"\nstep-threshold = 0\n[[source]]\naddress = \"192.0.2.1\"\ninsecure = true\n",
+                Some(1),
+                "positive seconds",
+            ),
+            (
+                "[clock]\nmode = \"observe\"\npanic-threshold = nan\n[[source]]\naddress = \"192.0.2.1\"\ninsecure = true\n",
+                Some(1),
+                "positive seconds",
+            ),
+            (
+                "[clock]\nmode = \"observe\"\nmax-frequency = 600\n[[source]]\naddress = \"192.0.2.1\"\ninsecure = true\n",
+                Some(1),
+                "max-frequency",
+            ),
+            (
+                "[clock]\nmode = \"observe\"\nsimulated-offset = 1e7\n[[source]]\naddress = \"192.0.2.1\"\ninsecure = true\n",
+                Some(1),
+                "out of range",
+            ),
+            (
+                "[clock]\nmode = \"observe\"\nsimulated-offset = 1\n[[source]]\naddress = \"192.0.2.1\"\ninsecure = true\n",
+                Some(1),
+                "need mode = \"simulated\"",
+            ),
+            (
+                "[clock]\nmode = \"observe\"\nmin-sources = 2\n[[source]]\naddress = \"192.0.2.1\"\ninsecure = true\n",
+                Some(1),
+                "min-sources",
+            ),
+            (
+                "[clock]\nmode = \"observe\"\nstep-threshold = 10\npanic-threshold = 5\n[[source]]\naddress = \"192.0.2.1\"\ninsecure = true\n",
+                Some(1),
+                "must not exceed",
+            ),
+            (
+                "[[source]]\naddress = \"192.0.2.1\"\ninsecure = true\n",
+                Some(1),
+                "needs a [clock]",
+            ),
+            (
+                "[clock]\nmode = \"observe\"\n[[source]]\naddress = \"192.0.2.1\"\n",
+                Some(3),
+                "exactly one of",
+            ),
+            (
+                "[clock]\nmode = \"observe\"\n[[source]]\naddress = \"192.0.2.1\"\ninsecure = true\nmin-poll = 20\n",
+                Some(3),
+                "min-poll",
+            ),
+            (
+                "[clock]\nmode = \"observe\"\n[[source]]\naddress = \"h:0\"\ninsecure = true\n",
+                Some(3),
+                "port must be",
+            ),
+            (
+                "[clock]\nmode = \"observe\"\n[[source]]\naddress = \"192.0.2.1\"\ninsecure = true\n[[source]]\naddress = \"192.0.2.1\"\ninsecure = true\n",
+                Some(6),
+                "listed twice",
+            ),
+            (
+                "[[server]]\nlisten = \"127.0.0.1:1\"\n[nts]\nkey-dir = \"/x\"\nfleet-secret = \"/y\"\n",
+                None,
+                "not both",
+            ),
+            (
+                "[[server]]\nlisten = \"127.0.0.1:1\"\n[nts]\nkey-dir = \"/x\"\nretention = 10\n",
+                Some(5),
+                "retention must be",
+            ),
+            (
+                "[[server]]\nlisten = \"127.0.0.1:1\"\n[nts]\nkey-dir = \"/x\"\n[[nts-ke-server]]\nlisten = \"127.0.0.1:4460\"\ncertificate-chain = \"c\"\nprivate-key = \"k\"\nntp-server = \"\"\n",
+                Some(9),
+                "ntp-server must be",
+            ),
+            (
+                "[[server]]\nlisten = \"127.0.0.1:1\"\n[nts]\nkey-dir = \"/x\"\n[[nts-ke-server]]\nlisten = \"127.0.0.1:4460\"\ncertificate-chain = \"c\"\nprivate-key = \"k\"\nntp-port = 0\n",
+                Some(9),
+                "ntp-port must be",
+            ),
+            (
+                "[[server]]\nlisten = \"127.0.0.1:1\"\nrate-limit = { interval = 0, burst = 1 }\n",
+                Some(3),
+                "rate-limit needs",
+            ),
         ];
         for (text, line, message) in cases {
             let err = Config::parse("c.toml", text).unwrap_err();
@@ -754,5 +849,44 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.servers[0].unknown_peers, UnknownPeers::Drop);
+    }
+
+    /// A key id that no key file holds is refused at load, with the line of the
+    /// section naming it, for sources and peers alike.
+    #[test]
+    fn key_ids_must_be_in_the_key_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("k.keys");
+        std::fs::write(&keys, "1 AES128 HEX:000102030405060708090a0b0c0d0e0f\n").unwrap();
+        std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let base = "[clock]\nmode = \"observe\"\n[[server]]\nlisten = \"127.0.0.1:1\"\n";
+        let cases = [
+            (
+                "[keys]\nfile = \"k.keys\"\n",
+                "[[source]]\naddress = \"h\"\nkey = 2\n",
+                7,
+                "source h: key 2 is not in the [keys] file",
+            ),
+            (
+                "[keys]\nfile = \"k.keys\"\n",
+                "[[peer]]\naddress = \"h\"\nkey = 3\n",
+                7,
+                "peer h: key 3 is not in the [keys] file",
+            ),
+            (
+                "",
+                "[[peer]]\naddress = \"h\"\nkey = 1\n",
+                5,
+                "peer h: key 1 needs a [keys] section",
+            ),
+        ];
+        for (keys_section, entry, line, message) in cases {
+            let path = dir.path().join("c.toml");
+            std::fs::write(&path, format!("{keys_section}{base}{entry}")).unwrap();
+            let err = Config::load(&path).unwrap_err();
+            assert_eq!(err.line, Some(line), "{err}");
+            assert!(err.message.starts_with(message), "{err}");
+        }
     }
 }
