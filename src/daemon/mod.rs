@@ -42,6 +42,39 @@ pub fn measure_precision() -> i8 {
     best.log2().ceil().clamp(-30.0, 0.0) as i8
 }
 
+/// At most one log line per interval about a kind of event, so that a flood of them
+/// (dropped requests, refused commands) cannot flood the log.
+pub struct LogLimit {
+    interval: std::time::Duration,
+    last: Option<std::time::Instant>,
+    suppressed: u64,
+}
+
+impl LogLimit {
+    pub fn new(interval: std::time::Duration) -> Self {
+        Self {
+            interval,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// Counts an event; if a line may be written about it now, returns how many
+    /// events went unlogged since the last line.
+    pub fn allow(&mut self) -> Option<u64> {
+        let now = std::time::Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < self.interval)
+        {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
 /// Replaces `file` with `text` atomically, mode 0600: a fresh temporary file beside it
 /// (`NAME.tmp`; any old one, or a symlink planted in its place, is removed first and
 /// never followed), fsync, rename, fsync of the directory.
@@ -67,4 +100,18 @@ pub fn write_atomic(file: &std::path::Path, text: &str) -> std::io::Result<()> {
         std::fs::File::open(dir)?.sync_all()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_limit_writes_one_line_per_interval_and_counts_the_rest() {
+        let mut limit = LogLimit::new(std::time::Duration::from_secs(3600));
+        assert_eq!(limit.allow(), Some(0));
+        assert!((0..1000).all(|_| limit.allow().is_none()));
+        limit.last = None;
+        assert_eq!(limit.allow(), Some(1000));
+    }
 }

@@ -146,7 +146,7 @@ impl Worker {
     async fn answer_requests(self) {
         let mut request = vec![0u8; MAX_REQUEST_LEN];
         let mut reply = Vec::with_capacity(2048);
-        let mut drop_log = DropLog::default();
+        let mut drop_log = super::LogLimit::new(DROP_LOG_INTERVAL);
         let started = Instant::now();
         loop {
             let (len, peer) = match self.socket.recv_from(&mut request).await {
@@ -194,35 +194,15 @@ impl Worker {
                         tracing::debug!("send to {peer}: {e}");
                     }
                 }
-                Err(reason) => drop_log.record(peer, reason),
+                Err(reason) => {
+                    if let Some(more) = drop_log.allow() {
+                        tracing::info!(
+                            "dropped request from {peer}: {reason:?} ({more} more dropped since the last report)"
+                        );
+                    }
+                }
             }
         }
-    }
-}
-
-/// Logs dropped requests without letting a flood of them flood the log.
-#[derive(Default)]
-struct DropLog {
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl DropLog {
-    fn record(&mut self, peer: SocketAddr, reason: DropReason) {
-        let now = Instant::now();
-        if self
-            .last
-            .is_some_and(|t| now.duration_since(t) < DROP_LOG_INTERVAL)
-        {
-            self.suppressed += 1;
-            return;
-        }
-        tracing::info!(
-            "dropped request from {peer}: {reason:?} ({} more dropped since the last report)",
-            self.suppressed
-        );
-        self.last = Some(now);
-        self.suppressed = 0;
     }
 }
 

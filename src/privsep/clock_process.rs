@@ -24,6 +24,8 @@ const IDLE_WAKE: Duration = Duration::from_secs(60);
 const DRIFT_SAVE: Duration = Duration::from_secs(3600);
 /// Larger than a frame, so that a long one is seen as long rather than cut to size.
 const RECEIVE_BUFFER: usize = 2 * FRAME_LEN;
+/// At most one log line about refused commands per interval.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The clock this process steers.
 pub enum HeldClock {
@@ -193,6 +195,7 @@ pub fn serve(
     link.set_read_timeout(Some(IDLE_WAKE))?;
     let started = Instant::now();
     let mut buffer = [0u8; RECEIVE_BUFFER];
+    let mut refusal_log = crate::daemon::LogLimit::new(REFUSAL_LOG_INTERVAL);
     loop {
         let len = match link.recv(&mut buffer) {
             Ok(0) if closed(link, &mut buffer)? => break,
@@ -219,7 +222,12 @@ pub fn serve(
             .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
         let reply = match policy.check(&command, now, unix_time) {
             Err(why) => {
-                tracing::warn!("refused {command:?}: {why}");
+                // A compromised engine may send refusable commands without end.
+                if let Some(more) = refusal_log.allow() {
+                    tracing::warn!(
+                        "refused {command:?}: {why} ({more} more refused since the last report)"
+                    );
+                }
                 Reply::Refused(why)
             }
             Ok(()) => match clock.apply(command) {

@@ -86,37 +86,37 @@ pub enum Refusal {
     Unknown(u8),
 }
 
+/// Refusals and their codes on the wire: one table for both directions. Code 0 is
+/// never sent, so a zeroed frame cannot pass for a refusal.
+const REFUSAL_CODES: [(Refusal, u8); 10] = [
+    (Refusal::StepsNotAllowed, 1),
+    (Refusal::StartupOver, 2),
+    (Refusal::StepTooLarge, 3),
+    (Refusal::StepBudgetSpent, 4),
+    (Refusal::SlewTooLarge, 5),
+    (Refusal::FrequencyTooLarge, 6),
+    (Refusal::LeapNotAtMonthEnd, 7),
+    (Refusal::RateLimited, 8),
+    (Refusal::NoClock, 9),
+    (Refusal::System, 10),
+];
+
 impl Refusal {
     fn code(self) -> u8 {
         match self {
-            Self::StepsNotAllowed => 1,
-            Self::StartupOver => 2,
-            Self::StepTooLarge => 3,
-            Self::StepBudgetSpent => 4,
-            Self::SlewTooLarge => 5,
-            Self::FrequencyTooLarge => 6,
-            Self::LeapNotAtMonthEnd => 7,
-            Self::RateLimited => 8,
-            Self::NoClock => 9,
-            Self::System => 10,
             Self::Unknown(code) => code,
+            known => REFUSAL_CODES
+                .iter()
+                .find(|(r, _)| *r == known)
+                .map_or(0, |&(_, code)| code),
         }
     }
 
     fn from_code(code: u8) -> Self {
-        match code {
-            1 => Self::StepsNotAllowed,
-            2 => Self::StartupOver,
-            3 => Self::StepTooLarge,
-            4 => Self::StepBudgetSpent,
-            5 => Self::SlewTooLarge,
-            6 => Self::FrequencyTooLarge,
-            7 => Self::LeapNotAtMonthEnd,
-            8 => Self::RateLimited,
-            9 => Self::NoClock,
-            10 => Self::System,
-            other => Self::Unknown(other),
-        }
+        REFUSAL_CODES
+            .iter()
+            .find(|&&(_, c)| c == code)
+            .map_or(Self::Unknown(code), |&(r, _)| r)
     }
 }
 
@@ -129,15 +129,6 @@ pub enum Reply {
         at: f64,
     },
     Refused(Refusal),
-}
-
-fn leap_code(leap: Leap) -> u8 {
-    match leap {
-        Leap::NoWarning => 0,
-        Leap::AddSecond => 1,
-        Leap::DeleteSecond => 2,
-        Leap::Unsynchronized => 3,
-    }
 }
 
 fn frame(kind: u8, flag: u8, id: u32, a: f64, b: f64) -> Frame {
@@ -155,7 +146,7 @@ pub fn encode_command(id: u32, command: &ClockCommand) -> Frame {
         ClockCommand::Step { offset } => frame(kind::STEP, 0, id, offset, 0.0),
         ClockCommand::Slew { offset, duration } => frame(kind::SLEW, 0, id, offset, duration),
         ClockCommand::SetFrequency { ppm } => frame(kind::SET_FREQUENCY, 0, id, ppm, 0.0),
-        ClockCommand::SetLeap(leap) => frame(kind::SET_LEAP, leap_code(leap), id, 0.0, 0.0),
+        ClockCommand::SetLeap(leap) => frame(kind::SET_LEAP, leap.to_bits(), id, 0.0, 0.0),
         ClockCommand::SetStatus {
             synchronized,
             estimated_error,
@@ -184,8 +175,6 @@ struct Fields {
     id: u32,
     a: f64,
     b: f64,
-    /// Whether bytes 16..24 are zero (the replies' `b` is reserved).
-    b_zero: bool,
 }
 
 fn split(bytes: &[u8]) -> Result<Fields, FrameError> {
@@ -215,7 +204,6 @@ fn split(bytes: &[u8]) -> Result<Fields, FrameError> {
         id,
         a: f64::from_bits(a),
         b: f64::from_bits(b),
-        b_zero: b == 0,
     })
 }
 
@@ -273,10 +261,7 @@ fn command_fields(f: &Fields) -> Result<ClockCommand, FrameError> {
         }
         kind::SET_LEAP => {
             let leap = match f.flag {
-                0 => Leap::NoWarning,
-                1 => Leap::AddSecond,
-                2 => Leap::DeleteSecond,
-                3 => Leap::Unsynchronized,
+                flag @ 0..=3 => Leap::from_bits(flag),
                 value => {
                     return Err(FrameError::Flag {
                         field: "leap",
@@ -312,14 +297,18 @@ fn command_fields(f: &Fields) -> Result<ClockCommand, FrameError> {
 /// Decodes the clock process's reply and the id it answers.
 pub fn decode_reply(bytes: &[u8]) -> Result<(u32, Reply), FrameError> {
     let f = split(bytes)?;
-    if !f.b_zero {
-        return Err(FrameError::Reserved(16));
-    }
+    unused("reply b", f.b)?;
     let reply = match f.kind {
         kind::APPLIED => {
             no_flag("applied", f.flag)?;
             let at = bounded("applied at", f.a, -MAX_DURATION * 1e3, MAX_DURATION * 1e3)?;
             Reply::Applied { at }
+        }
+        kind::REFUSED if f.flag == 0 => {
+            return Err(FrameError::Flag {
+                field: "refusal",
+                value: 0,
+            });
         }
         kind::REFUSED => {
             unused("refused a", f.a)?;
@@ -360,11 +349,14 @@ mod tests {
                 Ok((id, command))
             );
         }
+        let refusals = REFUSAL_CODES.iter().map(|&(r, _)| Reply::Refused(r));
         for reply in [
             Reply::Applied { at: 12.5 },
-            Reply::Refused(Refusal::StartupOver),
             Reply::Refused(Refusal::Unknown(200)),
-        ] {
+        ]
+        .into_iter()
+        .chain(refusals)
+        {
             assert_eq!(
                 decode_reply(&encode_reply(u32::MAX, &reply)),
                 Ok((u32::MAX, reply))
@@ -382,7 +374,26 @@ mod tests {
         assert_eq!(decode_reply(&kind), Err(FrameError::UnknownKind(9)));
         let mut b = good;
         b[16] = 1;
-        assert_eq!(decode_reply(&b), Err(FrameError::Reserved(16)));
+        assert!(
+            matches!(decode_reply(&b), Err(FrameError::OutOfRange { .. })),
+            "{:?}",
+            decode_reply(&b)
+        );
+        let far = encode_reply(3, &Reply::Applied { at: 1e12 });
+        assert!(matches!(
+            decode_reply(&far),
+            Err(FrameError::OutOfRange { .. })
+        ));
+        let refused = encode_reply(3, &Reply::Refused(Refusal::StartupOver));
+        let mut a = refused;
+        a[8..16].copy_from_slice(&1.0f64.to_be_bytes());
+        assert!(decode_reply(&a).is_err(), "a number in a refusal");
+        let mut zero = refused;
+        zero[1] = 0;
+        assert!(
+            matches!(decode_reply(&zero), Err(FrameError::Flag { .. })),
+            "refusal code 0"
+        );
         let mut nan = good;
         nan[8..16].copy_from_slice(&f64::NAN.to_be_bytes());
         assert!(matches!(
@@ -420,9 +431,49 @@ mod tests {
         let mut f = encode_command(1, &ClockCommand::SetLeap(Leap::NoWarning));
         f[1] = 4;
         assert!(matches!(decode_command(&f), Err(FrameError::Flag { .. })));
-        let mut f = encode_command(1, &ClockCommand::Step { offset: 1.0 });
-        f[1] = 1;
-        assert!(matches!(decode_command(&f), Err(FrameError::Flag { .. })));
+        // A flag on every command that has none, and a third value for "synchronized".
+        let status = ClockCommand::SetStatus {
+            synchronized: true,
+            estimated_error: 0.0,
+            max_error: 0.0,
+        };
+        for (command, flag) in [
+            (ClockCommand::Step { offset: 1.0 }, 1),
+            (
+                ClockCommand::Slew {
+                    offset: 0.1,
+                    duration: 1.0,
+                },
+                1,
+            ),
+            (ClockCommand::SetFrequency { ppm: 1.0 }, 1),
+            (status, 2),
+        ] {
+            let mut f = encode_command(1, &command);
+            f[1] = flag;
+            assert!(
+                matches!(decode_command(&f), Err(FrameError::Flag { .. })),
+                "{command:?}"
+            );
+        }
+    }
+
+    /// Numbers hidden in the fields a command does not use.
+    #[test]
+    fn numbers_in_unused_fields_are_rejected() {
+        for (command, at) in [
+            (ClockCommand::Step { offset: 1.0 }, 16),
+            (ClockCommand::SetFrequency { ppm: 1.0 }, 16),
+            (ClockCommand::SetLeap(Leap::AddSecond), 8),
+            (ClockCommand::SetLeap(Leap::AddSecond), 16),
+        ] {
+            let mut f = encode_command(1, &command);
+            f[at..at + 8].copy_from_slice(&1.0f64.to_be_bytes());
+            assert!(
+                matches!(decode_command(&f), Err(FrameError::OutOfRange { .. })),
+                "{command:?} at {at}"
+            );
+        }
     }
 
     #[test]
@@ -454,12 +505,33 @@ mod tests {
                 );
             }
         }
-        // Negative durations and errors, and a number hidden in an unused field.
-        let negative = ClockCommand::Slew {
-            offset: 0.1,
-            duration: -1.0,
+        // Negative durations and errors, errors beyond their bound, and a number hidden
+        // in an unused field.
+        let status = |estimated_error, max_error| ClockCommand::SetStatus {
+            synchronized: true,
+            estimated_error,
+            max_error,
         };
-        assert!(decode_command(&encode_command(1, &negative)).is_err());
+        for bad in [
+            ClockCommand::Slew {
+                offset: 0.1,
+                duration: -1.0,
+            },
+            status(-1.0, 1.0),
+            status(1.0, -1.0),
+            status(1.0, MAX_ERROR * 2.0),
+            ClockCommand::Step {
+                offset: MAX_OFFSET * 2.0,
+            },
+        ] {
+            assert!(
+                matches!(
+                    decode_command(&encode_command(1, &bad)),
+                    Err(FrameError::OutOfRange { .. })
+                ),
+                "{bad:?}"
+            );
+        }
         let mut f = encode_command(1, &ClockCommand::Step { offset: 1.0 });
         f[16..24].copy_from_slice(&(-0.0f64).to_be_bytes());
         assert!(decode_command(&f).is_err());
