@@ -86,10 +86,6 @@ impl StatusFlags {
         Self(self.0 | other.0)
     }
 
-    pub const fn is_empty(self) -> bool {
-        self.0 == 0
-    }
-
     /// The raw bits, for comparing with [`KernelClock::status`].
     pub const fn bits(self) -> i32 {
         self.0
@@ -99,8 +95,7 @@ impl StatusFlags {
 /// What the kernel says about its clock, in plain numbers.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct KernelClock {
-    /// The PLL phase offset: ns if `STA_NANO` is set, else µs (see
-    /// [`Self::offset_seconds`]). After a [`KernelClockChange::SlewOnce`] it is instead
+    /// The PLL phase offset: ns if `STA_NANO` is set, else µs. After a [`KernelClockChange::SlewOnce`] it is instead
     /// the singleshot offset that was still pending, µs.
     pub offset: i64,
     /// The frequency correction as the kernel keeps it: ppm × 65536.
@@ -126,17 +121,6 @@ impl KernelClock {
     /// Whether all of `flags` are set.
     pub fn has(&self, flags: StatusFlags) -> bool {
         self.status & flags.0 == flags.0
-    }
-
-    /// Whether the kernel reports offsets and times in nanoseconds (`STA_NANO`).
-    pub fn nano(&self) -> bool {
-        self.status & libc::STA_NANO != 0
-    }
-
-    /// The PLL phase offset, seconds.
-    pub fn offset_seconds(&self) -> f64 {
-        let unit = if self.nano() { 1e-9 } else { 1e-6 };
-        self.offset as f64 * unit
     }
 
     fn from_timex(tx: &libc::timex, state: ClockState) -> Self {
