@@ -4,9 +4,13 @@
 //! Each server runs as its own process (chronyd with `ntsprocesses 1`), without
 //! CAP_SYS_TIME; its CPU time (all threads and helper processes, from /proc) is read
 //! before and after a burst of key exchanges from this process on loopback.
-//! Environment: `KE_EXCHANGES` (default 2000), `KE_PARALLEL` (default 16), and
+//! Environment: `KE_EXCHANGES` (default 2000), `KE_PARALLEL` (default 8: ntimed lets
+//! one address hold at most 8 exchanges in progress and evicts beyond that), and
 //! `KE_SERVER_CPUS` (a `taskset` CPU list for the servers, e.g. `0`; run the bench
 //! itself under `taskset -c 1` so client and servers do not share cores).
+//!
+//! Run as root, ntimed would separate privileges and do its work in a child; the bench
+//! starts it as `nobody` instead (one process, as measured), in a directory it owns.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -82,6 +86,17 @@ fn server_command() -> Command {
     }
 }
 
+const NOBODY: u32 = 65534;
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|v| v.split_whitespace().next())
+            == Some("0")
+    })
+}
+
 fn start_ntimed(dir: &Path, ke_port: u16, threads: usize) -> Proc {
     let config = dir.join("ntimed.toml");
     std::fs::write(
@@ -92,7 +107,11 @@ fn start_ntimed(dir: &Path, ke_port: u16, threads: usize) -> Proc {
         ),
     )
     .expect("config");
-    let child = server_command()
+    let mut cmd = server_command();
+    if is_root() {
+        cmd.args(["--reuid", "65534", "--regid", "65534", "--clear-groups"]);
+    }
+    let child = cmd
         .args([
             "--bounding-set",
             "-sys_time",
@@ -200,6 +219,10 @@ fn measure(name: &str, pid: u32, port: u16, ca: &Path, total: usize, parallel: u
     let before = cpu_seconds(pid);
     let (done, secs) = hammer(port, ca, total, parallel);
     let cpu = cpu_seconds(pid) - before;
+    assert!(
+        done > 0,
+        "{name}: no key exchange completed (did the server start?)"
+    );
     println!(
         "{name:<28} {done:>6} exchanges  {:>7.0} µs server CPU each  {:>7.0} exchanges/s",
         cpu / done.max(1) as f64 * 1e6,
@@ -212,7 +235,7 @@ fn main() {
         return;
     }
     let total = env_usize("KE_EXCHANGES", 2000);
-    let parallel = env_usize("KE_PARALLEL", 16);
+    let parallel = env_usize("KE_PARALLEL", 8);
     let dir = tempfile::tempdir().expect("tempdir");
     let certs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("certs");
     std::fs::copy(
@@ -222,6 +245,19 @@ fn main() {
     .expect("chain");
     copy_private(&certs.join("srv.key"), &dir.path().join("srv.key"));
     let ca = certs.join("ca.pem");
+    if is_root() {
+        // ntimed runs as nobody: its directory, key, and key-dir are nobody's.
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).expect("state dir");
+        for path in [
+            dir.path(),
+            &state,
+            &dir.path().join("srv-chain.pem"),
+            &dir.path().join("srv.key"),
+        ] {
+            std::os::unix::fs::chown(path, Some(NOBODY), Some(NOBODY)).expect("chown to nobody");
+        }
+    }
     println!("NTS-KE server CPU per exchange, {total} exchanges, {parallel} in parallel, loopback");
     let cores = match std::env::var("KE_SERVER_CPUS") {
         // One worker per CPU the servers may use.
