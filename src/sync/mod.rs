@@ -545,7 +545,9 @@ impl SyncEngine {
                 self.stepped_total -= offset.abs();
                 offset
             }
-            ClockCommand::Slew { offset, .. } => offset,
+            // A slew carries what the one before it had left (`pending_slew`, which
+            // was never added to `corrected_total` again); refused, that one runs on.
+            ClockCommand::Slew { offset, .. } => offset - self.pending_slew,
             _ => return,
         };
         self.corrected_total -= offset;
@@ -710,6 +712,31 @@ mod tests {
         }
         assert!(engine.is_synchronized());
         assert_eq!(steps(&commands(&mut engine)).len(), 1, "the start-up step");
+    }
+
+    /// A refused slew takes back exactly the correction it added: not the remainder
+    /// of the slew before it, which it carried and which keeps running.
+    #[test]
+    fn a_refused_slew_takes_back_only_its_own_correction() {
+        let (mut engine, ids) = engine(1);
+        for i in 0..3 {
+            let _ = engine.handle_sample(ids[0], &sample(0.01, 0.001), f64::from(i) * 16.0, 0.0);
+        }
+        while engine.poll_command().is_some() {}
+        let before = engine.corrected_total;
+        engine
+            .handle_sample(ids[0], &sample(0.004, 0.001), 48.0, 0.003)
+            .unwrap();
+        let slew = commands(&mut engine)
+            .into_iter()
+            .find(|c| matches!(c, ClockCommand::Slew { .. }))
+            .expect("a slew");
+        engine.handle_clock_refused(&slew);
+        assert!(
+            (engine.corrected_total - before).abs() < 1e-12,
+            "{} vs {before}",
+            engine.corrected_total
+        );
     }
 
     /// ADVERSARIAL 24 with peers: a bad source and a bad peer, the other sources
