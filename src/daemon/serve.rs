@@ -17,7 +17,7 @@ use crate::clock::system::SystemClock;
 use crate::clock::{Clock, SoftwareClock};
 use crate::config::{ClockMode, Loaded, UnknownPeers};
 use crate::proto::ratelimit::{RateLimit, RateLimiter, Verdict};
-use crate::proto::server::{DropReason, Server, ServerOptions, SyncState};
+use crate::proto::server::{Server, ServerOptions, SyncState};
 use crate::wire::NtpTimestamp;
 
 /// Largest datagram read: all of any UDP payload, so that even an NTS request with 100
@@ -174,19 +174,20 @@ impl Worker {
                     .check(peer.ip(), started.elapsed().as_secs_f64()),
                 None => Verdict::Allow,
             };
+            let now = || self.clock.now();
             let result = match verdict {
                 Verdict::Allow => {
                     let state = self.reference.state(self.precision, received);
-                    let now = || self.clock.now();
                     self.server
                         .handle_request(bytes, received, &state, now, &mut reply)
                 }
-                Verdict::Kiss => {
-                    let now = || self.clock.now();
-                    self.server
-                        .handle_rate_limited(bytes, received, now, &mut reply)
-                }
-                Verdict::Drop => Err(DropReason::RateLimited),
+                over => self.server.handle_rate_limited(
+                    bytes,
+                    over == Verdict::Kiss,
+                    received,
+                    now,
+                    &mut reply,
+                ),
             };
             match result {
                 Ok(_) => {

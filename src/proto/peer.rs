@@ -568,6 +568,45 @@ mod tests {
         assert!(a.is_reachable());
     }
 
+    /// ADVERSARIAL 18: a zero transmit, a mode other than 1 or 2, a version outside
+    /// 1..=4, and (for an insecure peer) a crypto-NAK are dropped, and change nothing.
+    #[test]
+    fn malformed_and_off_mode_packets_change_nothing() {
+        let (mut a, _, _, good) = exchange(PeerAuth::Insecure);
+        let tweak = |f: &dyn Fn(&mut Vec<u8>)| {
+            let mut p = good[..48].to_vec();
+            f(&mut p);
+            p
+        };
+        let cases = [
+            (tweak(&|p| p[40..48].fill(0)), PeerReject::ZeroTransmit),
+            (
+                tweak(&|p| p[0] = p[0] & !7 | 4),
+                PeerReject::WrongMode(Mode::Server),
+            ),
+            (
+                tweak(&|p| p[0] = p[0] & !0x38 | 5 << 3),
+                PeerReject::UnsupportedVersion(5),
+            ),
+            (
+                tweak(&|p| p.extend_from_slice(&[0; 4])),
+                PeerReject::Authentication(MacError::CryptoNak),
+            ),
+        ];
+        for (bad, why) in cases {
+            assert_eq!(
+                a.handle_packet(&bad, START.add_seconds(0.02), 0.02),
+                PeerEvent::Rejected(why)
+            );
+        }
+        assert!(!a.is_reachable() && a.reply_due.is_none());
+        assert_eq!(
+            next_origin(&mut a, 1.0),
+            NtpTimestamp::ZERO,
+            "echo unchanged"
+        );
+    }
+
     /// ADVERSARIAL 20: an MD5-keyed packet with an extension field appended (or slipped
     /// in before the MAC) is dropped.
     #[test]

@@ -79,7 +79,7 @@ pub enum DropReason {
     PeerKey(u32),
     /// NTS fields that are not a well-formed NTS request (ADVERSARIAL 11, 13).
     BadNts(&'static str),
-    /// A poisoned lock or a sealing failure; never expected.
+    /// The NTS reply fields could not be written; never expected.
     Internal,
     /// Would have been larger than the request (never expected; a last guard).
     WouldAmplify,
@@ -228,12 +228,14 @@ impl Server {
         result
     }
 
-    /// Handles a request over its source's rate limit: a plain client request gets a
-    /// RATE kiss (an authenticated client would rightly ignore an unauthenticated one,
-    /// so those get nothing), anything else is dropped.
+    /// Handles a request over its source's rate limit. If the limiter grants it a
+    /// `kiss`, a plain client request gets a RATE kiss (an authenticated client would
+    /// rightly ignore an unauthenticated one, so those get nothing); everything else is
+    /// dropped, and counted.
     pub fn handle_rate_limited(
         &self,
         request: &[u8],
+        kiss: bool,
         received: NtpTimestamp,
         now: impl FnOnce() -> NtpTimestamp,
         reply: &mut Vec<u8>,
@@ -241,7 +243,8 @@ impl Server {
         reply.clear();
         let result = match Packet::parse(request) {
             Ok(p)
-                if (1..=4).contains(&p.header.version)
+                if kiss
+                    && (1..=4).contains(&p.header.version)
                     && p.header.mode == Mode::Client
                     && p.trailer.is_none()
                     && p.extensions.is_empty() =>
@@ -293,7 +296,8 @@ impl Server {
             mode => return Err(DropReason::NotClientMode(mode)),
         };
         let symmetric = reply_mode == Mode::SymmetricPassive;
-        if symmetric && nts::ntp::has_nts_fields(&packet) {
+        let nts_fields = nts::ntp::has_nts_fields(&packet);
+        if symmetric && nts_fields {
             return Err(DropReason::BadNts("NTS is not defined for symmetric mode"));
         }
         if let (true, Some(Trailer::Mac { key_id, .. })) = (symmetric, packet.trailer)
@@ -313,7 +317,7 @@ impl Server {
             .map(|keys| nts::ntp::check_request(&packet, request, keys));
         // Without NTS configured, an NTS request gets nothing: a plain answer would only
         // be thrown away by the client.
-        if self.nts.is_none() && nts::ntp::has_nts_fields(&packet) {
+        if self.nts.is_none() && nts_fields {
             return Err(DropReason::BadNts("NTS is not enabled here"));
         }
         let auth = match (nts_check, cookie_keys.as_deref()) {
@@ -587,7 +591,7 @@ mod tests {
         let mut reply = Vec::new();
         let req = request(4, Mode::Client);
         assert_eq!(
-            server.handle_rate_limited(&req, RX, || TX, &mut reply),
+            server.handle_rate_limited(&req, true, RX, || TX, &mut reply),
             Ok(Answer::RateKiss)
         );
         let p = Packet::parse(&reply).unwrap();
@@ -601,13 +605,19 @@ mod tests {
         mac::append_mac(keys().get(1).unwrap(), &mut keyed);
         for r in [keyed, request(4, Mode::SymmetricActive), vec![0x23; 20]] {
             assert_eq!(
-                server.handle_rate_limited(&r, RX, || TX, &mut reply),
+                server.handle_rate_limited(&r, true, RX, || TX, &mut reply),
                 Err(DropReason::RateLimited)
             );
             assert!(reply.is_empty());
         }
+        // Without a kiss granted, even a plain request is dropped, and counted.
+        assert_eq!(
+            server.handle_rate_limited(&req, false, RX, || TX, &mut reply),
+            Err(DropReason::RateLimited)
+        );
+        assert!(reply.is_empty());
         assert_eq!(server.stats.rate_kisses_sent.load(Ordering::Relaxed), 1);
-        assert_eq!(server.stats.rate_limited.load(Ordering::Relaxed), 3);
+        assert_eq!(server.stats.rate_limited.load(Ordering::Relaxed), 4);
     }
 
     #[test]
@@ -664,6 +674,16 @@ mod tests {
         );
         *signed.last_mut().unwrap() ^= 1;
         assert_eq!(answer(&naks, &signed), (Err(DropReason::BadMac(2)), vec![]));
+        // Under a key we do not have: nothing, not a NAK.
+        let mut unknown_key = request(4, Mode::SymmetricActive);
+        mac::append_mac(
+            &crate::auth::SymmetricKey::new(9, crate::auth::KeyType::Aes128Cmac, vec![1; 16]).unwrap(),
+            &mut unknown_key,
+        );
+        assert_eq!(
+            answer(&naks, &unknown_key),
+            (Err(DropReason::UnknownKey(9)), vec![])
+        );
         // NTS is not defined for peering.
         let mut nts = request(4, Mode::SymmetricActive);
         nts.extend_from_slice(&[0x01, 0x04, 0x00, 0x24]);
@@ -676,5 +696,20 @@ mod tests {
             answer(&server, &request(4, Mode::SymmetricPassive)).0,
             Err(DropReason::NotClientMode(Mode::SymmetricPassive))
         );
+    }
+
+    /// ADVERSARIAL 11/17: an NTS request to a server without NTS gets nothing (a plain
+    /// answer would only be thrown away), and is counted as failed authentication.
+    #[test]
+    fn nts_requests_without_nts_get_nothing() {
+        let server = Server::new(keys(), ServerOptions::default());
+        let mut req = request(4, Mode::Client);
+        req.extend_from_slice(&[0x01, 0x04, 0x00, 0x24]);
+        req.extend_from_slice(&[7; 32]);
+        assert_eq!(
+            answer(&server, &req),
+            (Err(DropReason::BadNts("NTS is not enabled here")), vec![])
+        );
+        assert_eq!(server.stats.auth_failed.load(Ordering::Relaxed), 1);
     }
 }
