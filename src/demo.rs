@@ -440,13 +440,13 @@ async fn peering_demo(keys: &KeyStore) -> Result<u32, String> {
         "\n9. Keyed peering: sites A (127.0.0.2) and B (127.0.0.3), simulated clocks, each with its\n   own upstream, peer under key 2 (AES128-CMAC), polling every second for the demo."
     );
     let key = keys.get(2).cloned().ok_or("example key 2 missing")?;
-    let upstream = |ip: [u8; 4]| async move {
+    let upstream = |listen: SocketAddr| async move {
         let server = Server::new(keys.clone(), ServerOptions::default());
         let local = serve::Reference::Local { stratum: 1 };
         let observe: Arc<dyn Clock> = Arc::new(SoftwareClock::observe());
-        serve::start((ip, 0).into(), server, local, None, observe)
+        serve::start(listen, server, local, None, observe)
             .await
-            .map_err(|e| format!("cannot start an upstream on {ip:?}: {e}"))
+            .map_err(|e| format!("cannot start an upstream on {listen}: {e}"))
     };
     let free = |ip: [u8; 4]| {
         std::net::UdpSocket::bind(SocketAddr::from((ip, 0)))
@@ -454,8 +454,8 @@ async fn peering_demo(keys: &KeyStore) -> Result<u32, String> {
             .map_err(|e| format!("no free port on {ip:?}: {e}"))
     };
     let (a_addr, b_addr) = (free([127, 0, 0, 2])?, free([127, 0, 0, 3])?);
-    let upstream_a = upstream([127, 0, 0, 4]).await?;
-    let upstream_b = upstream([127, 0, 0, 5]).await?;
+    let upstream_a = upstream(SocketAddr::from(([127, 0, 0, 4], 0))).await?;
+    let upstream_b = upstream(SocketAddr::from(([127, 0, 0, 5], 0))).await?;
     let (ua, ub) = (upstream_a.local_addr, upstream_b.local_addr);
     let a = Site::start(a_addr, ua, b_addr, &key, 0.2).await?;
     let b = Site::start(b_addr, ub, a_addr, &key, -0.1).await?;
@@ -486,15 +486,7 @@ async fn peering_demo(keys: &KeyStore) -> Result<u32, String> {
     .await;
     drop(upstream_a);
     expect("A's upstream stops answering:", "stratum 3 from 127.0.0.3").await;
-    let upstream_a = serve::start(
-        ua,
-        Server::new(keys.clone(), ServerOptions::default()),
-        serve::Reference::Local { stratum: 1 },
-        None,
-        Arc::new(SoftwareClock::observe()),
-    )
-    .await
-    .map_err(|e| format!("cannot restart A's upstream: {e}"))?;
+    let upstream_a = upstream(ua).await?;
     expect("A's upstream is back:", "stratum 2 from 127.0.0.4").await;
     drop(upstream_a);
     a.stop().await;

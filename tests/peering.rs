@@ -174,26 +174,31 @@ fn unconfigured_symmetric_packets_never_steer() {
     );
     let attacker = UdpSocket::bind(("127.0.0.9", 0)).expect("bind 127.0.0.9");
     attacker
-        .set_read_timeout(Some(Duration::from_millis(100)))
+        .set_read_timeout(Some(Duration::from_millis(50)))
         .expect("timeout");
     let mut buf = [0u8; 512];
     let (mut answered, mut answered_under_peer_key) = (0, 0);
+    // Two kinds of packet: under a key the site has, and under the peer's. Each answer
+    // is told apart by its origin (our transmit), not by when it came.
+    let mut sent_under = std::collections::HashMap::new();
     for _ in 0..60 {
-        for (key, count) in [
-            (other_key, &mut answered),
-            (peer_key, &mut answered_under_peer_key),
-        ] {
+        for (key, peer) in [(other_key, false), (peer_key, true)] {
             let packet = symmetric_active(ntimed::daemon::now(), key);
+            sent_under.insert(packet[40..48].to_vec(), (peer, packet.len()));
             attacker.send_to(&packet, a).expect("send");
-            if let Ok((len, _)) = attacker.recv_from(&mut buf) {
-                *count += 1;
-                assert!(len <= packet.len(), "amplified: {len} > {}", packet.len());
-                let reply = ntimed::wire::Header::parse(&buf[..len]).expect("a packet");
-                assert_eq!(reply.mode, ntimed::wire::Mode::SymmetricPassive);
-                assert_eq!(
-                    reply.origin_time.to_bits(),
-                    u64::from_be_bytes(packet[40..48].try_into().unwrap())
-                );
+        }
+        while let Ok((len, _)) = attacker.recv_from(&mut buf) {
+            let reply = ntimed::wire::Header::parse(&buf[..len]).expect("a packet");
+            assert_eq!(reply.mode, ntimed::wire::Mode::SymmetricPassive);
+            let origin = reply.origin_time.to_bits().to_be_bytes();
+            let &(peer, request_len) = sent_under
+                .get(&origin[..])
+                .expect("answers a packet we sent");
+            assert!(len <= request_len, "amplified: {len} > {request_len}");
+            if peer {
+                answered_under_peer_key += 1;
+            } else {
+                answered += 1;
             }
         }
     }
@@ -340,6 +345,28 @@ impl ChronyPeer {
         }
     }
 
+    /// chronyd's packet counts for `peer` (`chronyc ntpdata`): sent, received, and
+    /// received and valid.
+    fn counts(&self, peer: &str) -> Option<(u64, u64, u64)> {
+        let out = std::process::Command::new("chronyc")
+            .arg("-h")
+            .arg(&self.socket)
+            .args(["-n", "ntpdata", peer])
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|rest| rest.trim_start_matches([' ', ':']).trim().parse().ok())
+        };
+        Some((
+            field("Total TX")?,
+            field("Total RX")?,
+            field("Total valid RX")?,
+        ))
+    }
+
     /// chronyc's view of `name`: (mode, state, reach), from `sources -c`.
     fn source(&self, name: &str) -> Option<(String, String, u32)> {
         let out = std::process::Command::new("chronyc")
@@ -449,6 +476,12 @@ fn a_wrong_key_on_either_side_is_never_used() {
         );
         let peer = format!("peer {b}: reachable");
         assert!(!site.log().contains(&peer), "{}", site.log());
+        // Packets did flow both ways: each side heard the other and refused it.
+        let counts = chrony.counts(&a.ip().to_string());
+        assert!(
+            counts.is_some_and(|(sent, received, valid)| sent > 3 && received > 3 && valid == 0),
+            "chronyd counts (sent, received, valid): {counts:?}"
+        );
         wait_following(a, UPSTREAM_A, 2, &site);
     }
 }

@@ -496,6 +496,8 @@ fn without_root_run_is_one_process_and_refuses_the_system_clock() {
             "--regid",
             "nogroup",
             "--clear-groups",
+            "--pdeathsig",
+            "KILL",
             "--bounding-set",
             "-sys_time",
             "--",

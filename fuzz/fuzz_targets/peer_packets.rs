@@ -8,11 +8,16 @@ use ntimed::auth::{KeyFileFormat, KeyStore};
 use ntimed::proto::peer::{Peer, PeerAuth, PeerEvent, PeerOptions};
 use ntimed::proto::server::SyncState;
 use ntimed::wire::{Header, NtpTimestamp};
+use std::sync::LazyLock;
+
+/// Parsed once, not for every input.
+static KEYS: LazyLock<KeyStore> = LazyLock::new(|| {
+    KeyStore::parse("k", "1 AES128 HEX:000102030405060708090a0b0c0d0e0f", KeyFileFormat::Chrony)
+        .expect("test key")
+});
 
 fuzz_target!(|data: &[u8]| {
-    let keys = KeyStore::parse("k", "1 AES128 HEX:000102030405060708090a0b0c0d0e0f", KeyFileFormat::Chrony)
-        .expect("test key");
-    let Some(key) = keys.get(1).cloned() else { return };
+    let Some(key) = KEYS.get(1).cloned() else { return };
     let now = NtpTimestamp::from_bits(0xe000_0000_0000_0000);
     let state = SyncState::local_reference(2, now, -20);
     let options = PeerOptions { precision: 0, ..PeerOptions::default() };

@@ -677,7 +677,8 @@ mod tests {
         // Under a key we do not have: nothing, not a NAK.
         let mut unknown_key = request(4, Mode::SymmetricActive);
         mac::append_mac(
-            &crate::auth::SymmetricKey::new(9, crate::auth::KeyType::Aes128Cmac, vec![1; 16]).unwrap(),
+            &crate::auth::SymmetricKey::new(9, crate::auth::KeyType::Aes128Cmac, vec![1; 16])
+                .unwrap(),
             &mut unknown_key,
         );
         assert_eq!(

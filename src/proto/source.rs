@@ -324,20 +324,14 @@ impl Source {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::{KeyFileFormat, KeyStore, mac};
+    use crate::auth::{KeyStore, mac};
     use crate::proto::client::Reject;
     use crate::wire::{Header, Mode, ReferenceId};
 
     const LOCAL: NtpTimestamp = NtpTimestamp::from_bits(0xe000_0000_0000_0000);
 
     fn key() -> SymmetricKey {
-        let keys = KeyStore::parse(
-            "t",
-            "1 SHA256 HEX:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
-            KeyFileFormat::Chrony,
-        )
-        .unwrap();
-        keys.get(1).cloned().unwrap()
+        crate::proto::test_keys().get(1).cloned().unwrap()
     }
 
     /// Sends the first request; returns its transmit field (what a reply must echo).
