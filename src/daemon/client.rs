@@ -101,8 +101,8 @@ struct RunningPeer {
     name: String,
     peer: Peer,
     id: SourceId,
-    address: Option<SocketAddr>,
-    socket: Option<Arc<tokio::net::UdpSocket>>,
+    /// Where it is, and the server socket that reaches it, once resolved.
+    route: Option<(SocketAddr, Arc<tokio::net::UdpSocket>)>,
     /// Its last measurement named us as its reference: not used until it stops.
     looped: bool,
 }
@@ -338,8 +338,7 @@ impl ClientRole {
                 spec,
                 name,
                 id,
-                address: None,
-                socket: None,
+                route: None,
                 looped: false,
             });
         }
@@ -381,7 +380,7 @@ impl ClientRole {
             for running in &mut peers {
                 // Not polled before its address is known: a poll nobody hears would only
                 // count against it.
-                let (Some(socket), Some(address)) = (&running.socket, running.address) else {
+                let Some((address, socket)) = &running.route else {
                     continue;
                 };
                 if running.peer.poll_timeout() > now {
@@ -391,7 +390,7 @@ impl ClientRole {
                 if running
                     .peer
                     .handle_timeout(now, clock.now(), &ours, &mut request)
-                    && let Err(e) = super::peer::send(socket, &request, address)
+                    && let Err(e) = super::peer::send(socket, &request, *address)
                 {
                     tracing::debug!("{}: send: {e}", running.name);
                 }
@@ -424,7 +423,7 @@ impl ClientRole {
                 .chain(
                     peers
                         .iter()
-                        .filter(|p| p.address.is_some())
+                        .filter(|p| p.route.is_some())
                         .map(|p| p.peer.poll_timeout()),
                 )
                 .fold(seconds(next_refresh), f64::min);
@@ -558,8 +557,7 @@ impl ClientRole {
                         .peer
                         .add_own_reference_id(reference_id(SocketAddr::new(ours, 0)));
                     engine.set_reference_id(running.id, reference_id(address));
-                    running.address = Some(address);
-                    running.socket = Some(socket);
+                    running.route = Some((address, socket));
                 }
                 Input::Keys { source, result } => {
                     let Some(running) = sources.get_mut(source) else {
