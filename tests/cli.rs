@@ -401,7 +401,7 @@ fn run_refuses_sources_without_a_clock_or_an_authentication_choice() {
         ),
         (
             "[clock]\nmode = \"observe\"\n[[source]]\naddress = \"127.0.0.1:123\"\nkey = 7\n",
-            "key 7 is not in the [keys] file",
+            "key 7 needs a [keys] section",
         ),
         (
             "[clock]\nmode = \"observe\"\nsimulated-offset = 1.0\n[[source]]\naddress = \"127.0.0.1:123\"\ninsecure = true\n",
@@ -415,5 +415,14 @@ fn run_refuses_sources_without_a_clock_or_an_authentication_choice() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{toml}: {stderr}");
         assert!(stderr.contains(expected), "{toml}: {stderr}");
+        // ADVERSARIAL 30: the error names the file and the line.
+        let after_name = stderr
+            .split(&format!("c{i}.toml:"))
+            .nth(1)
+            .unwrap_or_default();
+        assert!(
+            after_name.starts_with(|c: char| c.is_ascii_digit()),
+            "{toml}: {stderr}"
+        );
     }
 }
