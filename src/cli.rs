@@ -248,7 +248,7 @@ async fn run_query(args: QueryArgs) -> Result<ExitCode, String> {
                     let line = serde_json::to_string(&report).map_err(|e| e.to_string())?;
                     println!("{line}");
                 } else {
-                    println!("{}", describe(&report));
+                    println!("{report}");
                 }
             }
             Err(message) => {
@@ -353,21 +353,4 @@ async fn run_ke(args: KeArgs) -> Result<ExitCode, String> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// A reply in one line, for people.
-pub fn describe(r: &query::Report) -> String {
-    let auth = match (r.authentication, r.key_id) {
-        ("nts", _) => "authenticated (NTS)".to_string(),
-        (_, Some(id)) => format!("authenticated (key {id})"),
-        _ => "NOT authenticated".to_string(),
-    };
-    let warning = r
-        .unusable
-        .map(|why| format!("\n  warning: unusable: {why}"))
-        .unwrap_or_default();
-    format!(
-        "{}  offset {:+.6} s  delay {:.6} s  stratum {}  refid {}  leap {}  root distance {:.6} s  {auth}{warning}",
-        r.server, r.offset, r.delay, r.stratum, r.refid, r.leap, r.root_distance
-    )
 }

@@ -112,7 +112,7 @@ pub async fn run() -> Result<ExitCode, String> {
         };
         for result in query::query(host, port, options).await {
             match (result, should_answer) {
-                (Ok(report), true) => println!("   {}", crate::cli::describe(&report)),
+                (Ok(report), true) => println!("   {report}"),
                 (Err(_), false) => println!("   no reply accepted, as it should be"),
                 (Ok(_), false) => {
                     failures += 1;

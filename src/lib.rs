@@ -66,4 +66,5 @@ pub mod proto;
 pub mod sim;
 pub mod sync;
 pub mod sys;
+pub mod util;
 pub mod wire;

@@ -148,7 +148,7 @@ pub fn read_drift_file(path: &std::path::Path, limit: f64) -> Option<f64> {
 fn save_drift_file(path: &std::path::Path, ppm: f64) {
     let path = path.to_path_buf();
     tokio::task::spawn_blocking(move || {
-        if let Err(e) = super::write_atomic(&path, &format!("{ppm:.6}\n")) {
+        if let Err(e) = crate::util::write_atomic(&path, &format!("{ppm:.6}\n")) {
             tracing::warn!("cannot write drift file {}: {e}", path.display());
         }
     });

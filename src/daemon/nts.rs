@@ -681,9 +681,9 @@ fn ensure_private_dir(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Writes the random keys atomically, mode 0600 ([`super::write_atomic`]).
+/// Writes the random keys atomically, mode 0600 ([`crate::util::write_atomic`]).
 pub fn persist_cookie_keys(file: &Path, text: &str) -> Result<(), String> {
-    super::write_atomic(file, text)
+    crate::util::write_atomic(file, text)
         .map_err(|e| format!("{}: cannot save cookie keys: {e}", file.display()))
 }
 

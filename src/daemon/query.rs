@@ -49,6 +49,27 @@ pub struct Report {
     pub unusable: Option<&'static str>,
 }
 
+/// A reply in one line, for people.
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let r = self;
+        let auth = match (r.authentication, r.key_id) {
+            ("nts", _) => "authenticated (NTS)".to_string(),
+            (_, Some(id)) => format!("authenticated (key {id})"),
+            _ => "NOT authenticated".to_string(),
+        };
+        let warning = r
+            .unusable
+            .map(|why| format!("\n  warning: unusable: {why}"))
+            .unwrap_or_default();
+        write!(
+            f,
+            "{}  offset {:+.6} s  delay {:.6} s  stratum {}  refid {}  leap {}  root distance {:.6} s  {auth}{warning}",
+            r.server, r.offset, r.delay, r.stratum, r.refid, r.leap, r.root_distance
+        )
+    }
+}
+
 impl Report {
     fn new(server: SocketAddr, sample: &Sample) -> Self {
         let (authentication, key_id) = match sample.authenticated {

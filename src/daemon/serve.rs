@@ -146,7 +146,7 @@ impl Worker {
     async fn answer_requests(self) {
         let mut request = vec![0u8; MAX_REQUEST_LEN];
         let mut reply = Vec::with_capacity(2048);
-        let mut drop_log = super::LogLimit::new(DROP_LOG_INTERVAL);
+        let mut drop_log = crate::util::LogLimit::new(DROP_LOG_INTERVAL);
         let started = Instant::now();
         loop {
             let (len, peer) = match self.socket.recv_from(&mut request).await {

@@ -195,7 +195,7 @@ pub fn serve(
     link.set_read_timeout(Some(IDLE_WAKE))?;
     let started = Instant::now();
     let mut buffer = [0u8; RECEIVE_BUFFER];
-    let mut refusal_log = crate::daemon::LogLimit::new(REFUSAL_LOG_INTERVAL);
+    let mut refusal_log = crate::util::LogLimit::new(REFUSAL_LOG_INTERVAL);
     loop {
         let len = match link.recv(&mut buffer) {
             Ok(0) if closed(link, &mut buffer)? => break,

@@ -128,7 +128,7 @@ impl Jail {
             };
             let copy = etc.join(name);
             // write_atomic makes the file 0600; the engine's user must read it.
-            crate::daemon::write_atomic(&copy, &text)
+            crate::util::write_atomic(&copy, &text)
                 .and_then(|()| {
                     use std::os::unix::fs::PermissionsExt;
                     std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o644))

@@ -1,0 +1,8 @@
+//! Layer 1: small helpers with no protocol in them, usable from every layer (the
+//! privileged clock process included).
+
+mod atomic_file;
+mod log_limit;
+
+pub use atomic_file::write_atomic;
+pub use log_limit::LogLimit;
