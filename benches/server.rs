@@ -32,7 +32,9 @@ fn requests(cookie_keys: &CookieKeys, keys: &KeyStore) -> Vec<(String, Vec<u8>)>
             .collect();
         let mut session = NtsSession::new(session_keys, cookies);
         let mut nts = plain.clone();
-        session.write_request_fields(&mut nts).expect("request");
+        session
+            .write_request_fields(&mut rand::rng(), &mut nts)
+            .expect("request");
         out.push((format!("NTS {}", alg.name()), nts));
     }
     out

@@ -335,7 +335,7 @@ struct Site {
     server: RunningServer,
     state: Arc<RwLock<SyncState>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
+    task: tokio::task::JoinHandle<Result<(), String>>,
 }
 
 impl Site {

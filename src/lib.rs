@@ -37,7 +37,7 @@
 //!
 //! let t1 = NtpTimestamp::from_unix(1_800_000_000, 0);
 //! let mut request = Vec::new();
-//! client.poll_request(t1, &mut request)?;
+//! client.poll_request(t1, &mut rand::rng(), &mut request)?;
 //!
 //! // The server's clock reads 0.5 s ahead; the packet spends 1 ms in flight each way.
 //! let t2 = t1.add_seconds(0.501);
@@ -59,6 +59,7 @@ pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod coordinator;
 pub mod daemon;
 pub mod demo;
 pub mod privsep;

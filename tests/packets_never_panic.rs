@@ -50,7 +50,7 @@ proptest! {
         let key = keys().get(1).cloned().expect("key 1");
         let mut client = ClientExchange::new(ClientAuth::Key(key), 6);
         let mut request = Vec::new();
-        client.poll_request(now, &mut request).expect("request");
+        client.poll_request(now, &mut rand::rng(), &mut request).expect("request");
         prop_assert!(client.handle_response(&data, now).is_err());
     }
 

@@ -30,6 +30,6 @@ fuzz_target!(|data: &[u8]| {
     let mut session = NtsSession::new(session_keys, vec![cookie]);
     let mut request = Vec::new();
     Header::client_request(6, NtpTimestamp::from_bits(1)).write(&mut request);
-    session.write_request_fields(&mut request).expect("request");
+    session.write_request_fields(&mut rand::rng(), &mut request).expect("request");
     assert!(session.check_response(&packet, data).is_err());
 });

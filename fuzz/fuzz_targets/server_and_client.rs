@@ -17,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let mut client = ClientExchange::new(ClientAuth::None, 6);
     let mut request = Vec::new();
-    if client.poll_request(now, &mut request).is_err() {
+    if client.poll_request(now, &mut rand::rng(), &mut request).is_err() {
         return;
     }
     // Random bytes cannot guess the random 64-bit origin.

@@ -45,6 +45,33 @@ pub enum ClockCommand {
     },
 }
 
+/// A command in words, for logs.
+impl std::fmt::Display for ClockCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Step { offset } => write!(f, "step by {offset:+.6} s"),
+            Self::Slew { offset, duration } => {
+                write!(f, "slew by {offset:+.6} s over {duration:.0} s")
+            }
+            Self::SetFrequency { ppm } => write!(f, "set frequency to {ppm:+.3} ppm"),
+            Self::SetLeap(leap) => write!(f, "set leap indicator to {leap:?}"),
+            Self::SetStatus {
+                synchronized,
+                estimated_error,
+                max_error,
+            } => write!(
+                f,
+                "set status: {}, estimated error {estimated_error:.6} s, maximum error {max_error:.6} s",
+                if *synchronized {
+                    "synchronized"
+                } else {
+                    "unsynchronized"
+                }
+            ),
+        }
+    }
+}
+
 /// A command the clock would not or could not apply.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ClockError {
@@ -55,6 +82,9 @@ pub enum ClockError {
     /// The privileged clock process said no ([`crate::privsep::policy`]).
     #[error("the clock process refused: {0}")]
     Refused(String),
+    /// The link to the clock process failed: what the clock did is unknown.
+    #[error("the clock process is gone: {0}")]
+    Lost(String),
 }
 
 /// What the clock reports about itself.
@@ -78,6 +108,11 @@ pub trait Clock: Send + Sync {
     fn now(&self) -> NtpTimestamp;
     fn apply(&self, command: ClockCommand) -> Result<(), ClockError>;
     fn status(&self) -> ClockStatus;
+    /// Whether `apply` waits on another process (the privileged clock process): the
+    /// daemon then applies commands on a thread of their own, off its async runtime.
+    fn applies_remotely(&self) -> bool {
+        false
+    }
 }
 
 /// Checks that every number in a command is finite: NaN or infinity must never reach

@@ -191,7 +191,7 @@ async fn exchange(
         .map_err(|e| other(format!("{server}: cannot open socket: {e}")))?;
     let mut request = Vec::new();
     client
-        .poll_request(super::now(), &mut request)
+        .poll_request(super::now(), &mut rand::rng(), &mut request)
         .map_err(|RequestError::NoCookies| ExchangeError::NoCookies)?;
     socket
         .send(&request)

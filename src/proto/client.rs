@@ -9,6 +9,8 @@
 //! bits; receive ≠ 0; authenticated as configured. Only then does the exchange record
 //! it, so forged or replayed packets cannot clear or move the expected origin.
 
+use rand::CryptoRng;
+
 use crate::auth::nts::ntp::{NtsReject, NtsSession};
 use crate::auth::{MacError, SymmetricKey, mac};
 use crate::wire::{
@@ -204,11 +206,12 @@ impl ClientExchange {
     pub fn poll_request(
         &mut self,
         now: NtpTimestamp,
+        rng: &mut (impl CryptoRng + ?Sized),
         out: &mut Vec<u8>,
     ) -> Result<(), RequestError> {
         // Zero would match a reply with a zero origin; draw again (p = 2^-64).
         let transmit_field = loop {
-            let t = NtpTimestamp::from_bits(rand::random());
+            let t = NtpTimestamp::from_bits(rng.next_u64());
             if !t.is_zero() {
                 break t;
             }
@@ -220,7 +223,7 @@ impl ClientExchange {
             ClientAuth::None => {}
             ClientAuth::Key(key) => mac::append_mac(key, out),
             ClientAuth::Nts(session) => {
-                if session.write_request_fields(out).is_none() {
+                if session.write_request_fields(rng, out).is_none() {
                     out.clear();
                     return Err(RequestError::NoCookies);
                 }
@@ -334,7 +337,9 @@ mod tests {
         };
         let mut client = ClientExchange::new(auth, 6);
         let mut request = Vec::new();
-        client.poll_request(T1, &mut request).unwrap();
+        client
+            .poll_request(T1, &mut rand::rng(), &mut request)
+            .unwrap();
         let server = Server::new(keys(), ServerOptions::default());
         let reply = serve(&server, &request);
         (client, reply, server)
@@ -396,7 +401,9 @@ mod tests {
         let (mut client, first, server) = exchange(None);
         client.handle_response(&first, T4).unwrap();
         let mut request = Vec::new();
-        client.poll_request(T1, &mut request).unwrap();
+        client
+            .poll_request(T1, &mut rand::rng(), &mut request)
+            .unwrap();
         let mut replay = serve(&server, &request); // matching origin ...
         replay[40..48].copy_from_slice(&first[40..48]); // ... but an old transmit
         assert_eq!(client.handle_response(&replay, T4), Err(Reject::Duplicate));
@@ -474,7 +481,9 @@ mod tests {
         let server = Server::new(keys(), ServerOptions::default());
         let state = SyncState::unsynchronized(-20);
         for stratum in [16, 0] {
-            client.poll_request(T1, &mut request).unwrap();
+            client
+                .poll_request(T1, &mut rand::rng(), &mut request)
+                .unwrap();
             let mut reply = Vec::new();
             let rx = T1.add_seconds(0.01 + stratum as f64);
             let s = SyncState {
@@ -574,7 +583,7 @@ mod tests {
         let mut request = Vec::new();
         for i in 0..1000u64 {
             client
-                .poll_request(T1.add_seconds(i as f64), &mut request)
+                .poll_request(T1.add_seconds(i as f64), &mut rand::rng(), &mut request)
                 .unwrap();
             let t = u64::from_be_bytes(request[40..48].try_into().unwrap());
             assert!(seen.insert(t), "repeated transmit timestamp");

@@ -11,6 +11,7 @@
 
 pub mod client;
 pub mod peer;
+pub mod polling;
 pub mod ratelimit;
 pub mod server;
 pub mod source;

@@ -27,8 +27,11 @@
 //! Loop avoidance: a sample whose reference id names one of our own addresses comes
 //! from a peer synchronized to us; it keeps the peer reachable but is never used.
 
+use rand::CryptoRng;
+
 use crate::auth::{MacError, SymmetricKey, mac};
 use crate::proto::client::{Authenticated, Sample};
+use crate::proto::polling::{Action, Reach, poll_exponent};
 use crate::proto::server::SyncState;
 use crate::wire::{
     Header, Mode, NtpShort, NtpTimestamp, Packet, PacketError, ReferenceId, Trailer,
@@ -47,8 +50,6 @@ pub const PROMPT_SPACING: f64 = 1.0;
 pub const PROMPT_HOLD: f64 = 0.5;
 /// Dispersion per second of hold time: RFC 5905's PHI, the frequency tolerance.
 pub const HOLD_DISPERSION_RATE: f64 = 15e-6;
-/// Polls without a packet from the peer after which it polls at `max_poll`.
-const SILENT_POLLS: u32 = 8;
 
 /// How the peer's packets must authenticate.
 #[derive(Debug, Clone)]
@@ -146,9 +147,7 @@ pub struct Peer {
     reply_due: Option<f64>,
     last_sent: Option<f64>,
     system_poll: i8,
-    reach: u8,
-    silent_polls: u32,
-    polls_sent: u64,
+    reach: Reach,
 }
 
 impl Peer {
@@ -165,9 +164,7 @@ impl Peer {
             reply_due: None,
             last_sent: None,
             system_poll: options.min_poll,
-            reach: 0,
-            silent_polls: 0,
-            polls_sent: 0,
+            reach: Reach::default(),
         }
     }
 
@@ -180,14 +177,12 @@ impl Peer {
 
     /// The poll interval in force (log2 seconds).
     pub fn poll(&self) -> i8 {
-        let wanted = if self.silent_polls >= SILENT_POLLS {
-            self.options.max_poll
-        } else {
-            self.system_poll
-        };
-        wanted.clamp(
+        poll_exponent(
             self.options.min_poll,
-            self.options.max_poll.max(self.options.min_poll),
+            self.options.max_poll,
+            self.system_poll,
+            0,
+            &self.reach,
         )
     }
 
@@ -198,49 +193,61 @@ impl Peer {
 
     /// Whether any of the last 8 polls was followed by an authentic packet.
     pub fn is_reachable(&self) -> bool {
-        self.reach != 0
+        self.reach.any()
     }
 
-    /// When the driver must next call [`Peer::handle_timeout`].
-    pub fn poll_timeout(&self) -> f64 {
-        self.reply_due
-            .map_or(self.next_poll, |t| t.min(self.next_poll))
+    /// The reach register (newest poll in the low bit).
+    pub fn reach(&self) -> u8 {
+        self.reach.register()
+    }
+
+    /// When the driver must next call [`Peer::handle_timeout`] (always `Some`: a peer
+    /// never stops; the type is the one sources use).
+    pub fn poll_timeout(&self) -> Option<f64> {
+        Some(
+            self.reply_due
+                .map_or(self.next_poll, |t| t.min(self.next_poll)),
+        )
     }
 
     /// Time has reached `now` (local clock `local`): if a packet is due, writes it into
-    /// `out` (cleared first) and returns true. `state` is what we say about our clock.
+    /// `out` (cleared first) and returns [`Action::Transmit`]. `state` is what we say
+    /// about our clock.
     pub fn handle_timeout(
         &mut self,
         now: f64,
         local: NtpTimestamp,
         state: &SyncState,
+        rng: &mut (impl CryptoRng + ?Sized),
         out: &mut Vec<u8>,
-    ) -> bool {
+    ) -> Option<Action> {
         if now >= self.next_poll {
             // The register shifts at every poll; a packet from the peer sets the low bit.
-            if self.polls_sent > 0 && self.reach & 1 == 0 {
-                self.silent_polls = self.silent_polls.saturating_add(1);
-            }
-            self.polls_sent += 1;
-            self.reach <<= 1;
+            self.reach.on_poll();
             self.next_poll = now + 2f64.powi(i32::from(self.poll()));
         } else if !self.reply_due.is_some_and(|due| now >= due) {
-            return false;
+            return None;
         }
         self.reply_due = None;
         self.last_sent = Some(now);
-        self.write_packet(local, state, out);
-        true
+        self.write_packet(local, state, rng, out);
+        Some(Action::Transmit)
     }
 
-    fn write_packet(&mut self, local: NtpTimestamp, state: &SyncState, out: &mut Vec<u8>) {
+    fn write_packet(
+        &mut self,
+        local: NtpTimestamp,
+        state: &SyncState,
+        rng: &mut (impl CryptoRng + ?Sized),
+        out: &mut Vec<u8>,
+    ) {
         // Random bits below our precision: unique, and nothing finer than the clock.
         let fuzz_bits = u32::try_from(32 + i32::from(self.options.precision))
             .unwrap_or(0)
             .min(32);
         let mask = (1u64 << fuzz_bits) - 1;
         let mut transmit_field =
-            NtpTimestamp::from_bits(local.to_bits() & !mask | rand::random::<u64>() & mask);
+            NtpTimestamp::from_bits(local.to_bits() & !mask | rng.next_u64() & mask);
         if transmit_field.is_zero()
             || self
                 .outstanding
@@ -348,8 +355,7 @@ impl Peer {
             // and what freshness is judged by.
             self.accepted.swap(0, 1);
         }
-        self.reach |= 1;
-        self.silent_polls = 0;
+        self.reach.on_answer();
         let hold = h.transmit_time.seconds_since(h.receive_time);
         let prompt_answer = answered.is_some() && hold.abs() < PROMPT_HOLD;
         if later && h.mode == Mode::SymmetricActive && !prompt_answer {
@@ -428,8 +434,8 @@ mod tests {
             let (mut seen_a, mut seen_b) = (Vec::new(), Vec::new());
             let state = synced(2, *b"GPS\0");
             loop {
-                let next_a = self.a.poll_timeout();
-                let next_b = self.b.poll_timeout();
+                let next_a = self.a.poll_timeout().unwrap();
+                let next_b = self.b.poll_timeout().unwrap();
                 let next_packet = in_flight.iter().map(|p| p.0).fold(f64::MAX, f64::min);
                 let next = next_a.min(next_b).min(next_packet);
                 if next > until {
@@ -449,14 +455,28 @@ mod tests {
                 if next_a <= next
                     && self
                         .a
-                        .handle_timeout(next, self.clock_a(next), &state, &mut out)
+                        .handle_timeout(
+                            next,
+                            self.clock_a(next),
+                            &state,
+                            &mut rand::rng(),
+                            &mut out,
+                        )
+                        .is_some()
                 {
                     in_flight.push((next + self.delay, false, out.clone()));
                 }
                 if next_b <= next
                     && self
                         .b
-                        .handle_timeout(next, self.clock_b(next), &state, &mut out)
+                        .handle_timeout(
+                            next,
+                            self.clock_b(next),
+                            &state,
+                            &mut rand::rng(),
+                            &mut out,
+                        )
+                        .is_some()
                 {
                     in_flight.push((next + self.delay, true, out));
                 }
@@ -509,15 +529,27 @@ mod tests {
         let mut b = Peer::new(auth, PeerOptions::default(), 100.0);
         let state = synced(2, *b"GPS\0");
         let mut poll = Vec::new();
-        assert!(a.handle_timeout(0.0, START, &state, &mut poll));
+        assert!(
+            a.handle_timeout(0.0, START, &state, &mut rand::rng(), &mut poll)
+                .is_some()
+        );
         assert_eq!(
             b.handle_packet(&poll, START.add_seconds(0.01), 0.01),
             PeerEvent::Accepted
         );
         // A's packet was not an answer: B answers it at once.
-        assert_eq!(b.poll_timeout(), 0.01);
+        assert_eq!(b.poll_timeout().unwrap(), 0.01);
         let mut answer = Vec::new();
-        assert!(b.handle_timeout(0.01, START.add_seconds(0.011), &state, &mut answer));
+        assert!(
+            b.handle_timeout(
+                0.01,
+                START.add_seconds(0.011),
+                &state,
+                &mut rand::rng(),
+                &mut answer
+            )
+            .is_some()
+        );
         (a, b, poll, answer)
     }
 
@@ -526,7 +558,16 @@ mod tests {
         let mut out = Vec::new();
         let state = synced(2, *b"GPS\0");
         peer.next_poll = now;
-        assert!(peer.handle_timeout(now, START.add_seconds(now), &state, &mut out));
+        assert!(
+            peer.handle_timeout(
+                now,
+                START.add_seconds(now),
+                &state,
+                &mut rand::rng(),
+                &mut out
+            )
+            .is_some()
+        );
         Header::parse(&out).unwrap().origin_time
     }
 
@@ -674,9 +715,27 @@ mod tests {
         let state = synced(2, *b"GPS\0");
         let (mut held, mut second) = (Vec::new(), Vec::new());
         b.next_poll = 64.0;
-        assert!(b.handle_timeout(64.0, START.add_seconds(64.0), &state, &mut held));
+        assert!(
+            b.handle_timeout(
+                64.0,
+                START.add_seconds(64.0),
+                &state,
+                &mut rand::rng(),
+                &mut held
+            )
+            .is_some()
+        );
         b.next_poll = 128.0;
-        assert!(b.handle_timeout(128.0, START.add_seconds(128.0), &state, &mut second));
+        assert!(
+            b.handle_timeout(
+                128.0,
+                START.add_seconds(128.0),
+                &state,
+                &mut rand::rng(),
+                &mut second
+            )
+            .is_some()
+        );
         assert!(!matches!(
             a.handle_packet(&second, START.add_seconds(128.01), 128.01),
             PeerEvent::Rejected(_)
@@ -715,7 +774,16 @@ mod tests {
         let state = synced(2, *b"GPS\0");
         let mut reply = Vec::new();
         a.next_poll = 1.0;
-        assert!(a.handle_timeout(1.0, START.add_seconds(1.0), &state, &mut reply));
+        assert!(
+            a.handle_timeout(
+                1.0,
+                START.add_seconds(1.0),
+                &state,
+                &mut rand::rng(),
+                &mut reply
+            )
+            .is_some()
+        );
         assert_eq!(
             a.handle_packet(&reply, START.add_seconds(1.01), 1.01),
             PeerEvent::Rejected(PeerReject::Reflected)
@@ -730,13 +798,43 @@ mod tests {
         let mut a = Peer::new(keyed(1), PeerOptions::default(), 0.0);
         let mut b = Peer::new(keyed(1), PeerOptions::default(), 1000.0);
         let (mut x, mut y, mut p1, mut p2) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        assert!(a.handle_timeout(0.0, START, &state, &mut x));
+        assert!(
+            a.handle_timeout(0.0, START, &state, &mut rand::rng(), &mut x)
+                .is_some()
+        );
         a.next_poll = 5.0;
-        assert!(a.handle_timeout(5.0, START.add_seconds(5.0), &state, &mut y));
+        assert!(
+            a.handle_timeout(
+                5.0,
+                START.add_seconds(5.0),
+                &state,
+                &mut rand::rng(),
+                &mut y
+            )
+            .is_some()
+        );
         b.handle_packet(&x, START.add_seconds(0.01), 0.01);
-        assert!(b.handle_timeout(0.01, START.add_seconds(0.01), &state, &mut p1));
+        assert!(
+            b.handle_timeout(
+                0.01,
+                START.add_seconds(0.01),
+                &state,
+                &mut rand::rng(),
+                &mut p1
+            )
+            .is_some()
+        );
         b.handle_packet(&y, START.add_seconds(5.01), 5.01);
-        assert!(b.handle_timeout(5.01, START.add_seconds(5.01), &state, &mut p2));
+        assert!(
+            b.handle_timeout(
+                5.01,
+                START.add_seconds(5.01),
+                &state,
+                &mut rand::rng(),
+                &mut p2
+            )
+            .is_some()
+        );
         assert!(matches!(
             a.handle_packet(&p2, START.add_seconds(5.02), 5.02),
             PeerEvent::Sample(_)
@@ -811,7 +909,16 @@ mod tests {
         b.handle_packet(&poll, START.add_seconds(0.01), 0.01);
         let mut answer = Vec::new();
         let state = synced(3, [192, 0, 2, 1]);
-        assert!(b.handle_timeout(0.01, START.add_seconds(0.011), &state, &mut answer));
+        assert!(
+            b.handle_timeout(
+                0.01,
+                START.add_seconds(0.011),
+                &state,
+                &mut rand::rng(),
+                &mut answer
+            )
+            .is_some()
+        );
         assert_eq!(
             a.handle_packet(&answer, START.add_seconds(0.02), 0.02),
             PeerEvent::Loop(ReferenceId([192, 0, 2, 1]))
@@ -827,12 +934,24 @@ mod tests {
         let mut b = Peer::new(keyed(1), PeerOptions::default(), 1000.0);
         let state = synced(2, *b"GPS\0");
         let mut poll = Vec::new();
-        assert!(a.handle_timeout(0.0, START, &state, &mut poll));
+        assert!(
+            a.handle_timeout(0.0, START, &state, &mut rand::rng(), &mut poll)
+                .is_some()
+        );
         b.handle_packet(&poll, START.add_seconds(0.01), 0.01);
         b.reply_due = None; // B holds its answer until its own poll
         b.next_poll = 32.0;
         let mut held = Vec::new();
-        assert!(b.handle_timeout(32.0, START.add_seconds(32.0), &state, &mut held));
+        assert!(
+            b.handle_timeout(
+                32.0,
+                START.add_seconds(32.0),
+                &state,
+                &mut rand::rng(),
+                &mut held
+            )
+            .is_some()
+        );
         let PeerEvent::Sample(s) = a.handle_packet(&held, START.add_seconds(32.01), 32.01) else {
             panic!("held answer not measured");
         };
@@ -844,7 +963,7 @@ mod tests {
             (s.root_dispersion - 32.0 * HOLD_DISPERSION_RATE).abs() < 1e-4,
             "{s:?}"
         );
-        assert_eq!(a.poll_timeout(), 32.01);
+        assert_eq!(a.poll_timeout().unwrap(), 32.01);
     }
 
     /// A flood of authentic, fresh packets (a misbehaving key holder) gets prompt
@@ -864,7 +983,15 @@ mod tests {
             p[40..48].copy_from_slice(&t.to_be_bytes());
             mac::append_mac(&key, &mut p);
             a.handle_packet(&p, START, now);
-            if a.handle_timeout(now, START.add_seconds(now), &state, &mut out) {
+            if a.handle_timeout(
+                now,
+                START.add_seconds(now),
+                &state,
+                &mut rand::rng(),
+                &mut out,
+            )
+            .is_some()
+            {
                 sent += 1;
             }
         }
@@ -879,12 +1006,16 @@ mod tests {
         let _ = poll;
         let mut answer = Vec::new();
         b.reply_due = Some(0.02);
-        assert!(b.handle_timeout(
-            0.02,
-            START.add_seconds(0.02),
-            &SyncState::unsynchronized(-20),
-            &mut answer
-        ));
+        assert!(
+            b.handle_timeout(
+                0.02,
+                START.add_seconds(0.02),
+                &SyncState::unsynchronized(-20),
+                &mut rand::rng(),
+                &mut answer
+            )
+            .is_some()
+        );
         let PeerEvent::Sample(s) = a.handle_packet(&answer, START.add_seconds(0.03), 0.03) else {
             panic!()
         };

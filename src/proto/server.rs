@@ -382,7 +382,7 @@ impl Server {
                 Answer::CryptoNak
             }
             Auth::Nts { uid, keys, cookies } => {
-                nts::ntp::write_response_fields(reply, uid, &keys.s2c, &cookies)
+                nts::ntp::write_response_fields(reply, uid, &keys.s2c, &cookies, &mut rand::rng())
                     .ok_or(DropReason::Internal)?;
                 Answer::Nts
             }

@@ -15,9 +15,13 @@
 //!   cookies left, or 8 silent polls mean a new NTS-KE at the next poll, retried with
 //!   backoff (10 s × 1.5ⁿ, at most 5 days) while it fails.
 
+use rand::CryptoRng;
+
 use crate::auth::SymmetricKey;
 use crate::auth::nts::ntp::NtsSession;
 use crate::proto::client::{ClientAuth, ClientExchange, Reject, RequestError, Response, Sample};
+pub use crate::proto::polling::Action;
+use crate::proto::polling::{Reach, poll_exponent};
 use crate::wire::{KissCode, NtpTimestamp};
 
 /// Requests sent quickly at start with `iburst`.
@@ -33,10 +37,6 @@ const KE_RETRY_MAX: f64 = 5.0 * 86_400.0;
 pub const KE_DEADLINE: f64 = 30.0;
 /// NTSNs (for different requests) in a row that mean the server has lost our keys.
 const NTSN_REKEY: u32 = 2;
-/// Polls without a reply after which a source counts as gone quiet: it polls at
-/// `max_poll`, and an NTS source re-keys (the server may have restarted with new
-/// cookie keys and be dropping our requests).
-const SILENT_POLLS: u32 = 8;
 
 /// How a source must authenticate its replies.
 #[derive(Debug, Clone)]
@@ -63,15 +63,6 @@ impl Default for SourceOptions {
             iburst: false,
         }
     }
-}
-
-/// What the source wants its driver to do now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    /// Send the request written into the buffer (from a fresh random port).
-    Transmit,
-    /// Run NTS-KE and hand the result to [`Source::handle_key_exchange`].
-    KeyExchange,
 }
 
 /// What a reply amounted to.
@@ -109,10 +100,7 @@ pub struct Source {
     system_poll: i8,
     /// Extra poll exponent from RATE kisses; each good sample takes one back.
     rate_backoff: i8,
-    reach: u8,
-    /// Consecutive polls without a reply.
-    silent_polls: u32,
-    polls_sent: u64,
+    reach: Reach,
     /// NTSNs for different requests in a row, and the request the last one answered.
     naks: u32,
     last_nak_poll: Option<u64>,
@@ -143,9 +131,7 @@ impl Source {
             next_poll: now,
             system_poll: options.min_poll,
             rate_backoff: 0,
-            reach: 0,
-            silent_polls: 0,
-            polls_sent: 0,
+            reach: Reach::default(),
             naks: 0,
             last_nak_poll: None,
             rekey_due: false,
@@ -156,14 +142,12 @@ impl Source {
 
     /// The poll interval in force (log2 seconds).
     pub fn poll(&self) -> i8 {
-        let base = if self.silent_polls >= SILENT_POLLS {
-            self.options.max_poll
-        } else {
-            self.system_poll
-        };
-        base.saturating_add(self.rate_backoff).clamp(
+        poll_exponent(
             self.options.min_poll,
-            self.options.max_poll.max(self.options.min_poll),
+            self.options.max_poll,
+            self.system_poll,
+            self.rate_backoff,
+            &self.reach,
         )
     }
 
@@ -174,7 +158,20 @@ impl Source {
 
     /// Whether the source answered any of its last 8 polls and is still being polled.
     pub fn is_reachable(&self) -> bool {
-        self.reach != 0 && matches!(self.state, State::Polling(_))
+        self.reach.any() && matches!(self.state, State::Polling(_))
+    }
+
+    /// The reach register (newest poll in the low bit).
+    pub fn reach(&self) -> u8 {
+        self.reach.register()
+    }
+
+    /// NTS cookies left (`None` without NTS or before keys).
+    pub fn nts_cookies(&self) -> Option<usize> {
+        match &self.state {
+            State::Polling(exchange) => exchange.nts_cookies(),
+            _ => None,
+        }
     }
 
     /// The kiss that stopped this source, if one did.
@@ -201,6 +198,7 @@ impl Source {
         &mut self,
         now: f64,
         local: NtpTimestamp,
+        rng: &mut (impl CryptoRng + ?Sized),
         out: &mut Vec<u8>,
     ) -> Option<Action> {
         let poll = self.poll();
@@ -212,21 +210,17 @@ impl Source {
             }
             State::Polling(_)
                 if now >= self.next_poll
-                    && (self.rekey_due || self.nts && self.silent_polls >= SILENT_POLLS) =>
+                    && (self.rekey_due || self.nts && self.reach.is_silent()) =>
             {
                 Some(self.start_key_exchange(now))
             }
             State::Polling(exchange) if now >= self.next_poll => {
                 exchange.set_poll(poll);
-                if let Err(RequestError::NoCookies) = exchange.poll_request(local, out) {
+                if let Err(RequestError::NoCookies) = exchange.poll_request(local, rng, out) {
                     return Some(self.start_key_exchange(now));
                 }
                 // The register shifts at every poll; a reply sets the new low bit.
-                if self.polls_sent > 0 && self.reach & 1 == 0 {
-                    self.silent_polls = self.silent_polls.saturating_add(1);
-                }
-                self.polls_sent += 1;
-                self.reach <<= 1;
+                self.reach.on_poll();
                 let mut interval = 2f64.powi(i32::from(poll));
                 if self.iburst_left > 0 {
                     self.iburst_left -= 1;
@@ -263,7 +257,7 @@ impl Source {
             Ok(session) => {
                 self.naks = 0;
                 self.last_nak_poll = None;
-                self.silent_polls = 0;
+                self.reach.clear_silence();
                 self.next_poll = now;
                 self.state = State::Polling(ClientExchange::new(ClientAuth::Nts(session), 0));
             }
@@ -280,11 +274,13 @@ impl Source {
             Err(reject) => Event::Rejected(reject),
             // An NTSN is unauthenticated and stays answerable until the next request:
             // copies of one count once, and the re-key waits for the next poll.
-            Ok(Response::Kiss(KissCode::NtsNak)) if self.last_nak_poll == Some(self.polls_sent) => {
+            Ok(Response::Kiss(KissCode::NtsNak))
+                if self.last_nak_poll == Some(self.reach.polls_sent()) =>
+            {
                 Event::Rejected(Reject::Duplicate)
             }
             Ok(Response::Kiss(KissCode::NtsNak)) => {
-                self.last_nak_poll = Some(self.polls_sent);
+                self.last_nak_poll = Some(self.reach.polls_sent());
                 self.naks += 1;
                 if self.naks >= NTSN_REKEY {
                     self.rekey_due = true;
@@ -316,8 +312,7 @@ impl Source {
     }
 
     fn reached(&mut self) {
-        self.reach |= 1;
-        self.silent_polls = 0;
+        self.reach.on_answer();
     }
 }
 
@@ -338,7 +333,7 @@ mod tests {
     fn first_request(source: &mut Source) -> NtpTimestamp {
         let mut out = Vec::new();
         assert_eq!(
-            source.handle_timeout(0.0, LOCAL, &mut out),
+            source.handle_timeout(0.0, LOCAL, &mut rand::rng(), &mut out),
             Some(Action::Transmit)
         );
         Header::parse(&out).unwrap().transmit_time
@@ -417,7 +412,9 @@ mod tests {
         let mut sent = Vec::new();
         let mut now = 0.0;
         while now < 200.0 {
-            if source.handle_timeout(now, LOCAL, &mut out) == Some(Action::Transmit) {
+            if source.handle_timeout(now, LOCAL, &mut rand::rng(), &mut out)
+                == Some(Action::Transmit)
+            {
                 sent.push(now);
             }
             now = source.poll_timeout().unwrap();
@@ -434,24 +431,24 @@ mod tests {
         let mut source = Source::new(SourceAuth::Nts, SourceOptions::default(), 0.0);
         let mut out = Vec::new();
         assert_eq!(
-            source.handle_timeout(0.0, LOCAL, &mut out),
+            source.handle_timeout(0.0, LOCAL, &mut rand::rng(), &mut out),
             Some(Action::KeyExchange)
         );
         assert_eq!(source.poll_timeout(), Some(KE_DEADLINE));
         source.handle_key_exchange(Err("refused".into()), 1.0);
         assert_eq!(source.poll_timeout(), Some(11.0));
         assert_eq!(
-            source.handle_timeout(11.0, LOCAL, &mut out),
+            source.handle_timeout(11.0, LOCAL, &mut rand::rng(), &mut out),
             Some(Action::KeyExchange)
         );
         source.handle_key_exchange(Err("refused".into()), 12.0);
         assert_eq!(source.poll_timeout(), Some(27.0));
         assert_eq!(
-            source.handle_timeout(27.0, LOCAL, &mut out),
+            source.handle_timeout(27.0, LOCAL, &mut rand::rng(), &mut out),
             Some(Action::KeyExchange)
         );
         assert_eq!(
-            source.handle_timeout(27.0 + KE_DEADLINE, LOCAL, &mut out),
+            source.handle_timeout(27.0 + KE_DEADLINE, LOCAL, &mut rand::rng(), &mut out),
             None
         );
         assert_eq!(source.poll_timeout(), Some(27.0 + KE_DEADLINE + 22.5));
@@ -497,12 +494,12 @@ mod tests {
         let mut source = Source::new(SourceAuth::Nts, SourceOptions::default(), 0.0);
         let mut out = Vec::new();
         assert_eq!(
-            source.handle_timeout(0.0, LOCAL, &mut out),
+            source.handle_timeout(0.0, LOCAL, &mut rand::rng(), &mut out),
             Some(Action::KeyExchange)
         );
         source.handle_key_exchange(Ok(NtsSession::new(session_keys(), cookies)), 1.0);
         assert_eq!(
-            source.handle_timeout(1.0, LOCAL, &mut out),
+            source.handle_timeout(1.0, LOCAL, &mut rand::rng(), &mut out),
             Some(Action::Transmit)
         );
         let first = nak(&out);
@@ -517,7 +514,7 @@ mod tests {
         // One NTSN: the next poll is an ordinary request.
         let next = source.poll_timeout().unwrap();
         assert_eq!(
-            source.handle_timeout(next, LOCAL, &mut out),
+            source.handle_timeout(next, LOCAL, &mut rand::rng(), &mut out),
             Some(Action::Transmit)
         );
         let second = nak(&out);
@@ -530,7 +527,7 @@ mod tests {
         let next = source.poll_timeout().unwrap();
         assert!(next > 2.0 * 64.0 - 1.0, "{next}");
         assert_eq!(
-            source.handle_timeout(next, LOCAL, &mut out),
+            source.handle_timeout(next, LOCAL, &mut rand::rng(), &mut out),
             Some(Action::KeyExchange)
         );
     }

@@ -1,5 +1,6 @@
-//! The offline simulator behind `ntimed sim`: the real sources, engine and servers
-//! exchanging real (keyed) packets in simulated time, with the clock model of
+//! The offline simulator behind `ntimed sim`: the coordinator (the daemon's own core)
+//! and real servers exchanging real (keyed) packets in simulated time through the
+//! coordinator's test pair ([`crate::coordinator::pair`]), with the clock model of
 //! clknetsim, the harness chrony's own tests use.
 //!
 //! * True time `t` runs in seconds. The local clock's frequency error starts at `f0`
@@ -15,18 +16,14 @@
 
 pub mod plot;
 
-use rand::SeedableRng;
-use rand::rngs::StdRng;
-use rand_distr::{Distribution, Exp1, StandardNormal};
 use serde::Serialize;
 
 use crate::auth::{KeyFileFormat, KeyStore};
-use crate::clock::model::ClockModel;
-use crate::clock::{ClockCommand, check_finite};
-use crate::proto::server::{Server, ServerOptions, SyncState};
-use crate::proto::source::{Action, Event, Source, SourceAuth, SourceOptions};
-use crate::sync::{SourceId, StepPolicy, SyncConfig, SyncEngine};
-use crate::wire::{NtpTimestamp, ReferenceId};
+use crate::coordinator::CoordinatorConfig;
+use crate::coordinator::pair::{FarServer, Network, Pair};
+use crate::proto::server::{Server, ServerOptions};
+use crate::proto::source::{SourceAuth, SourceOptions};
+use crate::sync::{StepPolicy, SyncConfig};
 
 /// One simulated set-up, with the parameters of chrony's simulation tests.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -139,151 +136,63 @@ pub struct Trace {
 }
 
 /// A packet on its way back to a source.
-struct InFlight {
-    arrives: f64,
-    source: usize,
-    bytes: Vec<u8>,
-}
-
-struct SimSource {
-    source: Source,
-    id: SourceId,
-    /// The server's clock error (falsetickers).
-    server_offset: f64,
-    requests: u64,
-}
-
 const KEY: &str = "1 SHA256 HEX:5e11ec7ed5e11ec7ed5e11ec7ed5e11ec7ed5e11ec7ed5e11ec7ed5e11ec7ed0";
 
-/// True time 0 on the NTP time scale (any instant would do; this one is in era 0).
-fn epoch() -> NtpTimestamp {
-    NtpTimestamp::from_unix(1_800_000_000, 0)
-}
-
-/// Runs `scenario` with random numbers from `seed`; `trace` collects the per-second
-/// errors if given.
+/// Runs one scenario with `seed` through the coordinator's test pair (the daemon's own
+/// core and contract); `trace` gets the clock's error once a second.
 pub fn run(scenario: &Scenario, seed: u64, trace: Option<&mut Trace>) -> Metrics {
-    let mut rng = StdRng::seed_from_u64(seed);
     let keys = KeyStore::parse("sim", KEY, KeyFileFormat::Chrony).unwrap_or_default();
     let key = keys.get(1).cloned();
-    let server = Server::new(keys.clone(), ServerOptions::default());
-    let mut clock = ClockModel::new(scenario.start_offset, scenario.f0);
     let defaults = SyncConfig::default();
-    let mut engine = SyncEngine::new(
-        SyncConfig {
+    let config = CoordinatorConfig {
+        sync: SyncConfig {
             initial_frequency_ppm: scenario.drift_file_ppm,
             step_threshold: scenario.step_threshold.unwrap_or(defaults.step_threshold),
             steps: StepPolicy::Startup,
             ..defaults
         },
-        0.0,
-    );
+        fallback_stratum: None,
+        precision: -20,
+    };
+    let mut pair = Pair::new(config, scenario.start_offset, scenario.f0, seed);
+    pair.wander = scenario.wander;
+    pair.network = Network {
+        base_delay: scenario.base_delay,
+        jitter: scenario.jitter,
+        asymmetry: scenario.asymmetry,
+        loss: scenario.loss,
+    };
     let options = SourceOptions {
         iburst: scenario.iburst,
         ..SourceOptions::default()
     };
-    let mut sources: Vec<SimSource> = (0..scenario.servers)
-        .map(|i| {
-            let falseticker = (i + scenario.falsetickers + 1).saturating_sub(scenario.servers);
-            let auth = key.clone().map_or(SourceAuth::Insecure, SourceAuth::Key);
-            SimSource {
-                source: Source::new(auth, options, 0.0),
-                id: engine.add_source(format!("server{i}"), ReferenceId([10, 0, 0, i as u8]), true),
-                server_offset: falseticker as f64,
-                requests: 0,
-            }
-        })
-        .collect();
-    let local = |clock: &ClockModel, t: f64| epoch().add_seconds(t + clock.phase(t));
-    let mut in_flight: Vec<InFlight> = Vec::new();
-    let mut request = Vec::new();
-    let mut reply = Vec::new();
-    let (mut oscillator, mut next_tick) = (scenario.f0, 1.0);
-    let mut last_phase = clock.phase(0.0);
-    let mut errors: Vec<(f64, f64, f64)> = Vec::new();
-    let mut falseticker_selected = false;
-    drain(&mut engine, &mut clock, 0.0);
-
-    loop {
-        let next_poll = sources
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| s.source.poll_timeout().map(|t| (t, i)))
-            .min_by(|a, b| a.0.total_cmp(&b.0));
-        let next_arrival = in_flight
-            .iter()
-            .enumerate()
-            .min_by(|a, b| a.1.arrives.total_cmp(&b.1.arrives))
-            .map(|(i, f)| (f.arrives, i));
-        let t = [
-            Some(next_tick),
-            next_poll.map(|p| p.0),
-            next_arrival.map(|a| a.0),
-        ]
-        .into_iter()
-        .flatten()
-        .fold(f64::INFINITY, f64::min);
-        if t > scenario.length {
-            break;
-        }
-        if t == next_tick {
-            let normal: f64 = StandardNormal.sample(&mut rng);
-            oscillator += scenario.wander * normal;
-            clock.set_oscillator(t, oscillator);
-            let phase = clock.phase(t);
-            errors.push((t, phase, phase - last_phase));
-            last_phase = phase;
-            next_tick += 1.0;
-        } else if let Some((_, i)) = next_arrival.filter(|a| a.0 == t) {
-            let flight = in_flight.swap_remove(i);
-            let Some(sim) = sources.get_mut(flight.source) else {
-                continue;
-            };
-            let received = local(&clock, t);
-            if let Event::Sample(sample) = sim.source.handle_response(&flight.bytes, received, t) {
-                let pending = clock.status(t).pending_slew;
-                let _ = engine.handle_sample(sim.id, &sample, t, pending);
-                drain(&mut engine, &mut clock, t);
-                let poll = engine.poll_interval();
-                for s in &mut sources {
-                    s.source.set_system_poll(poll);
-                }
-                falseticker_selected |= engine
-                    .report(t)
-                    .iter()
-                    .zip(&sources)
-                    .any(|(report, s)| report.selected && s.server_offset != 0.0);
-            }
-        } else if let Some((_, i)) = next_poll {
-            let Some(sim) = sources.get_mut(i) else {
-                break;
-            };
-            let action = sim.source.handle_timeout(t, local(&clock, t), &mut request);
-            if action != Some(Action::Transmit) {
-                continue;
-            }
-            sim.requests += 1;
-            if lost(&mut rng, scenario.loss) {
-                continue;
-            }
-            let (up, down) = delays(&mut rng, scenario);
-            let at_server = epoch().add_seconds(t + up + sim.server_offset);
-            let state = SyncState::local_reference(1, at_server, -20);
-            reply.clear();
-            if server
-                .handle_request(&request, at_server, &state, || at_server, &mut reply)
-                .is_ok()
-                && !lost(&mut rng, scenario.loss)
-            {
-                in_flight.push(InFlight {
-                    arrives: t + up + down,
-                    source: i,
-                    bytes: reply.clone(),
-                });
-            }
-        }
+    let mut falsetickers = Vec::new();
+    for i in 0..scenario.servers {
+        // Falseticker `n` (counting from 1) is `n` seconds off.
+        let falseticker = (i + scenario.falsetickers + 1).saturating_sub(scenario.servers);
+        let server = Server::new(keys.clone(), ServerOptions::default());
+        let index = pair.add_server(FarServer::new(server, falseticker as f64));
+        let auth = key.clone().map_or(SourceAuth::Insecure, SourceAuth::Key);
+        let id = pair
+            .coordinator
+            .add_source(format!("server{i}"), auth, options, 0.0);
+        pair.connect(id, index);
+        falsetickers.push(falseticker != 0);
     }
-
+    let mut errors: Vec<(f64, f64, f64)> = Vec::new();
+    let mut last_phase = pair.phase();
+    let mut falseticker_selected = false;
+    pair.run_until(scenario.length, |pair| {
+        let phase = pair.phase();
+        errors.push((pair.now, phase, phase - last_phase));
+        last_phase = phase;
+        falseticker_selected |= pair
+            .coordinator
+            .report(pair.now)
+            .iter()
+            .zip(&falsetickers)
+            .any(|(report, &bad)| bad && report.engine.selected);
+    });
     if let Some(trace) = trace {
         for &(t, phase, frequency) in &errors {
             trace.time.push(t);
@@ -291,33 +200,9 @@ pub fn run(scenario: &Scenario, seed: u64, trace: Option<&mut Trace>) -> Metrics
             trace.frequency.push(frequency);
         }
     }
-    let requests: u64 = sources.iter().map(|s| s.requests).sum();
-    let per_source = requests as f64 / sources.len().max(1) as f64;
+    let requests: u64 = pair.requests.iter().sum();
+    let per_source = requests as f64 / scenario.servers.max(1) as f64;
     metrics(scenario, &errors, per_source, falseticker_selected)
-}
-
-/// Applies every command the engine has queued.
-fn drain(engine: &mut SyncEngine, clock: &mut ClockModel, t: f64) {
-    while let Some(command) = engine.poll_command() {
-        if check_finite(&command).is_ok() {
-            clock.apply(t, command);
-        }
-        debug_assert!(!matches!(command, ClockCommand::Step { offset } if offset.abs() > 1e3));
-    }
-}
-
-fn lost(rng: &mut StdRng, loss: f64) -> bool {
-    loss > 0.0 && rand::RngExt::random::<f64>(rng) < loss
-}
-
-/// One-way delays (up, down) for one exchange.
-fn delays(rng: &mut StdRng, s: &Scenario) -> (f64, f64) {
-    let up: f64 = Exp1.sample(rng);
-    let down: f64 = Exp1.sample(rng);
-    (
-        s.base_delay + s.jitter * (1.0 - 2.0 * s.asymmetry) * up,
-        s.base_delay + s.jitter * (1.0 + 2.0 * s.asymmetry) * down,
-    )
 }
 
 fn metrics(

@@ -105,12 +105,17 @@ fn initial_rate_sd(config: &SyncConfig) -> f64 {
 pub struct SourceId(usize);
 
 /// Why the engine did not use a sample.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Ignored {
+    #[error("unusable: {0}")]
     Unusable(&'static str),
+    #[error("not authenticated")]
     NotAuthenticated,
+    #[error("beyond the panic threshold")]
     BeyondPanicThreshold,
+    #[error("not a finite number")]
     NotFinite,
+    #[error("unknown source")]
     UnknownSource,
 }
 

@@ -149,6 +149,21 @@ impl KissCode {
     }
 }
 
+/// The code as it appears on the wire (`DENY`, `RATE`, ...); other bytes as the
+/// reference id shows them.
+impl std::fmt::Display for KissCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let code = match self {
+            Self::Deny => "DENY",
+            Self::Restrict => "RSTR",
+            Self::Rate => "RATE",
+            Self::NtsNak => "NTSN",
+            Self::Other(bytes) => return f.write_str(&ReferenceId(*bytes).describe(0)),
+        };
+        f.write_str(code)
+    }
+}
+
 /// The fixed 48-byte header, every field typed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {

@@ -1718,7 +1718,7 @@ pub fn nts_exchange(
     let sock = UdpSocket::bind("127.0.0.1:0").expect("bind UDP");
     let mut request = Vec::new();
     let sent = NtpTimestamp::from_system_time(SystemTime::now());
-    if let Err(e) = exchange.poll_request(sent, &mut request) {
+    if let Err(e) = exchange.poll_request(sent, &mut rand::rng(), &mut request) {
         return NtsOutcome::Rejected(format!("no request: {e}"));
     }
     sock.send_to(&request, server).expect("send NTS request");

@@ -28,9 +28,14 @@ fn write_field(out: &mut Vec<u8>, field_type: ExtensionType, body: &[u8]) {
 
 /// Appends an authenticator field sealing `plaintext` under `key`, with everything
 /// already in `packet` as associated data.
-fn write_authenticator(packet: &mut Vec<u8>, key: &AeadKey, plaintext: &[u8]) -> Option<()> {
+fn write_authenticator(
+    packet: &mut Vec<u8>,
+    key: &AeadKey,
+    plaintext: &[u8],
+    rng: &mut (impl rand::CryptoRng + ?Sized),
+) -> Option<()> {
     let mut nonce = vec![0u8; key.algorithm().nonce_len()];
-    rand::fill(&mut nonce[..]);
+    rng.fill_bytes(&mut nonce[..]);
     let sealed = key.seal(&nonce, plaintext, packet)?;
     let mut body = Vec::with_capacity(4 + pad4(nonce.len()) + pad4(sealed.len()));
     body.extend_from_slice(&(nonce.len() as u16).to_be_bytes());
@@ -175,13 +180,14 @@ pub fn write_response_fields(
     uid: &[u8],
     s2c: &AeadKey,
     cookies: &[Vec<u8>],
+    rng: &mut (impl rand::CryptoRng + ?Sized),
 ) -> Option<()> {
     write_field(reply, ExtensionType::UniqueIdentifier, uid);
     let mut plaintext = Vec::new();
     for cookie in cookies {
         write_field(&mut plaintext, ExtensionType::NtsCookie, cookie);
     }
-    write_authenticator(reply, s2c, &plaintext)
+    write_authenticator(reply, s2c, &plaintext, rng)
 }
 
 /// Appends the fields of an NTSN kiss: the unique id only.
@@ -236,10 +242,14 @@ impl NtsSession {
     /// Appends the request's NTS fields after its header, spending one cookie and
     /// asking for enough new ones to refill the jar. `None` when the jar is empty:
     /// run NTS-KE again; never fall back to plain NTP.
-    pub fn write_request_fields(&mut self, request: &mut Vec<u8>) -> Option<()> {
+    pub fn write_request_fields(
+        &mut self,
+        rng: &mut (impl rand::CryptoRng + ?Sized),
+        request: &mut Vec<u8>,
+    ) -> Option<()> {
         let cookie = self.cookies.pop_front()?;
         let mut uid = [0u8; UID_LEN];
-        rand::fill(&mut uid);
+        rng.fill_bytes(&mut uid);
         write_field(request, ExtensionType::UniqueIdentifier, &uid);
         write_field(request, ExtensionType::NtsCookie, &cookie);
         let wanted = MAX_COOKIES - 1 - self.cookies.len().min(MAX_COOKIES - 1);
@@ -250,7 +260,7 @@ impl NtsSession {
                 &vec![0; cookie.len()],
             );
         }
-        write_authenticator(request, &self.keys.c2s, &[])?;
+        write_authenticator(request, &self.keys.c2s, &[], rng)?;
         self.outstanding_uid = Some(uid);
         Some(())
     }
@@ -328,7 +338,9 @@ mod tests {
         let mut session = NtsSession::new(session_keys(), cookies);
         let mut request = Vec::new();
         Header::client_request(6, NtpTimestamp::from_bits(77)).write(&mut request);
-        session.write_request_fields(&mut request).unwrap();
+        session
+            .write_request_fields(&mut rand::rng(), &mut request)
+            .unwrap();
         (session, request)
     }
 
@@ -340,7 +352,7 @@ mod tests {
         };
         let new: Vec<Vec<u8>> = (0..cookies).map(|_| server.seal(&keys).unwrap()).collect();
         let mut reply = request[..48].to_vec();
-        write_response_fields(&mut reply, uid, &keys.s2c, &new).unwrap();
+        write_response_fields(&mut reply, uid, &keys.s2c, &new, &mut rand::rng()).unwrap();
         reply
     }
 
@@ -473,7 +485,7 @@ mod tests {
                 &vec![0; cookie_len],
             );
         }
-        write_authenticator(&mut flood, &session_keys().c2s, &[]).unwrap();
+        write_authenticator(&mut flood, &session_keys().c2s, &[], &mut rand::rng()).unwrap();
         let p = Packet::parse(&flood).unwrap();
         let ServerNts::Valid { cookies, .. } = check_request(&p, &flood, &server) else {
             panic!()
@@ -515,7 +527,11 @@ mod tests {
     fn an_empty_jar_means_no_request() {
         let mut session = NtsSession::new(session_keys(), vec![]);
         let mut request = vec![0; 48];
-        assert!(session.write_request_fields(&mut request).is_none());
+        assert!(
+            session
+                .write_request_fields(&mut rand::rng(), &mut request)
+                .is_none()
+        );
         assert_eq!(
             request.len(),
             48,

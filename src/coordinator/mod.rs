@@ -1,0 +1,671 @@
+//! Layer 8: the client role's core. Sources, peers and the sync engine meet in one
+//! sans-IO [`Coordinator`], which makes every protocol decision of the client role:
+//! when each association polls and at what interval, what reachability means, what
+//! each kiss means, which reference id we announce (RFC 5905 §7.3), loop avoidance
+//! between peers, and when a peer's failed resolution is retried. Time and randomness
+//! come in from the caller; nothing here reads a clock or a socket.
+//!
+//! # Driver contract
+//!
+//! In the manner of quinn-proto's `Connection`:
+//!
+//! 1. Build it with [`Coordinator::new`], then [`add_source`] and [`add_peer`] for
+//!    each association (the returned [`AssociationId`] names it in every input and
+//!    output).
+//! 2. Drain the outputs, in any order, until each returns `None`:
+//!    * [`poll_transmit`]: datagrams to send ([`Via`] says from which socket);
+//!    * [`poll_request`]: name resolutions and NTS key exchanges to run;
+//!    * [`poll_command`]: clock commands, each applied in order; a refusal goes back
+//!      through [`handle_clock_refused`];
+//!    * [`poll_event`]: what happened, for logs.
+//! 3. Sleep until [`poll_timeout`] or an input, whichever comes first; feed the input
+//!    ([`handle_datagram`], [`handle_resolved`], [`handle_key_exchange`]) or, at the
+//!    deadline, [`handle_timeout`]; then go back to 2.
+//! 4. Whenever convenient, publish [`sync_state`] to the server role.
+//!
+//! `now` is the caller's monotonic seconds (it never goes back); `local` is the
+//! disciplined clock's reading as an NTP timestamp.
+//!
+//! [`add_source`]: Coordinator::add_source
+//! [`add_peer`]: Coordinator::add_peer
+//! [`poll_transmit`]: Coordinator::poll_transmit
+//! [`poll_request`]: Coordinator::poll_request
+//! [`poll_command`]: Coordinator::poll_command
+//! [`poll_event`]: Coordinator::poll_event
+//! [`handle_clock_refused`]: Coordinator::handle_clock_refused
+//! [`poll_timeout`]: Coordinator::poll_timeout
+//! [`handle_datagram`]: Coordinator::handle_datagram
+//! [`handle_resolved`]: Coordinator::handle_resolved
+//! [`handle_key_exchange`]: Coordinator::handle_key_exchange
+//! [`handle_timeout`]: Coordinator::handle_timeout
+//! [`sync_state`]: Coordinator::sync_state
+
+mod event;
+pub mod pair;
+mod refid;
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+use crate::auth::nts::ntp::NtsSession;
+use crate::clock::ClockCommand;
+use crate::proto::client::Sample;
+use crate::proto::peer::{Peer, PeerAuth, PeerEvent, PeerOptions};
+use crate::proto::polling::Action;
+use crate::proto::server::SyncState;
+use crate::proto::source::{Event as SourceEvent, Source, SourceAuth, SourceOptions};
+use crate::sync::{SourceId, SourceReport, SyncConfig, SyncEngine};
+use crate::wire::{NtpTimestamp, ReferenceId};
+
+pub use event::{Event, EventKind, Level};
+pub use refid::reference_id;
+
+/// How often the engine's holdover is checked and state changes are reported.
+pub const HOUSEKEEPING: f64 = 1.0;
+/// A peer whose address could not be resolved (or routed) is tried again after this
+/// long.
+pub const RESOLVE_RETRY: f64 = 30.0;
+/// Events kept for the driver at most; older ones are dropped (and counted) if it does
+/// not drain them.
+const EVENT_QUEUE: usize = 1024;
+
+/// Names one source or peer in every input and output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AssociationId(pub usize);
+
+/// Which socket a datagram leaves from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// A fresh socket on a random port (RFC 9109); what arrives on it for a while is
+    /// handed back with [`Coordinator::handle_datagram`] under the same association.
+    FreshSocket,
+    /// The `[[server]]` socket that reaches the peer: peers send from and to their NTP
+    /// server port.
+    ServerSocket,
+}
+
+/// A datagram to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    pub association: AssociationId,
+    pub destination: SocketAddr,
+    pub via: Via,
+    pub bytes: Vec<u8>,
+}
+
+/// Work with I/O the coordinator needs done; the result comes back through a
+/// `handle_*` call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    /// Resolve the association's configured host; answer with
+    /// [`Coordinator::handle_resolved`].
+    Resolve(AssociationId),
+    /// Run NTS-KE for the source; answer with [`Coordinator::handle_key_exchange`].
+    KeyExchange(AssociationId),
+}
+
+/// Where a resolved association is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resolved {
+    pub address: SocketAddr,
+    /// For a peer: our own address as the peer sees it (the socket that reaches it),
+    /// so that a peer synchronized to us is recognised.
+    pub local_ip: Option<IpAddr>,
+}
+
+/// What the coordinator needs beyond the engine's settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CoordinatorConfig {
+    pub sync: SyncConfig,
+    /// `[local]`: the stratum served from the local clock while unsynchronized.
+    pub fallback_stratum: Option<u8>,
+    /// Our clock's precision (log2 s), announced in packets.
+    pub precision: i8,
+}
+
+enum Kind {
+    Source {
+        source: Source,
+        /// A resolution is under way (NTS sources learn their address from the key
+        /// exchange instead).
+        resolving: bool,
+    },
+    Peer {
+        peer: Box<Peer>,
+        /// Its last measurement named us as its reference: not used until it stops.
+        looped: bool,
+        /// When to ask for its address again after a failure.
+        retry_resolve_at: Option<f64>,
+    },
+}
+
+struct Association {
+    name: String,
+    engine_id: SourceId,
+    address: Option<SocketAddr>,
+    kind: Kind,
+    /// What was last reported: reachable, selected.
+    reported: (bool, bool),
+}
+
+impl Association {
+    /// Whether the engine may count on it.
+    fn usable(&self) -> bool {
+        match &self.kind {
+            Kind::Source { source, .. } => source.is_reachable(),
+            Kind::Peer { peer, looped, .. } => peer.is_reachable() && !looped,
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<f64> {
+        match &self.kind {
+            Kind::Source { source, .. } => source.poll_timeout(),
+            // Not polled before its address is known: a poll nobody hears would only
+            // count against it.
+            Kind::Peer {
+                peer,
+                retry_resolve_at,
+                ..
+            } => match self.address {
+                Some(_) => peer.poll_timeout(),
+                None => *retry_resolve_at,
+            },
+        }
+    }
+}
+
+/// One row of [`Coordinator::report`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct AssociationReport {
+    pub association: AssociationId,
+    pub name: String,
+    pub peer: bool,
+    pub address: Option<SocketAddr>,
+    pub reach: u8,
+    pub poll: i8,
+    /// NTS cookies left, for NTS sources with keys.
+    pub nts_cookies: Option<usize>,
+    /// The engine's view: samples, reachable, selected, offset and error bound.
+    pub engine: SourceReport,
+}
+
+/// The client role's core (see the module's driver contract).
+pub struct Coordinator {
+    config: CoordinatorConfig,
+    engine: SyncEngine,
+    associations: Vec<Association>,
+    rng: StdRng,
+    transmits: VecDeque<Transmit>,
+    requests: VecDeque<Request>,
+    events: VecDeque<Event>,
+    events_dropped: u64,
+    next_housekeeping: f64,
+    /// Reused for every packet written.
+    buffer: Vec<u8>,
+}
+
+impl Coordinator {
+    /// A coordinator at time `now`, drawing its randomness (transmit timestamps, NTS
+    /// nonces and unique ids) from a generator seeded with `seed`: the daemon seeds it
+    /// from the OS, simulations and tests with a fixed number.
+    pub fn new(config: CoordinatorConfig, seed: [u8; 32], now: f64) -> Self {
+        Self {
+            engine: SyncEngine::new(config.sync.clone(), now),
+            config,
+            associations: Vec::new(),
+            rng: StdRng::from_seed(seed),
+            transmits: VecDeque::new(),
+            requests: VecDeque::new(),
+            events: VecDeque::new(),
+            events_dropped: 0,
+            next_housekeeping: now,
+            buffer: Vec::new(),
+        }
+    }
+
+    /// Adds an upstream source (`[[source]]`). Its address comes from a resolution the
+    /// coordinator asks for at its first poll, or from NTS-KE.
+    pub fn add_source(
+        &mut self,
+        name: impl Into<String>,
+        auth: SourceAuth,
+        options: SourceOptions,
+        now: f64,
+    ) -> AssociationId {
+        let name = name.into();
+        let nts = matches!(auth, SourceAuth::Nts);
+        let requires_auth = !matches!(auth, SourceAuth::Insecure);
+        // The reference id is the address once known.
+        let engine_id = self
+            .engine
+            .add_source(name.clone(), ReferenceId(*b"INIT"), requires_auth);
+        let id = AssociationId(self.associations.len());
+        if !nts {
+            self.requests.push_back(Request::Resolve(id));
+        }
+        self.associations.push(Association {
+            name,
+            engine_id,
+            address: None,
+            kind: Kind::Source {
+                source: Source::new(auth, options, now),
+                resolving: !nts,
+            },
+            reported: (false, false),
+        });
+        id
+    }
+
+    /// Adds a symmetric peer (`[[peer]]`); it is polled once its address is resolved.
+    pub fn add_peer(
+        &mut self,
+        name: impl Into<String>,
+        auth: PeerAuth,
+        options: PeerOptions,
+        now: f64,
+    ) -> AssociationId {
+        let name = name.into();
+        let requires_auth = !matches!(auth, PeerAuth::Insecure);
+        let engine_id = self
+            .engine
+            .add_peer(name.clone(), ReferenceId(*b"INIT"), requires_auth);
+        let id = AssociationId(self.associations.len());
+        self.requests.push_back(Request::Resolve(id));
+        let options = PeerOptions {
+            precision: self.config.precision,
+            ..options
+        };
+        self.associations.push(Association {
+            name,
+            engine_id,
+            address: None,
+            kind: Kind::Peer {
+                peer: Box::new(Peer::new(auth, options, now)),
+                looped: false,
+                retry_resolve_at: None,
+            },
+            reported: (false, false),
+        });
+        id
+    }
+
+    /// The configured name of an association (`host:port`, `peer host:port`).
+    pub fn name(&self, id: AssociationId) -> &str {
+        self.associations.get(id.0).map_or("?", |a| a.name.as_str())
+    }
+
+    /// Whether the association is a peer.
+    pub fn is_peer(&self, id: AssociationId) -> bool {
+        self.associations
+            .get(id.0)
+            .is_some_and(|a| matches!(a.kind, Kind::Peer { .. }))
+    }
+
+    /// Time has reached `now` (local clock `local`): polls what is due, and checks the
+    /// engine's holdover once a [`HOUSEKEEPING`] interval. Calling it early is harmless.
+    pub fn handle_timeout(&mut self, now: f64, local: NtpTimestamp) {
+        let ours = self.sync_state(now, local);
+        for index in 0..self.associations.len() {
+            let Some(a) = self.associations.get_mut(index) else {
+                continue;
+            };
+            if a.poll_timeout().is_none_or(|t| t > now) {
+                continue;
+            }
+            let id = AssociationId(index);
+            let address = a.address;
+            let action = match &mut a.kind {
+                Kind::Source { source, .. } => {
+                    source.handle_timeout(now, local, &mut self.rng, &mut self.buffer)
+                }
+                Kind::Peer {
+                    retry_resolve_at, ..
+                } if address.is_none() => {
+                    *retry_resolve_at = None;
+                    self.requests.push_back(Request::Resolve(id));
+                    None
+                }
+                Kind::Peer { peer, .. } => {
+                    peer.handle_timeout(now, local, &ours, &mut self.rng, &mut self.buffer)
+                }
+            };
+            match (action, address, &mut a.kind) {
+                (Some(Action::Transmit), Some(destination), kind) => {
+                    let via = match kind {
+                        Kind::Source { .. } => Via::FreshSocket,
+                        Kind::Peer { .. } => Via::ServerSocket,
+                    };
+                    self.transmits.push_back(Transmit {
+                        association: id,
+                        destination,
+                        via,
+                        bytes: self.buffer.clone(),
+                    });
+                }
+                // Not resolved yet: this poll counts as unanswered, and the address is
+                // looked up (again).
+                (Some(Action::Transmit), None, Kind::Source { resolving, .. }) if !*resolving => {
+                    *resolving = true;
+                    self.requests.push_back(Request::Resolve(id));
+                }
+                (Some(Action::KeyExchange), _, _) => {
+                    self.requests.push_back(Request::KeyExchange(id));
+                }
+                _ => {}
+            }
+            let usable = a.usable();
+            self.engine.handle_reachability(a.engine_id, usable);
+        }
+        if now >= self.next_housekeeping {
+            self.next_housekeeping = now + HOUSEKEEPING;
+            self.engine.handle_timeout(now);
+            self.report_changes(now);
+        }
+    }
+
+    /// A datagram for `id` arrived at local time `received` (`now` in the caller's
+    /// seconds), while the clock still had `pending_slew` seconds of an earlier
+    /// correction to apply. For a source: anything that arrived on the socket of its
+    /// request; for a peer: a symmetric-mode packet from its address.
+    pub fn handle_datagram(
+        &mut self,
+        id: AssociationId,
+        bytes: &[u8],
+        received: NtpTimestamp,
+        now: f64,
+        pending_slew: f64,
+    ) {
+        let Some(a) = self.associations.get_mut(id.0) else {
+            return;
+        };
+        let sample = match &mut a.kind {
+            Kind::Source { source, .. } => match source.handle_response(bytes, received, now) {
+                SourceEvent::Sample(sample) => Some(sample),
+                SourceEvent::Kiss(code) => {
+                    push_event(
+                        &mut self.events,
+                        &mut self.events_dropped,
+                        Event::new(id, &a.name, EventKind::Kiss(code)),
+                    );
+                    None
+                }
+                SourceEvent::Rejected(why) => {
+                    push_event(
+                        &mut self.events,
+                        &mut self.events_dropped,
+                        Event::new(id, &a.name, EventKind::Dropped(why.to_string())),
+                    );
+                    None
+                }
+            },
+            Kind::Peer { peer, looped, .. } => match peer.handle_packet(bytes, received, now) {
+                PeerEvent::Sample(sample) => {
+                    *looped = false;
+                    Some(sample)
+                }
+                PeerEvent::Loop(reference_id) => {
+                    if !*looped {
+                        push_event(
+                            &mut self.events,
+                            &mut self.events_dropped,
+                            Event::new(id, &a.name, EventKind::Loop(reference_id)),
+                        );
+                    }
+                    *looped = true;
+                    None
+                }
+                PeerEvent::Accepted => None,
+                PeerEvent::Rejected(why) => {
+                    push_event(
+                        &mut self.events,
+                        &mut self.events_dropped,
+                        Event::new(id, &a.name, EventKind::Dropped(why.to_string())),
+                    );
+                    None
+                }
+            },
+        };
+        let usable = a.usable();
+        let engine_id = a.engine_id;
+        self.engine.handle_reachability(engine_id, usable);
+        if let Some(sample) = sample {
+            self.take_sample(id, &sample, now, pending_slew);
+        }
+    }
+
+    /// The answer to [`Request::Resolve`]. A source whose name did not resolve asks
+    /// again at its next poll; a peer after [`RESOLVE_RETRY`].
+    pub fn handle_resolved(
+        &mut self,
+        id: AssociationId,
+        result: Result<Resolved, String>,
+        now: f64,
+    ) {
+        let Some(a) = self.associations.get_mut(id.0) else {
+            return;
+        };
+        let kind = match (result, &mut a.kind) {
+            (Ok(resolved), kind) => {
+                a.address = Some(resolved.address);
+                self.engine
+                    .set_reference_id(a.engine_id, reference_id(resolved.address));
+                match kind {
+                    Kind::Source { resolving, .. } => *resolving = false,
+                    Kind::Peer { peer, .. } => {
+                        if let Some(ours) = resolved.local_ip {
+                            peer.add_own_reference_id(reference_id(SocketAddr::new(ours, 0)));
+                        }
+                    }
+                }
+                EventKind::Resolved(resolved.address)
+            }
+            (Err(error), Kind::Source { resolving, .. }) => {
+                *resolving = false;
+                EventKind::ResolveFailed { error, retry: None }
+            }
+            (
+                Err(error),
+                Kind::Peer {
+                    retry_resolve_at, ..
+                },
+            ) => {
+                *retry_resolve_at = Some(now + RESOLVE_RETRY);
+                EventKind::ResolveFailed {
+                    error,
+                    retry: Some(RESOLVE_RETRY),
+                }
+            }
+        };
+        push_event(
+            &mut self.events,
+            &mut self.events_dropped,
+            Event::new(id, &a.name, kind),
+        );
+    }
+
+    /// The answer to [`Request::KeyExchange`]: a session and the NTP server's address,
+    /// or why it failed.
+    pub fn handle_key_exchange(
+        &mut self,
+        id: AssociationId,
+        result: Result<(NtsSession, SocketAddr), String>,
+        now: f64,
+    ) {
+        let Some(a) = self.associations.get_mut(id.0) else {
+            return;
+        };
+        let Kind::Source { source, .. } = &mut a.kind else {
+            return;
+        };
+        let kind = match result {
+            Ok((session, address)) => {
+                a.address = Some(address);
+                self.engine
+                    .set_reference_id(a.engine_id, reference_id(address));
+                source.handle_key_exchange(Ok(session), now);
+                EventKind::KeyExchanged(address)
+            }
+            Err(error) => {
+                source.handle_key_exchange(Err(error.clone()), now);
+                EventKind::KeyExchangeFailed(error)
+            }
+        };
+        let usable = a.usable();
+        self.engine.handle_reachability(a.engine_id, usable);
+        push_event(
+            &mut self.events,
+            &mut self.events_dropped,
+            Event::new(id, &a.name, kind),
+        );
+    }
+
+    /// The clock refused `command`: the engine no longer counts on it.
+    pub fn handle_clock_refused(&mut self, command: &ClockCommand) {
+        self.engine.handle_clock_refused(command);
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_request(&mut self) -> Option<Request> {
+        self.requests.pop_front()
+    }
+
+    pub fn poll_command(&mut self) -> Option<ClockCommand> {
+        self.engine.poll_command()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`Coordinator::handle_timeout`] is next due.
+    pub fn poll_timeout(&self) -> f64 {
+        self.associations
+            .iter()
+            .filter_map(Association::poll_timeout)
+            .fold(self.next_housekeeping, f64::min)
+    }
+
+    /// What the server role answers with: the engine's state, or the `[local]`
+    /// stratum from the local clock while unsynchronized.
+    pub fn sync_state(&self, now: f64, local: NtpTimestamp) -> SyncState {
+        match (self.engine.is_synchronized(), self.config.fallback_stratum) {
+            (false, Some(stratum)) => {
+                SyncState::local_reference(stratum, local, self.config.precision)
+            }
+            _ => self.engine.sync_state(now, local, self.config.precision),
+        }
+    }
+
+    pub fn is_synchronized(&self) -> bool {
+        self.engine.is_synchronized()
+    }
+
+    /// The frequency correction in force, ppm (for the drift file).
+    pub fn frequency_ppm(&self) -> f64 {
+        self.engine.frequency_ppm()
+    }
+
+    /// Events dropped because the driver did not drain them.
+    pub fn events_dropped(&self) -> u64 {
+        self.events_dropped
+    }
+
+    /// One row per source and peer, in the order they were added.
+    pub fn report(&self, now: f64) -> Vec<AssociationReport> {
+        self.associations
+            .iter()
+            .zip(self.engine.report(now))
+            .enumerate()
+            .map(|(i, (a, engine))| {
+                let (peer, reach, poll, nts_cookies) = match &a.kind {
+                    Kind::Source { source, .. } => {
+                        (false, source.reach(), source.poll(), source.nts_cookies())
+                    }
+                    Kind::Peer { peer, .. } => (true, peer.reach(), peer.poll(), None),
+                };
+                AssociationReport {
+                    association: AssociationId(i),
+                    name: a.name.clone(),
+                    peer,
+                    address: a.address,
+                    reach,
+                    poll,
+                    nts_cookies,
+                    engine,
+                }
+            })
+            .collect()
+    }
+
+    /// Gives a measurement to the engine, and the engine's poll interval to everyone.
+    fn take_sample(&mut self, id: AssociationId, sample: &Sample, now: f64, pending_slew: f64) {
+        let Some(a) = self.associations.get(id.0) else {
+            return;
+        };
+        let ignored = self
+            .engine
+            .handle_sample(a.engine_id, sample, now, pending_slew)
+            .err();
+        push_event(
+            &mut self.events,
+            &mut self.events_dropped,
+            Event::new(
+                id,
+                &a.name,
+                EventKind::Sample {
+                    offset: sample.offset,
+                    delay: sample.delay,
+                    ignored,
+                },
+            ),
+        );
+        let poll = self.engine.poll_interval();
+        for a in &mut self.associations {
+            match &mut a.kind {
+                Kind::Source { source, .. } => source.set_system_poll(poll),
+                Kind::Peer { peer, .. } => peer.set_system_poll(poll),
+            }
+        }
+    }
+
+    /// An event for each source or peer that became reachable or unreachable,
+    /// selected or not.
+    fn report_changes(&mut self, now: f64) {
+        let reports = self.engine.report(now);
+        for (i, (a, report)) in self.associations.iter_mut().zip(reports).enumerate() {
+            let state = (report.reachable, report.selected);
+            if state != a.reported {
+                a.reported = state;
+                push_event(
+                    &mut self.events,
+                    &mut self.events_dropped,
+                    Event::new(
+                        AssociationId(i),
+                        &a.name,
+                        EventKind::StateChanged {
+                            reachable: report.reachable,
+                            selected: report.selected,
+                        },
+                    ),
+                );
+            }
+        }
+    }
+}
+
+fn push_event(events: &mut VecDeque<Event>, dropped: &mut u64, event: Event) {
+    if events.len() >= EVENT_QUEUE {
+        events.pop_front();
+        *dropped += 1;
+    }
+    events.push_back(event);
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,493 @@
+//! The client role's event loop: it moves datagrams, name resolutions, key exchanges,
+//! clock commands and time between the OS and the [`Coordinator`], which decides
+//! everything (see its driver contract).
+//!
+//! Each source request goes out from a fresh socket on a random port (RFC 9109); a
+//! short-lived task forwards what arrives on it. Peers' packets use the `[[server]]`
+//! sockets: the server tasks route them here ([`super::super::peer`]).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use rand::RngExt;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::clock_worker::{ClockWorker, Outcome};
+use super::{ClientRole, SourceKind, SourceSpec};
+use crate::auth::nts::ntp::NtsSession;
+use crate::clock::{Clock, ClockError};
+use crate::coordinator::{
+    AssociationId, Coordinator, CoordinatorConfig, Event, Level, Request, Resolved, Transmit, Via,
+};
+use crate::daemon::peer::{PeerDatagram, PeerLink, PeerRoutes, PeerSpec};
+use crate::proto::client::echoes_request;
+use crate::proto::server::SyncState;
+use crate::proto::source::SourceAuth;
+use crate::wire::NtpTimestamp;
+
+/// How long a request's socket stays open for the reply.
+const REPLY_WAIT: Duration = Duration::from_secs(4);
+/// Datagrams echoing our request forwarded per request at most (copies from the path
+/// must not grow a queue).
+const DATAGRAMS_PER_REQUEST: usize = 8;
+/// Whole datagrams are read: an NTS reply with 8 large cookies exceeds 2 KiB.
+const MAX_REPLY_LEN: usize = 65_536;
+/// NTS-KE, and resolving the NTP server it names, may take this long.
+const KE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the state the server role answers from is published.
+const STATE_REFRESH: Duration = Duration::from_secs(1);
+const DRIFT_SAVE: Duration = Duration::from_secs(3600);
+
+/// What the I/O tasks hand back to the loop.
+enum Input {
+    Datagram {
+        id: AssociationId,
+        bytes: Vec<u8>,
+        local: NtpTimestamp,
+        at: Instant,
+    },
+    Resolved {
+        id: AssociationId,
+        result: Result<SocketAddr, String>,
+    },
+    Keys {
+        id: AssociationId,
+        result: Result<(NtsSession, SocketAddr), String>,
+    },
+}
+
+/// What the loop woke up for.
+enum Wake {
+    Input(Input),
+    Peer(PeerDatagram),
+    Clock(Outcome),
+    Timer,
+    Shutdown,
+}
+
+/// What the driver keeps per association to do its I/O.
+enum Target {
+    Source(SourceSpec),
+    Peer {
+        spec: PeerSpec,
+        /// Its number in the peer routes.
+        index: usize,
+        /// The server socket that reaches it, once resolved.
+        socket: Option<Arc<tokio::net::UdpSocket>>,
+    },
+}
+
+/// The `[[server]]` sockets and routes peers use.
+struct PeerPlumbing {
+    routes: Arc<PeerRoutes>,
+    inbound: mpsc::Receiver<PeerDatagram>,
+    sockets: Vec<Arc<tokio::net::UdpSocket>>,
+}
+
+pub struct Driver {
+    coordinator: Coordinator,
+    clock: Arc<dyn Clock>,
+    worker: ClockWorker,
+    outcomes: mpsc::Receiver<Outcome>,
+    targets: Vec<Target>,
+    peer_ids: Vec<AssociationId>,
+    peers: Option<PeerPlumbing>,
+    tx: mpsc::Sender<Input>,
+    rx: mpsc::Receiver<Input>,
+    state: Arc<RwLock<SyncState>>,
+    drift_file: Option<PathBuf>,
+    next_publish: Instant,
+    next_drift_save: Instant,
+    started: Instant,
+}
+
+impl Driver {
+    pub fn new(
+        role: ClientRole,
+        clock: Arc<dyn Clock>,
+        fallback: Option<u8>,
+        precision: i8,
+        link: Option<PeerLink>,
+    ) -> Self {
+        let ClientRole {
+            specs,
+            peers,
+            mut config,
+            drift_file,
+            state,
+        } = role;
+        // Without a drift file, start from the frequency the clock already has rather
+        // than throwing away what the kernel (or a previous run) learned.
+        if config.initial_frequency_ppm.is_none() {
+            config.initial_frequency_ppm = Some(clock.status().frequency_ppm);
+        }
+        let config = CoordinatorConfig {
+            sync: config,
+            fallback_stratum: fallback,
+            precision,
+        };
+        let mut coordinator = Coordinator::new(config, rand::rng().random(), 0.0);
+        let mut targets = Vec::new();
+        for spec in specs {
+            let auth = match &spec.kind {
+                SourceKind::Insecure => SourceAuth::Insecure,
+                SourceKind::Key(key) => SourceAuth::Key(key.clone()),
+                SourceKind::Nts { .. } => SourceAuth::Nts,
+            };
+            let name = format!("{}:{}", spec.host, spec.port);
+            coordinator.add_source(name, auth, spec.options, 0.0);
+            targets.push(Target::Source(spec));
+        }
+        let mut peer_ids = Vec::new();
+        for (index, spec) in peers.into_iter().enumerate() {
+            let name = format!("peer {}:{}", spec.host, spec.port);
+            peer_ids.push(coordinator.add_peer(name, spec.auth.clone(), spec.options, 0.0));
+            targets.push(Target::Peer {
+                spec,
+                index,
+                socket: None,
+            });
+        }
+        let (outcome_tx, outcomes) = mpsc::channel(64);
+        let worker = ClockWorker::new(clock.clone(), outcome_tx)
+            .unwrap_or_else(|_| ClockWorker::Inline(clock.clone()));
+        let (tx, rx) = mpsc::channel(256);
+        let now = Instant::now();
+        Self {
+            coordinator,
+            clock,
+            worker,
+            outcomes,
+            targets,
+            peer_ids,
+            peers: link.map(|link| PeerPlumbing {
+                routes: link.routes,
+                inbound: link.inbound,
+                sockets: link.sockets,
+            }),
+            tx,
+            rx,
+            state,
+            drift_file,
+            next_publish: now,
+            next_drift_save: now + DRIFT_SAVE,
+            started: now,
+        }
+    }
+
+    fn seconds(&self, at: Instant) -> f64 {
+        at.duration_since(self.started).as_secs_f64()
+    }
+
+    /// Runs until `shutdown` fires (the drift file is saved then), or until the clock
+    /// process is lost (`Err`): the engine cannot know what the clock did, and the
+    /// caller decides what follows.
+    pub async fn run(
+        mut self,
+        mut shutdown: tokio::sync::oneshot::Receiver<()>,
+    ) -> Result<(), String> {
+        loop {
+            let now = self.seconds(Instant::now());
+            self.coordinator.handle_timeout(now, self.clock.now());
+            self.flush()?;
+            let wake_at = self.coordinator.poll_timeout().max(0.0);
+            let deadline = (self.started + Duration::from_secs_f64(wake_at)).min(self.next_publish);
+            let from_peers = async {
+                match self.peers.as_mut() {
+                    Some(peers) => peers.inbound.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let wake = tokio::select! {
+                Some(input) = self.rx.recv() => Wake::Input(input),
+                Some(datagram) = from_peers => Wake::Peer(datagram),
+                Some(outcome) = self.outcomes.recv() => Wake::Clock(outcome),
+                () = tokio::time::sleep_until(deadline) => Wake::Timer,
+                _ = &mut shutdown => Wake::Shutdown,
+            };
+            match wake {
+                Wake::Input(input) => self.handle_input(input),
+                Wake::Peer(datagram) => self.handle_peer_datagram(datagram),
+                Wake::Clock(outcome) => self.handle_outcome(outcome)?,
+                Wake::Timer => {}
+                Wake::Shutdown => {
+                    self.save_drift();
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Drains the coordinator's outputs and publishes what the server role answers.
+    fn flush(&mut self) -> Result<(), String> {
+        while let Some(transmit) = self.coordinator.poll_transmit() {
+            self.transmit(transmit);
+        }
+        while let Some(request) = self.coordinator.poll_request() {
+            self.start(request);
+        }
+        while let Some(command) = self.coordinator.poll_command() {
+            tracing::debug!("clock: {command}");
+            if let Some(outcome) = self.worker.apply(command) {
+                self.handle_outcome(outcome)?;
+            }
+        }
+        while let Some(event) = self.coordinator.poll_event() {
+            log(&event);
+        }
+        let now = Instant::now();
+        if now >= self.next_publish {
+            self.next_publish = now + STATE_REFRESH;
+            let published = self
+                .coordinator
+                .sync_state(self.seconds(now), self.clock.now());
+            *self.state.write().unwrap_or_else(|p| p.into_inner()) = published;
+        }
+        if now >= self.next_drift_save {
+            self.next_drift_save = now + DRIFT_SAVE;
+            self.save_drift();
+        }
+        Ok(())
+    }
+
+    /// A refusal goes back to the coordinator; a lost clock process ends the loop.
+    fn handle_outcome(&mut self, outcome: Outcome) -> Result<(), String> {
+        match outcome.result {
+            Ok(()) => Ok(()),
+            Err(ClockError::Lost(why)) => Err(why),
+            Err(e) => {
+                tracing::warn!("clock refused {}: {e}", outcome.command);
+                self.coordinator.handle_clock_refused(&outcome.command);
+                Ok(())
+            }
+        }
+    }
+
+    fn transmit(&mut self, transmit: Transmit) {
+        let Transmit {
+            association,
+            destination,
+            via,
+            bytes,
+        } = transmit;
+        match (via, self.targets.get(association.0)) {
+            (Via::FreshSocket, _) => match super::super::net::client_socket_std(destination) {
+                Ok(socket) => spawn_reply_reader(
+                    association,
+                    socket,
+                    bytes,
+                    self.clock.clone(),
+                    self.tx.clone(),
+                ),
+                Err(e) => tracing::warn!(
+                    "{}: cannot open a socket: {e}",
+                    self.coordinator.name(association)
+                ),
+            },
+            (
+                Via::ServerSocket,
+                Some(Target::Peer {
+                    socket: Some(socket),
+                    ..
+                }),
+            ) => {
+                if let Err(e) = super::super::peer::send(socket, &bytes, destination) {
+                    tracing::debug!("{}: send: {e}", self.coordinator.name(association));
+                }
+            }
+            (Via::ServerSocket, _) => {}
+        }
+    }
+
+    /// Starts the I/O a request asks for; its result comes back as an [`Input`].
+    fn start(&self, request: Request) {
+        let tx = self.tx.clone();
+        match request {
+            Request::Resolve(id) => {
+                let (host, port) = match self.targets.get(id.0) {
+                    Some(Target::Source(spec)) => (spec.host.clone(), spec.port),
+                    Some(Target::Peer { spec, .. }) => (spec.host.clone(), spec.port),
+                    None => return,
+                };
+                tokio::spawn(async move {
+                    let result = super::super::net::resolve(&host, port).await;
+                    let _ = tx.send(Input::Resolved { id, result }).await;
+                });
+            }
+            Request::KeyExchange(id) => {
+                let Some(Target::Source(spec)) = self.targets.get(id.0) else {
+                    return;
+                };
+                let SourceKind::Nts {
+                    ke_host,
+                    ke_port,
+                    tls,
+                } = spec.kind.clone()
+                else {
+                    return;
+                };
+                let (host, port) = (spec.host.clone(), spec.port);
+                tokio::spawn(async move {
+                    let result = super::super::nts::establish(
+                        &ke_host,
+                        ke_port,
+                        tls,
+                        KE_TIMEOUT,
+                        (&host, port),
+                    )
+                    .await;
+                    let _ = tx.send(Input::Keys { id, result }).await;
+                });
+            }
+        }
+    }
+
+    fn handle_input(&mut self, input: Input) {
+        match input {
+            Input::Datagram {
+                id,
+                bytes,
+                local,
+                at,
+            } => {
+                let pending = self.clock.status().pending_slew;
+                let at = self.seconds(at);
+                self.coordinator
+                    .handle_datagram(id, &bytes, local, at, pending);
+            }
+            Input::Resolved { id, result } => {
+                let result = result.and_then(|address| self.route(id, address));
+                let now = self.seconds(Instant::now());
+                self.coordinator.handle_resolved(id, result, now);
+            }
+            Input::Keys { id, result } => {
+                let now = self.seconds(Instant::now());
+                self.coordinator.handle_key_exchange(id, result, now);
+            }
+        }
+    }
+
+    /// A resolved address; for a peer, also the server socket that reaches it and the
+    /// route that brings its packets here.
+    fn route(&mut self, id: AssociationId, address: SocketAddr) -> Result<Resolved, String> {
+        let Some(Target::Peer { index, socket, .. }) = self.targets.get_mut(id.0) else {
+            return Ok(Resolved {
+                address,
+                local_ip: None,
+            });
+        };
+        let Some(peers) = &self.peers else {
+            return Err("peers need a [[server]]".into());
+        };
+        let Some((chosen, ours)) = super::super::peer::socket_for(&peers.sockets, address) else {
+            return Err(format!("no [[server]] socket can reach {address}"));
+        };
+        if !peers.routes.set(address, *index) {
+            return Err(format!("{address} is another peer's address too"));
+        }
+        *socket = Some(chosen);
+        Ok(Resolved {
+            address,
+            local_ip: Some(ours),
+        })
+    }
+
+    fn handle_peer_datagram(&mut self, datagram: PeerDatagram) {
+        let PeerDatagram {
+            peer,
+            bytes,
+            local,
+            at,
+        } = datagram;
+        if let Some(peers) = &self.peers {
+            peers.routes.taken(peer);
+        }
+        let Some(&id) = self.peer_ids.get(peer) else {
+            return;
+        };
+        let pending = self.clock.status().pending_slew;
+        let at = self.seconds(at);
+        self.coordinator
+            .handle_datagram(id, &bytes, local, at, pending);
+    }
+
+    /// Saves the frequency correction, if there is one worth keeping. A small file,
+    /// once an hour: written in place of waiting on a blocking pool, which a
+    /// single-threaded runtime does not have.
+    fn save_drift(&self) {
+        let Some(path) = &self.drift_file else {
+            return;
+        };
+        if !self.coordinator.is_synchronized() {
+            return;
+        }
+        let ppm = self.coordinator.frequency_ppm();
+        if let Err(e) = crate::util::write_atomic(path, &format!("{ppm:.6}\n")) {
+            tracing::warn!("cannot write drift file {}: {e}", path.display());
+        }
+    }
+}
+
+fn log(event: &Event) {
+    match event.level() {
+        Level::Debug => tracing::debug!("{event}"),
+        Level::Info => tracing::info!("{event}"),
+        Level::Warn => tracing::warn!("{event}"),
+    }
+}
+
+/// Sends `request` on `socket` now, then forwards what arrives for a while. Only
+/// datagrams that echo the request's transmit field are forwarded (and at most a few),
+/// so junk from off the path can neither crowd out the reply nor fill the queue.
+fn spawn_reply_reader(
+    id: AssociationId,
+    socket: std::net::UdpSocket,
+    request: Vec<u8>,
+    clock: Arc<dyn Clock>,
+    tx: mpsc::Sender<Input>,
+) {
+    let socket = match socket
+        .send(&request)
+        .and_then(|_| tokio::net::UdpSocket::from_std(socket))
+    {
+        Ok(socket) => socket,
+        Err(e) => {
+            tracing::debug!("send: {e}");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        let deadline = Instant::now() + REPLY_WAIT;
+        let mut buf = vec![0u8; MAX_REPLY_LEN];
+        let mut forwarded = 0;
+        while forwarded < DATAGRAMS_PER_REQUEST {
+            let Ok(received) = tokio::time::timeout_at(deadline, socket.recv(&mut buf)).await
+            else {
+                return;
+            };
+            // Read the clock first: everything after this adds to the measured delay.
+            let local = clock.now();
+            let at = Instant::now();
+            // ICMP errors (anyone can forge one) and junk do not count.
+            let Some(bytes) = received.ok().and_then(|len| buf.get(..len)) else {
+                continue;
+            };
+            if !echoes_request(&request, bytes) {
+                continue;
+            }
+            forwarded += 1;
+            let input = Input::Datagram {
+                id,
+                bytes: bytes.to_vec(),
+                local,
+                at,
+            };
+            if tx.send(input).await.is_err() {
+                return;
+            }
+        }
+    });
+}

@@ -1,0 +1,190 @@
+//! The client role of `ntimed run`: `[[source]]`, `[[peer]]` and `[clock]` checked and
+//! turned into a [`crate::coordinator::Coordinator`], which [`driver`] runs against
+//! sockets, timers and the clock.
+//!
+//! * [`driver`]: the tokio loop that moves bytes and time between the OS and the
+//!   coordinator.
+//! * [`clock_worker`]: applies clock commands off the async runtime when the clock is
+//!   another process.
+
+mod clock_worker;
+mod driver;
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use crate::clock::Clock;
+use crate::config::Loaded;
+use crate::proto::peer::{PeerAuth, PeerOptions};
+use crate::proto::server::SyncState;
+use crate::proto::source::SourceOptions;
+use crate::sync::SyncConfig;
+
+use super::peer::{PeerLink, PeerSpec};
+
+/// How a configured source authenticates, with what it needs at run time.
+#[derive(Clone)]
+pub enum SourceKind {
+    Insecure,
+    Key(crate::auth::SymmetricKey),
+    Nts {
+        ke_host: String,
+        ke_port: u16,
+        tls: Arc<rustls::ClientConfig>,
+    },
+}
+
+#[derive(Clone)]
+pub struct SourceSpec {
+    pub host: String,
+    pub port: u16,
+    pub kind: SourceKind,
+    pub options: SourceOptions,
+}
+
+/// Reads a drift file: one number, the frequency correction in ppm. A missing or
+/// unreadable file is no error (the engine starts without it); a bad one is reported.
+pub fn read_drift_file(path: &std::path::Path, limit: f64) -> Option<f64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    match text.trim().parse::<f64>() {
+        // Just created (by the clock process, before the first save).
+        _ if text.trim().is_empty() => None,
+        Ok(ppm) if ppm.is_finite() && ppm.abs() <= limit => Some(ppm),
+        _ => {
+            tracing::warn!("{}: not a frequency in ppm; ignored", path.display());
+            None
+        }
+    }
+}
+
+/// The client role, checked and ready to run.
+pub struct ClientRole {
+    pub specs: Vec<SourceSpec>,
+    pub peers: Vec<PeerSpec>,
+    pub config: SyncConfig,
+    pub drift_file: Option<PathBuf>,
+    /// What the server role answers from.
+    pub state: Arc<RwLock<SyncState>>,
+}
+
+/// Builds the client role from `[[source]]` and `[clock]` (`None` without sources).
+/// TLS settings, keys and the drift file are read here, before anything runs.
+pub fn prepare(loaded: &Loaded) -> Result<Option<ClientRole>, String> {
+    let config = &loaded.config;
+    let Some(clock) = config.clock.as_ref().map(|c| c.get_ref()) else {
+        return Ok(None);
+    };
+    if config.sources.is_empty() && config.peers.is_empty() {
+        return Ok(None);
+    }
+    let mut specs = Vec::new();
+    for section in &config.sources {
+        let s = section.get_ref();
+        let (host, port) = super::net::split_host_port(&s.address, 123)?;
+        let kind = if let Some(nts) = &s.nts {
+            let (ke_host, ke_port) =
+                super::net::split_host_port(&nts.ke, super::nts::DEFAULT_KE_PORT)?;
+            let ca = nts.ca.as_ref().map(|p| loaded.path(p));
+            SourceKind::Nts {
+                ke_host,
+                ke_port,
+                tls: super::nts::client_config(ca.as_deref())?,
+            }
+        } else if let Some(id) = s.key {
+            let key = loaded
+                .keys
+                .get(id)
+                .ok_or_else(|| format!("source {}: no key {id}", s.address))?;
+            SourceKind::Key(key.clone())
+        } else {
+            SourceKind::Insecure
+        };
+        let defaults = SourceOptions::default();
+        specs.push(SourceSpec {
+            host,
+            port,
+            kind,
+            options: SourceOptions {
+                min_poll: s.min_poll.unwrap_or(defaults.min_poll),
+                max_poll: s.max_poll.unwrap_or(defaults.max_poll),
+                iburst: s.iburst,
+            },
+        });
+    }
+    let mut peers = Vec::new();
+    for section in &config.peers {
+        let p = section.get_ref();
+        let (host, port) = super::net::split_host_port(&p.address, 123)?;
+        let auth = match p.key {
+            Some(id) => PeerAuth::Key(
+                loaded
+                    .keys
+                    .get(id)
+                    .ok_or_else(|| format!("peer {}: no key {id}", p.address))?
+                    .clone(),
+            ),
+            None => PeerAuth::Insecure,
+        };
+        let defaults = PeerOptions::default();
+        peers.push(PeerSpec {
+            host,
+            port,
+            auth,
+            options: PeerOptions {
+                min_poll: p.min_poll.unwrap_or(defaults.min_poll),
+                max_poll: p.max_poll.unwrap_or(defaults.max_poll),
+                precision: defaults.precision,
+            },
+        });
+    }
+    let defaults = SyncConfig::default();
+    let max_frequency_ppm = clock.max_frequency.unwrap_or(defaults.max_frequency_ppm);
+    let drift_file = clock.drift_file.as_ref().map(|p| loaded.path(p));
+    let sync = SyncConfig {
+        min_sources: clock.min_sources.unwrap_or(defaults.min_sources),
+        step_threshold: clock.step_threshold.unwrap_or(defaults.step_threshold),
+        steps: clock.steps.unwrap_or(defaults.steps),
+        panic_threshold: clock.panic_threshold.unwrap_or(defaults.panic_threshold),
+        max_frequency_ppm,
+        initial_frequency_ppm: drift_file
+            .as_deref()
+            .and_then(|p| read_drift_file(p, max_frequency_ppm)),
+        min_poll: specs
+            .iter()
+            .map(|s| s.options.min_poll)
+            .chain(peers.iter().map(|p| p.options.min_poll))
+            .min()
+            .unwrap_or(defaults.min_poll),
+        max_poll: specs
+            .iter()
+            .map(|s| s.options.max_poll)
+            .chain(peers.iter().map(|p| p.options.max_poll))
+            .max()
+            .unwrap_or(defaults.max_poll),
+    };
+    Ok(Some(ClientRole {
+        specs,
+        peers,
+        config: sync,
+        drift_file,
+        state: Arc::new(RwLock::new(SyncState::unsynchronized(-20))),
+    }))
+}
+
+impl ClientRole {
+    /// Runs the sources and peers until `shutdown` fires; `fallback` is the `[local]`
+    /// stratum served while unsynchronized. Peers need `link` (the server sockets).
+    /// `Err` when the clock process is lost: the caller decides what follows.
+    pub async fn run(
+        self,
+        clock: Arc<dyn Clock>,
+        fallback: Option<u8>,
+        precision: i8,
+        link: Option<PeerLink>,
+        shutdown: tokio::sync::oneshot::Receiver<()>,
+    ) -> Result<(), String> {
+        driver::Driver::new(self, clock, fallback, precision, link)
+            .run(shutdown)
+            .await
+    }
+}
