@@ -128,7 +128,7 @@ pub struct CoordinatorConfig {
 
 enum Kind {
     Source {
-        source: Source,
+        source: Box<Source>,
         /// A resolution is under way (NTS sources learn their address from the key
         /// exchange instead).
         resolving: bool,
@@ -251,7 +251,7 @@ impl Coordinator {
             engine_id,
             address: None,
             kind: Kind::Source {
-                source: Source::new(auth, options, now),
+                source: Box::new(Source::new(auth, options, now)),
                 resolving: !nts,
             },
             reported: (false, false),

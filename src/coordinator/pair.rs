@@ -54,6 +54,9 @@ pub struct FarServer {
     pub stratum: u8,
     /// Answers nothing while false (a server that went away).
     pub up: bool,
+    /// Answers plain requests with a RATE kiss instead of the time (a server over its
+    /// rate limit).
+    pub rate_kisses: bool,
 }
 
 impl FarServer {
@@ -63,6 +66,7 @@ impl FarServer {
             offset,
             stratum: 1,
             up: true,
+            rate_kisses: false,
         }
     }
 
@@ -262,10 +266,15 @@ impl Pair {
         };
         let at_server = epoch().add_seconds(self.now + up + far.offset);
         let state = SyncState::local_reference(far.stratum, at_server, -20);
-        let answered = far
-            .server
-            .handle_request(request, at_server, &state, || at_server, &mut self.reply)
-            .is_ok();
+        let answered = if far.rate_kisses {
+            far.server
+                .handle_rate_limited(request, true, at_server, || at_server, &mut self.reply)
+                .is_ok()
+        } else {
+            far.server
+                .handle_request(request, at_server, &state, || at_server, &mut self.reply)
+                .is_ok()
+        };
         if answered && !self.lost() {
             self.in_flight.push(InFlight {
                 arrives: self.now + up + down,
