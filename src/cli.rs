@@ -1,4 +1,4 @@
-//! Layer 6: the command line. Each subcommand parses its arguments, loads what it
+//! The command line. Each subcommand parses its arguments, loads what it
 //! needs, and hands over to `daemon` or `demo`.
 
 use std::path::PathBuf;
@@ -135,9 +135,12 @@ pub fn main() -> ExitCode {
         _ => tracing::Level::WARN,
     };
     let level = cli.log_level.unwrap_or(default_level);
+    // Colour only for a person at a terminal: files and journald get plain text.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_max_level(level)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .init();
     // These fork, drop privileges or sandbox themselves before any runtime (and its
     // threads) exists.

@@ -1,23 +1,33 @@
 //! ntimed: a secure NTP daemon.
 //!
-//! A tour of the crate, from the bytes on the wire up to the command line. Each layer
-//! uses only the ones above it in this list:
+//! A tour of the crate, from the bytes on the wire up to the command line. This list
+//! is the crate's one statement of its layering: each module uses only modules listed
+//! before it (`tests/layering.rs` fails on any `crate::` path that goes up the order).
 //!
-//! 1. [`wire`] — pure codecs: NTP timestamps (era-aware), the 48-byte header, extension
-//!    fields, the MAC trailer and NTS-KE records. Parsers take `&[u8]`, never panic, and name the field
-//!    at fault.
-//! 2. [`auth`] — the symmetric key store (ntp.keys and chrony formats), MACs, and NTS:
+//! 1. [`util`] — small helpers with no protocol in them: atomic state files, a limit
+//!    on log lines.
+//! 2. [`wire`] — pure codecs: NTP timestamps (era-aware), the 48-byte header, extension
+//!    fields, the MAC trailer and NTS-KE records. Parsers take `&[u8]`, never panic, and
+//!    name the field at fault.
+//! 3. [`auth`] — the symmetric key store (ntp.keys and chrony formats), MACs, and NTS:
 //!    AEADs, NTS-KE negotiation, cookies and the NTS extension fields.
-//! 3. [`proto`] — sans-IO state machines: the stateless server responder, the client
-//!    exchange with its on-wire checks, sources, and symmetric peers. Time comes in as
-//!    arguments.
-//! 4. [`config`] — the TOML configuration, checked completely before anything starts.
-//! 5. [`daemon`] — the tokio shell: sockets, TLS (NTS-KE) and clocks around the
-//!    sans-IO core.
-//! 6. [`privsep`] — the split of `ntimed run` as root into an engine that cannot set
-//!    the clock and a clock process that obeys policy; [`sys`] holds every syscall.
-//! 7. [`cli`] — `ntimed run | query | ke | demo | sim`, kept thin; [`demo`] shows the
-//!    whole path offline.
+//! 4. [`proto`] — sans-IO state machines: the stateless server responder, the client
+//!    exchange with its on-wire checks, sources, and symmetric peers. Time and
+//!    randomness come in as arguments.
+//! 5. [`sys`] — every syscall that needs `unsafe`, each with its safety argument.
+//! 6. [`clock`] — the clock being disciplined: the commands it takes, the software and
+//!    kernel clocks, and the clock model the simulations use.
+//! 7. [`sync`] — from samples to clock commands: filter, selection, discipline.
+//! 8. [`coordinator`] — the client role's sans-IO core: sources, peers and the sync
+//!    engine in one object with a stated driver contract, and the in-memory test pair.
+//! 9. `config` — the TOML configuration, checked completely before anything starts.
+//! 10. [`daemon`] — the tokio shell: it moves bytes and time between sockets, TLS
+//!     (NTS-KE), the clock and the sans-IO core, deciding nothing itself.
+//! 11. [`privsep`] — the split of `ntimed run` as root into an engine that cannot set
+//!     the clock and a clock process that obeys policy.
+//! 12. `sim` — `ntimed sim`: scenarios run through the coordinator's test pair.
+//! 13. `demo` — `ntimed demo`: the whole path, offline, on loopback.
+//! 14. [`cli`] — `ntimed run | query | ke | demo | sim`, kept thin.
 //!
 //! Every packet is parsed and authenticated before it can change any state; that
 //! ordering is the lesson of most NTP CVEs.
@@ -58,13 +68,13 @@
 pub mod auth;
 pub mod cli;
 pub mod clock;
-pub mod config;
+pub(crate) mod config;
 pub mod coordinator;
 pub mod daemon;
-pub mod demo;
+pub(crate) mod demo;
 pub mod privsep;
 pub mod proto;
-pub mod sim;
+pub(crate) mod sim;
 pub mod sync;
 pub mod sys;
 pub mod util;

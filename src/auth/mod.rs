@@ -1,4 +1,4 @@
-//! Layer 2: keys and the cryptography that proves who sent a packet.
+//! Keys and the cryptography that proves who sent a packet.
 //!
 //! * [`keys`]: the symmetric key store (ntp.keys and chrony keyfile formats).
 //! * [`mac`]: RFC 5905 / RFC 8573 MACs, computed and checked in constant time.

@@ -1,4 +1,4 @@
-//! Layer 5: the clock being disciplined.
+//! The clock being disciplined.
 //!
 //! The sync engine never touches a clock; it emits [`ClockCommand`]s and something that
 //! implements [`Clock`] applies them:

@@ -1,4 +1,4 @@
-//! Layer 8: the client role's core. Sources, peers and the sync engine meet in one
+//! The client role's core. Sources, peers and the sync engine meet in one
 //! sans-IO [`Coordinator`], which makes every protocol decision of the client role:
 //! when each association polls and at what interval, what reachability means, what
 //! each kiss means, which reference id we announce (RFC 5905 §7.3), loop avoidance

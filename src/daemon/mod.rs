@@ -1,4 +1,4 @@
-//! Layer 5: the tokio shell around the sans-IO core. It moves bytes between sockets and
+//! The tokio shell around the sans-IO core. It moves bytes between sockets and
 //! the `proto` state machines and reads the system clock for them; it decides nothing
 //! about packets itself.
 //!

@@ -1,4 +1,4 @@
-//! Layer 6: privilege separation. `ntimed run` started as root splits in three:
+//! Privilege separation. `ntimed run` started as root splits in three:
 //!
 //! ```text
 //! supervisor (root, no network input): reads the config, binds the sockets, starts

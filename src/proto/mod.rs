@@ -1,4 +1,4 @@
-//! Layer 3: sans-IO protocol state machines. Time is passed in, never read from the OS;
+//! Sans-IO protocol state machines. Time is passed in, never read from the OS;
 //! bytes go in through `handle_*` and come out as return values.
 //!
 //! * [`server`]: the stateless responder for client requests.

@@ -1,4 +1,4 @@
-//! Layer 4: from samples to clock commands. Deterministic and sans-IO: time comes in as
+//! From samples to clock commands. Deterministic and sans-IO: time comes in as
 //! arguments (the engine's own monotonic seconds), commands go out through
 //! [`SyncEngine::poll_command`].
 //!

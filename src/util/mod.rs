@@ -1,4 +1,4 @@
-//! Layer 1: small helpers with no protocol in them, usable from every layer (the
+//! Small helpers with no protocol in them, usable from every layer (the
 //! privileged clock process included).
 
 mod atomic_file;

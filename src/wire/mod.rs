@@ -1,4 +1,4 @@
-//! Layer 1: pure codecs for what crosses the network. No I/O, no clocks, no secrets.
+//! Pure codecs for what crosses the network. No I/O, no clocks, no secrets.
 //!
 //! Every parser takes `&[u8]`, returns a typed value or an error naming the field at
 //! fault, and never panics on any input (fuzzed under `fuzz/`).
