@@ -4,54 +4,39 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 mod common;
 
-use common::SANDBOX_TOML;
+use common::files::tempdir;
+use common::ntimed_cli::ntimed_command;
+use common::ntimed_run::{NtimedRun, SANDBOX_TOML};
+use common::process::{RunOutput, run_with_deadline};
 
-const NTIMED: &str = env!("CARGO_BIN_EXE_ntimed");
 const KEYS: &str = "1 SHA256 HEX:fa4efa4efa4efa4efa4efa4efa4efa4efa4efa4efa4efa4efa4efa4efa4efa4e\n\
                     2 AES128 HEX:fa4efa4efa4efa4efa4efa4efa4efa4e\n";
 
-/// A daemon that is killed when the test ends, however it ends. Run without
-/// CAP_SYS_TIME so that no bug can touch this machine's clock.
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
+/// `ntimed ARGS`, without CAP_SYS_TIME so that no bug can touch this machine's clock.
 fn ntimed(args: &[&str]) -> Command {
-    let mut cmd = Command::new("setpriv");
-    cmd.args(["--bounding-set", "-sys_time", "--", NTIMED])
-        .args(args);
+    let mut cmd = ntimed_command(None);
+    cmd.args(args);
     cmd
 }
 
 /// Runs a command that must exit on its own; kills it and fails after 10 s.
-fn run_to_exit(mut cmd: Command) -> std::process::Output {
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(Duration::from_secs(10)) {
-        Ok(output) => output.expect("wait"),
-        Err(_) => {
-            let _ = Command::new("kill").arg(pid.to_string()).status();
-            panic!("{cmd:?} did not exit: it started when it should have refused");
-        }
-    }
+fn run_to_exit(cmd: Command) -> RunOutput {
+    let desc = format!("{cmd:?}");
+    run_with_deadline(cmd, Duration::from_secs(10)).unwrap_or_else(|e| {
+        panic!("{desc} did not exit: it started when it should have refused ({e})")
+    })
+}
+
+/// `ntimed run --config CONFIG`, which must refuse to start within 10 s.
+fn run_refused(config: &Path) -> RunOutput {
+    NtimedRun::config_file(config)
+        .run_to_exit(Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}: it started when it should have refused"))
 }
 
 fn free_udp_port() -> u16 {
@@ -80,19 +65,12 @@ fn setup(dir: &Path, port: u16, extra: &str) -> std::path::PathBuf {
     config
 }
 
-fn start(config: &Path, port: u16) -> Daemon {
-    let child = ntimed(&["run", "--config", config.to_str().expect("utf-8 path")])
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn ntimed run");
-    let daemon = Daemon(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if exchange(port, &client_request(3)).is_some() {
-            return daemon;
-        }
-    }
-    panic!("ntimed run did not start answering on port {port}");
+/// `ntimed run` with `config`, once it answers a client request on `port`; killed when
+/// the test ends, however it ends.
+fn start(config: &Path, port: u16) -> NtimedRun {
+    NtimedRun::config_file(config)
+        .wait_for_ntp_answer(port)
+        .start()
 }
 
 fn client_request(mode: u8) -> Vec<u8> {
@@ -117,7 +95,7 @@ fn exchange(port: u16, request: &[u8]) -> Option<Vec<u8>> {
 
 #[test]
 fn server_answers_client_and_unknown_symmetric_modes_and_never_amplifies() {
-    let dir = common::tempdir("cli");
+    let dir = tempdir("cli");
     let port = free_udp_port();
     let _daemon = start(&setup(dir.path(), port, ""), port);
 
@@ -158,7 +136,7 @@ fn server_answers_client_and_unknown_symmetric_modes_and_never_amplifies() {
 
 #[test]
 fn crypto_nak_is_sent_only_when_configured() {
-    let dir = common::tempdir("cli");
+    let dir = tempdir("cli");
     let port = free_udp_port();
     let config = setup(dir.path(), port, "crypto-nak = true\n");
     let _daemon = start(&config, port);
@@ -172,7 +150,7 @@ fn crypto_nak_is_sent_only_when_configured() {
 
 #[test]
 fn query_authenticates_and_rejects_a_wrong_secret() {
-    let dir = common::tempdir("cli");
+    let dir = tempdir("cli");
     let port = free_udp_port();
     let _daemon = start(&setup(dir.path(), port, ""), port);
     let server = format!("127.0.0.1:{port}");
@@ -226,7 +204,7 @@ fn query_authenticates_and_rejects_a_wrong_secret() {
 /// problem, and nothing is bound.
 #[test]
 fn bad_config_or_key_file_stops_the_start() {
-    let dir = common::tempdir("cli");
+    let dir = tempdir("cli");
     let port = free_udp_port();
     let cases: [(&str, &str, u32, &str); 6] = [
         (
@@ -271,12 +249,8 @@ fn bad_config_or_key_file_stops_the_start() {
         let path = dir.path().join("ntimed.toml");
         let config = config.replace("PORT", &port.to_string()) + SANDBOX_TOML;
         write(&path, &config, 0o644);
-        let out = run_to_exit(ntimed(&[
-            "run",
-            "--config",
-            path.to_str().expect("utf-8 path"),
-        ]));
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let out = run_refused(&path);
+        let stderr = &out.stderr;
         assert!(!out.status.success(), "{config:?} started");
         assert!(stderr.contains(expected), "{config:?}: {stderr}");
         assert!(
@@ -290,7 +264,7 @@ fn bad_config_or_key_file_stops_the_start() {
 /// another address is still served.
 #[test]
 fn request_flood_is_rate_limited_and_others_are_still_served() {
-    let dir = common::tempdir("cli");
+    let dir = tempdir("cli");
     let port = free_udp_port();
     let config = setup(
         dir.path(),
@@ -332,7 +306,7 @@ fn request_flood_is_rate_limited_and_others_are_still_served() {
 fn sim_json(scenario: &str, seeds: &str) -> serde_json::Value {
     let out = run_to_exit(ntimed(&["sim", scenario, "--seeds", seeds, "--json"]));
     assert!(out.status.success(), "{out:?}");
-    serde_json::from_slice(&out.stdout).expect("one JSON object")
+    serde_json::from_str(&out.stdout).expect("one JSON object")
 }
 
 #[test]
@@ -361,7 +335,7 @@ fn sim_iburst_with_a_drift_file_syncs_within_six_seconds() {
 
 #[test]
 fn sim_plot_writes_an_svg_and_unknown_scenarios_are_refused() {
-    let dir = common::tempdir("cli");
+    let dir = tempdir("cli");
     let svg = dir.path().join("plot.svg");
     let out = run_to_exit(ntimed(&[
         "sim",
@@ -380,12 +354,12 @@ fn sim_plot_writes_an_svg_and_unknown_scenarios_are_refused() {
     );
     let out = run_to_exit(ntimed(&["sim", "no-such"]));
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown scenario"));
+    assert!(out.stderr.contains("unknown scenario"));
 }
 
 #[test]
 fn run_refuses_sources_without_a_clock_or_an_authentication_choice() {
-    let dir = common::tempdir("cli");
+    let dir = tempdir("cli");
     let cases = [
         (
             "[[source]]\naddress = \"127.0.0.1:123\"\ninsecure = true\n",
@@ -411,8 +385,8 @@ fn run_refuses_sources_without_a_clock_or_an_authentication_choice() {
     for (i, (toml, expected)) in cases.iter().enumerate() {
         let path = dir.path().join(format!("c{i}.toml"));
         std::fs::write(&path, format!("{toml}{SANDBOX_TOML}")).unwrap();
-        let out = run_to_exit(ntimed(&["run", "--config", path.to_str().unwrap()]));
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let out = run_refused(&path);
+        let stderr = &out.stderr;
         assert_eq!(out.status.code(), Some(2), "{toml}: {stderr}");
         assert!(stderr.contains(expected), "{toml}: {stderr}");
         // ADVERSARIAL 30: the error names the file and the line.

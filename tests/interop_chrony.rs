@@ -11,7 +11,12 @@
 
 mod common;
 
-use common::*;
+use common::chrony::{ChronyServer, ChronydQuery};
+use common::keys::{KEY_AES128, KEY_SHA1, KEY_SHA256, TestKeys};
+use common::net::{free_port, loopback};
+use common::ntimed_cli::{QueryArgs, best_reply, json_f64, ntimed_query};
+use common::ntimed_run::NtimedRun;
+use common::require::require_chrony;
 use serde_json::Value;
 
 /// The offsets two clients measure against one server on loopback must agree this well.
@@ -56,8 +61,11 @@ fn query_chronyd(key_id: u32) {
 
     let reply = ntimed_authenticated_reply(&server, &keys.chrony, key_id);
     let ours = json_f64(&reply, "offset");
-    let theirs = chrony_query(chronyd.port(), Some(key_id), &keys.chrony)
-        .expect("chronyd -Q against the same chronyd");
+    let theirs = ChronydQuery::new("127.0.0.1", chronyd.port())
+        .key(&keys.chrony, key_id)
+        .run()
+        .expect("chronyd -Q against the same chronyd")
+        .offset;
     assert!(
         (ours - theirs).abs() < AGREEMENT,
         "ntimed offset {ours} s vs chronyd -Q offset {theirs} s (key {key_id}); reply {reply}"
@@ -134,13 +142,17 @@ fn ntimed_query_chronyd_with_ntp_keys_file() {
 
 fn chronyd_against_ntimed(ntimed_keys: &std::path::Path, key_id: u32) {
     let keys = TestKeys::new();
-    let ntimed = NtimedServer::start(Some(ntimed_keys));
-    let offset = chrony_query(ntimed.port(), Some(key_id), &keys.chrony).unwrap_or_else(|e| {
-        panic!(
-            "chronyd -Q rejected ntimed's answers with key {key_id}: {e}\nntimed log:\n{}",
-            ntimed.log()
-        )
-    });
+    let ntimed = NtimedRun::local_server(loopback(free_port()), Some(ntimed_keys)).start();
+    let offset = ChronydQuery::new("127.0.0.1", ntimed.ntp_port())
+        .key(&keys.chrony, key_id)
+        .run()
+        .unwrap_or_else(|e| {
+            panic!(
+                "chronyd -Q rejected ntimed's answers with key {key_id}: {e}\nntimed log:\n{}",
+                ntimed.log()
+            )
+        })
+        .offset;
     assert!(
         offset.abs() < AGREEMENT,
         "chronyd measured {offset} s against ntimed on the same clock (key {key_id})"
@@ -149,8 +161,11 @@ fn chronyd_against_ntimed(ntimed_keys: &std::path::Path, key_id: u32) {
 
 fn chronyd_wrong_key_against_ntimed(key_id: u32) {
     let keys = TestKeys::new();
-    let ntimed = NtimedServer::start(Some(&keys.chrony));
-    let result = chrony_query_with(None, ntimed.port(), Some(key_id), &keys.chrony_wrong, 2);
+    let ntimed = NtimedRun::local_server(loopback(free_port()), Some(&keys.chrony)).start();
+    let result = ChronydQuery::new("127.0.0.1", ntimed.ntp_port())
+        .key(&keys.chrony_wrong, key_id)
+        .timeout(2)
+        .run();
     let err = result.expect_err("chronyd -Q with the wrong secret must not accept ntimed");
     // chronyd ran and measured nothing (rather than failing to start).
     assert!(

@@ -15,12 +15,29 @@
 
 mod common;
 
-use common::*;
+use std::net::SocketAddr;
+
+use common::chrony::ChronydQuery;
+use common::keys::{KEY_AES128, KEY_SHA1, TestKeys};
+use common::netns::NetNs;
+use common::ntimed_cli::{QueryArgs, best_reply, json_f64, ntimed_query};
+use common::ntimed_run::NtimedRun;
+use common::ntpsec::{NtpsecServer, ntpdig, ntpdig_with};
+use common::require::{require_chrony, require_ntpsec};
 use serde_json::Value;
 
 const AGREEMENT: f64 = 1e-3;
 /// ntpd's orphan stratum in [`NtpsecServer`]'s configuration.
 const NTPD_STRATUM: u64 = 5;
+
+/// `ntimed run` serving `keys` in a new network namespace on 127.0.0.1:123 (for ntpdig,
+/// which has no port option).
+fn ntimed_in_netns(keys: &std::path::Path) -> NtimedRun {
+    let listen: SocketAddr = ([127, 0, 0, 1], 123).into();
+    NtimedRun::local_server(listen, Some(keys))
+        .netns(NetNs::new())
+        .start()
+}
 
 fn query_ntpd(key_id: u32) {
     if !require_ntpsec() || !require_chrony() {
@@ -49,8 +66,12 @@ fn query_ntpd(key_id: u32) {
     }
     let reply = best_reply(&replies);
     let ours = json_f64(reply, "offset");
-    let theirs = chrony_query_with(Some(ntpd.netns()), 123, Some(key_id), &keys.chrony, 10)
-        .expect("chronyd -Q against the same ntpd");
+    let theirs = ChronydQuery::new("127.0.0.1", 123)
+        .key(&keys.chrony, key_id)
+        .netns(ntpd.netns())
+        .run()
+        .expect("chronyd -Q against the same ntpd")
+        .offset;
     assert!(
         (ours - theirs).abs() < AGREEMENT,
         "ntimed offset {ours} s vs chronyd -Q offset {theirs} s (key {key_id}); reply {reply}"
@@ -108,7 +129,7 @@ fn ntpdig_against_ntimed(key_id: u32) {
         return;
     }
     let keys = TestKeys::new();
-    let ntimed = NtimedServer::start_in_netns(Some(&keys.ntp));
+    let ntimed = ntimed_in_netns(&keys.ntp);
     let ns = ntimed.netns().expect("ntimed runs in a namespace");
     let reply = ntpdig(ns, key_id, &keys.ntp).unwrap_or_else(|e| {
         panic!(
@@ -130,7 +151,7 @@ fn ntpdig_wrong_key_against_ntimed(key_id: u32) {
         return;
     }
     let keys = TestKeys::new();
-    let ntimed = NtimedServer::start_in_netns(Some(&keys.ntp));
+    let ntimed = ntimed_in_netns(&keys.ntp);
     let ns = ntimed.netns().expect("ntimed runs in a namespace");
     let result = ntpdig_with(ns, Some(key_id), Some(&keys.ntp_wrong), 1, 1);
     let err = result.expect_err("ntpdig with the wrong secret must not accept ntimed");

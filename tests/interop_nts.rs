@@ -21,7 +21,16 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::*;
+use common::chrony::{ChronyServer, ChronydQuery};
+use common::files::tempdir;
+use common::net::free_port;
+use common::netns::NetNs;
+use common::ntimed_cli::{QueryArgs, best_reply, json_f64, ntimed_query};
+use common::ntimed_run::{NtimedRun, give_to_sandbox_user, nts_server_toml, toml_path};
+use common::ntpsec::{NTPQ, Ntpd, ntpq};
+use common::nts::{NtsOutcome, TestCerts, ntimed_ke_export, nts_exchange};
+use common::process::wait_until;
+use common::require::{NTPSEC_INSTALL_HINT, require_chrony, require_ntpsec, require_peer};
 use ntimed::proto::client::Authenticated;
 use ntimed::wire::KissCode;
 use serde_json::Value;
@@ -61,21 +70,16 @@ fn chronyd_nts_client_syncs_to_ntimed_within_1ms() {
         return;
     }
     let certs = TestCerts::new();
-    let server = NtsNtimed::start(&certs);
-    let q = chrony_nts_query(
-        None,
-        "localhost",
-        server.ntp_port,
-        server.ke_port,
-        &certs.ca(),
-        10,
-    )
-    .unwrap_or_else(|e| {
-        panic!(
-            "chronyd -Q over NTS against ntimed: {e}\nntimed log:\n{}",
-            server.run.log()
-        )
-    });
+    let server = NtimedRun::nts_server(&certs).start();
+    let q = ChronydQuery::new("localhost", server.ntp_port())
+        .nts(server.ke_port(), &certs.ca())
+        .run()
+        .unwrap_or_else(|e| {
+            panic!(
+                "chronyd -Q over NTS against ntimed: {e}\nntimed log:\n{}",
+                server.log()
+            )
+        });
     assert!(
         q.offset.abs() < AGREEMENT,
         "same clock on both ends, yet chronyd measured {} s:\n{}",
@@ -85,14 +89,11 @@ fn chronyd_nts_client_syncs_to_ntimed_within_1ms() {
 
     // Control: the same client trusting another CA gets nothing, so the sample above came
     // through NTS and not around it.
-    let wrong = chrony_nts_query(
-        None,
-        "localhost",
-        server.ntp_port,
-        server.ke_port,
-        &certs.path("other-ca.pem"),
-        3,
-    );
+    let other_ca = certs.path("other-ca.pem");
+    let wrong = ChronydQuery::new("localhost", server.ntp_port())
+        .nts(server.ke_port(), &other_ca)
+        .timeout(3)
+        .run();
     assert!(
         wrong.is_err(),
         "chronyd trusting only other-ca.pem must not sync to ntimed: {wrong:?}"
@@ -105,26 +106,21 @@ fn ntimed_nts_query_of_chronyd_agrees_with_chronyd_within_1ms() {
         return;
     }
     let certs = TestCerts::new();
-    let chronyd = ChronyNtsServer::start(&certs);
-    let ke = format!("localhost:{}", chronyd.ke_port);
+    let chronyd = ChronyServer::start_nts(&certs);
+    let ke = format!("localhost:{}", chronyd.ke_port());
 
     let reply = ntimed_nts_reply(None, &ke, &certs.ca(), 1);
     assert_eq!(
         reply["server"],
-        Value::from(format!("127.0.0.1:{}", chronyd.ntp_port)),
+        Value::from(format!("127.0.0.1:{}", chronyd.port())),
         "chronyd negotiates its own NTP port: {reply}"
     );
     let ours = json_f64(&reply, "offset");
-    let theirs = chrony_nts_query(
-        None,
-        "localhost",
-        chronyd.ntp_port,
-        chronyd.ke_port,
-        &certs.ca(),
-        10,
-    )
-    .unwrap_or_else(|e| panic!("chronyd -Q over NTS against chronyd: {e}"))
-    .offset;
+    let theirs = ChronydQuery::new("localhost", chronyd.port())
+        .nts(chronyd.ke_port(), &certs.ca())
+        .run()
+        .unwrap_or_else(|e| panic!("chronyd -Q over NTS against chronyd: {e}"))
+        .offset;
     assert!(
         (ours - theirs).abs() < AGREEMENT,
         "ntimed offset {ours} s vs chronyd -Q offset {theirs} s; reply {reply}"
@@ -135,62 +131,6 @@ fn ntimed_nts_query_of_chronyd_agrees_with_chronyd_within_1ms() {
 // ---------------------------------------------------------------------------
 // NTPsec
 // ---------------------------------------------------------------------------
-
-const PYTHON3: &str = "/usr/bin/python3";
-const NTPQ: &str = "/opt/ntpsec/usr/bin/ntpq";
-
-/// ntpd in `netns` with `conf` (which must contain `disable ntp`); killed on Drop, before
-/// the caller's namespace goes.
-struct Ntpd {
-    daemon: Daemon,
-    log: std::path::PathBuf,
-}
-
-impl Ntpd {
-    fn start(netns: &NetNs, dir: &Path, conf: &str) -> Ntpd {
-        assert!(
-            conf.contains("disable ntp"),
-            "ntpd must never steer the clock"
-        );
-        let conf_path = dir.join("ntp.conf");
-        fs::write(&conf_path, conf).expect("write ntp.conf");
-        let mut cmd = safe_command(Some(netns), NTPD);
-        cmd.env("LD_LIBRARY_PATH", NTPSEC_LD_LIBRARY_PATH)
-            .args(["-n", "-c"])
-            .arg(&conf_path)
-            .arg("-p")
-            .arg(dir.join("ntpd.pid"));
-        let mut daemon = Daemon::spawn("ntpd", cmd, dir.join("ntpd.out"));
-        // ntpd binds its sockets right away; CapBnd is only meaningful after the exec.
-        std::thread::sleep(Duration::from_millis(300));
-        daemon.assert_running();
-        daemon.assert_cannot_set_clock();
-        Ntpd {
-            daemon,
-            log: dir.join("ntpd.log"),
-        }
-    }
-
-    fn log(&self) -> String {
-        format!(
-            "{}{}",
-            self.daemon.log(),
-            fs::read_to_string(&self.log).unwrap_or_default()
-        )
-    }
-}
-
-/// `ntpq -n -c peers -c associations 127.0.0.1` inside `netns`.
-fn ntpq(netns: &NetNs) -> String {
-    let mut cmd = safe_command(Some(netns), PYTHON3);
-    cmd.env("LD_LIBRARY_PATH", NTPSEC_LD_LIBRARY_PATH)
-        .env("PYTHONPATH", NTPSEC_PYTHONPATH)
-        .args([NTPQ, "-n", "-c", "peers", "-c", "associations", "127.0.0.1"]);
-    match run_with_deadline(cmd, Duration::from_secs(10)) {
-        Ok(o) => format!("{}{}", o.stdout, o.stderr),
-        Err(e) => e,
-    }
-}
 
 /// From ntpq's `associations` table (`ind assid status conf reach auth condition
 /// last_event cnt`), the (reach, auth, condition) of the only association.
@@ -232,7 +172,7 @@ fn ntimed_nts_query_of_ntpsec_is_authenticated() {
     // ntimed query exits 1 (unusable reply).
     let mut last = String::new();
     let served = wait_until(Duration::from_secs(20), || {
-        ntpd.daemon.assert_running();
+        ntpd.assert_running();
         match ntimed_query(
             &QueryArgs::new("localhost")
                 .nts(Some(&certs.ca()))
@@ -276,13 +216,12 @@ fn ntpsec_nts_client_reaches_ntimed_with_nts() {
     let ke_port = 4460;
     let run_dir = tempdir("ntimed-nts");
     let toml = nts_server_toml(&certs, ntp_port, ke_port, &run_dir.path().join("state"));
-    let ntimed = NtimedRun::start_in(
-        run_dir,
-        Some(NetNs::new()),
-        &toml,
-        Some(ntp_port),
-        Some(ke_port),
-    );
+    let ntimed = NtimedRun::config(toml)
+        .in_dir(run_dir)
+        .netns(NetNs::new())
+        .wait_for_ntp(ntp_port)
+        .wait_for_ke(ke_port)
+        .start();
     let netns = ntimed.netns().expect("namespace");
 
     let dir = tempdir("ntpd-nts-client");
@@ -302,7 +241,7 @@ fn ntpsec_nts_client_reaches_ntimed_with_nts() {
     let start = Instant::now();
     let mut last = String::new();
     let selected = wait_until(Duration::from_secs(40), || {
-        ntpd.daemon.assert_running();
+        ntpd.assert_running();
         last = ntpq(netns);
         matches!(association(&last),
                  Some((reach, auth, cond)) if reach == "yes" && auth == "ok" && cond == "sys.peer")
@@ -382,7 +321,11 @@ fn cookies_from_a_rotated_out_key_work_until_retention_ends() {
     fs::set_permissions(&key_file, fs::Permissions::from_mode(0o600)).expect("chmod keys");
     give_to_sandbox_user(&state);
     let toml = nts_server_toml(&certs, ntp_port, ke_port, &state);
-    let run = NtimedRun::start_in(dir, None, &toml, Some(ntp_port), Some(ke_port));
+    let run = NtimedRun::config(toml)
+        .in_dir(dir)
+        .wait_for_ntp(ntp_port)
+        .wait_for_ke(ke_port)
+        .start();
     let server = ([127, 0, 0, 1], ntp_port).into();
 
     let exchange = |cookie: Vec<u8>| {
@@ -409,12 +352,12 @@ fn cookies_from_a_rotated_out_key_work_until_retention_ends() {
 #[test]
 fn cookies_issued_before_a_restart_authenticate_after_it() {
     let certs = TestCerts::new();
-    let mut server = NtsNtimed::start(&certs);
+    let mut server = NtimedRun::nts_server(&certs).start();
     let ke = ntimed_ke_export(None, &server.ke_server(), Some(&certs.ca()))
-        .unwrap_or_else(|e| panic!("{e}\nntimed log:\n{}", server.run.log()));
+        .unwrap_or_else(|e| panic!("{e}\nntimed log:\n{}", server.log()));
     assert_eq!(ke.cookies.len(), 8, "{ke:?}");
-    assert_eq!(ke.ntp_port, server.ntp_port, "{ke:?}");
-    let key_file = server.run.dir().join("state/cookie-keys");
+    assert_eq!(ke.ntp_port, server.ntp_port(), "{ke:?}");
+    let key_file = server.dir().join("state/cookie-keys");
     let mode = fs::metadata(&key_file)
         .unwrap_or_else(|e| panic!("{}: {e}", key_file.display()))
         .permissions()
@@ -428,18 +371,20 @@ fn cookies_issued_before_a_restart_authenticate_after_it() {
         other => panic!("fresh cookie: {other:?}"),
     }
 
-    server.run.restart();
+    server.restart();
 
     // After it: an old, unused cookie still opens, and the reply refills the jar.
     let mut after = ke.exchange(vec![ke.cookies[1].clone()]);
     match nts_exchange(&mut after, server.ntp_addr(), Duration::from_secs(2)) {
         NtsOutcome::Sample(s) => {
             assert_eq!(s.authenticated, Authenticated::Nts);
-            assert!(s.offset.abs() < AGREEMENT, "{s:?}");
+            // The offset is known to within half the round trip, which a loaded
+            // machine can stretch while the daemon restarts.
+            assert!(s.offset.abs() < AGREEMENT + s.delay / 2.0, "{s:?}");
         }
         other => panic!(
             "a cookie from before the restart must still work, got {other:?}\nlog:\n{}",
-            server.run.log()
+            server.log()
         ),
     }
     assert_eq!(
@@ -455,7 +400,7 @@ fn cookies_issued_before_a_restart_authenticate_after_it() {
 
     // Control: a server with a fresh key-dir (new master keys) answers the same kind of
     // old cookie with an NTSN, so the success above is the persisted keys' doing.
-    let other = NtsNtimed::start(&certs);
+    let other = NtimedRun::nts_server(&certs).start();
     let mut stranger = ke.exchange(vec![ke.cookies[2].clone()]);
     match nts_exchange(&mut stranger, other.ntp_addr(), Duration::from_secs(2)) {
         NtsOutcome::Kiss(KissCode::NtsNak) => {}
@@ -484,7 +429,10 @@ fn fleet_ke_only_and_ntp_only_hosts_sharing_a_secret_serve_chrony_and_ntimed() {
         "[local]\nstratum = 1\n\n[[server]]\nlisten = \"127.0.0.1:{ntp_port}\"\n\n\
          [nts]\nfleet-secret = \"fleet.secret\"\n"
     );
-    let ntp_host = NtimedRun::start_in(ntp_dir, None, &ntp_toml, Some(ntp_port), None);
+    let ntp_host = NtimedRun::config(ntp_toml)
+        .in_dir(ntp_dir)
+        .wait_for_ntp(ntp_port)
+        .start();
 
     // KE-only host: [[nts-ke-server]] pointing clients at the NTP-only host.
     let ke_dir = tempdir("fleet-ke");
@@ -497,7 +445,10 @@ fn fleet_ke_only_and_ntp_only_hosts_sharing_a_secret_serve_chrony_and_ntimed() {
         chain = toml_path(&certs.path("srv-chain.pem")),
         key = toml_path(&certs.path("srv.key")),
     );
-    let ke_host = NtimedRun::start_in(ke_dir, None, &ke_toml, None, Some(ke_port));
+    let ke_host = NtimedRun::config(ke_toml)
+        .in_dir(ke_dir)
+        .wait_for_ke(ke_port)
+        .start();
 
     let ke_server = format!("localhost:{ke_port}");
     let ke = ntimed_ke_export(None, &ke_server, Some(&certs.ca()))
@@ -511,7 +462,9 @@ fn fleet_ke_only_and_ntp_only_hosts_sharing_a_secret_serve_chrony_and_ntimed() {
     // chronyd: NTS-KE with one host, NTP with the other. The port in `server` is a
     // decoy: the negotiated one must win.
     if require_chrony() {
-        let q = chrony_nts_query(None, "localhost", free_port(), ke_port, &certs.ca(), 10)
+        let q = ChronydQuery::new("localhost", free_port())
+            .nts(ke_port, &certs.ca())
+            .run()
             .unwrap_or_else(|e| {
                 panic!(
                     "chronyd -Q through the fleet: {e}\nKE host log:\n{}\nNTP host log:\n{}",
@@ -539,7 +492,10 @@ fn fleet_ke_only_and_ntp_only_hosts_sharing_a_secret_serve_chrony_and_ntimed() {
         "[local]\nstratum = 1\n\n[[server]]\nlisten = \"127.0.0.1:{odd_port}\"\n\n\
          [nts]\nfleet-secret = \"fleet.secret\"\n"
     );
-    let _odd = NtimedRun::start_in(odd_dir, None, &odd_toml, Some(odd_port), None);
+    let _odd = NtimedRun::config(odd_toml)
+        .in_dir(odd_dir)
+        .wait_for_ntp(odd_port)
+        .start();
     let mut exchange = ke.exchange(vec![ke.cookies[0].clone()]);
     match nts_exchange(
         &mut exchange,

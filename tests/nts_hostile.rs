@@ -27,7 +27,15 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
+use common::net::{free_port, sntp_probe, udp_roundtrip};
+use common::ntimed_cli::{ntimed_command, ntimed_ke};
+use common::ntimed_run::{NtimedRun, toml_path};
+use common::nts::{
+    EF_AUTHENTICATOR, EF_COOKIE, EF_COOKIE_PLACEHOLDER, EF_UNIQUE_ID, KeExport, NtsOutcome,
+    TestCerts, extension_fields, ntimed_ke_export, ntp_client_header, nts_exchange,
+    open_authenticator, push_authenticator, push_ef,
+};
+use common::process::{run_with_deadline, vm_rss_kib};
 use ntimed::auth::nts::aead::AeadKey;
 use ntimed::proto::client::Authenticated;
 use rustls::pki_types::pem::PemObject;
@@ -140,9 +148,9 @@ fn ke_exchange(port: u16, config: Arc<rustls::ClientConfig>) -> Result<Vec<u8>, 
 #[test]
 fn ke_server_answers_a_correct_tls13_ntske_client_with_8_cookies() {
     let certs = TestCerts::new();
-    let server = NtsNtimed::start(&certs);
-    let answer = ke_exchange(server.ke_port, client_config(&certs.ca(), &[b"ntske/1"]))
-        .unwrap_or_else(|e| panic!("{e}\n{}", server.run.log()));
+    let server = NtimedRun::nts_server(&certs).start();
+    let answer = ke_exchange(server.ke_port(), client_config(&certs.ca(), &[b"ntske/1"]))
+        .unwrap_or_else(|e| panic!("{e}\n{}", server.log()));
     let types = ke_record_types(&answer);
     assert_eq!(
         types.iter().filter(|&&t| t == KE_NEW_COOKIE).count(),
@@ -159,10 +167,10 @@ fn ke_server_answers_a_correct_tls13_ntske_client_with_8_cookies() {
 #[test]
 fn ke_server_refuses_tls12() {
     let certs = TestCerts::new();
-    let server = NtsNtimed::start(&certs);
+    let server = NtimedRun::nts_server(&certs).start();
     let mut cmd = Command::new("openssl");
     cmd.args(["s_client", "-tls1_2", "-alpn", "ntske/1", "-connect"])
-        .arg(format!("127.0.0.1:{}", server.ke_port))
+        .arg(format!("127.0.0.1:{}", server.ke_port()))
         .arg("-CAfile")
         .arg(certs.ca());
     let out = run_with_deadline(cmd, Duration::from_secs(10)).expect("openssl s_client");
@@ -180,10 +188,10 @@ fn ke_server_refuses_tls12() {
 #[test]
 fn ke_server_sends_nothing_to_a_client_without_alpn() {
     let certs = TestCerts::new();
-    let server = NtsNtimed::start(&certs);
+    let server = NtimedRun::nts_server(&certs).start();
     // rustls completes a handshake without ALPN; ntimed must then close without an
     // NTS-KE answer.
-    match ke_exchange(server.ke_port, client_config(&certs.ca(), &[])) {
+    match ke_exchange(server.ke_port(), client_config(&certs.ca(), &[])) {
         Ok(answer) => assert!(
             answer.is_empty(),
             "no ALPN, yet the server answered {:?}",
@@ -196,9 +204,9 @@ fn ke_server_sends_nothing_to_a_client_without_alpn() {
 #[test]
 fn ke_server_refuses_another_alpn() {
     let certs = TestCerts::new();
-    let server = NtsNtimed::start(&certs);
+    let server = NtimedRun::nts_server(&certs).start();
     for alpn in [&b"http/1.1"[..], b"ntske/2", b"ntske/10"] {
-        match tls_connect(server.ke_port, client_config(&certs.ca(), &[alpn])) {
+        match tls_connect(server.ke_port(), client_config(&certs.ca(), &[alpn])) {
             Err(e) => assert!(
                 e.contains("NoApplicationProtocol")
                     || e.contains("no_application_protocol")
@@ -221,12 +229,12 @@ fn ke_server_refuses_another_alpn() {
 #[test]
 fn ke_server_offers_no_resumption_so_no_early_data() {
     let certs = TestCerts::new();
-    let server = NtsNtimed::start(&certs);
+    let server = NtimedRun::nts_server(&certs).start();
     let mut config = (*client_config(&certs.ca(), &[b"ntske/1"])).clone();
     config.enable_early_data = true;
     let config = Arc::new(config);
     for round in 0..2 {
-        let mut tls = tls_connect(server.ke_port, config.clone()).expect("handshake");
+        let mut tls = tls_connect(server.ke_port(), config.clone()).expect("handshake");
         assert_eq!(
             tls.conn.handshake_kind(),
             Some(rustls::HandshakeKind::Full),
@@ -251,7 +259,7 @@ const PARTIAL_CLIENT_HELLO: [u8; 11] = [
 ];
 
 /// `ntimed ke` against `server`; panics unless it gets keys within `limit`.
-fn legitimate_ke_within(server: &NtsNtimed, certs: &TestCerts, limit: Duration) -> Duration {
+fn legitimate_ke_within(server: &NtimedRun, certs: &TestCerts, limit: Duration) -> Duration {
     let start = Instant::now();
     let out = ntimed_ke(None, &server.ke_server(), Some(&certs.ca()), false).expect("ntimed ke");
     let took = start.elapsed();
@@ -293,12 +301,12 @@ fn wait_all_closed(socks: &mut [TcpStream], limit: Duration) -> Result<Duration,
 #[test]
 fn slowloris_does_not_delay_a_legitimate_ke_or_udp_ntp_and_is_timed_out() {
     let certs = TestCerts::new();
-    let mut server = NtsNtimed::start(&certs);
-    let rss_before = vm_rss_kib(server.run.pid()).expect("VmRSS");
+    let mut server = NtimedRun::nts_server(&certs).start();
+    let rss_before = vm_rss_kib(server.pid()).expect("VmRSS");
     let opened = Instant::now();
     let mut socks: Vec<TcpStream> = (0..200)
         .map(|_| {
-            let mut s = TcpStream::connect(("127.0.0.1", server.ke_port)).expect("connect");
+            let mut s = TcpStream::connect(("127.0.0.1", server.ke_port())).expect("connect");
             s.write_all(&PARTIAL_CLIENT_HELLO).expect("partial hello");
             s
         })
@@ -313,7 +321,7 @@ fn slowloris_does_not_delay_a_legitimate_ke_or_udp_ntp_and_is_timed_out() {
         ),
         "UDP NTP must keep answering during the attack"
     );
-    let rss = vm_rss_kib(server.run.pid()).expect("VmRSS");
+    let rss = vm_rss_kib(server.pid()).expect("VmRSS");
     assert!(
         rss < RSS_LIMIT_KIB,
         "VmRSS {rss} KiB with 200 idle handshakes"
@@ -327,7 +335,7 @@ fn slowloris_does_not_delay_a_legitimate_ke_or_udp_ntp_and_is_timed_out() {
         since_open >= KE_TIMEOUT - Duration::from_millis(500),
         "closed before the timeout ({since_open:?}): not by the timeout"
     );
-    server.run.assert_running();
+    server.assert_running();
     eprintln!(
         "legitimate KE took {took:?}; VmRSS {rss_before} -> {rss} KiB; all 200 closed \
          {:?} after opening ({closed:?} of waiting)",
@@ -338,9 +346,9 @@ fn slowloris_does_not_delay_a_legitimate_ke_or_udp_ntp_and_is_timed_out() {
 #[test]
 fn drip_fed_handshake_is_cut_off_by_the_overall_timeout() {
     let certs = TestCerts::new();
-    let server = NtsNtimed::start(&certs);
+    let server = NtimedRun::nts_server(&certs).start();
     // One byte every 200 ms: never idle, never finished.
-    let mut s = TcpStream::connect(("127.0.0.1", server.ke_port)).expect("connect");
+    let mut s = TcpStream::connect(("127.0.0.1", server.ke_port())).expect("connect");
     let start = Instant::now();
     let mut closed_at = None;
     for byte in PARTIAL_CLIENT_HELLO.iter().chain([0u8; 60].iter()).cycle() {
@@ -408,7 +416,7 @@ fn one_huge_record() -> Vec<u8> {
 #[test]
 fn junk_records_after_the_handshake_get_no_cookies_and_bounded_memory() {
     let certs = TestCerts::new();
-    let mut server = NtsNtimed::start(&certs);
+    let mut server = NtimedRun::nts_server(&certs).start();
     let ca = certs.ca();
     for (what, junk) in [
         (
@@ -417,7 +425,7 @@ fn junk_records_after_the_handshake_get_no_cookies_and_bounded_memory() {
         ),
         ("a 65535-byte record and 64 KiB of junk", one_huge_record()),
     ] {
-        let (got, how, took) = send_junk_after_handshake(server.ke_port, &ca, &junk);
+        let (got, how, took) = send_junk_after_handshake(server.ke_port(), &ca, &junk);
         let types = ke_record_types(&got);
         assert!(
             !types.contains(&KE_NEW_COOKIE),
@@ -435,7 +443,7 @@ fn junk_records_after_the_handshake_get_no_cookies_and_bounded_memory() {
     }
 
     // Twenty at once: memory stays bounded and legitimate clients keep being served.
-    let port = server.ke_port;
+    let port = server.ke_port();
     let attackers: Vec<_> = (0..20)
         .map(|i| {
             let ca = ca.clone();
@@ -450,7 +458,7 @@ fn junk_records_after_the_handshake_get_no_cookies_and_bounded_memory() {
     let mut peak = 0;
     let watch = Instant::now();
     while watch.elapsed() < Duration::from_millis(1500) {
-        peak = peak.max(vm_rss_kib(server.run.pid()).expect("VmRSS"));
+        peak = peak.max(vm_rss_kib(server.pid()).expect("VmRSS"));
         thread::sleep(Duration::from_millis(50));
     }
     legitimate_ke_within(&server, &certs, Duration::from_secs(1));
@@ -460,16 +468,16 @@ fn junk_records_after_the_handshake_get_no_cookies_and_bounded_memory() {
         assert!(!how.starts_with("still open"), "{how}");
     }
     assert!(peak < RSS_LIMIT_KIB, "VmRSS peaked at {peak} KiB");
-    server.run.assert_running();
+    server.assert_running();
 }
 
 #[test]
 fn legitimate_ke_is_served_while_1000_idle_connections_are_held() {
     let certs = TestCerts::new();
-    let server = NtsNtimed::start(&certs);
+    let server = NtimedRun::nts_server(&certs).start();
     let _socks: Vec<TcpStream> = (0..1000)
         .map(|_| {
-            let mut s = TcpStream::connect(("127.0.0.1", server.ke_port)).expect("connect");
+            let mut s = TcpStream::connect(("127.0.0.1", server.ke_port())).expect("connect");
             s.write_all(&PARTIAL_CLIENT_HELLO).ok();
             s
         })
@@ -575,7 +583,7 @@ fn ke_client_aborts_on_bad_certificates_and_names_the_problem() {
         for command in ["ke", "query"] {
             let (port, server) = one_shot_tls_server(chain, &certs.path(key));
             let target = format!("localhost:{port}");
-            let mut cmd = safe_command(None, ntimed_bin());
+            let mut cmd = ntimed_command(None);
             cmd.arg(command);
             if command == "query" {
                 cmd.args(["--nts", "--timeout", "1"]);
@@ -610,8 +618,8 @@ fn ke_client_aborts_on_bad_certificates_and_names_the_problem() {
 fn expect_refusal(dir: &Path, toml: &str, what: &str, expected: &[&str]) {
     let conf = dir.join(format!("{}.toml", what.replace(' ', "-")));
     fs::write(&conf, toml).expect("write config");
-    let cmd = ntimed_run(None, &conf);
-    let out = run_with_deadline(cmd, Duration::from_secs(10))
+    let out = NtimedRun::config_file(&conf)
+        .run_to_exit(Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("ntimed run with {what} did not refuse to start: {e}"));
     assert!(
         !out.status.success(),
@@ -691,7 +699,10 @@ fn ntimed_run_refuses_bad_certificates_mismatched_keys_wrong_names_and_exposed_k
         toml_path(&certs.path("srv-chain.pem")),
         toml_path(&certs.path("srv.key")),
     );
-    let _run = NtimedRun::start(None, &good, Some(ntp_port), Some(ke_port));
+    let _run = NtimedRun::config(good)
+        .wait_for_ntp(ntp_port)
+        .wait_for_ke(ke_port)
+        .start();
 }
 
 // ---------------------------------------------------------------------------
@@ -702,7 +713,7 @@ fn ntimed_run_refuses_bad_certificates_mismatched_keys_wrong_names_and_exposed_k
 const NO_REPLY_WAIT: Duration = Duration::from_millis(500);
 
 struct Fixture {
-    server: NtsNtimed,
+    server: NtimedRun,
     ke: KeExport,
     c2s: AeadKey,
     s2c: AeadKey,
@@ -712,9 +723,9 @@ struct Fixture {
 impl Fixture {
     fn new() -> Fixture {
         let certs = TestCerts::new();
-        let server = NtsNtimed::start(&certs);
+        let server = NtimedRun::nts_server(&certs).start();
         let ke = ntimed_ke_export(None, &server.ke_server(), Some(&certs.ca()))
-            .unwrap_or_else(|e| panic!("{e}\n{}", server.run.log()));
+            .unwrap_or_else(|e| panic!("{e}\n{}", server.log()));
         assert_eq!(ke.cookies.len(), 8);
         Fixture {
             c2s: ke.c2s_key(),

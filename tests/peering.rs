@@ -16,7 +16,14 @@ use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
 use std::time::Duration;
 
-use common::*;
+use common::chrony::spawn_chronyd_x;
+use common::files::tempdir;
+use common::keys::{KEY_AES128, KEY_SHA256, TestKeys};
+use common::net::{free_port, sntp_probe};
+use common::ntimed_cli::{QueryArgs, ntimed_query};
+use common::ntimed_run::{NtimedRun, toml_path};
+use common::process::{Daemon, wait_until};
+use common::require::require_chrony;
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -34,7 +41,7 @@ fn addr(ip: [u8; 4], port: u16) -> SocketAddr {
 /// An ntimed serving its local clock at stratum 1 on `listen`: a site's upstream.
 fn upstream(listen: SocketAddr) -> NtimedRun {
     let toml = format!("[local]\nstratum = 1\n\n[[server]]\nlisten = \"{listen}\"\n");
-    NtimedRun::start(None, &toml, Some(listen.port()), None)
+    NtimedRun::config(toml).wait_for_ntp(listen.port()).start()
 }
 
 /// A site: a simulated clock `offset` seconds off, its upstream, and a keyed peer.
@@ -97,8 +104,12 @@ fn two_sites_back_each_other_up() {
     let (ua, ub) = (addr(UPSTREAM_A, pua), addr(UPSTREAM_B, pub_));
     let mut upstream_a = upstream(ua);
     let _upstream_b = upstream(ub);
-    let site_a = NtimedRun::start(None, &site_toml(&keys.chrony, a, ua, b), Some(pa), None);
-    let site_b = NtimedRun::start(None, &site_toml(&keys.chrony, b, ub, a), Some(pb), None);
+    let site_a = NtimedRun::config(site_toml(&keys.chrony, a, ua, b))
+        .wait_for_ntp(pa)
+        .start();
+    let site_b = NtimedRun::config(site_toml(&keys.chrony, b, ub, a))
+        .wait_for_ntp(pb)
+        .start();
     wait_following(a, UPSTREAM_A, 2, &site_a);
     wait_following(b, UPSTREAM_B, 2, &site_b);
     let peer_b = format!("peer {b}: reachable, selected");
@@ -135,7 +146,11 @@ fn isolated_site(keys: &TestKeys) -> (NtimedRun, SocketAddr, UdpSocket) {
     let peer = UdpSocket::bind(addr(SITE_B, 0)).expect("bind 127.0.0.2");
     let peer_addr = peer.local_addr().expect("address");
     let toml = site_toml(&keys.chrony, site, dead_upstream, peer_addr);
-    (NtimedRun::start(None, &toml, Some(port), None), site, peer)
+    (
+        NtimedRun::config(toml).wait_for_ntp(port).start(),
+        site,
+        peer,
+    )
 }
 
 fn assert_unsynchronized(site: SocketAddr, run: &NtimedRun, why: &str) {
@@ -219,7 +234,7 @@ fn unconfigured_symmetric_packets_never_steer() {
         &format!("listen = \"{d}\"\n"),
         &format!("listen = \"{d}\"\nunknown-peers = \"drop\"\n"),
     );
-    let _dropping = NtimedRun::start(None, &toml, Some(pd), None);
+    let _dropping = NtimedRun::config(toml).wait_for_ntp(pd).start();
     for _ in 0..5 {
         attacker
             .send_to(&symmetric_active(ntimed::daemon::now(), other_key), d)
@@ -322,12 +337,7 @@ impl ChronyPeer {
             socket.display(),
             keyfile = keyfile.display(),
         );
-        let conf_path = dir.path().join("chronyd.conf");
-        fs::write(&conf_path, conf).expect("write chronyd.conf");
-        let mut cmd = safe_command(None, CHRONYD);
-        cmd.args(["-x", "-d", "-u", "root", "-L", "0", "-f"])
-            .arg(&conf_path);
-        let mut daemon = Daemon::spawn("chronyd peer", cmd, dir.path().join("chronyd.log"));
+        let mut daemon = spawn_chronyd_x("chronyd peer", dir.path(), &conf);
         let up = wait_until(Duration::from_secs(15), || {
             daemon.assert_running();
             socket.exists()
@@ -401,7 +411,7 @@ fn peers_with_chrony(key: u32) {
     let _upstream_a = upstream(ua);
     let _upstream_b = upstream(ub);
     let toml = site_toml_with(&keys.chrony, a, ua, b, key, 0.3);
-    let site = NtimedRun::start(None, &toml, Some(pa), None);
+    let site = NtimedRun::config(toml).wait_for_ntp(pa).start();
     let chrony = ChronyPeer::start(&keys.chrony, pb, ub, a, key);
     wait_following(a, UPSTREAM_A, 2, &site);
     let mut seen = None;
@@ -462,7 +472,7 @@ fn a_wrong_key_on_either_side_is_never_used() {
         let _upstream_a = upstream(ua);
         let _upstream_b = upstream(ub);
         let toml = site_toml_with(ntimed_keys, a, ua, b, KEY_AES128, 0.3);
-        let site = NtimedRun::start(None, &toml, Some(pa), None);
+        let site = NtimedRun::config(toml).wait_for_ntp(pa).start();
         let chrony = ChronyPeer::start(chrony_keys, pb, ub, a, KEY_AES128);
         wait_following(a, UPSTREAM_A, 2, &site);
         // Many 1 s polls on both sides.

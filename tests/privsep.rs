@@ -17,7 +17,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use common::*;
+use common::files::tempdir;
+use common::net::{free_port, loopback};
+use common::ntimed_cli::{QueryArgs, ntimed_command, ntimed_query};
+use common::ntimed_run::{NtimedRun, SANDBOX_TOML};
+use common::process::{children_of, wait_until};
 use ntimed::clock::ClockCommand;
 use ntimed::privsep::ipc::{self, Refusal, Reply};
 use serde_json::Value;
@@ -117,14 +121,11 @@ fn run_as_root_splits_into_a_sandboxed_engine_and_clock_process() {
         return;
     }
     let _spawning = SPAWN.lock().unwrap_or_else(|p| p.into_inner());
-    let upstream = NtimedServer::start(None);
+    let upstream = NtimedRun::local_server(loopback(free_port()), None).start();
     let port = free_port();
-    let run = NtimedRun::start(
-        None,
-        &client_toml(upstream.addr().port(), port),
-        Some(port),
-        None,
-    );
+    let run = NtimedRun::config(client_toml(upstream.ntp_port(), port))
+        .wait_for_ntp(port)
+        .start();
     drop(_spawning);
     let jail = fs::canonicalize(run.dir()).unwrap();
     let supervisor = run.pid();
@@ -175,21 +176,21 @@ fn a_dead_child_stops_the_daemon_and_sigterm_stops_it_cleanly() {
         return;
     }
     for victim in ["privsep-engine", "privsep-clock"] {
-        let (dir, mut child, port) = start_local_server("privsep-death", None);
-        let pid = child.id();
+        let (mut run, port) = start_local_server("privsep-death", None);
+        let pid = run.pid();
         assert!(
             wait_until(Duration::from_secs(10), || child_with(pid, victim)
                 .is_some()
                 && query(port).is_some()),
             "never served: {}",
-            fs::read_to_string(dir.path().join("log")).unwrap_or_default()
+            run.log()
         );
         let target = child_with(pid, victim).unwrap();
         Command::new("kill")
             .args(["-KILL", &target.to_string()])
             .status()
             .unwrap();
-        let status = wait_exit(&mut child, Duration::from_secs(15));
+        let status = wait_exit(&mut run, Duration::from_secs(15));
         assert_eq!(status.code(), Some(1), "killing the {victim}");
         assert!(
             child_with(pid, "privsep-").is_none(),
@@ -203,49 +204,42 @@ fn a_dead_child_stops_the_daemon_and_sigterm_stops_it_cleanly() {
     notify
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    let (_dir, mut child, port) = start_local_server("privsep-term", Some(&notify_path));
+    let (mut run, port) = start_local_server("privsep-term", Some(&notify_path));
     let mut buf = [0u8; 64];
     let n = notify.recv(&mut buf).expect("READY=1 from ntimed");
     assert_eq!(&buf[..n], b"READY=1");
     assert!(query(port).is_some(), "READY=1 before serving");
     Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &run.pid().to_string()])
         .status()
         .unwrap();
-    let status = wait_exit(&mut child, Duration::from_secs(15));
+    let status = wait_exit(&mut run, Duration::from_secs(15));
     assert!(status.success(), "SIGTERM: {status}");
 }
 
-/// `ntimed run` as a stratum-1 server on a free port, logging into its directory, with
-/// `NOTIFY_SOCKET` set if `notify` is.
-fn start_local_server(what: &str, notify: Option<&Path>) -> (tempfile::TempDir, Child, u16) {
-    let dir = tempdir(what);
-    let conf = dir.path().join("ntimed.toml");
+/// `ntimed run` as a stratum-1 server on a free port, with `NOTIFY_SOCKET` set if
+/// `notify` is; not waited for (the tests wait for what they need).
+fn start_local_server(what: &str, notify: Option<&Path>) -> (NtimedRun, u16) {
     let port = free_port();
-    fs::write(
-        &conf,
-        format!("[local]\nstratum = 1\n[[server]]\nlisten = \"127.0.0.1:{port}\"\n"),
-    )
-    .unwrap();
-    let mut cmd = ntimed_run(None, &conf);
+    let mut ntimed = NtimedRun::config(format!(
+        "[local]\nstratum = 1\n[[server]]\nlisten = \"127.0.0.1:{port}\"\n"
+    ))
+    .in_dir(tempdir(what));
     if let Some(socket) = notify {
-        cmd.env("NOTIFY_SOCKET", socket);
+        ntimed = ntimed.env("NOTIFY_SOCKET", socket);
     }
-    let child = spawn_quiet(cmd, &dir.path().join("log"));
-    (dir, child, port)
-}
-
-fn spawn_quiet(mut cmd: Command, log: &Path) -> Child {
     let _spawning = SPAWN.lock().unwrap_or_else(|p| p.into_inner());
-    let file = fs::File::create(log).unwrap();
-    cmd.stdin(Stdio::null())
-        .stdout(file.try_clone().unwrap())
-        .stderr(file)
-        .spawn()
-        .expect("spawn ntimed")
+    (ntimed.start(), port)
 }
 
-fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+/// Waits for `ntimed run` to exit on its own; panics (and kills it) after `limit`.
+fn wait_exit(run: &mut NtimedRun, limit: Duration) -> std::process::ExitStatus {
+    run.wait_exit(limit)
+        .unwrap_or_else(|| panic!("did not exit within {limit:?}"))
+}
+
+/// Waits for a child to exit on its own; kills it and panics after `limit`.
+fn wait_child_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
     let mut status = None;
     let exited = wait_until(limit, || {
         status = child.try_wait().unwrap();
@@ -285,7 +279,7 @@ impl ForgedEngine {
         .unwrap();
         let (ours, theirs) = ntimed::sys::seqpacket_pair().unwrap();
         let log = dir.path().join("clock.log");
-        let mut cmd = safe_command(None, ntimed_bin());
+        let mut cmd = ntimed_command(None);
         cmd.args(["--log-level", "debug", "privsep-clock", "--config"])
             .arg(&conf)
             .args(["--parent", &std::process::id().to_string()])
@@ -397,7 +391,7 @@ fn a_forged_engine_cannot_get_a_malformed_frame_through() {
         assert_eq!(engine.send(&frame), None, "{what}: answered");
         // Anything after it goes nowhere.
         assert_eq!(engine.send(&step), None, "{what}: still listening");
-        let status = wait_exit(&mut engine.child, Duration::from_secs(10));
+        let status = wait_child_exit(&mut engine.child, Duration::from_secs(10));
         assert_eq!(status.code(), Some(3), "{what}: {}", engine.log());
         let log = engine.log();
         assert!(
@@ -474,7 +468,7 @@ fn a_forged_engine_cannot_step_the_clock_beyond_policy() {
     );
     // Closing the link is the one clean way out.
     engine.link.shutdown(std::net::Shutdown::Both).unwrap();
-    let status = wait_exit(&mut engine.child, Duration::from_secs(10));
+    let status = wait_child_exit(&mut engine.child, Duration::from_secs(10));
     assert!(status.success(), "{status}: {}", engine.log());
 }
 
@@ -488,33 +482,16 @@ fn without_root_run_is_one_process_and_refuses_the_system_clock() {
         eprintln!("SKIPPING: needs root to become nobody");
         return;
     }
-    let as_nobody = |conf: &Path| {
-        let mut cmd = Command::new("setpriv");
-        cmd.args([
-            "--reuid",
-            "nobody",
-            "--regid",
-            "nogroup",
-            "--clear-groups",
-            "--pdeathsig",
-            "KILL",
-            "--bounding-set",
-            "-sys_time",
-            "--",
-            ntimed_bin(),
-            "run",
-            "--config",
-        ])
-        .arg(conf);
-        cmd
-    };
     fs::write(
         &conf,
         format!("[clock]\nmode = \"system\"\n[[server]]\nlisten = \"127.0.0.1:{port}\"\n"),
     )
     .unwrap();
     fs::set_permissions(&conf, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
-    let out = run_with_deadline(as_nobody(&conf), Duration::from_secs(10)).unwrap();
+    let out = NtimedRun::config_file(&conf)
+        .run_as_nobody()
+        .run_to_exit(Duration::from_secs(10))
+        .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", out.describe());
     assert!(
         out.stderr.contains("needs ntimed started as root"),
@@ -530,13 +507,14 @@ fn without_root_run_is_one_process_and_refuses_the_system_clock() {
         ),
     )
     .unwrap();
-    let log = dir.path().join("log");
-    let mut child = spawn_quiet(as_nobody(&conf), &log);
+    let mut run = {
+        let _spawning = SPAWN.lock().unwrap_or_else(|p| p.into_inner());
+        NtimedRun::config_file(&conf).run_as_nobody().start()
+    };
     let served = wait_until(Duration::from_secs(10), || query(port).is_some());
-    let pid = child.id();
-    let _ = child.kill();
-    let _ = child.wait();
-    let log = fs::read_to_string(log).unwrap_or_default();
+    let pid = run.pid();
+    run.stop();
+    let log = run.log();
     assert!(served, "{log}");
     assert!(log.contains("running unprivileged in one process"), "{log}");
     assert!(child_with(pid, "privsep-").is_none());

@@ -8,11 +8,18 @@
 
 mod common;
 
-use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use common::*;
+use common::chrony::ChronyServer;
+use common::keys::{KEY_AES128, KEY_SHA1, KEY_SHA256, TestKeys};
+use common::net::{free_port, sntp_probe};
+use common::netns::NetNs;
+use common::ntimed_cli::{QueryArgs, ntimed_query};
+use common::ntimed_run::{NtimedRun, toml_path};
+use common::ntpsec::NtpsecServer;
+use common::process::wait_until;
+use common::require::{require_chrony, require_ntpsec};
 use serde_json::Value;
 
 /// Where the simulated clock starts, and how fast it drifts.
@@ -76,7 +83,7 @@ fn syncs_from_chronyd(key: u32) {
         key,
         port,
     );
-    let run = NtimedRun::start(None, &toml, Some(port), None);
+    let run = NtimedRun::config(toml).wait_for_ntp(port).start();
     let reply = wait_pulled_in(port, None, 2, || run.log());
     assert_eq!(reply["refid"], Value::from("127.0.0.1"), "{reply}");
     assert_eq!(reply["leap"], Value::from("none"), "{reply}");
@@ -113,7 +120,7 @@ fn run_never_syncs_from_a_source_that_fails_authentication() {
         KEY_SHA256,
         port,
     );
-    let mut run = NtimedRun::start(None, &toml, Some(port), None);
+    let mut run = NtimedRun::config(toml).wait_for_ntp(port).start();
     // Long enough for the iburst and several 1 s polls.
     std::thread::sleep(Duration::from_secs(8));
     run.assert_running();
@@ -134,23 +141,13 @@ fn run_syncs_a_simulated_clock_from_ntpsec() {
     let keys = TestKeys::new();
     let ntpd = NtpsecServer::start(&keys.ntp, &[KEY_AES128, KEY_SHA1]);
     let port = 11123;
-    let dir = tempdir("ntimed-ntpsec-client");
-    let conf = dir.path().join("ntimed.toml");
-    fs::write(
-        &conf,
-        client_toml(&keys.ntp, "127.0.0.1:123", KEY_AES128, port),
-    )
-    .expect("write config");
-    let cmd = ntimed_run(Some(ntpd.netns()), &conf);
-    let daemon = Daemon::spawn(
-        "ntimed run (NTPsec source)",
-        cmd,
-        dir.path().join("ntimed.log"),
-    );
+    let run = NtimedRun::config(client_toml(&keys.ntp, "127.0.0.1:123", KEY_AES128, port))
+        .netns(ntpd.netns().clone())
+        .start();
     // NTPsec serves orphan stratum 5: ntimed serves 6.
     let reply = wait_pulled_in(port, Some(ntpd.netns()), 6, || {
-        format!("{}\nntpd:\n{}", daemon.log(), ntpd.log())
+        format!("{}\nntpd:\n{}", run.log(), ntpd.log())
     });
-    daemon.assert_cannot_set_clock();
+    run.assert_cannot_set_clock();
     assert_eq!(reply["refid"], Value::from("127.0.0.1"), "{reply}");
 }
