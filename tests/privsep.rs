@@ -661,3 +661,106 @@ fn a_full_disk_neither_resets_the_step_budget_nor_stops_the_clock_process() {
     assert!(log.contains("cannot write the policy record"), "{log}");
 }
 
+/// Set in the copy of this test binary that plays the engine for
+/// [`the_sandboxed_engine_reaches_no_abstract_unix_socket`]: the abstract name to try.
+const PROBE_NAME: &str = "NTIMED_TEST_ABSTRACT_NAME";
+const PROBE_JAIL: &str = "NTIMED_TEST_JAIL";
+
+/// The engine's sandbox, entered by a copy of this test binary, leaves no way to an
+/// abstract Unix socket of the host (D-Bus, X11, systemd's notify socket...), which the
+/// chroot does not hide: seccomp allows socketpair only for tokio's stream pair (a
+/// datagram pair could send anywhere), and Landlock (ABI 6) scopes abstract sockets,
+/// so even a datagram socket the engine held already cannot send out.
+#[test]
+fn the_sandboxed_engine_reaches_no_abstract_unix_socket() {
+    if let Ok(name) = std::env::var(PROBE_NAME) {
+        engine_probe(&name);
+        return;
+    }
+    if !require_root() {
+        return;
+    }
+    use std::os::linux::net::SocketAddrExt;
+    let name = format!("ntimed-test-probe-{}", std::process::id());
+    let address = std::os::unix::net::SocketAddr::from_abstract_name(&name).unwrap();
+    let target = UnixDatagram::bind_addr(&address).unwrap();
+    target.set_nonblocking(true).unwrap();
+    let jail = tempdir("privsep-probe");
+    let mut cmd = safe_command(None, std::env::current_exe().unwrap().to_str().unwrap());
+    cmd.args([
+        "--exact",
+        "the_sandboxed_engine_reaches_no_abstract_unix_socket",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(PROBE_NAME, &name)
+    .env(PROBE_JAIL, jail.path());
+    let out = run_with_deadline(cmd, Duration::from_secs(60)).unwrap();
+    assert!(out.status.success(), "{}", out.describe());
+    assert!(out.stdout.contains("probe: done"), "{}", out.describe());
+    eprintln!("{}", out.stdout);
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64];
+    while let Ok(n) = target.recv(&mut buf) {
+        got.push(String::from_utf8_lossy(&buf[..n]).to_string());
+    }
+    // Only what was sent before the sandbox arrived.
+    assert_eq!(got, ["before"], "{}", out.describe());
+}
+
+/// The engine's half of the test above: enter the engine's sandbox, then try.
+fn engine_probe(name: &str) {
+    use ntimed::privsep::sandbox::{self, Jail, Role};
+    use std::os::linux::net::SocketAddrExt;
+    let jail_dir = std::env::var(PROBE_JAIL).unwrap();
+    let jail = Jail::new("nobody", Path::new(&jail_dir)).unwrap();
+    let address = std::os::unix::net::SocketAddr::from_abstract_name(name).unwrap();
+    let held = UnixDatagram::unbound().unwrap();
+    held.send_to_addr(b"before", &address).unwrap();
+    let report = sandbox::enter(
+        &jail,
+        Role::Engine,
+        &[],
+        libc::SIGKILL,
+        std::os::unix::process::parent_id(),
+    )
+    .unwrap();
+    println!("probe: {report}");
+    let denied = |what: &str, result: std::io::Result<()>| {
+        let error = result.expect_err(what);
+        assert!(
+            matches!(error.raw_os_error(), Some(libc::EPERM | libc::EACCES)),
+            "{what}: {error}"
+        );
+    };
+    // seccomp: no datagram (or seqpacket) pair, which could send to any abstract name.
+    denied(
+        "socketpair(AF_UNIX, SOCK_DGRAM)",
+        UnixDatagram::pair().map(|_| ()),
+    );
+    denied(
+        "socketpair(AF_UNIX, SOCK_SEQPACKET)",
+        ntimed::sys::seqpacket_pair().map(|_| ()),
+    );
+    // ...but tokio's runtime, whose signal driver makes a stream pair, still starts.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio in the sandbox");
+    runtime.block_on(async {
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .expect("a signal stream in the sandbox");
+        drop(hangup);
+    });
+    // Landlock: a datagram socket held from before cannot send to the host's name.
+    // (Fully enforced means ABI 6 or later, which has the abstract-socket scope.)
+    if report.landlock.starts_with("enforced") {
+        denied(
+            "sendto an abstract name outside the sandbox",
+            held.send_to_addr(b"after", &address).map(|_| ()),
+        );
+    } else {
+        println!("SKIPPING the Landlock check: landlock {}", report.landlock);
+    }
+    println!("probe: done");
+}
