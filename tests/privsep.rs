@@ -21,7 +21,7 @@ use common::files::tempdir;
 use common::net::{free_port, loopback};
 use common::ntimed_cli::{QueryArgs, ntimed_command, ntimed_query};
 use common::ntimed_run::{NtimedRun, SANDBOX_TOML};
-use common::process::{children_of, wait_until};
+use common::process::{children_of, run_with_deadline, safe_command, wait_until};
 use ntimed::clock::ClockCommand;
 use ntimed::privsep::ipc::{self, Refusal, Reply};
 use serde_json::Value;
@@ -257,7 +257,10 @@ struct ForgedEngine {
     link: UnixDatagram,
     child: Child,
     log: PathBuf,
-    _dir: tempfile::TempDir,
+    /// Its state directory, when the engine owns it.
+    dir: Option<tempfile::TempDir>,
+    /// The log lives apart from the state directory, which a test may fill.
+    _log_dir: tempfile::TempDir,
 }
 
 impl ForgedEngine {
@@ -267,9 +270,15 @@ impl ForgedEngine {
 
     /// A clock process jailed in `dir` (where it keeps its per-boot policy record).
     fn start_in(dir: tempfile::TempDir) -> ForgedEngine {
-        let conf = dir.path().join("ntimed.toml");
+        let mut engine = Self::start_at(dir.path());
+        engine.dir = Some(dir);
+        engine
+    }
+
+    /// Writes the clock process's configuration into `state`, its state directory.
+    fn write_config(state: &Path) {
         fs::write(
-            &conf,
+            state.join("ntimed.toml"),
             format!(
                 "[clock]\nmode = \"simulated\"\nsimulated-offset = 2.0\n\
                  [[server]]\nlisten = \"127.0.0.1:{}\"\n{SANDBOX_TOML}",
@@ -277,8 +286,18 @@ impl ForgedEngine {
             ),
         )
         .unwrap();
+    }
+
+    /// A clock process jailed in `state` (configured there unless it already is),
+    /// which the caller keeps.
+    fn start_at(state: &Path) -> ForgedEngine {
+        let conf = state.join("ntimed.toml");
+        if !conf.exists() {
+            Self::write_config(state);
+        }
+        let log_dir = tempdir("privsep-forged-log");
         let (ours, theirs) = ntimed::sys::seqpacket_pair().unwrap();
-        let log = dir.path().join("clock.log");
+        let log = log_dir.path().join("clock.log");
         let mut cmd = ntimed_command(None);
         cmd.args(["--log-level", "debug", "privsep-clock", "--config"])
             .arg(&conf)
@@ -304,7 +323,8 @@ impl ForgedEngine {
             link,
             child,
             log,
-            _dir: dir,
+            dir: None,
+            _log_dir: log_dir,
         };
         // Up and sandboxed before the first frame.
         assert!(
@@ -322,12 +342,11 @@ impl ForgedEngine {
     }
 
     /// Kills the clock process (a crash, nothing saved on the way out) and returns its
-    /// directory for the next one.
-    fn crash(mut self) -> tempfile::TempDir {
+    /// directory for the next one, if it owned it.
+    fn crash(mut self) -> Option<tempfile::TempDir> {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let dir = tempdir("privsep-forged-spare");
-        std::mem::replace(&mut self._dir, dir)
+        self.dir.take()
     }
 
     /// Sends `frame` and returns the reply, or `None` if the process closed the link.
@@ -458,7 +477,7 @@ fn a_forged_engine_cannot_step_the_clock_beyond_policy() {
     assert!(log.matches("refused").count() <= 3, "{log}");
 
     // A crashed and restarted daemon gets no second start-up step in the same boot.
-    let dir = engine.crash();
+    let dir = engine.crash().unwrap();
     let mut engine = ForgedEngine::start_in(dir);
     assert_eq!(
         engine.command(ClockCommand::Step { offset: 0.2 }),
@@ -518,4 +537,208 @@ fn without_root_run_is_one_process_and_refuses_the_system_clock() {
     assert!(served, "{log}");
     assert!(log.contains("running unprivileged in one process"), "{log}");
     assert!(child_with(pid, "privsep-").is_none());
+}
+
+/// A tmpfs mounted (as root) on a test directory for the test's length.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=755")])
+            .arg("tmpfs")
+            .arg(dir)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mount -t tmpfs on {}", dir.display());
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let unmounted = Command::new("umount").arg(&self.0).status();
+        if !unmounted.is_ok_and(|s| s.success()) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
+/// Fills the filesystem holding `dir` to the last byte, as a compromised engine can
+/// through `key-dir`.
+fn fill(dir: &Path) {
+    use std::io::Write;
+    let mut filler = fs::File::create(dir.join("filler")).unwrap();
+    while filler.write_all(&[0u8; 4096]).is_ok() {}
+    while filler.write_all(&[0u8]).is_ok() {}
+    let _ = filler.sync_all();
+    assert!(
+        fs::write(dir.join("one-more-byte"), b"x").is_err(),
+        "{} is not full",
+        dir.display()
+    );
+}
+
+/// A compromised engine fills the state directory (`key-dir` is in it), then asks for
+/// the start-up step. The clock process records a step on disk before it applies it,
+/// in a record root wrote at its full size before the split: on a full filesystem the
+/// step is still recorded, so no restart of this boot gets a second one; and where the
+/// record cannot be written at all, the step is refused and the process carries on.
+#[test]
+fn a_full_disk_neither_resets_the_step_budget_nor_stops_the_clock_process() {
+    if !require_root() {
+        return;
+    }
+    // Full after the clock process started: the record is rewritten in place.
+    let dir = tempdir("privsep-full");
+    let mount = Tmpfs::mount(dir.path(), "64k");
+    let engine = ForgedEngine::start_at(dir.path());
+    fill(dir.path());
+    let reply = engine.command(ClockCommand::Step { offset: -1.5 });
+    assert!(
+        matches!(reply, Some(Reply::Applied { .. })),
+        "{reply:?}: {}",
+        engine.log()
+    );
+    let record = fs::read_to_string(dir.path().join("clock-policy")).unwrap();
+    assert!(record.contains(" 1.5 1"), "the record says {record:?}");
+    engine.crash();
+    let engine = ForgedEngine::start_at(dir.path());
+    assert_eq!(
+        engine.command(ClockCommand::Step { offset: 0.5 }),
+        Some(Reply::Refused(Refusal::StartupOver)),
+        "a restart in the same boot got the start-up step again: {}",
+        engine.log()
+    );
+    drop(engine);
+    drop(mount);
+
+    // Full before the record could be written: no step, and the process serves on.
+    let dir = tempdir("privsep-full-early");
+    let _mount = Tmpfs::mount(dir.path(), "64k");
+    ForgedEngine::write_config(dir.path());
+    fill(dir.path());
+    let mut engine = ForgedEngine::start_at(dir.path());
+    assert_eq!(
+        engine.command(ClockCommand::Step { offset: -1.5 }),
+        Some(Reply::Refused(Refusal::NotRecorded)),
+        "{}",
+        engine.log()
+    );
+    assert!(matches!(
+        engine.command(ClockCommand::SetFrequency { ppm: 3.0 }),
+        Some(Reply::Applied { .. })
+    ));
+    assert!(
+        engine.child.try_wait().unwrap().is_none(),
+        "{}",
+        engine.log()
+    );
+    let log = engine.log();
+    assert!(!log.contains("applied Step"), "{log}");
+    assert!(log.contains("cannot write the policy record"), "{log}");
+}
+
+/// Set in the copy of this test binary that plays the engine for
+/// [`the_sandboxed_engine_reaches_no_abstract_unix_socket`]: the abstract name to try.
+const PROBE_NAME: &str = "NTIMED_TEST_ABSTRACT_NAME";
+const PROBE_JAIL: &str = "NTIMED_TEST_JAIL";
+
+/// The engine's sandbox, entered by a copy of this test binary, leaves no way to an
+/// abstract Unix socket of the host (D-Bus, X11, systemd's notify socket...), which the
+/// chroot does not hide: seccomp allows socketpair only for tokio's stream pair (a
+/// datagram pair could send anywhere), and Landlock (ABI 6) scopes abstract sockets,
+/// so even a datagram socket the engine held already cannot send out.
+#[test]
+fn the_sandboxed_engine_reaches_no_abstract_unix_socket() {
+    if let Ok(name) = std::env::var(PROBE_NAME) {
+        engine_probe(&name);
+        return;
+    }
+    if !require_root() {
+        return;
+    }
+    use std::os::linux::net::SocketAddrExt;
+    let name = format!("ntimed-test-probe-{}", std::process::id());
+    let address = std::os::unix::net::SocketAddr::from_abstract_name(&name).unwrap();
+    let target = UnixDatagram::bind_addr(&address).unwrap();
+    target.set_nonblocking(true).unwrap();
+    let jail = tempdir("privsep-probe");
+    let mut cmd = safe_command(None, std::env::current_exe().unwrap().to_str().unwrap());
+    cmd.args([
+        "--exact",
+        "the_sandboxed_engine_reaches_no_abstract_unix_socket",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(PROBE_NAME, &name)
+    .env(PROBE_JAIL, jail.path());
+    let out = run_with_deadline(cmd, Duration::from_secs(60)).unwrap();
+    assert!(out.status.success(), "{}", out.describe());
+    assert!(out.stdout.contains("probe: done"), "{}", out.describe());
+    eprintln!("{}", out.stdout);
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64];
+    while let Ok(n) = target.recv(&mut buf) {
+        got.push(String::from_utf8_lossy(&buf[..n]).to_string());
+    }
+    // Only what was sent before the sandbox arrived.
+    assert_eq!(got, ["before"], "{}", out.describe());
+}
+
+/// The engine's half of the test above: enter the engine's sandbox, then try.
+fn engine_probe(name: &str) {
+    use ntimed::privsep::sandbox::{self, Jail, Role};
+    use std::os::linux::net::SocketAddrExt;
+    let jail_dir = std::env::var(PROBE_JAIL).unwrap();
+    let jail = Jail::new("nobody", Path::new(&jail_dir)).unwrap();
+    let address = std::os::unix::net::SocketAddr::from_abstract_name(name).unwrap();
+    let held = UnixDatagram::unbound().unwrap();
+    held.send_to_addr(b"before", &address).unwrap();
+    let report = sandbox::enter(
+        &jail,
+        Role::Engine,
+        &[],
+        libc::SIGKILL,
+        std::os::unix::process::parent_id(),
+    )
+    .unwrap();
+    println!("probe: {report}");
+    let denied = |what: &str, result: std::io::Result<()>| {
+        let error = result.expect_err(what);
+        assert!(
+            matches!(error.raw_os_error(), Some(libc::EPERM | libc::EACCES)),
+            "{what}: {error}"
+        );
+    };
+    // seccomp: no datagram (or seqpacket) pair, which could send to any abstract name.
+    denied(
+        "socketpair(AF_UNIX, SOCK_DGRAM)",
+        UnixDatagram::pair().map(|_| ()),
+    );
+    denied(
+        "socketpair(AF_UNIX, SOCK_SEQPACKET)",
+        ntimed::sys::seqpacket_pair().map(|_| ()),
+    );
+    // ...but tokio's runtime, whose signal driver makes a stream pair, still starts.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio in the sandbox");
+    runtime.block_on(async {
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .expect("a signal stream in the sandbox");
+        drop(hangup);
+    });
+    // Landlock: a datagram socket held from before cannot send to the host's name.
+    // (Fully enforced means ABI 6 or later, which has the abstract-socket scope.)
+    if report.landlock.starts_with("enforced") {
+        denied(
+            "sendto an abstract name outside the sandbox",
+            held.send_to_addr(b"after", &address).map(|_| ()),
+        );
+    } else {
+        println!("SKIPPING the Landlock check: landlock {}", report.landlock);
+    }
+    println!("probe: done");
 }

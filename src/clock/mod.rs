@@ -82,7 +82,9 @@ pub enum ClockError {
     /// The privileged clock process said no ([`crate::privsep::policy`]).
     #[error("the clock process refused: {0}")]
     Refused(String),
-    /// The link to the clock process failed: what the clock did is unknown.
+    /// The link to the clock process failed (silence, a closed link, a malformed reply
+    /// or one to another request): what it did is unknown, and every later command
+    /// fails the same way ([`crate::privsep::remote::RemoteClock`]).
     #[error("the clock process is gone: {0}")]
     Lost(String),
 }

@@ -103,8 +103,15 @@ impl DriftFile {
     }
 }
 
+/// The policy record's length, bytes. Always written whole at offset 0, so that once
+/// root has written it at this size (before the split) a rewrite needs no new blocks:
+/// a full filesystem cannot make it fail.
+pub const RECORD_LEN: usize = 128;
+
 /// The policy's per-boot state, kept in a root-only file the clock process opened
-/// before dropping privileges: `BOOT_ID STEPPED STARTUP_OVER`.
+/// before dropping privileges: `BOOT_ID STEPPED STARTUP_OVER`, padded with spaces to
+/// [`RECORD_LEN`] bytes (the last one a newline). Older versions wrote the same fields
+/// unpadded; [`Self::load`] reads both and [`Self::prepare`] rewrites the old form.
 pub struct PolicyRecord {
     file: File,
     boot_id: String,
@@ -119,7 +126,7 @@ impl PolicyRecord {
     /// a new file; a record that cannot be read counts as "no steps left this boot".
     pub fn load(&self) -> PolicyState {
         let mut text = String::new();
-        if std::io::Read::read_to_string(&mut &self.file, &mut text).is_err() {
+        if self.read(&mut text).is_err() {
             return PolicyState::spent();
         }
         let Some((boot_id, rest)) = text.trim().split_once(' ') else {
@@ -139,11 +146,59 @@ impl PolicyRecord {
         })
     }
 
-    fn save(&self, state: &PolicyState) -> io::Result<()> {
-        let text = format!("{} {}\n", self.boot_id, state.encode());
-        self.file.write_all_at(text.as_bytes(), 0)?;
-        self.file.set_len(text.len() as u64)?;
+    fn read(&self, text: &mut String) -> io::Result<()> {
+        let mut bytes = Vec::with_capacity(RECORD_LEN);
+        let mut offset = 0u64;
+        let mut chunk = [0u8; RECORD_LEN];
+        // From offset 0 whatever the file position; more than a record is not a record.
+        while bytes.len() <= RECORD_LEN {
+            let n = self.file.read_at(&mut chunk, offset)?;
+            if n == 0 {
+                break;
+            }
+            bytes.extend_from_slice(chunk.get(..n).unwrap_or_default());
+            offset += n as u64;
+        }
+        *text =
+            String::from_utf8(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        Ok(())
+    }
+
+    /// Root, before the split: writes `state` as a full-length record (migrating an
+    /// unpadded one) and syncs it, so that the file holds its blocks from now on.
+    pub fn prepare(&self, state: &PolicyState) -> io::Result<()> {
+        self.save(state)?;
+        self.file.set_len(RECORD_LEN as u64)?;
+        self.file.sync_all()
+    }
+
+    /// Rewrites the record in place (one `pwrite` of [`RECORD_LEN`] bytes at offset 0)
+    /// and waits until it is on disk.
+    pub fn save(&self, state: &PolicyState) -> io::Result<()> {
+        let mut record = format!("{} {}", self.boot_id, state.encode()).into_bytes();
+        if record.len() >= RECORD_LEN {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the policy record does not fit its fixed length",
+            ));
+        }
+        record.resize(RECORD_LEN - 1, b' ');
+        record.push(b'\n');
+        self.file.write_all_at(&record, 0)?;
         self.file.sync_data()
+    }
+}
+
+/// Writes `after` (the state a command will leave, if it changes it) to `record`
+/// before the command is applied; a record that cannot be written refuses the command.
+fn record_first(record: Option<&PolicyRecord>, after: Option<PolicyState>) -> Result<(), Refusal> {
+    match (record, after) {
+        (Some(record), Some(state)) => record.save(&state).map_err(|e| {
+            // Logged as a refusal, within the refusal log's rate limit.
+            tracing::debug!("cannot write the policy record: {e}");
+            Refusal::NotRecorded
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -156,8 +211,6 @@ pub enum Fatal {
     Empty,
     #[error("IPC: {0}")]
     Io(#[from] io::Error),
-    #[error("cannot keep the policy record: {0}")]
-    Record(io::Error),
 }
 
 /// Whether a zero-length read was the engine closing its end (`true`) or an empty
@@ -183,8 +236,11 @@ fn closed(link: &UnixDatagram, buffer: &mut [u8]) -> io::Result<bool> {
 }
 
 /// Serves the engine on `link` until it closes its end (`Ok`) or sends something
-/// malformed (`Err`). The policy's state is saved to `record` (if any) before the engine
-/// hears that a step was applied, so that no restart can forget it.
+/// malformed (`Err`). A command that changes the policy's per-boot state (a step, a
+/// leap second, the first slew) is recorded in `record` (if any), on disk, *before*
+/// the clock is touched, and refused if it cannot be: no crash, restart or full disk
+/// can then leave a step applied but forgotten. (A command the clock then fails stays
+/// recorded until the next save: the record errs towards "more was stepped".)
 pub fn serve(
     link: &UnixDatagram,
     clock: &HeldClock,
@@ -220,7 +276,10 @@ pub fn serve(
         let unix_time = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-        let reply = match policy.check(&command, now, unix_time) {
+        let allowed = policy
+            .check(&command, now, unix_time)
+            .and_then(|()| record_first(record, policy.state_after(&command)));
+        let reply = match allowed {
             Err(why) => {
                 // A compromised engine may send refusable commands without end.
                 if let Some(more) = refusal_log.allow() {
@@ -241,11 +300,7 @@ pub fn serve(
                     } else {
                         tracing::debug!("applied {command:?}");
                     }
-                    if policy.applied(&command)
-                        && let Some(record) = record
-                    {
-                        record.save(&policy.state()).map_err(Fatal::Record)?;
-                    }
+                    policy.applied(&command);
                     Reply::Applied { at }
                 }
                 Err(e) => {
@@ -284,11 +339,20 @@ mod tests {
     /// Runs the loop on a thread, sends `frames`, and returns the replies and how the
     /// loop ended, with the clock it held.
     fn exchange(frames: Vec<Vec<u8>>) -> (Vec<Reply>, Result<(), String>, HeldClock) {
+        let clock = HeldClock::Software(SoftwareClock::simulated(0.0, 0.0));
+        exchange_with(frames, clock, None)
+    }
+
+    /// [`exchange`] with a given clock and policy record.
+    fn exchange_with(
+        frames: Vec<Vec<u8>>,
+        clock: HeldClock,
+        record: Option<PolicyRecord>,
+    ) -> (Vec<Reply>, Result<(), String>, HeldClock) {
         let (engine, clock_end) = pair();
         let handle = std::thread::spawn(move || {
-            let clock = HeldClock::Software(SoftwareClock::simulated(0.0, 0.0));
-            let result =
-                serve(&clock_end, &clock, &mut policy(), None, None).map_err(|e| e.to_string());
+            let result = serve(&clock_end, &clock, &mut policy(), record.as_ref(), None)
+                .map_err(|e| e.to_string());
             (result, clock)
         });
         let mut replies = Vec::new();
@@ -364,5 +428,87 @@ mod tests {
             );
             assert_eq!(status(&clock).steps, 0);
         }
+    }
+
+    const BOOT: &str = "0b8f5a52-3c4e-4d2a-9d7e-1f2a3b4c5d6e";
+
+    fn frames(commands: &[ClockCommand]) -> Vec<Vec<u8>> {
+        commands
+            .iter()
+            .map(|c| ipc::encode_command(1, c).to_vec())
+            .collect()
+    }
+
+    /// What a record file says, read as the next clock process would.
+    fn recorded(file: &File) -> PolicyState {
+        PolicyRecord::new(file.try_clone().unwrap(), BOOT.into()).load()
+    }
+
+    /// The step is on disk before the clock is asked: with a clock that fails it, the
+    /// record already counts it (the safe side: a restart gets no start-up step).
+    #[test]
+    fn a_step_is_recorded_before_the_clock_is_asked() {
+        let file = tempfile::tempfile().unwrap();
+        let record = PolicyRecord::new(file.try_clone().unwrap(), BOOT.into());
+        record.prepare(&PolicyState::default()).unwrap();
+        let (replies, result, _) = exchange_with(
+            frames(&[ClockCommand::Step { offset: 0.25 }]),
+            HeldClock::None,
+            Some(record),
+        );
+        assert_eq!(replies, [Reply::Refused(Refusal::System)]);
+        assert!(result.is_ok());
+        let state = recorded(&file);
+        assert_eq!((state.stepped, state.startup_over), (0.25, true));
+    }
+
+    /// A record that cannot be written (a full disk; here a read-only descriptor)
+    /// refuses the step, with an ordinary refusal: nothing is applied and the loop
+    /// carries on with commands that change no per-boot state.
+    #[test]
+    fn a_step_that_cannot_be_recorded_is_refused_and_the_loop_carries_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("clock-policy");
+        std::fs::write(&path, "").unwrap();
+        let read_only = File::open(&path).unwrap();
+        let (replies, result, clock) = exchange_with(
+            frames(&[
+                ClockCommand::Step { offset: 0.25 },
+                ClockCommand::SetFrequency { ppm: 7.0 },
+            ]),
+            HeldClock::Software(SoftwareClock::simulated(0.0, 0.0)),
+            Some(PolicyRecord::new(read_only, BOOT.into())),
+        );
+        assert_eq!(replies.len(), 2, "{replies:?} {result:?}");
+        assert_eq!(replies[0], Reply::Refused(Refusal::NotRecorded));
+        assert!(matches!(replies[1], Reply::Applied { .. }));
+        assert!(result.is_ok(), "{result:?}");
+        let s = status(&clock);
+        assert_eq!((s.steps, s.frequency_ppm), (0, 7.0));
+    }
+
+    /// The record is one fixed-length write at offset 0, so a rewrite needs no new
+    /// blocks; the unpadded form of earlier versions is read and rewritten.
+    #[test]
+    fn the_record_has_a_fixed_length_and_the_old_form_is_migrated() {
+        let file = tempfile::tempfile().unwrap();
+        file.write_all_at(format!("{BOOT} 900 1\n").as_bytes(), 0)
+            .unwrap();
+        let record = PolicyRecord::new(file.try_clone().unwrap(), BOOT.into());
+        let old = record.load();
+        assert_eq!((old.stepped, old.startup_over), (900.0, true));
+        record.prepare(&old).unwrap();
+        assert_eq!(file.metadata().unwrap().len(), RECORD_LEN as u64);
+        assert_eq!(recorded(&file), old);
+        let huge = PolicyState {
+            stepped: 1e300,
+            startup_over: true,
+        };
+        record.save(&huge).unwrap();
+        assert_eq!(file.metadata().unwrap().len(), RECORD_LEN as u64);
+        assert_eq!(recorded(&file), huge);
+        // Another boot's record means nothing was stepped in this one.
+        let other = PolicyRecord::new(file.try_clone().unwrap(), "another-boot".into());
+        assert_eq!(other.load(), PolicyState::default());
     }
 }

@@ -82,13 +82,17 @@ pub enum Refusal {
     NoClock,
     #[error("the kernel refused the change")]
     System,
+    /// The per-boot policy record could not be written first (a full disk, say), so
+    /// a change that counts against this boot's steps is not made.
+    #[error("the step could not be recorded in the per-boot policy record")]
+    NotRecorded,
     #[error("refusal code {0}")]
     Unknown(u8),
 }
 
 /// Refusals and their codes on the wire: one table for both directions. Code 0 is
 /// never sent, so a zeroed frame cannot pass for a refusal.
-const REFUSAL_CODES: [(Refusal, u8); 10] = [
+const REFUSAL_CODES: [(Refusal, u8); 11] = [
     (Refusal::StepsNotAllowed, 1),
     (Refusal::StartupOver, 2),
     (Refusal::StepTooLarge, 3),
@@ -99,6 +103,7 @@ const REFUSAL_CODES: [(Refusal, u8); 10] = [
     (Refusal::RateLimited, 8),
     (Refusal::NoClock, 9),
     (Refusal::System, 10),
+    (Refusal::NotRecorded, 11),
 ];
 
 impl Refusal {

@@ -335,7 +335,14 @@ pub fn clock_main(args: ChildArgs) -> Result<ExitCode, String> {
     };
     // What earlier clock processes of this boot stepped counts against this one.
     let record = open_policy_record(&jail)?;
-    let mut policy = Policy::resume(PolicyConfig::from_config(section), 0.0, record.load());
+    let state = record.load();
+    // Written at its full size now, as root, so that rewriting it in place later
+    // needs no free space: the engine can fill the state directory (key-dir), and a
+    // record that cannot be written refuses every step.
+    if let Err(e) = record.prepare(&state) {
+        tracing::warn!("cannot write the policy record ({e}); steps are refused until it can be");
+    }
+    let mut policy = Policy::resume(PolicyConfig::from_config(section), 0.0, state);
     let report = sandbox::enter(&jail, Role::Clock, &[], libc::SIGKILL, args.parent)?;
     tracing::info!("{report}");
     match clock_process::serve(&link, &held, &mut policy, Some(&record), drift.as_mut()) {

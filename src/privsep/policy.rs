@@ -96,9 +96,10 @@ impl PolicyState {
         }
     }
 
-    /// `stepped startup_over` on one line (the boot id is the caller's business).
+    /// `stepped startup_over` on one line (the boot id is the caller's business);
+    /// short whatever the number (`1e300`, not 301 digits).
     pub fn encode(&self) -> String {
-        format!("{} {}", self.stepped, u8::from(self.startup_over))
+        format!("{:?} {}", self.stepped, u8::from(self.startup_over))
     }
 
     pub fn decode(text: &str) -> Option<Self> {
@@ -201,22 +202,34 @@ impl Policy {
         Ok(())
     }
 
-    /// Records a command the clock applied; true if [`Self::state`] changed (and
-    /// should be saved before the engine hears of it).
-    pub fn applied(&mut self, command: &ClockCommand) -> bool {
-        let before = self.state;
+    /// The per-boot state `command` would leave once applied, if it changes it: what
+    /// the clock process records durably *before* applying the command, so that no
+    /// crash or restart between the two can forget it.
+    pub fn state_after(&self, command: &ClockCommand) -> Option<PolicyState> {
+        let mut after = self.state;
         match *command {
             ClockCommand::Step { offset } => {
-                self.state.startup_over = true;
-                self.state.stepped += offset.abs();
+                after.startup_over = true;
+                after.stepped += offset.abs();
             }
-            ClockCommand::Slew { .. } => self.state.startup_over = true,
+            ClockCommand::Slew { .. } => after.startup_over = true,
             ClockCommand::SetLeap(Leap::AddSecond | Leap::DeleteSecond) => {
-                self.state.stepped += 1.0;
+                after.stepped += 1.0;
             }
             _ => {}
         }
-        self.state != before
+        (after != self.state).then_some(after)
+    }
+
+    /// Records a command the clock applied; true if [`Self::state`] changed.
+    pub fn applied(&mut self, command: &ClockCommand) -> bool {
+        match self.state_after(command) {
+            Some(after) => {
+                self.state = after;
+                true
+            }
+            None => false,
+        }
     }
 }
 

@@ -23,6 +23,12 @@ pub enum LocalView {
     Mirror(SoftwareClock),
 }
 
+/// Commands go to the clock process one at a time and [`Clock::apply`] blocks until
+/// the answer comes (at most [`REPLY_TIMEOUT`]): run it where blocking is allowed.
+/// Once the link is lost (silence, a closed link, a malformed reply or one to another
+/// request) every call returns [`ClockError::Lost`]: the engine can no longer know what
+/// the clock did, and what to do about it (exit, so that the daemon restarts) is the
+/// caller's decision.
 pub struct RemoteClock {
     link: Mutex<Link>,
     view: LocalView,
@@ -31,15 +37,27 @@ pub struct RemoteClock {
 struct Link {
     socket: UnixDatagram,
     next_id: u32,
+    /// Why the link was given up; once set, it is never used again.
+    lost: Option<String>,
 }
 
 impl RemoteClock {
     pub fn new(link: UnixDatagram, view: LocalView) -> std::io::Result<Self> {
-        link.set_read_timeout(Some(REPLY_TIMEOUT))?;
+        Self::with_timeout(link, view, REPLY_TIMEOUT)
+    }
+
+    /// As [`Self::new`], giving the clock process `timeout` to answer each command.
+    pub fn with_timeout(
+        link: UnixDatagram,
+        view: LocalView,
+        timeout: Duration,
+    ) -> std::io::Result<Self> {
+        link.set_read_timeout(Some(timeout))?;
         Ok(Self {
             link: Mutex::new(Link {
                 socket: link,
                 next_id: 1,
+                lost: None,
             }),
             view,
         })
@@ -50,12 +68,13 @@ impl RemoteClock {
         self.view
     }
 
-    /// Sends `command` and waits for the reply to it. Any failure (silence, a closed
-    /// link, a malformed reply or one to another request) leaves the engine unable to
-    /// know what the clock did, so the engine exits: the supervisor then stops the
-    /// daemon and systemd starts it afresh.
-    fn exchange(&self, command: &ClockCommand) -> Reply {
+    /// Sends `command` and waits for the reply to it. Any failure loses the link for
+    /// good: a late reply could otherwise be taken for the answer to a later command.
+    fn exchange(&self, command: &ClockCommand) -> Result<Reply, ClockError> {
         let mut link = self.link.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(why) = &link.lost {
+            return Err(ClockError::Lost(why.clone()));
+        }
         let id = link.next_id;
         link.next_id = id.wrapping_add(1);
         let mut buffer = [0u8; 2 * FRAME_LEN];
@@ -63,9 +82,14 @@ impl RemoteClock {
             .socket
             .send(&ipc::encode_command(id, command))
             .and_then(|_| link.socket.recv(&mut buffer))
-            .map_err(|e| e.to_string())
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                    "no answer in time".to_string()
+                }
+                _ => e.to_string(),
+            })
             .and_then(|len| match buffer.get(..len) {
-                Some([]) | None => Err("the clock process is gone".to_string()),
+                Some([]) | None => Err("it closed the link".to_string()),
                 Some(frame) => ipc::decode_reply(frame).map_err(|e| e.to_string()),
             })
             .and_then(|(got, reply)| {
@@ -75,13 +99,13 @@ impl RemoteClock {
                     Err(format!("a reply to request {got} while waiting for {id}"))
                 }
             });
-        match result {
-            Ok(reply) => reply,
-            Err(e) => {
-                tracing::error!("lost the clock process ({e}); the engine exits");
-                std::process::exit(70);
-            }
-        }
+        result.map_err(|why| {
+            tracing::error!("lost the clock process: {why}");
+            // The clock process sees the link close and exits; nothing more is sent.
+            let _ = link.socket.shutdown(std::net::Shutdown::Both);
+            link.lost = Some(why.clone());
+            ClockError::Lost(why)
+        })
     }
 }
 
@@ -95,7 +119,7 @@ impl Clock for RemoteClock {
 
     fn apply(&self, command: ClockCommand) -> Result<(), ClockError> {
         check_finite(&command)?;
-        match self.exchange(&command) {
+        match self.exchange(&command)? {
             Reply::Refused(why) => Err(ClockError::Refused(why.to_string())),
             Reply::Applied { at } => match &self.view {
                 LocalView::Mirror(clock) => clock.apply_at(at, command),
@@ -107,6 +131,11 @@ impl Clock for RemoteClock {
                 }
             },
         }
+    }
+
+    /// Each command waits for the clock process's answer.
+    fn applies_remotely(&self) -> bool {
+        true
     }
 
     fn status(&self) -> ClockStatus {
@@ -162,6 +191,85 @@ mod tests {
         assert_eq!(held.status().frequency_ppm, -80.0);
         for t in [0.0, 0.5, 3.0, 100.0, 1e5] {
             assert_eq!(mirror.offset_at(t).to_bits(), held.offset_at(t).to_bits());
+        }
+    }
+
+    fn lost(result: Result<(), ClockError>) -> String {
+        match result {
+            Err(ClockError::Lost(why)) => why,
+            other => panic!("expected Lost, got {other:?}"),
+        }
+    }
+
+    fn remote(engine_end: UnixDatagram, timeout: Duration) -> RemoteClock {
+        RemoteClock::with_timeout(engine_end, LocalView::System(SystemClock::new()), timeout)
+            .unwrap()
+    }
+
+    /// A closed link, silence, and a reply to another request each lose the link: the
+    /// call returns `Lost` (the process does not exit), and so does every later call,
+    /// even when the other end would now answer properly.
+    #[test]
+    fn a_lost_link_is_an_error_that_stays_and_the_process_lives_on() {
+        let frequency = ClockCommand::SetFrequency { ppm: 1.0 };
+        // Closed.
+        let (a, b) = crate::sys::seqpacket_pair().unwrap();
+        drop(b);
+        let clock = remote(UnixDatagram::from(a), Duration::from_secs(2));
+        let why = lost(clock.apply(frequency));
+        assert!(!why.is_empty());
+        assert_eq!(lost(clock.apply(frequency)), why);
+        assert!(
+            ClockError::Lost(why)
+                .to_string()
+                .contains("the clock process is gone"),
+        );
+
+        // Silent: the other end is open but never answers.
+        let (a, b) = crate::sys::seqpacket_pair().unwrap();
+        let clock = remote(UnixDatagram::from(a), Duration::from_millis(200));
+        let started = std::time::Instant::now();
+        assert_eq!(lost(clock.apply(frequency)), "no answer in time");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        // The silent end now sees the link closed.
+        let silent = UnixDatagram::from(b);
+        let mut frame = [0u8; 64];
+        assert_eq!(silent.recv(&mut frame).unwrap(), FRAME_LEN, "the request");
+        assert_eq!(silent.recv(&mut frame).unwrap(), 0, "then the close");
+
+        // A reply to another request, then a malformed one; a right answer after either
+        // is never read.
+        for wrong in [
+            ipc::encode_reply(99, &Reply::Applied { at: 0.0 }).to_vec(),
+            vec![0xff; 7],
+        ] {
+            let (a, b) = crate::sys::seqpacket_pair().unwrap();
+            let clock_end = UnixDatagram::from(b);
+            let answerer = std::thread::spawn(move || {
+                let mut frame = [0u8; 64];
+                let mut answered = 0;
+                while let Ok(n) = clock_end.recv(&mut frame) {
+                    if n == 0 {
+                        break;
+                    }
+                    let (id, _) = ipc::decode_command(&frame[..n]).unwrap();
+                    let reply = if answered == 0 {
+                        wrong.clone()
+                    } else {
+                        ipc::encode_reply(id, &Reply::Applied { at: 0.0 }).to_vec()
+                    };
+                    answered += 1;
+                    if clock_end.send(&reply).is_err() {
+                        break;
+                    }
+                }
+                answered
+            });
+            let clock = remote(UnixDatagram::from(a), Duration::from_secs(2));
+            lost(clock.apply(frequency));
+            lost(clock.apply(frequency));
+            drop(clock);
+            assert_eq!(answerer.join().unwrap(), 1, "one request only crossed");
         }
     }
 }

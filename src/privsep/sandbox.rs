@@ -46,7 +46,8 @@ pub struct Report {
     /// The capabilities asked for, and those held now (permitted = effective).
     pub requested: Vec<Capability>,
     pub held: Vec<Capability>,
-    pub landlock: &'static str,
+    /// Landlock's status, and which scopes the kernel enforces.
+    pub landlock: String,
 }
 
 impl std::fmt::Display for Report {
@@ -271,9 +272,12 @@ pub fn enter(
 }
 
 /// Landlock, best effort (it is an extra layer over the chroot): the engine reads its
-/// jail and writes only `writable`, binds no TCP port (its listeners are inherited)
-/// and signals no process outside itself; the clock process touches no file at all.
-fn restrict_files(role: Role, writable: &[PathBuf]) -> Result<&'static str, String> {
+/// jail and writes only `writable`, binds no TCP port (its listeners are inherited),
+/// signals no process outside itself and reaches no abstract Unix socket outside
+/// itself (Landlock ABI 6, Linux 6.12: the host's D-Bus, X11, systemd notify or any
+/// other `@name` socket, which chroot does not hide); the clock process touches no
+/// file at all.
+fn restrict_files(role: Role, writable: &[PathBuf]) -> Result<String, String> {
     let abi = ABI::V6;
     let err = |e: landlock::RulesetError| e.to_string();
     let ruleset = Ruleset::default()
@@ -282,7 +286,7 @@ fn restrict_files(role: Role, writable: &[PathBuf]) -> Result<&'static str, Stri
         .map_err(err)?
         .handle_access(AccessNet::BindTcp)
         .map_err(err)?
-        .scope(Scope::Signal)
+        .scope(Scope::Signal | Scope::AbstractUnixSocket)
         .map_err(err)?
         .create()
         .map_err(err)?;
@@ -295,12 +299,26 @@ fn restrict_files(role: Role, writable: &[PathBuf]) -> Result<&'static str, Stri
             .map_err(err)?,
     };
     let status = ruleset.restrict_self().map_err(err)?;
+    let kernel = ABI::from(status.landlock);
     Ok(match status.ruleset {
-        RulesetStatus::FullyEnforced => "enforced",
-        RulesetStatus::PartiallyEnforced => "partly enforced (older kernel)",
-        RulesetStatus::NotEnforced => "not supported by the kernel",
+        RulesetStatus::FullyEnforced => {
+            "enforced (abstract Unix sockets and signals scoped)".to_string()
+        }
+        RulesetStatus::PartiallyEnforced if kernel >= ABI::V6 => {
+            "partly enforced (older kernel)".to_string()
+        }
+        RulesetStatus::PartiallyEnforced => format!(
+            "partly enforced (kernel Landlock ABI {kernel}: abstract Unix sockets and \
+             signals are not scoped before ABI 6, Linux 6.12)"
+        ),
+        RulesetStatus::NotEnforced => "not supported by the kernel".to_string(),
     })
 }
+
+/// The one `socketpair` type the engine may ask for: what mio passes for tokio's
+/// signal driver (`mio::net::UnixStream::pair`).
+pub const ENGINE_SOCKETPAIR_TYPE: i32 =
+    libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
 
 /// The system calls each role may make. Anything else kills the clock process, and
 /// fails with EPERM in the engine (whose libraries may probe for optional calls).
@@ -367,7 +385,8 @@ fn allowed_syscalls(role: Role) -> Vec<i64> {
             // Descriptor flags only (the commands are checked below).
             libc::SYS_fcntl,
             libc::SYS_pipe2,
-            // tokio's signal driver wakes itself through a local socket pair.
+            // tokio's signal driver wakes itself through a local stream pair (the
+            // arguments are checked below).
             libc::SYS_socketpair,
             // Sockets (the domain is checked below).
             libc::SYS_socket,
@@ -448,6 +467,33 @@ fn install_seccomp(role: Role) -> Result<(), String> {
                 arg_is(0, unsigned(libc::AF_INET)?)?,
                 arg_is(0, unsigned(libc::AF_INET6)?)?,
                 arg_is(0, unsigned(libc::AF_NETLINK)?)?,
+            ],
+        );
+        // Only the pair tokio's signal driver makes (mio's `UnixStream::pair`): a
+        // connected AF_UNIX stream can neither send to nor connect to another socket.
+        // A datagram pair could send to any abstract `@name` socket on the host.
+        rules.insert(
+            libc::SYS_socketpair,
+            vec![
+                SeccompRule::new(vec![
+                    SeccompCondition::new(
+                        0,
+                        SeccompCmpArgLen::Dword,
+                        SeccompCmpOp::Eq,
+                        unsigned(libc::AF_UNIX)?,
+                    )
+                    .map_err(err)?,
+                    SeccompCondition::new(
+                        1,
+                        SeccompCmpArgLen::Dword,
+                        SeccompCmpOp::Eq,
+                        unsigned(ENGINE_SOCKETPAIR_TYPE)?,
+                    )
+                    .map_err(err)?,
+                    SeccompCondition::new(2, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, 0)
+                        .map_err(err)?,
+                ])
+                .map_err(err)?,
             ],
         );
         // Naming threads, and nothing else prctl can do.
