@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::auth::{KeyFileFormat, KeyStore};
 use crate::config::Config;
-use crate::daemon::{net, nts, query, serve};
+use crate::daemon::{net, nts, query, run};
 
 #[derive(Parser)]
 #[command(name = "ntimed", version, about = "A secure NTP daemon")]
@@ -210,7 +210,7 @@ async fn run(config: PathBuf) -> Result<ExitCode, String> {
         mode.map(|m| format!(" with the {m:?} clock").to_lowercase())
             .unwrap_or_default()
     );
-    serve::run(loaded).await?;
+    run::run(loaded).await?;
     Ok(ExitCode::SUCCESS)
 }
 

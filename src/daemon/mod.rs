@@ -4,8 +4,10 @@
 //!
 //! * [`client`]: the sources, the sync engine and the clock (`[[source]]`).
 //! * [`net`]: address parsing and sockets with random source ports.
+//! * [`nts`]: NTS-KE over TLS, server and client, and the cookie master keys.
 //! * [`peer`]: routing `[[peer]]` packets between the server sockets and the client task.
-//! * [`serve`]: the UDP server loop (`ntimed run`).
+//! * [`serve`]: the UDP server loop.
+//! * [`run`]: `ntimed run` put together: listeners, roles from the config, start and stop.
 //! * [`query`]: one-shot client exchanges (`ntimed query`).
 
 pub mod client;
@@ -13,6 +15,7 @@ pub mod net;
 pub mod nts;
 pub mod peer;
 pub mod query;
+pub mod run;
 pub mod serve;
 
 use crate::wire::NtpTimestamp;

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::clock::SoftwareClock;
 use crate::clock::system::SystemClock;
 use crate::config::{ClockMode, Config, Loaded};
-use crate::daemon::serve::{self, Listeners};
+use crate::daemon::run::{self, Listeners};
 use crate::sys;
 use clock_process::{DriftFile, HeldClock, PolicyRecord};
 use policy::{Policy, PolicyConfig};
@@ -424,7 +424,7 @@ pub fn engine_main(args: ChildArgs) -> Result<ExitCode, String> {
         .map(|fd| take(fd, "readiness pipe").map(std::fs::File::from))
         .transpose()?;
     let section = loaded.config.clock.as_ref().map(|c| c.get_ref()).cloned();
-    let mut prepared = serve::prepare(loaded)?;
+    let mut prepared = run::prepare(loaded)?;
     // Inside the jail the cookie keys are saved under the directory's inside name; the
     // clock process keeps the drift file.
     if let (Some((_, persist_to)), Some(dir)) = (&mut prepared.cookie_keys, &key_dir) {
@@ -448,7 +448,7 @@ pub fn engine_main(args: ChildArgs) -> Result<ExitCode, String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    runtime.block_on(serve::serve(prepared, listeners, clock, move || {
+    runtime.block_on(run::serve(prepared, listeners, clock, move || {
         if let Some(pipe) = ready.as_mut() {
             let _ = pipe.write_all(b"1");
         }

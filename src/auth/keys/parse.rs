@@ -1,58 +1,14 @@
-//! The symmetric key store, read from the key files ntpd/NTPsec and chrony users
-//! already have.
-//!
-//! * ntp.keys (ntpd, NTPsec): `keyid type key`; a key of more than 20 characters is hex,
-//!   otherwise ASCII. Key ids 1..=65535.
-//! * chrony keyfile: `id [type] [ASCII:|HEX:]key`; no type means MD5, no prefix means
-//!   ASCII. Key ids 1..=2^32-1.
-//!
-//! A file is read as chrony's when any line has only two fields or a key starts with
-//! `HEX:` or `ASCII:`; otherwise as ntp.keys. `[keys] format` overrides the guess.
-//! The two readings differ only for unprefixed keys longer than 20 characters.
-//!
-//! Secrets are zeroized on drop, never printed (`Debug` shows id and type only), and
-//! the file is refused if group or others may read or write it.
+//! Key-file text to a [`KeyStore`], in either dialect: pure, no I/O, so it can be fuzzed
+//! (`fuzz/fuzz_targets/key_file.rs`) and used on text from anywhere.
 
-use std::collections::BTreeMap;
-use std::fmt;
-use std::io::Read;
-use std::path::Path;
+use zeroize::Zeroize;
 
-use zeroize::{Zeroize, Zeroizing};
+use super::{KeyFileError, KeyFileFormat, KeyStore, KeyType, SymmetricKey};
 
-/// Key files are small; anything larger is refused before it is read into memory.
-const MAX_FILE_LEN: u64 = 1 << 20;
-/// Longest secret accepted (NTPsec's limit is 32 bytes).
-const MAX_SECRET_LEN: usize = 64;
 /// ntp.keys: up to this many characters a key is ASCII, beyond it hex.
 const NTP_MAX_ASCII_LEN: usize = 20;
 
-/// The MAC algorithms of RFC 5905 (digest of key ‖ packet) and RFC 8573 (AES-CMAC).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum KeyType {
-    Md5,
-    Sha1,
-    Sha256,
-    Sha384,
-    Sha512,
-    Aes128Cmac,
-    Aes256Cmac,
-}
-
 impl KeyType {
-    /// The name chrony uses, which ntimed also prints.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Md5 => "MD5",
-            Self::Sha1 => "SHA1",
-            Self::Sha256 => "SHA256",
-            Self::Sha384 => "SHA384",
-            Self::Sha512 => "SHA512",
-            Self::Aes128Cmac => "AES128",
-            Self::Aes256Cmac => "AES256",
-        }
-    }
-
     /// Accepts the names of both formats, case-insensitively.
     fn from_name(name: &str) -> Option<Self> {
         Some(match name.to_ascii_uppercase().as_str() {
@@ -66,130 +22,19 @@ impl KeyType {
             _ => return None,
         })
     }
-
-    /// The exact secret length a cipher-based MAC needs.
-    fn required_secret_len(self) -> Option<usize> {
-        match self {
-            Self::Aes128Cmac => Some(16),
-            Self::Aes256Cmac => Some(32),
-            _ => None,
-        }
-    }
-}
-
-/// One key. The secret is zeroized on drop and never shown.
-#[derive(Clone)]
-pub struct SymmetricKey {
-    id: u32,
-    key_type: KeyType,
-    secret: Zeroizing<Vec<u8>>,
-}
-
-impl SymmetricKey {
-    /// Builds a key; the secret must be non-empty and, for AES, of the cipher's length.
-    pub fn new(id: u32, key_type: KeyType, secret: Vec<u8>) -> Result<Self, String> {
-        let secret = Zeroizing::new(secret);
-        if id == 0 {
-            return Err("key id 0 is reserved (it marks a crypto-NAK)".into());
-        }
-        if secret.is_empty() || secret.len() > MAX_SECRET_LEN {
-            return Err(format!(
-                "key must be 1 to {MAX_SECRET_LEN} bytes, not {}",
-                secret.len()
-            ));
-        }
-        if let Some(need) = key_type.required_secret_len()
-            && secret.len() != need
-        {
-            return Err(format!(
-                "{} needs a {need}-byte key ({} hex digits), not {} bytes",
-                key_type.name(),
-                need * 2,
-                secret.len()
-            ));
-        }
-        Ok(Self {
-            id,
-            key_type,
-            secret,
-        })
-    }
-
-    pub fn id(&self) -> u32 {
-        self.id
-    }
-
-    pub fn key_type(&self) -> KeyType {
-        self.key_type
-    }
-
-    pub(crate) fn secret(&self) -> &[u8] {
-        &self.secret
-    }
-}
-
-impl fmt::Debug for SymmetricKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "SymmetricKey({} {}, secret redacted)",
-            self.id,
-            self.key_type.name()
-        )
-    }
-}
-
-/// Which key-file dialect to read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum KeyFileFormat {
-    #[default]
-    Auto,
-    /// ntpd / NTPsec `ntp.keys`.
-    Ntp,
-    /// chrony `keyfile`.
-    Chrony,
-}
-
-/// A key file that could not be used, naming the file, the line and the problem.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{file}{}: {problem}", line.map(|l| format!(":{l}")).unwrap_or_default())]
-pub struct KeyFileError {
-    pub file: String,
-    pub line: Option<usize>,
-    pub problem: String,
-}
-
-/// Keys by id.
-#[derive(Clone, Default)]
-pub struct KeyStore {
-    keys: BTreeMap<u32, SymmetricKey>,
-}
-
-impl fmt::Debug for KeyStore {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(self.keys.values()).finish()
-    }
 }
 
 impl KeyStore {
-    /// Reads a key file, refusing one that group or others can read or write.
-    pub fn load(path: &Path, format: KeyFileFormat) -> Result<Self, KeyFileError> {
-        let name = path.display().to_string();
-        let bytes = read_private_file(path, MAX_FILE_LEN).map_err(|problem| KeyFileError {
-            file: name.clone(),
-            line: None,
-            problem,
-        })?;
-        let text = std::str::from_utf8(&bytes).map_err(|_| KeyFileError {
-            file: name.clone(),
-            line: None,
-            problem: "not UTF-8 text".into(),
-        })?;
-        Self::parse(&name, text, format)
-    }
-
     /// Parses key-file text; `name` is used in errors.
+    ///
+    /// * ntp.keys (ntpd, NTPsec): `keyid type key`; a key of more than 20 characters is
+    ///   hex, otherwise ASCII. Key ids 1..=65535.
+    /// * chrony keyfile: `id [type] [ASCII:|HEX:]key`; no type means MD5, no prefix
+    ///   means ASCII. Key ids 1..=2^32-1.
+    ///
+    /// A file is read as chrony's when any line has only two fields or a key starts with
+    /// `HEX:` or `ASCII:`; otherwise as ntp.keys. `[keys] format` overrides the guess.
+    /// The two readings differ only for unprefixed keys longer than 20 characters.
     pub fn parse(name: &str, text: &str, format: KeyFileFormat) -> Result<Self, KeyFileError> {
         let format = match format {
             KeyFileFormat::Auto if text.lines().any(looks_like_chrony) => KeyFileFormat::Chrony,
@@ -229,75 +74,6 @@ impl KeyStore {
         }
         Ok(store)
     }
-
-    pub fn get(&self, id: u32) -> Option<&SymmetricKey> {
-        self.keys.get(&id)
-    }
-
-    pub fn len(&self) -> usize {
-        self.keys.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = &SymmetricKey> {
-        self.keys.values()
-    }
-}
-
-/// Reads a secret file: a regular file (opening a FIFO would block the start), at most
-/// `max_len` bytes, that group and others can neither read nor write. The contents
-/// are wiped when dropped.
-pub fn read_private_file(path: &Path, max_len: u64) -> Result<Zeroizing<Vec<u8>>, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot open: {e}"))?;
-    if !meta.is_file() {
-        return Err("not a regular file".into());
-    }
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot open: {e}"))?;
-    read_private(file, max_len)
-}
-
-/// [`read_private_file`] for a file in a directory an unprivileged process can write
-/// (read as root before privileges are dropped): never through a symbolic link, and a
-/// FIFO or device planted there is not waited on.
-pub fn read_private_file_no_link(path: &Path, max_len: u64) -> Result<Zeroizing<Vec<u8>>, String> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| format!("cannot open (symbolic links are refused): {e}"))?;
-    read_private(file, max_len)
-}
-
-fn read_private(file: std::fs::File, max_len: u64) -> Result<Zeroizing<Vec<u8>>, String> {
-    let meta = file.metadata().map_err(|e| format!("cannot stat: {e}"))?;
-    if !meta.is_file() {
-        return Err("not a regular file".into());
-    }
-    check_private(&meta)?;
-    if meta.len() > max_len {
-        return Err(format!("larger than {max_len} bytes"));
-    }
-    // Sized up front: a growing buffer would free copies of the secrets unwiped.
-    let mut bytes = Zeroizing::new(Vec::with_capacity(meta.len() as usize + 1));
-    file.take(max_len)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read: {e}"))?;
-    Ok(bytes)
-}
-
-fn check_private(meta: &std::fs::Metadata) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o066 != 0 {
-        return Err(format!(
-            "mode {mode:04o} lets group or others read or write the keys; chmod 600 it"
-        ));
-    }
-    Ok(())
 }
 
 /// chrony: a line starting with `#`, `!`, `;` or `%` is a comment, and keys may
@@ -526,38 +302,5 @@ mod tests {
         assert_eq!(store.get(1).unwrap().secret(), b"x#longsecretpart");
         let ntp = parse("1 SHA1 shortkey   # a comment\n").unwrap();
         assert_eq!(ntp.get(1).unwrap().secret(), b"shortkey");
-    }
-
-    #[test]
-    fn only_regular_utf8_files_are_read() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let err = KeyStore::load(dir.path(), KeyFileFormat::Auto).unwrap_err();
-        assert!(err.problem.contains("not a regular file"), "{err}");
-        let path = dir.path().join("binary.keys");
-        std::fs::write(&path, b"1 MD5 \xff\xfe\n").unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let err = KeyStore::load(&path, KeyFileFormat::Auto).unwrap_err();
-        assert!(err.problem.contains("UTF-8"), "{err}");
-        let big = dir.path().join("big.keys");
-        std::fs::write(&big, vec![b'#'; 2 << 20]).unwrap();
-        std::fs::set_permissions(&big, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let err = KeyStore::load(&big, KeyFileFormat::Auto).unwrap_err();
-        assert!(err.problem.contains("larger than"), "{err}");
-    }
-
-    #[test]
-    fn group_or_world_access_is_refused() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("ntp.keys");
-        std::fs::write(&path, "1 MD5 secret\n").unwrap();
-        for mode in [0o644, 0o640, 0o604, 0o620] {
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
-            let err = KeyStore::load(&path, KeyFileFormat::Auto).unwrap_err();
-            assert!(err.problem.contains("chmod 600"), "{mode:o}: {err}");
-        }
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert_eq!(KeyStore::load(&path, KeyFileFormat::Auto).unwrap().len(), 1);
     }
 }

@@ -1,0 +1,312 @@
+//! The composition root of `ntimed run`: binds the listeners (or checks inherited ones),
+//! loads keys, certificates and the client role from the config, then starts the NTP
+//! servers, the NTS-KE servers, key rotation and the client, and stops on a signal.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+use super::nts::{self, KeLimits};
+use super::peer::{PeerLink, PeerRoutes};
+use super::serve::{Reference, start_on};
+use crate::auth::nts::cookie::Rotation;
+use crate::auth::nts::ke::NtpEndpoint;
+use crate::clock::system::SystemClock;
+use crate::clock::{Clock, SoftwareClock};
+use crate::config::{ClockMode, Loaded, UnknownPeers};
+use crate::proto::ratelimit::RateLimit;
+use crate::proto::server::{Server, ServerOptions};
+
+/// Sockets bound before anything runs, by the supervisor when privileges are
+/// separated: one per `[[server]]` and one per `[[nts-ke-server]]`, in config order.
+pub struct Listeners {
+    pub udp: Vec<std::net::UdpSocket>,
+    pub tcp: Vec<std::net::TcpListener>,
+}
+
+impl Listeners {
+    /// Binds every listen address in `config`; the first that fails stops the start.
+    pub fn bind(config: &crate::config::Config) -> Result<Self, String> {
+        let bind_err =
+            |listen: &SocketAddr, e: std::io::Error| format!("cannot listen on {listen}: {e}");
+        let udp = config
+            .servers
+            .iter()
+            .map(|s| s.listen.get_ref())
+            .map(|listen| std::net::UdpSocket::bind(listen).map_err(|e| bind_err(listen, e)))
+            .collect::<Result<_, _>>()?;
+        let tcp = config
+            .nts_ke_servers
+            .iter()
+            .map(|s| s.listen.get_ref())
+            .map(|listen| std::net::TcpListener::bind(listen).map_err(|e| bind_err(listen, e)))
+            .collect::<Result<_, _>>()?;
+        Ok(Self { udp, tcp })
+    }
+
+    /// Checks that inherited sockets are the ones `config` asks for, in its order.
+    pub fn check(&self, config: &crate::config::Config) -> Result<(), String> {
+        let wanted_udp: Vec<SocketAddr> =
+            config.servers.iter().map(|s| *s.listen.get_ref()).collect();
+        let wanted_tcp: Vec<SocketAddr> = config
+            .nts_ke_servers
+            .iter()
+            .map(|s| *s.listen.get_ref())
+            .collect();
+        let udp: Vec<_> = self
+            .udp
+            .iter()
+            .map(|s| s.local_addr())
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?;
+        let tcp: Vec<_> = self
+            .tcp
+            .iter()
+            .map(|s| s.local_addr())
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?;
+        let matches = |wanted: &[SocketAddr], got: &[SocketAddr]| {
+            wanted.len() == got.len()
+                && wanted
+                    .iter()
+                    .zip(got)
+                    .all(|(w, g)| w.ip() == g.ip() && (w.port() == 0 || w.port() == g.port()))
+        };
+        if matches(&wanted_udp, &udp) && matches(&wanted_tcp, &tcp) {
+            Ok(())
+        } else {
+            Err(format!(
+                "inherited sockets {udp:?} / {tcp:?} are not the configured {wanted_udp:?} / {wanted_tcp:?}"
+            ))
+        }
+    }
+}
+
+/// The clock `ntimed run` uses in one process: the system clock, read-only, without
+/// `[clock]`; otherwise the configured one.
+pub fn local_clock(section: Option<&crate::config::ClockSection>) -> Arc<dyn Clock> {
+    match section {
+        // Nothing steers it: read the system clock directly, without a lock per request.
+        None => Arc::new(SystemClock::new()),
+        Some(section) => match section.mode {
+            ClockMode::Observe => Arc::new(SoftwareClock::observe()),
+            ClockMode::Simulated => Arc::new(SoftwareClock::simulated(
+                section.simulated_offset,
+                section.simulated_frequency,
+            )),
+            ClockMode::System => Arc::new(SystemClock::new()),
+        },
+    }
+}
+
+/// Everything `ntimed run` reads before it serves (TLS, cookie keys, the client role),
+/// so that it can all happen before privileges are dropped.
+pub struct Prepared {
+    loaded: Loaded,
+    /// The cookie master keys, and the file they are saved to when they rotate.
+    pub cookie_keys: Option<(
+        crate::proto::server::SharedCookieKeys,
+        Option<std::path::PathBuf>,
+    )>,
+    ke_configs: Vec<(Arc<rustls::ServerConfig>, NtpEndpoint)>,
+    pub client: Option<super::client::ClientRole>,
+}
+
+/// Loads and checks everything `[[server]]`, `[[nts-ke-server]]`, `[nts]` and
+/// `[[source]]` need.
+pub fn prepare(loaded: Loaded) -> Result<Prepared, String> {
+    let config = &loaded.config;
+    let client = super::client::prepare(&loaded)?;
+    let cookie_keys = match &config.nts {
+        Some(section) => {
+            let defaults = Rotation::default();
+            let period = section
+                .rotation
+                .as_ref()
+                .map_or(defaults.period, |r| *r.get_ref());
+            let rotation = Rotation {
+                period,
+                // By default a week, and never less than one rotation period.
+                retention: section
+                    .retention
+                    .as_ref()
+                    .map_or(defaults.retention, |r| *r.get_ref())
+                    .max(period),
+            };
+            let fleet = section.fleet_secret.as_ref().map(|p| loaded.path(p));
+            let dir = section.key_dir.as_ref().map(|p| loaded.path(p));
+            let (keys, persist_to) =
+                nts::load_cookie_keys(fleet.as_deref(), dir.as_deref(), rotation)?;
+            Some((Arc::new(RwLock::new(keys)), persist_to))
+        }
+        None => None,
+    };
+    if !config.nts_ke_servers.is_empty() && cookie_keys.is_none() {
+        return Err("[[nts-ke-server]] needs [nts]".into());
+    }
+    let mut ke_configs = Vec::new();
+    for section in &config.nts_ke_servers {
+        let tls = nts::server_config(
+            &loaded.path(&section.certificate_chain),
+            &loaded.path(&section.private_key),
+            section.name.as_deref(),
+            std::time::SystemTime::now(),
+        )?;
+        // Clients go to the configured NTP port, else to the only server's if not 123.
+        let only_port = match &config.servers[..] {
+            [only] => Some(only.listen.get_ref().port()).filter(|&p| p != 123),
+            _ => None,
+        };
+        let endpoint = NtpEndpoint {
+            server: section.ntp_server.as_ref().map(|s| s.get_ref().clone()),
+            port: section
+                .ntp_port
+                .as_ref()
+                .map(|p| *p.get_ref())
+                .or(only_port),
+        };
+        ke_configs.push((tls, endpoint));
+    }
+    Ok(Prepared {
+        loaded,
+        cookie_keys,
+        ke_configs,
+        client,
+    })
+}
+
+/// `ntimed run` in one process: serves every `[[server]]` and `[[nts-ke-server]]` until
+/// SIGINT or SIGTERM. Keys, certificates and addresses are all checked before anything
+/// serves.
+pub async fn run(loaded: Loaded) -> Result<(), String> {
+    let clock = local_clock(loaded.config.clock.as_ref().map(|c| c.get_ref()));
+    let listeners = Listeners::bind(&loaded.config)?;
+    let prepared = prepare(loaded)?;
+    serve(prepared, listeners, clock, || {}).await
+}
+
+/// Serves on `listeners` with what `prepare` loaded until SIGINT or SIGTERM, calling
+/// `ready` once everything is up.
+pub async fn serve(
+    prepared: Prepared,
+    listeners: Listeners,
+    clock: Arc<dyn Clock>,
+    ready: impl FnOnce(),
+) -> Result<(), String> {
+    let Prepared {
+        loaded,
+        cookie_keys,
+        ke_configs,
+        client,
+    } = prepared;
+    let config = &loaded.config;
+    let local_stratum = config.local.as_ref().map(|l| *l.stratum.get_ref());
+    let reference = match (&client, local_stratum) {
+        (Some(client), _) => Reference::Engine(client.state.clone()),
+        (None, Some(stratum)) => Reference::Local { stratum },
+        (None, None) => Reference::Unsynchronized,
+    };
+    let (routes, inbound) = match &client {
+        Some(client) if !client.peers.is_empty() => {
+            let (routes, inbound) = PeerRoutes::new(client.peers.len());
+            (Some(routes), Some(inbound))
+        }
+        _ => (None, None),
+    };
+    let mut running = Vec::new();
+    for (section, socket) in config.servers.iter().zip(listeners.udp) {
+        let mut server = Server::new(
+            loaded.keys.clone(),
+            ServerOptions {
+                crypto_nak: section.crypto_nak,
+                answer_unknown_peers: section.unknown_peers == UnknownPeers::Reply,
+            },
+        );
+        if let Some((keys, _)) = &cookie_keys {
+            server = server.with_nts(keys.clone());
+        }
+        server = server.with_peer_keys(config.peers.iter().filter_map(|p| p.get_ref().key));
+        let rate_limit = section
+            .rate_limit
+            .as_ref()
+            .map(|r| r.get_ref())
+            .map(|r| RateLimit {
+                interval: r.interval,
+                burst: r.burst,
+                kiss_one_in: r.kiss_one_in,
+            });
+        let listen = *section.listen.get_ref();
+        let r = start_on(
+            socket,
+            server,
+            reference.clone(),
+            rate_limit,
+            clock.clone(),
+            routes.clone(),
+        )
+        .map_err(|e| format!("cannot serve on {listen}: {e}"))?;
+        tracing::info!(
+            "serving NTP on {} ({}, {} keys, NTS {})",
+            r.local_addr,
+            reference.describe(),
+            loaded.keys.len(),
+            if cookie_keys.is_some() { "on" } else { "off" }
+        );
+        running.push(r);
+    }
+    let mut ke_running = Vec::new();
+    for ((tls, endpoint), listener) in ke_configs.into_iter().zip(listeners.tcp) {
+        let Some((keys, _)) = &cookie_keys else {
+            return Err("[[nts-ke-server]] needs [nts]".into());
+        };
+        let r = nts::start_ke_server_on(
+            listener,
+            tls,
+            keys.clone(),
+            endpoint.clone(),
+            KeLimits::default(),
+        )
+        .map_err(|e| format!("cannot serve NTS-KE: {e}"))?;
+        tracing::info!(
+            "serving NTS-KE on {} (clients sent to {endpoint:?})",
+            r.local_addr
+        );
+        ke_running.push(r);
+    }
+    let rotation = cookie_keys.map(|(keys, persist_to)| nts::spawn_rotation(keys, persist_to));
+    let (stop_client, stopped) = tokio::sync::oneshot::channel();
+    let link = routes.zip(inbound).map(|(routes, inbound)| PeerLink {
+        routes,
+        inbound,
+        sockets: running.iter().map(|r| r.socket.clone()).collect(),
+    });
+    let client_task = client.map(|client| {
+        let precision = super::measure_precision();
+        tokio::spawn(client.run(clock.clone(), local_stratum, precision, link, stopped))
+    });
+    ready();
+    shutdown_signal().await;
+    let _ = stop_client.send(());
+    if let Some(task) = client_task {
+        let _ = task.await;
+    }
+    if let Some(task) = rotation {
+        task.abort();
+    }
+    tracing::info!("stopping");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
