@@ -165,7 +165,7 @@ fn run_as_root_splits_into_a_sandboxed_engine_and_clock_process() {
         })
     });
     assert!(synced, "last reply {last:?}\n{}", run.log());
-    assert!(run.log().contains("applied Step"), "{}", run.log());
+    assert!(run.log().contains("applied step by"), "{}", run.log());
 }
 
 /// If a child dies, the daemon stops, with a failure for systemd to restart on; a
@@ -472,8 +472,8 @@ fn a_forged_engine_cannot_step_the_clock_beyond_policy() {
         ));
     }
     let log = engine.log();
-    assert_eq!(log.matches("applied Step").count(), 1, "{log}");
-    assert!(log.contains("refused Step { offset: 3600.0 }"), "{log}");
+    assert_eq!(log.matches("applied step by").count(), 1, "{log}");
+    assert!(log.contains("refused step by +3600.000000 s"), "{log}");
     assert!(log.matches("refused").count() <= 3, "{log}");
 
     // A crashed and restarted daemon gets no second start-up step in the same boot.
@@ -635,7 +635,7 @@ fn a_full_disk_neither_resets_the_step_budget_nor_stops_the_clock_process() {
         engine.log()
     );
     let log = engine.log();
-    assert!(!log.contains("applied Step"), "{log}");
+    assert!(!log.contains("applied step by"), "{log}");
     assert!(log.contains("cannot write the policy record"), "{log}");
 }
 

@@ -267,7 +267,7 @@ pub async fn serve(
         )
         .map_err(|e| format!("cannot serve NTS-KE: {e}"))?;
         tracing::info!(
-            "serving NTS-KE on {} (clients sent to {endpoint:?})",
+            "serving NTS-KE on {} (clients sent to {endpoint})",
             r.local_addr
         );
         ke_running.push(r);
@@ -279,12 +279,27 @@ pub async fn serve(
         inbound,
         sockets: running.iter().map(|r| r.socket.clone()).collect(),
     });
-    let client_task = client.map(|client| {
+    let mut client_task = client.map(|client| {
         let precision = super::measure_precision();
         tokio::spawn(client.run(clock.clone(), local_stratum, precision, link, stopped))
     });
     ready();
-    shutdown_signal().await;
+    let client_ended = async {
+        match client_task.as_mut() {
+            Some(task) => task.await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = shutdown_signal() => {}
+        // The client role ends on its own only when the clock process is lost: what
+        // the clock did is unknown, so the engine stops and the supervisor with it.
+        ended = client_ended => {
+            if let Ok(Err(e)) = ended {
+                return Err(format!("lost the clock process ({e}); stopping"));
+            }
+        }
+    }
     let _ = stop_client.send(());
     if let Some(task) = client_task {
         let _ = task.await;

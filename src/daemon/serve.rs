@@ -192,7 +192,7 @@ impl Worker {
                 Err(reason) => {
                     if let Some(more) = drop_log.allow() {
                         tracing::info!(
-                            "dropped request from {peer}: {reason:?} ({more} more dropped since the last report)"
+                            "dropped request from {peer}: {reason} ({more} more dropped since the last report)"
                         );
                     }
                 }

@@ -284,7 +284,7 @@ pub fn serve(
                 // A compromised engine may send refusable commands without end.
                 if let Some(more) = refusal_log.allow() {
                     tracing::warn!(
-                        "refused {command:?}: {why} ({more} more refused since the last report)"
+                        "refused {command}: {why} ({more} more refused since the last report)"
                     );
                 }
                 Reply::Refused(why)
@@ -296,15 +296,15 @@ pub fn serve(
                         command,
                         ClockCommand::Step { .. } | ClockCommand::SetLeap(_)
                     ) {
-                        tracing::info!("applied {command:?}");
+                        tracing::info!("applied {command}");
                     } else {
-                        tracing::debug!("applied {command:?}");
+                        tracing::debug!("applied {command}");
                     }
                     policy.applied(&command);
                     Reply::Applied { at }
                 }
                 Err(e) => {
-                    tracing::warn!("the clock refused {command:?}: {e}");
+                    tracing::warn!("the clock refused {command}: {e}");
                     Reply::Refused(Refusal::System)
                 }
             },

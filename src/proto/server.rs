@@ -63,27 +63,38 @@ impl SyncState {
 }
 
 /// Why a request got no answer. Each is counted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum DropReason {
+    #[error("malformed: {0}")]
     Malformed(PacketError),
+    #[error("unsupported version {0}")]
     UnsupportedVersion(u8),
     /// Only client mode (and, if enabled, symmetric active) is answered here.
+    #[error("not a client request ({0:?})")]
     NotClientMode(Mode),
     /// A crypto-NAK is a server's answer, never a request.
+    #[error("a crypto-NAK as a request")]
     CryptoNakRequest,
+    #[error("unknown key {0}")]
     UnknownKey(u32),
+    #[error("MAC under key {0} does not verify")]
     BadMac(u32),
     /// Symmetric active under a `[[peer]]`'s key from an address that is not that
     /// peer: answering would sign packets the peer's association accepts (a reflected
     /// packet of ours would come back as an answer to ourselves).
+    #[error("symmetric active under peer key {0} from an address that is not the peer")]
     PeerKey(u32),
     /// NTS fields that are not a well-formed NTS request (ADVERSARIAL 11, 13).
+    #[error("bad NTS request: {0}")]
     BadNts(&'static str),
     /// The NTS reply fields could not be written; never expected.
+    #[error("internal error writing the NTS reply")]
     Internal,
     /// Would have been larger than the request (never expected; a last guard).
+    #[error("the answer would be larger than the request")]
     WouldAmplify,
     /// Over the source's rate limit, and not answered with a kiss.
+    #[error("rate limited")]
     RateLimited,
 }
 

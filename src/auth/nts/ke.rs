@@ -131,6 +131,15 @@ pub struct NtpEndpoint {
     pub port: Option<u16>,
 }
 
+/// Where clients are sent, for logs: `host:port`, with "this host" and port 123 for
+/// what is left to the client's defaults.
+impl std::fmt::Display for NtpEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let server = self.server.as_deref().unwrap_or("this host");
+        write!(f, "{server}:{}", self.port.unwrap_or(123))
+    }
+}
+
 /// Writes the server's response for `decision`; `cookies` are sent only on Accept.
 pub fn write_response(
     decision: &KeDecision,
