@@ -18,7 +18,7 @@ use crate::wire::{
 };
 
 /// Root distance at or beyond which a source is never used (RFC 5905's MAXDIST is
-/// lower; this is the hard limit of PROTOCOL.md).
+/// lower; this is the hard limit of docs/PROTOCOL.md, "Unusable servers").
 pub const MAX_ROOT_DISTANCE: f64 = 16.0;
 
 /// Whether `reply` echoes `request`'s transmit field in its origin field: a cheap

@@ -29,7 +29,7 @@ pub const IBURST_COUNT: u32 = 4;
 /// Seconds between them.
 pub const IBURST_INTERVAL: f64 = 2.0;
 /// First wait before retrying a failed NTS-KE, seconds; it grows by half each time up
-/// to five days (PROTOCOL.md), and only a good sample resets it.
+/// to five days (docs/PROTOCOL.md, "NTS-KE retries"), and only a good sample resets it.
 const KE_RETRY_FIRST: f64 = 10.0;
 const KE_RETRY_GROWTH: f64 = 1.5;
 const KE_RETRY_MAX: f64 = 5.0 * 86_400.0;
