@@ -28,7 +28,11 @@ fn requests(cookie_keys: &CookieKeys, keys: &KeyStore) -> Vec<(String, Vec<u8>)>
         };
         // A client whose jar is full asks for one cookie, the usual case.
         let cookies = (0..8)
-            .map(|_| cookie_keys.seal(&session_keys).expect("seal"))
+            .map(|_| {
+                cookie_keys
+                    .seal(&session_keys, &mut rand::rng())
+                    .expect("seal")
+            })
             .collect();
         let mut session = NtsSession::new(session_keys, cookies);
         let mut nts = plain.clone();
@@ -51,7 +55,7 @@ fn bench(c: &mut Criterion) {
     )
     .expect("bench keys");
     let mut cookie_keys = CookieKeys::random(Rotation::default(), vec![]);
-    cookie_keys.update(1_800_000_000);
+    cookie_keys.update(1_800_000_000, &mut rand::rng());
     let requests = requests(&cookie_keys, &keys);
     let server =
         Server::new(keys, ServerOptions::default()).with_nts(Arc::new(RwLock::new(cookie_keys)));
@@ -62,14 +66,20 @@ fn bench(c: &mut Criterion) {
     for (name, request) in &requests {
         assert!(
             server
-                .handle_request(request, now, &state, || now, &mut reply)
+                .handle_request(request, now, &state, || now, &mut rand::rng(), &mut reply)
                 .is_ok(),
             "{name}"
         );
         group.bench_function(name.as_str(), |b| {
             b.iter(|| {
-                let result =
-                    server.handle_request(black_box(request), now, &state, || now, &mut reply);
+                let result = server.handle_request(
+                    black_box(request),
+                    now,
+                    &state,
+                    || now,
+                    &mut rand::rng(),
+                    &mut reply,
+                );
                 black_box((&result, &reply));
             })
         });

@@ -36,7 +36,7 @@ pub async fn run() -> Result<ExitCode, String> {
     let unix_now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    cookie_keys.update(unix_now);
+    cookie_keys.update(unix_now, &mut rand::rng());
     let cookie_keys = Arc::new(RwLock::new(cookie_keys));
 
     let servers = Servers {

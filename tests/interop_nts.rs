@@ -301,8 +301,8 @@ fn cookies_from_a_rotated_out_key_work_until_retention_ends() {
     };
     let sealed_at = |unix: u64| {
         let mut keys = CookieKeys::random(Rotation::default(), vec![]);
-        keys.update(unix);
-        let cookie = keys.seal(&session()).expect("seal");
+        keys.update(unix, &mut rand::rng());
+        let cookie = keys.seal(&session(), &mut rand::rng()).expect("seal");
         (keys, cookie)
     };
     let (yesterday, cookie_yesterday) = sealed_at(now - DAY);

@@ -41,7 +41,7 @@ proptest! {
         for crypto_nak in [false, true] {
             let server = Server::new(keys(), ServerOptions { crypto_nak, ..ServerOptions::default() });
             let mut reply = Vec::new();
-            if server.handle_request(&data, now, &state, || now, &mut reply).is_ok() {
+            if server.handle_request(&data, now, &state, || now, &mut rand::rng(), &mut reply).is_ok() {
                 prop_assert!(reply.len() <= data.len());
             } else {
                 prop_assert!(reply.is_empty());

@@ -6,6 +6,6 @@ use ntimed::auth::nts::cookie::{CookieKeys, Rotation};
 
 fuzz_target!(|data: &[u8]| {
     let mut keys = CookieKeys::fleet(Rotation::default(), &[5; 32]).expect("secret");
-    keys.update(1_800_000_000);
+    keys.update(1_800_000_000, &mut rand::rng());
     assert!(keys.open(data).is_none(), "a random cookie opened");
 });

@@ -29,7 +29,11 @@ fuzz_target!(|data: &[u8]| {
     };
     let mut policy = Policy::new(config, 0.0);
     let (mut stepped, mut step_count, mut slewed) = (0.0f64, 0u32, false);
-    let chunk = if mode & 0x80 != 0 { FRAME_LEN - 1 } else { FRAME_LEN };
+    let chunk = if mode & 0x80 != 0 {
+        FRAME_LEN - 1
+    } else {
+        FRAME_LEN
+    };
     for (i, frame) in frames.chunks(chunk).enumerate() {
         let Ok((id, command)) = ipc::decode_command(frame) else {
             // The clock process exits on the first malformed frame.

@@ -17,8 +17,14 @@ fuzz_target!(|data: &[u8]| {
     let Ok(Some((answer, _))) = parse_message(&out) else {
         panic!("unparsable response");
     };
-    let aeads = answer.iter().filter(|r| matches!(r.body, RecordBody::AeadAlgorithm(_))).count();
-    let sent = answer.iter().filter(|r| matches!(r.body, RecordBody::NewCookie(_))).count();
+    let aeads = answer
+        .iter()
+        .filter(|r| matches!(r.body, RecordBody::AeadAlgorithm(_)))
+        .count();
+    let sent = answer
+        .iter()
+        .filter(|r| matches!(r.body, RecordBody::NewCookie(_)))
+        .count();
     assert!(aeads <= 1 && sent <= 8);
     if matches!(decision, KeDecision::Accept { .. }) {
         assert!(ke::handle_response(&answer).is_ok());

@@ -8,7 +8,11 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    for format in [KeyFileFormat::Auto, KeyFileFormat::Ntp, KeyFileFormat::Chrony] {
+    for format in [
+        KeyFileFormat::Auto,
+        KeyFileFormat::Ntp,
+        KeyFileFormat::Chrony,
+    ] {
         match KeyStore::parse("fuzz.keys", text, format) {
             Ok(store) => assert!(store.iter().all(|k| k.id() != 0)),
             Err(e) => assert!(e.to_string().starts_with("fuzz.keys")),

@@ -21,15 +21,19 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let mut cookie_keys = CookieKeys::fleet(Rotation::default(), &[3; 32]).expect("secret");
-    cookie_keys.update(1_800_000_000);
+    cookie_keys.update(1_800_000_000, &mut rand::rng());
     if let ServerNts::Valid { cookies, .. } = check_request(&packet, data, &cookie_keys) {
         assert!((1..=8).contains(&cookies));
     }
     let Some(session_keys) = keys() else { return };
-    let cookie = cookie_keys.seal(&session_keys).expect("seal");
+    let cookie = cookie_keys
+        .seal(&session_keys, &mut rand::rng())
+        .expect("seal");
     let mut session = NtsSession::new(session_keys, vec![cookie]);
     let mut request = Vec::new();
     Header::client_request(6, NtpTimestamp::from_bits(1)).write(&mut request);
-    session.write_request_fields(&mut rand::rng(), &mut request).expect("request");
+    session
+        .write_request_fields(&mut rand::rng(), &mut request)
+        .expect("request");
     assert!(session.check_response(&packet, data).is_err());
 });

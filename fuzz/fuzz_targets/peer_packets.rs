@@ -12,20 +12,36 @@ use std::sync::LazyLock;
 
 /// Parsed once, not for every input.
 static KEYS: LazyLock<KeyStore> = LazyLock::new(|| {
-    KeyStore::parse("k", "1 AES128 HEX:000102030405060708090a0b0c0d0e0f", KeyFileFormat::Chrony)
-        .expect("test key")
+    KeyStore::parse(
+        "k",
+        "1 AES128 HEX:000102030405060708090a0b0c0d0e0f",
+        KeyFileFormat::Chrony,
+    )
+    .expect("test key")
 });
 
 fuzz_target!(|data: &[u8]| {
-    let Some(key) = KEYS.get(1).cloned() else { return };
+    let Some(key) = KEYS.get(1).cloned() else {
+        return;
+    };
     let now = NtpTimestamp::from_bits(0xe000_0000_0000_0000);
     let state = SyncState::local_reference(2, now, -20);
-    let options = PeerOptions { precision: 0, ..PeerOptions::default() };
+    let options = PeerOptions {
+        precision: 0,
+        ..PeerOptions::default()
+    };
     for keyed in [true, false] {
-        let auth = if keyed { PeerAuth::Key(key.clone()) } else { PeerAuth::Insecure };
+        let auth = if keyed {
+            PeerAuth::Key(key.clone())
+        } else {
+            PeerAuth::Insecure
+        };
         let mut peer = Peer::new(auth, options, 0.0);
         let mut out = Vec::new();
-        assert!(peer.handle_timeout(0.0, now, &state, &mut out));
+        assert!(
+            peer.handle_timeout(0.0, now, &state, &mut rand::rng(), &mut out)
+                .is_some()
+        );
         // Datagrams: a length byte, then that many bytes.
         let mut rest = data;
         let mut t = 0.0;
@@ -42,9 +58,15 @@ fuzz_target!(|data: &[u8]| {
         if keyed {
             assert!(!peer.is_reachable());
             let mut next = Vec::new();
-            if peer.handle_timeout(1e6, now, &state, &mut next) {
+            if peer
+                .handle_timeout(1e6, now, &state, &mut rand::rng(), &mut next)
+                .is_some()
+            {
                 let header = Header::parse(&next).expect("our own packet");
-                assert!(header.origin_time.is_zero(), "echoed an unauthenticated packet");
+                assert!(
+                    header.origin_time.is_zero(),
+                    "echoed an unauthenticated packet"
+                );
             }
         }
     }

@@ -8,16 +8,28 @@ use ntimed::proto::server::{Server, ServerOptions, SyncState};
 use ntimed::wire::NtpTimestamp;
 
 fuzz_target!(|data: &[u8]| {
-    let server = Server::new(KeyStore::default(), ServerOptions { crypto_nak: true, ..ServerOptions::default() });
+    let server = Server::new(
+        KeyStore::default(),
+        ServerOptions {
+            crypto_nak: true,
+            ..ServerOptions::default()
+        },
+    );
     let now = NtpTimestamp::from_bits(0xe000_0000_0000_0000);
     let state = SyncState::local_reference(1, now, -20);
     let mut reply = Vec::new();
-    if server.handle_request(data, now, &state, || now, &mut reply).is_ok() {
+    if server
+        .handle_request(data, now, &state, || now, &mut rand::rng(), &mut reply)
+        .is_ok()
+    {
         assert!(reply.len() <= data.len());
     }
     let mut client = ClientExchange::new(ClientAuth::None, 6);
     let mut request = Vec::new();
-    if client.poll_request(now, &mut rand::rng(), &mut request).is_err() {
+    if client
+        .poll_request(now, &mut rand::rng(), &mut request)
+        .is_err()
+    {
         return;
     }
     // Random bytes cannot guess the random 64-bit origin.

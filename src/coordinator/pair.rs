@@ -272,7 +272,14 @@ impl Pair {
                 .is_ok()
         } else {
             far.server
-                .handle_request(request, at_server, &state, || at_server, &mut self.reply)
+                .handle_request(
+                    request,
+                    at_server,
+                    &state,
+                    || at_server,
+                    &mut self.rng,
+                    &mut self.reply,
+                )
                 .is_ok()
         };
         if answered && !self.lost() {

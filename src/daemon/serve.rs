@@ -172,8 +172,14 @@ impl Worker {
             let result = match verdict {
                 Verdict::Allow => {
                     let state = self.reference.state(self.precision, received);
-                    self.server
-                        .handle_request(bytes, received, &state, now, &mut reply)
+                    self.server.handle_request(
+                        bytes,
+                        received,
+                        &state,
+                        now,
+                        &mut rand::rng(),
+                        &mut reply,
+                    )
                 }
                 over => self.server.handle_rate_limited(
                     bytes,

@@ -323,7 +323,14 @@ mod tests {
         let state = SyncState::local_reference(2, rx, -20);
         let mut reply = Vec::new();
         server
-            .handle_request(request, rx, &state, || rx.add_seconds(0.001), &mut reply)
+            .handle_request(
+                request,
+                rx,
+                &state,
+                || rx.add_seconds(0.001),
+                &mut rand::rng(),
+                &mut reply,
+            )
             .unwrap();
         reply
     }
@@ -492,7 +499,7 @@ mod tests {
                 ..state
             };
             server
-                .handle_request(&request, rx, &s, || rx, &mut reply)
+                .handle_request(&request, rx, &s, || rx, &mut rand::rng(), &mut reply)
                 .unwrap();
             let Ok(Response::Sample(sample)) = client.handle_response(&reply, T4) else {
                 panic!("stratum {stratum}: not a sample")

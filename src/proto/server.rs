@@ -9,6 +9,7 @@
 //! the MAC verifies; otherwise it is dropped, or answered with a crypto-NAK if so
 //! configured. A reply is never larger than its request, so ntimed cannot amplify.
 
+use rand::CryptoRng;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -204,17 +205,19 @@ impl Server {
 
     /// Handles one request received at `received`. On success the reply is in `reply`
     /// (cleared first). `now` is read as late as possible, just before the transmit
-    /// timestamp is written; `state` describes this server's clock.
+    /// timestamp is written; `state` describes this server's clock; `rng` draws NTS
+    /// nonces (the caller's cryptographic generator).
     pub fn handle_request(
         &self,
         request: &[u8],
         received: NtpTimestamp,
         state: &SyncState,
         now: impl FnOnce() -> NtpTimestamp,
+        rng: &mut (impl CryptoRng + ?Sized),
         reply: &mut Vec<u8>,
     ) -> Result<Answer, DropReason> {
         reply.clear();
-        let result = self.respond(request, received, state, now, reply);
+        let result = self.respond(request, received, state, now, rng, reply);
         let counter = match &result {
             Ok(Answer::Plain) => &self.stats.plain,
             Ok(Answer::Keyed(_)) => &self.stats.keyed,
@@ -294,6 +297,7 @@ impl Server {
         received: NtpTimestamp,
         state: &SyncState,
         now: impl FnOnce() -> NtpTimestamp,
+        rng: &mut (impl CryptoRng + ?Sized),
         reply: &mut Vec<u8>,
     ) -> Result<Answer, DropReason> {
         let packet = Packet::parse(request).map_err(DropReason::Malformed)?;
@@ -337,7 +341,7 @@ impl Server {
             (Some(ServerNts::Valid { uid, keys, cookies }), Some(cookie_keys)) => {
                 // Sealed before the clock is read, to keep the transmit time late.
                 let new = (0..cookies)
-                    .filter_map(|_| cookie_keys.seal(&keys))
+                    .filter_map(|_| cookie_keys.seal(&keys, rng))
                     .collect();
                 Auth::Nts {
                     uid,
@@ -393,7 +397,7 @@ impl Server {
                 Answer::CryptoNak
             }
             Auth::Nts { uid, keys, cookies } => {
-                nts::ntp::write_response_fields(reply, uid, &keys.s2c, &cookies, &mut rand::rng())
+                nts::ntp::write_response_fields(reply, uid, &keys.s2c, &cookies, rng)
                     .ok_or(DropReason::Internal)?;
                 Answer::Nts
             }
@@ -443,7 +447,7 @@ mod tests {
     fn answer(server: &Server, req: &[u8]) -> (Result<Answer, DropReason>, Vec<u8>) {
         let state = SyncState::local_reference(1, RX, -20);
         let mut reply = Vec::new();
-        let result = server.handle_request(req, RX, &state, || TX, &mut reply);
+        let result = server.handle_request(req, RX, &state, || TX, &mut rand::rng(), &mut reply);
         (result, reply)
     }
 
@@ -474,7 +478,14 @@ mod tests {
         let mut reply = Vec::new();
         let state = SyncState::unsynchronized(-20);
         server
-            .handle_request(&request(4, Mode::Client), RX, &state, || TX, &mut reply)
+            .handle_request(
+                &request(4, Mode::Client),
+                RX,
+                &state,
+                || TX,
+                &mut rand::rng(),
+                &mut reply,
+            )
             .unwrap();
         let p = Packet::parse(&reply).unwrap();
         assert_eq!(

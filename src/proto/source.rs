@@ -472,13 +472,13 @@ mod tests {
         };
         let cookie_keys = || {
             let mut keys = CookieKeys::random(Rotation::default(), vec![]);
-            keys.update(1_800_000_000);
+            keys.update(1_800_000_000, &mut rand::rng());
             keys
         };
         // Cookies from one server, requests to another that cannot open them.
         let issuer = cookie_keys();
         let cookies = (0..8)
-            .map(|_| issuer.seal(&session_keys()).unwrap())
+            .map(|_| issuer.seal(&session_keys(), &mut rand::rng()).unwrap())
             .collect();
         let server = Server::new(KeyStore::default(), ServerOptions::default())
             .with_nts(Arc::new(RwLock::new(cookie_keys())));
@@ -486,7 +486,14 @@ mod tests {
             let mut reply = Vec::new();
             let state = SyncState::local_reference(1, LOCAL, -20);
             server
-                .handle_request(request, LOCAL, &state, || LOCAL, &mut reply)
+                .handle_request(
+                    request,
+                    LOCAL,
+                    &state,
+                    || LOCAL,
+                    &mut rand::rng(),
+                    &mut reply,
+                )
                 .expect("an NTSN");
             reply
         };

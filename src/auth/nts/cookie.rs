@@ -11,6 +11,7 @@
 //! the info, so any number of KE and NTP hosts open each other's cookies without
 //! talking to each other.
 
+use rand::CryptoRng;
 use std::collections::BTreeMap;
 
 use zeroize::Zeroizing;
@@ -110,7 +111,7 @@ impl CookieKeys {
 
     /// Moves to the epoch of `unix_seconds`: adds keys up to the next epoch, drops
     /// those past retention. Returns whether the key set changed (persist it then).
-    pub fn update(&mut self, unix_seconds: u64) -> bool {
+    pub fn update(&mut self, unix_seconds: u64, rng: &mut (impl CryptoRng + ?Sized)) -> bool {
         let period = self.rotation.period.max(1);
         let current = u32::try_from(unix_seconds / period).unwrap_or(u32::MAX);
         let kept = u32::try_from(self.rotation.retention / period).unwrap_or(u32::MAX);
@@ -134,7 +135,7 @@ impl CookieKeys {
         };
         for epoch in wanted {
             if !self.keys.contains_key(&epoch)
-                && let Some(key) = self.make_key(epoch)
+                && let Some(key) = self.make_key(epoch, rng)
             {
                 self.keys.insert(epoch, key);
             }
@@ -143,10 +144,10 @@ impl CookieKeys {
         before != self.keys.keys().copied().collect::<Vec<_>>()
     }
 
-    fn make_key(&self, epoch: u32) -> Option<AeadKey> {
+    fn make_key(&self, epoch: u32, rng: &mut (impl CryptoRng + ?Sized)) -> Option<AeadKey> {
         let mut bytes = Zeroizing::new(vec![0u8; MASTER.key_len()]);
         match &self.source {
-            Source::Random => rand::fill(&mut bytes[..]),
+            Source::Random => rng.fill_bytes(&mut bytes[..]),
             Source::Fleet(secret) => {
                 let hk = hkdf::Hkdf::<sha2::Sha256>::new(Some(FLEET_SALT), secret);
                 let mut info = epoch.to_be_bytes().to_vec();
@@ -166,7 +167,7 @@ impl CookieKeys {
     }
 
     /// A new cookie holding `keys`, under the current epoch's master key.
-    pub fn seal(&self, keys: &SessionKeys) -> Option<Vec<u8>> {
+    pub fn seal(&self, keys: &SessionKeys, rng: &mut (impl CryptoRng + ?Sized)) -> Option<Vec<u8>> {
         let master = self.keys.get(&self.current)?;
         let mut plaintext = Zeroizing::new(Vec::with_capacity(4 + 2 * keys.c2s.bytes().len()));
         plaintext.extend_from_slice(&keys.algorithm().id().to_be_bytes());
@@ -174,7 +175,7 @@ impl CookieKeys {
         plaintext.extend_from_slice(keys.c2s.bytes());
         plaintext.extend_from_slice(keys.s2c.bytes());
         let mut nonce = [0u8; NONCE_LEN];
-        rand::fill(&mut nonce);
+        rng.fill_bytes(&mut nonce);
         let mut cookie = self.current.to_be_bytes().to_vec();
         cookie.extend_from_slice(&nonce);
         cookie.extend_from_slice(&master.seal(&nonce, &plaintext, &self.current.to_be_bytes())?);
@@ -257,7 +258,7 @@ mod tests {
 
     fn random() -> CookieKeys {
         let mut keys = CookieKeys::random(Rotation::default(), vec![]);
-        keys.update(NOW);
+        keys.update(NOW, &mut rand::rng());
         keys
     }
 
@@ -265,7 +266,7 @@ mod tests {
     fn cookies_open_to_the_keys_sealed_in_them() {
         let keys = random();
         for alg in AeadAlgorithm::PREFERENCE {
-            let cookie = keys.seal(&session(alg)).unwrap();
+            let cookie = keys.seal(&session(alg), &mut rand::rng()).unwrap();
             assert_eq!(cookie.len(), 4 + 16 + 4 + 2 * alg.key_len() + 16);
             assert_eq!(cookie.len() % 4, 0);
             let opened = keys.open(&cookie).unwrap();
@@ -279,7 +280,9 @@ mod tests {
     #[test]
     fn tampered_or_foreign_cookies_do_not_open() {
         let keys = random();
-        let cookie = keys.seal(&session(AeadAlgorithm::AesSivCmac256)).unwrap();
+        let cookie = keys
+            .seal(&session(AeadAlgorithm::AesSivCmac256), &mut rand::rng())
+            .unwrap();
         for i in 0..cookie.len() {
             let mut bad = cookie.clone();
             bad[i] ^= 0x10;
@@ -293,35 +296,44 @@ mod tests {
     #[test]
     fn cookies_survive_rotation_until_retention_ends() {
         let mut keys = random();
-        let cookie = keys.seal(&session(AeadAlgorithm::AesSivCmac256)).unwrap();
-        assert!(keys.update(NOW + DAY), "a new epoch adds a key");
+        let cookie = keys
+            .seal(&session(AeadAlgorithm::AesSivCmac256), &mut rand::rng())
+            .unwrap();
+        assert!(
+            keys.update(NOW + DAY, &mut rand::rng()),
+            "a new epoch adds a key"
+        );
         assert!(keys.open(&cookie).is_some());
-        keys.update(NOW + 7 * DAY);
+        keys.update(NOW + 7 * DAY, &mut rand::rng());
         assert!(
             keys.open(&cookie).is_some(),
             "kept for the retention window"
         );
-        keys.update(NOW + 8 * DAY);
+        keys.update(NOW + 8 * DAY, &mut rand::rng());
         assert!(keys.open(&cookie).is_none(), "then dropped");
     }
 
     #[test]
     fn a_clock_that_jumps_back_keeps_the_keys() {
         let mut keys = random();
-        let cookie = keys.seal(&session(AeadAlgorithm::AesSivCmac256)).unwrap();
-        keys.update(5); // 1970
-        keys.update(NOW + 60); // fixed again
+        let cookie = keys
+            .seal(&session(AeadAlgorithm::AesSivCmac256), &mut rand::rng())
+            .unwrap();
+        keys.update(5, &mut rand::rng()); // 1970
+        keys.update(NOW + 60, &mut rand::rng()); // fixed again
         assert!(keys.open(&cookie).is_some());
     }
 
     #[test]
     fn persisted_keys_reopen_cookies_after_a_restart() {
         let keys = random();
-        let cookie = keys.seal(&session(AeadAlgorithm::AesGcmSiv128)).unwrap();
+        let cookie = keys
+            .seal(&session(AeadAlgorithm::AesGcmSiv128), &mut rand::rng())
+            .unwrap();
         let text = encode_persisted(&keys.persistable());
         let mut restarted =
             CookieKeys::random(Rotation::default(), decode_persisted(&text).unwrap());
-        restarted.update(NOW + 60);
+        restarted.update(NOW + 60, &mut rand::rng());
         assert!(restarted.open(&cookie).is_some());
         assert!(decode_persisted("1 abcd\n").unwrap_err().contains("line 1"));
         assert!(decode_persisted("x 00\n").is_err());
@@ -332,15 +344,15 @@ mod tests {
         let secret = [9u8; 32];
         let mut ke_host = CookieKeys::fleet(Rotation::default(), &secret).unwrap();
         let mut ntp_host = CookieKeys::fleet(Rotation::default(), &secret).unwrap();
-        ke_host.update(NOW);
-        ntp_host.update(NOW + DAY - 10); // a day's skew is within the window
+        ke_host.update(NOW, &mut rand::rng());
+        ntp_host.update(NOW + DAY - 10, &mut rand::rng()); // a day's skew is within the window
         let cookie = ke_host
-            .seal(&session(AeadAlgorithm::AesSivCmac256))
+            .seal(&session(AeadAlgorithm::AesSivCmac256), &mut rand::rng())
             .unwrap();
         assert!(ntp_host.open(&cookie).is_some());
         assert!(ke_host.persistable().is_empty(), "nothing to persist");
         let mut other = CookieKeys::fleet(Rotation::default(), &[8u8; 32]).unwrap();
-        other.update(NOW);
+        other.update(NOW, &mut rand::rng());
         assert!(other.open(&cookie).is_none());
         assert!(CookieKeys::fleet(Rotation::default(), &[1; 16]).is_err());
     }

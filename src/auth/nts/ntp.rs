@@ -318,7 +318,7 @@ mod tests {
 
     fn cookie_keys() -> CookieKeys {
         let mut keys = CookieKeys::random(Rotation::default(), vec![]);
-        keys.update(1_800_000_000);
+        keys.update(1_800_000_000, &mut rand::rng());
         keys
     }
 
@@ -333,7 +333,7 @@ mod tests {
     /// A client with `n` cookies and the request it sends.
     fn client_request(server: &CookieKeys, n: usize) -> (NtsSession, Vec<u8>) {
         let cookies = (0..n)
-            .map(|_| server.seal(&session_keys()).unwrap())
+            .map(|_| server.seal(&session_keys(), &mut rand::rng()).unwrap())
             .collect();
         let mut session = NtsSession::new(session_keys(), cookies);
         let mut request = Vec::new();
@@ -350,7 +350,9 @@ mod tests {
         let ServerNts::Valid { uid, keys, cookies } = result else {
             panic!("request refused: {result:?}")
         };
-        let new: Vec<Vec<u8>> = (0..cookies).map(|_| server.seal(&keys).unwrap()).collect();
+        let new: Vec<Vec<u8>> = (0..cookies)
+            .map(|_| server.seal(&keys, &mut rand::rng()).unwrap())
+            .collect();
         let mut reply = request[..48].to_vec();
         write_response_fields(&mut reply, uid, &keys.s2c, &new, &mut rand::rng()).unwrap();
         reply

@@ -56,7 +56,7 @@ pub fn load_cookie_keys(
         }
         (None, None) => return Err("[nts] needs key-dir or fleet-secret".into()),
     };
-    if keys.0.update(unix_now())
+    if keys.0.update(unix_now(), &mut rand::rng())
         && let Some(file) = &keys.1
     {
         persist_cookie_keys(file, &encode_persisted(&keys.0.persistable()))?;
@@ -105,7 +105,7 @@ pub fn spawn_rotation(
                 let mut k = keys
                     .write()
                     .unwrap_or_else(|poisoned| poisoned.into_inner());
-                if !k.update(unix_now()) {
+                if !k.update(unix_now(), &mut rand::rng()) {
                     continue;
                 }
                 encode_persisted(&k.persistable())

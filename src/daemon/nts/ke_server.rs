@@ -223,7 +223,7 @@ async fn serve_one(
                 .read()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             (0..ke::COOKIES_PER_RESPONSE)
-                .filter_map(|_| master.seal(&keys))
+                .filter_map(|_| master.seal(&keys, &mut rand::rng()))
                 .collect()
         }
         _ => Vec::new(),
