@@ -3,23 +3,39 @@
 //! modelled network, driven on one manual timeline. Unit tests and `ntimed sim` use it,
 //! so they exercise the very contract the daemon's driver does.
 //!
+//! The far side can also hold symmetric peers ([`FarPeer`]: a [`Peer`] association
+//! with a clock of its own and whatever it says about its synchronization) and NTS
+//! servers, whose key exchanges the pair answers in memory with cookies the server
+//! opens.
+//!
 //! Knobs: each server's clock offset from the truth, the one-way latency (a base plus
 //! exponentially distributed jitter, optionally asymmetric), loss, and the wander of
 //! the client's oscillator. Everything random comes from one seeded generator.
 //!
 //! [`proto::server::Server`]: crate::proto::server::Server
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use rand_distr::{Distribution, Exp1, StandardNormal};
 
 use super::{AssociationId, Coordinator, CoordinatorConfig, Event, Request, Resolved, Via};
+use crate::auth::nts::aead::{AeadAlgorithm, AeadKey};
+use crate::auth::nts::cookie::SessionKeys;
+use crate::auth::nts::ntp::NtsSession;
 use crate::clock::model::ClockModel;
 use crate::clock::{ClockCommand, check_finite};
-use crate::proto::server::{Server, SyncState};
+use crate::proto::client::Sample;
+use crate::proto::peer::{Peer, PeerEvent};
+use crate::proto::polling::Action;
+use crate::proto::server::{Server, SharedCookieKeys, SyncState};
 use crate::wire::NtpTimestamp;
+
+/// Our own address, as far peers see it.
+pub const OUR_ADDRESS: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 9, 9));
+/// Cookies a key exchange hands out.
+const COOKIES: usize = 8;
 
 /// The network between the coordinator and its servers.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -57,6 +73,9 @@ pub struct FarServer {
     /// Answers plain requests with a RATE kiss instead of the time (a server over its
     /// rate limit).
     pub rate_kisses: bool,
+    /// The cookie keys of an NTS server (the same ones its `server` opens cookies
+    /// with): key exchanges with it succeed.
+    pub nts: Option<SharedCookieKeys>,
 }
 
 impl FarServer {
@@ -67,6 +86,15 @@ impl FarServer {
             stratum: 1,
             up: true,
             rate_kisses: false,
+            nts: None,
+        }
+    }
+
+    /// An NTS server: `server` must open cookies under `cookie_keys`.
+    pub fn with_nts(server: Server, cookie_keys: SharedCookieKeys, offset: f64) -> Self {
+        Self {
+            nts: Some(cookie_keys),
+            ..Self::new(server, offset)
         }
     }
 
@@ -77,10 +105,46 @@ impl FarServer {
     }
 }
 
+/// A symmetric peer on the far side, with a clock `offset` seconds off the truth,
+/// announcing `state` about its synchronization.
+pub struct FarPeer {
+    pub peer: Peer,
+    pub offset: f64,
+    pub state: SyncState,
+    /// The association on our side it talks to.
+    pub association: AssociationId,
+    /// What it measured of us.
+    pub samples: Vec<Sample>,
+    /// Everything its association reported, oldest first.
+    pub events: Vec<PeerEvent>,
+}
+
+impl FarPeer {
+    /// Where the coordinator finds far peer `index`.
+    pub fn address(index: usize) -> SocketAddr {
+        let last = u8::try_from(index % 250).unwrap_or(0) + 1;
+        SocketAddr::new(Ipv4Addr::new(10, 0, 1, last).into(), 123)
+    }
+}
+
+/// Who a datagram in flight is for.
+#[derive(Clone, Copy)]
+enum Recipient {
+    Us(AssociationId),
+    FarPeer(usize),
+}
+
 struct InFlight {
     arrives: f64,
-    association: AssociationId,
+    to: Recipient,
     bytes: Vec<u8>,
+}
+
+/// What an association's name resolves to.
+#[derive(Clone, Copy)]
+enum Route {
+    Server(usize),
+    Peer(usize),
 }
 
 /// The epoch of the pair's timeline: the truth at t = 0.
@@ -93,6 +157,7 @@ pub struct Pair {
     /// The client's clock, steered only by the coordinator's commands.
     pub clock: ClockModel,
     pub servers: Vec<FarServer>,
+    pub peers: Vec<FarPeer>,
     pub network: Network,
     /// Random walk of the client's oscillator per second, as a fraction.
     pub wander: f64,
@@ -100,12 +165,14 @@ pub struct Pair {
     pub now: f64,
     /// Requests each association sent, by association number.
     pub requests: Vec<u64>,
+    /// Key exchanges each association ran, by association number.
+    pub key_exchanges: Vec<u64>,
     /// Every event the coordinator reported, oldest first.
     pub events: Vec<Event>,
     /// Every clock command applied.
     pub commands: Vec<ClockCommand>,
-    /// Association → server it talks to (set when the test adds a source).
-    routes: Vec<Option<usize>>,
+    /// Association → what its name resolves to.
+    routes: Vec<Option<Route>>,
     in_flight: Vec<InFlight>,
     rng: StdRng,
     oscillator: f64,
@@ -123,10 +190,12 @@ impl Pair {
             coordinator,
             clock: ClockModel::new(offset, frequency),
             servers: Vec::new(),
+            peers: Vec::new(),
             network: Network::default(),
             wander: 0.0,
             now: 0.0,
             requests: Vec::new(),
+            key_exchanges: Vec::new(),
             events: Vec::new(),
             commands: Vec::new(),
             routes: Vec::new(),
@@ -146,12 +215,38 @@ impl Pair {
 
     /// Says which server association `id` reaches (its name resolves to it).
     pub fn connect(&mut self, id: AssociationId, server: usize) {
+        self.set_route(id, Route::Server(server));
+    }
+
+    /// Adds a far peer for the coordinator's peer association `id`; returns its index.
+    pub fn add_peer(
+        &mut self,
+        id: AssociationId,
+        peer: Peer,
+        offset: f64,
+        state: SyncState,
+    ) -> usize {
+        self.peers.push(FarPeer {
+            peer,
+            offset,
+            state,
+            association: id,
+            samples: Vec::new(),
+            events: Vec::new(),
+        });
+        let index = self.peers.len() - 1;
+        self.set_route(id, Route::Peer(index));
+        index
+    }
+
+    fn set_route(&mut self, id: AssociationId, route: Route) {
         if self.routes.len() <= id.0 {
             self.routes.resize(id.0 + 1, None);
             self.requests.resize(id.0 + 1, 0);
+            self.key_exchanges.resize(id.0 + 1, 0);
         }
-        if let Some(route) = self.routes.get_mut(id.0) {
-            *route = Some(server);
+        if let Some(slot) = self.routes.get_mut(id.0) {
+            *slot = Some(route);
         }
     }
 
@@ -176,10 +271,17 @@ impl Pair {
                 .enumerate()
                 .min_by(|a, b| a.1.arrives.total_cmp(&b.1.arrives))
                 .map(|(i, f)| (f.arrives, i));
+            let next_far_peer = self
+                .peers
+                .iter()
+                .enumerate()
+                .filter_map(|(i, p)| p.peer.poll_timeout().map(|t| (t, i)))
+                .min_by(|a, b| a.0.total_cmp(&b.0));
             let t = [
                 Some(self.next_tick),
                 Some(self.coordinator.poll_timeout()),
                 next_arrival.map(|a| a.0),
+                next_far_peer.map(|p| p.0),
             ]
             .into_iter()
             .flatten()
@@ -198,15 +300,9 @@ impl Pair {
                 each_second(self);
             } else if let Some((_, i)) = next_arrival.filter(|a| a.0 == t) {
                 let flight = self.in_flight.swap_remove(i);
-                let received = self.local(t);
-                let pending = self.clock.status(t).pending_slew;
-                self.coordinator.handle_datagram(
-                    flight.association,
-                    &flight.bytes,
-                    received,
-                    t,
-                    pending,
-                );
+                self.deliver(flight);
+            } else if let Some((_, i)) = next_far_peer.filter(|p| p.0 <= t) {
+                self.far_peer_timeout(i);
             } else {
                 let local = self.local(t);
                 self.coordinator.handle_timeout(t, local);
@@ -215,30 +311,98 @@ impl Pair {
         }
     }
 
+    fn deliver(&mut self, flight: InFlight) {
+        let t = flight.arrives;
+        match flight.to {
+            Recipient::Us(id) => {
+                let received = self.local(t);
+                let pending = self.clock.status(t).pending_slew;
+                self.coordinator
+                    .handle_datagram(id, &flight.bytes, received, t, pending);
+            }
+            Recipient::FarPeer(i) => {
+                let Some(far) = self.peers.get_mut(i) else {
+                    return;
+                };
+                let received = epoch().add_seconds(t + far.offset);
+                let event = far.peer.handle_packet(&flight.bytes, received, t);
+                if let PeerEvent::Sample(sample) = &event {
+                    far.samples.push(*sample);
+                }
+                far.events.push(event);
+            }
+        }
+    }
+
+    /// A far peer's own poll (or prompt reply) goes out.
+    fn far_peer_timeout(&mut self, i: usize) {
+        let t = self.now;
+        let Some(far) = self.peers.get_mut(i) else {
+            return;
+        };
+        let local = epoch().add_seconds(t + far.offset);
+        let mut out = Vec::new();
+        let sent = far
+            .peer
+            .handle_timeout(t, local, &far.state, &mut self.rng, &mut out);
+        let to = Recipient::Us(far.association);
+        if sent == Some(Action::Transmit) && !self.lost() {
+            let (up, _) = self.delays();
+            self.in_flight.push(InFlight {
+                arrives: t + up,
+                to,
+                bytes: out,
+            });
+        }
+    }
+
     /// Carries out every output of the coordinator.
     fn drain(&mut self) {
         let t = self.now;
         while let Some(request) = self.coordinator.poll_request() {
-            if let Request::Resolve(id) = request {
-                let result = match self.routes.get(id.0).copied().flatten() {
-                    Some(server) => Ok(Resolved {
-                        address: FarServer::address(server),
-                        local_ip: None,
-                    }),
-                    None => Err("no such host".to_string()),
-                };
-                self.coordinator.handle_resolved(id, result, t);
+            match request {
+                Request::Resolve(id) => {
+                    let result = match self.routes.get(id.0).copied().flatten() {
+                        Some(Route::Server(server)) => Ok(Resolved {
+                            address: FarServer::address(server),
+                            local_ip: None,
+                        }),
+                        Some(Route::Peer(peer)) => Ok(Resolved {
+                            address: FarPeer::address(peer),
+                            local_ip: Some(OUR_ADDRESS),
+                        }),
+                        None => Err("no such host".to_string()),
+                    };
+                    self.coordinator.handle_resolved(id, result, t);
+                }
+                Request::KeyExchange(id) => {
+                    if let Some(count) = self.key_exchanges.get_mut(id.0) {
+                        *count += 1;
+                    }
+                    let result = self.key_exchange(id);
+                    self.coordinator.handle_key_exchange(id, result, t);
+                }
             }
         }
         while let Some(transmit) = self.coordinator.poll_transmit() {
-            if transmit.via != Via::FreshSocket {
-                continue;
-            }
             let id = transmit.association;
-            if let Some(count) = self.requests.get_mut(id.0) {
-                *count += 1;
+            match (transmit.via, self.routes.get(id.0).copied().flatten()) {
+                (Via::FreshSocket, _) => {
+                    if let Some(count) = self.requests.get_mut(id.0) {
+                        *count += 1;
+                    }
+                    self.exchange(id, &transmit.bytes);
+                }
+                (Via::ServerSocket, Some(Route::Peer(peer))) if !self.lost() => {
+                    let (up, _) = self.delays();
+                    self.in_flight.push(InFlight {
+                        arrives: t + up,
+                        to: Recipient::FarPeer(peer),
+                        bytes: transmit.bytes,
+                    });
+                }
+                _ => {}
             }
-            self.exchange(id, &transmit.bytes);
         }
         while let Some(command) = self.coordinator.poll_command() {
             if check_finite(&command).is_ok() {
@@ -251,10 +415,41 @@ impl Pair {
         }
     }
 
+    /// NTS-KE with the association's server, in memory: fresh session keys, and
+    /// cookies sealed under the server's current master key.
+    fn key_exchange(&mut self, id: AssociationId) -> Result<(NtsSession, SocketAddr), String> {
+        let Some(Route::Server(index)) = self.routes.get(id.0).copied().flatten() else {
+            return Err("no such host".into());
+        };
+        let Some(cookie_keys) = self
+            .servers
+            .get(index)
+            .filter(|s| s.up)
+            .and_then(|s| s.nts.clone())
+        else {
+            return Err("connection refused".into());
+        };
+        let key = |rng: &mut StdRng| {
+            let mut bytes = [0u8; 32];
+            rng.fill(&mut bytes);
+            AeadKey::new(AeadAlgorithm::AesSivCmac256, &bytes).ok_or("no key")
+        };
+        let keys = SessionKeys {
+            c2s: key(&mut self.rng)?,
+            s2c: key(&mut self.rng)?,
+        };
+        let master = cookie_keys.read().map_err(|_| "cookie keys poisoned")?;
+        let cookies: Vec<Vec<u8>> = (0..COOKIES)
+            .filter_map(|_| master.seal(&keys, &mut self.rng))
+            .collect();
+        drop(master);
+        Ok((NtsSession::new(keys, cookies), FarServer::address(index)))
+    }
+
     /// A request crosses the network to its server; the answer (if any) is put in
     /// flight back.
     fn exchange(&mut self, id: AssociationId, request: &[u8]) {
-        let Some(index) = self.routes.get(id.0).copied().flatten() else {
+        let Some(Route::Server(index)) = self.routes.get(id.0).copied().flatten() else {
             return;
         };
         if self.lost() {
@@ -285,7 +480,7 @@ impl Pair {
         if answered && !self.lost() {
             self.in_flight.push(InFlight {
                 arrives: self.now + up + down,
-                association: id,
+                to: Recipient::Us(id),
                 bytes: self.reply.clone(),
             });
         }

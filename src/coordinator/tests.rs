@@ -4,6 +4,7 @@ use super::pair::{FarServer, Pair};
 use super::*;
 use crate::proto::server::{Server, ServerOptions};
 use crate::wire::KissCode;
+use std::net::SocketAddr;
 
 fn keys() -> crate::auth::KeyStore {
     crate::proto::test_keys()
@@ -216,4 +217,153 @@ fn an_unsynchronized_coordinator_serves_its_local_stratum_only_when_configured()
         pair.coordinator.sync_state(0.0, pair.local(0.0)).stratum,
         16
     );
+}
+
+fn peer_options() -> PeerOptions {
+    PeerOptions {
+        min_poll: 4,
+        max_poll: 6,
+        precision: -20,
+    }
+}
+
+fn keyed_peer() -> PeerAuth {
+    PeerAuth::Key(keys().get(1).cloned().unwrap())
+}
+
+/// A far peer at stratum 1 whose clock is `offset` s off the truth, for association
+/// `id`.
+fn far_peer(pair: &mut Pair, id: AssociationId, offset: f64, state: SyncState) -> usize {
+    let peer = Peer::new(keyed_peer(), peer_options(), 1.0);
+    pair.add_peer(id, peer, offset, state)
+}
+
+fn stratum_one() -> SyncState {
+    SyncState::local_reference(1, pair::epoch(), -20)
+}
+
+/// The coordinator and a far peer, keyed, on a path with no jitter: each measures the
+/// other's offset exactly, and prompt replies keep the hold (and the dispersion it
+/// adds) negligible.
+#[test]
+fn a_peer_and_the_coordinator_measure_each_other() {
+    let mut pair = Pair::new(config(), 0.0, 0.0, 11);
+    pair.network.base_delay = 0.010;
+    pair.network.jitter = 0.0;
+    let id = pair
+        .coordinator
+        .add_peer("peer far:123", keyed_peer(), peer_options(), 0.0);
+    let far = far_peer(&mut pair, id, 0.25, stratum_one());
+    pair.run_until(600.0, |_| {});
+    let ours: Vec<(f64, f64)> = pair
+        .events
+        .iter()
+        .filter_map(|e| match e.kind {
+            EventKind::Sample { offset, delay, .. } => Some((offset, delay)),
+            _ => None,
+        })
+        .collect();
+    assert!(ours.len() >= 8, "{ours:?}");
+    let (first_offset, first_delay) = ours[0];
+    assert!((first_offset - 0.25).abs() < 1e-6, "{ours:?}");
+    assert!((first_delay - 0.020).abs() < 1e-6, "{ours:?}");
+    assert!(
+        !pair
+            .events
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::Dropped(_))),
+        "every packet authenticated and fresh"
+    );
+    let theirs = &pair.peers[far].samples;
+    assert!(theirs.len() >= 8, "{}", theirs.len());
+    assert!((theirs[0].offset + 0.25).abs() < 1e-6, "{:?}", theirs[0]);
+    let prompt = theirs.iter().filter(|s| s.root_dispersion < 1e-3).count();
+    assert!(2 * prompt > theirs.len());
+    // With only peers, the peers vote: the clock followed this one.
+    assert!(pair.coordinator.is_synchronized());
+    assert!((pair.phase() - 0.25).abs() < 1e-3, "{}", pair.phase());
+}
+
+/// A peer that names us as its reference is synchronized to us: its samples are never
+/// used (or the two would steer each other), though it stays reachable.
+#[test]
+fn a_peer_synchronized_to_us_is_never_used() {
+    let mut pair = Pair::new(config(), 0.0, 0.0, 12);
+    let id = pair
+        .coordinator
+        .add_peer("peer far:123", keyed_peer(), peer_options(), 0.0);
+    let looped = SyncState {
+        stratum: 3,
+        reference_id: reference_id(SocketAddr::new(pair::OUR_ADDRESS, 0)),
+        ..stratum_one()
+    };
+    far_peer(&mut pair, id, 0.5, looped);
+    pair.run_until(600.0, |_| {});
+    assert!(
+        pair.events
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::Loop(_)))
+    );
+    assert!(
+        !pair
+            .events
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::Sample { .. }))
+    );
+    assert!(!pair.coordinator.is_synchronized());
+    assert!(
+        pair.commands
+            .iter()
+            .all(|c| !matches!(c, ClockCommand::Step { .. }))
+    );
+    assert_eq!(pair.phase(), 0.0);
+}
+
+/// An NTS source keys, synchronizes, and when its server restarts with new cookie
+/// keys (so it answers every request with an NTSN), runs NTS-KE again after two and
+/// goes on.
+#[test]
+fn an_nts_source_re_keys_when_the_server_loses_its_keys() {
+    use crate::auth::nts::cookie::{CookieKeys, Rotation};
+    use std::sync::{Arc, RwLock};
+    let fresh_keys = || {
+        let mut keys = CookieKeys::random(Rotation::default(), vec![]);
+        keys.update(1_800_000_000, &mut rand::rng());
+        Arc::new(RwLock::new(keys))
+    };
+    let mut pair = Pair::new(config(), 0.2, 0.0, 13);
+    let cookie_keys = fresh_keys();
+    let server = Server::new(keys(), ServerOptions::default()).with_nts(cookie_keys.clone());
+    let index = pair.add_server(FarServer::with_nts(server, cookie_keys, 0.0));
+    let id = pair
+        .coordinator
+        .add_source("nts:123", SourceAuth::Nts, options(), 0.0);
+    pair.connect(id, index);
+    pair.run_until(300.0, |_| {});
+    assert_eq!(pair.key_exchanges[id.0], 1);
+    assert!(pair.coordinator.is_synchronized());
+    assert!(pair.coordinator.report(pair.now)[0].nts_cookies.is_some());
+    // The server restarts with keys of its own: our cookies no longer open.
+    let restarted = fresh_keys();
+    let server = Server::new(keys(), ServerOptions::default()).with_nts(restarted.clone());
+    pair.servers[index] = FarServer::with_nts(server, restarted, 0.0);
+    let samples_before = pair
+        .events
+        .iter()
+        .filter(|e| matches!(e.kind, EventKind::Sample { .. }))
+        .count();
+    pair.run_until(900.0, |_| {});
+    assert_eq!(pair.key_exchanges[id.0], 2, "re-keyed once");
+    assert!(
+        pair.events
+            .iter()
+            .any(|e| e.kind == EventKind::Kiss(KissCode::NtsNak))
+    );
+    let samples_after = pair
+        .events
+        .iter()
+        .filter(|e| matches!(e.kind, EventKind::Sample { .. }))
+        .count();
+    assert!(samples_after > samples_before + 3, "samples resumed");
+    assert!(pair.phase().abs() < 1e-3);
 }
