@@ -124,7 +124,7 @@ fn run_as_root_splits_into_a_sandboxed_engine_and_clock_process() {
     let upstream = NtimedRun::local_server(loopback(free_port()), None).start();
     let port = free_port();
     let run = NtimedRun::config(client_toml(upstream.ntp_port(), port))
-        .wait_for_ntp(port)
+        .wait_for_ntp_answer(port)
         .start();
     drop(_spawning);
     let jail = fs::canonicalize(run.dir()).unwrap();
@@ -154,6 +154,8 @@ fn run_as_root_splits_into_a_sandboxed_engine_and_clock_process() {
         "{log}"
     );
     assert!(log.contains("sandboxed Engine process"), "{log}");
+    // A log file is for reading as text: no colour codes when stderr is no terminal.
+    assert!(!log.contains('\u{1b}'), "escape codes in the log: {log:?}");
 
     // The start-up step crossed the boundary, and the engine serves the clock the
     // clock process holds: within 2 ms of the system clock once pulled in.

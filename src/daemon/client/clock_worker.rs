@@ -69,3 +69,68 @@ impl ClockWorker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ClockStatus;
+    use crate::wire::NtpTimestamp;
+    use std::sync::Mutex;
+    use std::sync::mpsc::{Receiver, channel};
+
+    /// A clock in another process that answers only when the test lets it.
+    struct HeldUp {
+        release: Mutex<Receiver<()>>,
+    }
+
+    impl Clock for HeldUp {
+        fn now(&self) -> NtpTimestamp {
+            NtpTimestamp::ZERO
+        }
+        fn apply(&self, _: ClockCommand) -> Result<(), ClockError> {
+            let release = self
+                .release
+                .lock()
+                .map_err(|_| ClockError::Lost("".into()))?;
+            release.recv().map_err(|_| ClockError::Lost("gone".into()))
+        }
+        fn status(&self) -> ClockStatus {
+            ClockStatus::default()
+        }
+        fn applies_remotely(&self) -> bool {
+            true
+        }
+    }
+
+    /// The caller (the engine's async loop) is never held up by a clock process that
+    /// does not answer: the command is queued, and its outcome arrives once it does.
+    #[test]
+    fn a_clock_process_that_does_not_answer_holds_up_nothing() {
+        let (release, held) = channel();
+        let clock = Arc::new(HeldUp {
+            release: Mutex::new(held),
+        });
+        let (tx, mut outcomes) = mpsc::channel(4);
+        let worker = ClockWorker::new(clock, tx).unwrap();
+        let command = ClockCommand::SetFrequency { ppm: 1.0 };
+        assert!(worker.apply(command).is_none(), "queued, not waited for");
+        assert!(outcomes.try_recv().is_err());
+        release.send(()).unwrap();
+        let outcome = outcomes.blocking_recv().unwrap();
+        assert_eq!(outcome.command, command);
+        assert!(outcome.result.is_ok());
+    }
+
+    /// A clock in this process is applied at once.
+    #[test]
+    fn a_local_clock_is_applied_inline() {
+        let clock = Arc::new(crate::clock::SoftwareClock::simulated(0.0, 0.0));
+        let (tx, _outcomes) = mpsc::channel(4);
+        let worker = ClockWorker::new(clock.clone(), tx).unwrap();
+        let outcome = worker
+            .apply(ClockCommand::SetFrequency { ppm: 7.0 })
+            .unwrap();
+        assert!(outcome.result.is_ok());
+        assert_eq!(clock.status().frequency_ppm, 7.0);
+    }
+}
