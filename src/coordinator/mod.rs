@@ -65,8 +65,8 @@ pub use refid::reference_id;
 
 /// How often the engine's holdover is checked and state changes are reported.
 pub const HOUSEKEEPING: f64 = 1.0;
-/// A peer whose address could not be resolved (or routed) is tried again after this
-/// long.
+/// A source or peer whose address could not be resolved (or routed) is tried again
+/// after this long.
 pub const RESOLVE_RETRY: f64 = 30.0;
 /// Events kept for the driver at most; older ones are dropped (and counted) if it does
 /// not drain them.
@@ -129,9 +129,14 @@ pub struct CoordinatorConfig {
 enum Kind {
     Source {
         source: Box<Source>,
-        /// A resolution is under way (NTS sources learn their address from the key
-        /// exchange instead).
+        /// NTS sources learn their address from the key exchange; the others from a
+        /// resolution, and are not polled before it (a poll nobody hears would only
+        /// push the first request a whole interval back).
+        nts: bool,
+        /// A resolution is under way.
         resolving: bool,
+        /// When to ask for its address again after a failure.
+        retry_resolve_at: Option<f64>,
     },
     Peer {
         peer: Box<Peer>,
@@ -161,19 +166,32 @@ impl Association {
     }
 
     fn poll_timeout(&self) -> Option<f64> {
-        match &self.kind {
-            Kind::Source { source, .. } => source.poll_timeout(),
-            // Not polled before its address is known: a poll nobody hears would only
-            // count against it.
-            Kind::Peer {
-                peer,
-                retry_resolve_at,
-                ..
-            } => match self.address {
-                Some(_) => peer.poll_timeout(),
-                None => *retry_resolve_at,
-            },
+        match (&self.kind, self.address) {
+            (
+                Kind::Source {
+                    source, nts: true, ..
+                },
+                _,
+            ) => source.poll_timeout(),
+            (Kind::Source { source, .. }, Some(_)) => source.poll_timeout(),
+            (Kind::Peer { peer, .. }, Some(_)) => peer.poll_timeout(),
+            // Not polled before the address is known: a poll nobody hears would only
+            // count against it. Asked again after a failed resolution.
+            (
+                Kind::Source {
+                    retry_resolve_at, ..
+                }
+                | Kind::Peer {
+                    retry_resolve_at, ..
+                },
+                None,
+            ) => *retry_resolve_at,
         }
+    }
+
+    /// Needs a resolution before it can poll.
+    fn needs_address(&self) -> bool {
+        self.address.is_none() && !matches!(self.kind, Kind::Source { nts: true, .. })
     }
 }
 
@@ -252,7 +270,9 @@ impl Coordinator {
             address: None,
             kind: Kind::Source {
                 source: Box::new(Source::new(auth, options, now)),
+                nts,
                 resolving: !nts,
+                retry_resolve_at: None,
             },
             reported: (false, false),
         });
@@ -317,16 +337,26 @@ impl Coordinator {
             }
             let id = AssociationId(index);
             let address = a.address;
+            if a.needs_address() {
+                match &mut a.kind {
+                    Kind::Source {
+                        resolving,
+                        retry_resolve_at,
+                        ..
+                    } => {
+                        *resolving = true;
+                        *retry_resolve_at = None;
+                    }
+                    Kind::Peer {
+                        retry_resolve_at, ..
+                    } => *retry_resolve_at = None,
+                }
+                self.requests.push_back(Request::Resolve(id));
+                continue;
+            }
             let action = match &mut a.kind {
                 Kind::Source { source, .. } => {
                     source.handle_timeout(now, local, &mut self.rng, &mut self.buffer)
-                }
-                Kind::Peer {
-                    retry_resolve_at, ..
-                } if address.is_none() => {
-                    *retry_resolve_at = None;
-                    self.requests.push_back(Request::Resolve(id));
-                    None
                 }
                 Kind::Peer { peer, .. } => {
                     peer.handle_timeout(now, local, &ours, &mut self.rng, &mut self.buffer)
@@ -344,12 +374,6 @@ impl Coordinator {
                         via,
                         bytes: self.buffer.clone(),
                     });
-                }
-                // Not resolved yet: this poll counts as unanswered, and the address is
-                // looked up (again).
-                (Some(Action::Transmit), None, Kind::Source { resolving, .. }) if !*resolving => {
-                    *resolving = true;
-                    self.requests.push_back(Request::Resolve(id));
                 }
                 (Some(Action::KeyExchange), _, _) => {
                     self.requests.push_back(Request::KeyExchange(id));
@@ -436,8 +460,9 @@ impl Coordinator {
         }
     }
 
-    /// The answer to [`Request::Resolve`]. A source whose name did not resolve asks
-    /// again at its next poll; a peer after [`RESOLVE_RETRY`].
+    /// The answer to [`Request::Resolve`]. A name that did not resolve is asked for
+    /// again after [`RESOLVE_RETRY`]; a source's first request goes out as soon as its
+    /// address is known.
     pub fn handle_resolved(
         &mut self,
         id: AssociationId,
@@ -462,9 +487,20 @@ impl Coordinator {
                 }
                 EventKind::Resolved(resolved.address)
             }
-            (Err(error), Kind::Source { resolving, .. }) => {
+            (
+                Err(error),
+                Kind::Source {
+                    resolving,
+                    retry_resolve_at,
+                    ..
+                },
+            ) => {
                 *resolving = false;
-                EventKind::ResolveFailed { error, retry: None }
+                *retry_resolve_at = Some(now + RESOLVE_RETRY);
+                EventKind::ResolveFailed {
+                    error,
+                    retry: Some(RESOLVE_RETRY),
+                }
             }
             (
                 Err(error),

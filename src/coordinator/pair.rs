@@ -161,6 +161,8 @@ pub struct Pair {
     pub network: Network,
     /// Random walk of the client's oscillator per second, as a fraction.
     pub wander: f64,
+    /// How long a name takes to resolve, seconds.
+    pub resolve_delay: f64,
     /// Seconds since the start, on the true timeline.
     pub now: f64,
     /// Requests each association sent, by association number.
@@ -174,6 +176,8 @@ pub struct Pair {
     /// Association → what its name resolves to.
     routes: Vec<Option<Route>>,
     in_flight: Vec<InFlight>,
+    /// Resolutions under way: when each answers.
+    resolving: Vec<(f64, AssociationId)>,
     rng: StdRng,
     oscillator: f64,
     next_tick: f64,
@@ -193,6 +197,7 @@ impl Pair {
             peers: Vec::new(),
             network: Network::default(),
             wander: 0.0,
+            resolve_delay: 0.0,
             now: 0.0,
             requests: Vec::new(),
             key_exchanges: Vec::new(),
@@ -200,6 +205,7 @@ impl Pair {
             commands: Vec::new(),
             routes: Vec::new(),
             in_flight: Vec::new(),
+            resolving: Vec::new(),
             rng,
             oscillator: frequency,
             next_tick: 1.0,
@@ -277,11 +283,18 @@ impl Pair {
                 .enumerate()
                 .filter_map(|(i, p)| p.peer.poll_timeout().map(|t| (t, i)))
                 .min_by(|a, b| a.0.total_cmp(&b.0));
+            let next_resolution = self
+                .resolving
+                .iter()
+                .enumerate()
+                .min_by(|a, b| a.1.0.total_cmp(&b.1.0))
+                .map(|(i, r)| (r.0, i));
             let t = [
                 Some(self.next_tick),
                 Some(self.coordinator.poll_timeout()),
                 next_arrival.map(|a| a.0),
                 next_far_peer.map(|p| p.0),
+                next_resolution.map(|r| r.0),
             ]
             .into_iter()
             .flatten()
@@ -303,6 +316,9 @@ impl Pair {
                 self.deliver(flight);
             } else if let Some((_, i)) = next_far_peer.filter(|p| p.0 <= t) {
                 self.far_peer_timeout(i);
+            } else if let Some((_, i)) = next_resolution.filter(|r| r.0 <= t) {
+                let (_, id) = self.resolving.swap_remove(i);
+                self.resolve(id);
             } else {
                 let local = self.local(t);
                 self.coordinator.handle_timeout(t, local);
@@ -361,20 +377,10 @@ impl Pair {
         let t = self.now;
         while let Some(request) = self.coordinator.poll_request() {
             match request {
-                Request::Resolve(id) => {
-                    let result = match self.routes.get(id.0).copied().flatten() {
-                        Some(Route::Server(server)) => Ok(Resolved {
-                            address: FarServer::address(server),
-                            local_ip: None,
-                        }),
-                        Some(Route::Peer(peer)) => Ok(Resolved {
-                            address: FarPeer::address(peer),
-                            local_ip: Some(OUR_ADDRESS),
-                        }),
-                        None => Err("no such host".to_string()),
-                    };
-                    self.coordinator.handle_resolved(id, result, t);
+                Request::Resolve(id) if self.resolve_delay > 0.0 => {
+                    self.resolving.push((t + self.resolve_delay, id));
                 }
+                Request::Resolve(id) => self.resolve(id),
                 Request::KeyExchange(id) => {
                     if let Some(count) = self.key_exchanges.get_mut(id.0) {
                         *count += 1;
@@ -413,6 +419,22 @@ impl Pair {
         while let Some(event) = self.coordinator.poll_event() {
             self.events.push(event);
         }
+    }
+
+    /// Answers a resolution: the far server's or peer's address, or "no such host".
+    fn resolve(&mut self, id: AssociationId) {
+        let result = match self.routes.get(id.0).copied().flatten() {
+            Some(Route::Server(server)) => Ok(Resolved {
+                address: FarServer::address(server),
+                local_ip: None,
+            }),
+            Some(Route::Peer(peer)) => Ok(Resolved {
+                address: FarPeer::address(peer),
+                local_ip: Some(OUR_ADDRESS),
+            }),
+            None => Err("no such host".to_string()),
+        };
+        self.coordinator.handle_resolved(id, result, self.now);
     }
 
     /// NTS-KE with the association's server, in memory: fresh session keys, and

@@ -171,7 +171,7 @@ fn a_rate_kiss_makes_the_source_poll_less_often() {
 }
 
 #[test]
-fn a_name_that_does_not_resolve_is_looked_up_again_at_the_next_poll() {
+fn a_name_that_does_not_resolve_is_looked_up_again() {
     let mut pair = Pair::new(config(), 0.0, 0.0, 7);
     let id = pair
         .coordinator
@@ -366,4 +366,17 @@ fn an_nts_source_re_keys_when_the_server_loses_its_keys() {
         .count();
     assert!(samples_after > samples_before + 3, "samples resumed");
     assert!(pair.phase().abs() < 1e-3);
+}
+
+/// The first request goes out as soon as the name resolves, however long that takes:
+/// a poll before it would only push the first request a whole interval back.
+#[test]
+fn the_first_request_goes_out_once_the_name_resolves() {
+    let (mut pair, ids) = pair_with(&[0.0], 0.0, 14);
+    pair.resolve_delay = 0.5;
+    let id = ids[0];
+    pair.run_until(0.4, |_| {});
+    assert_eq!(pair.requests[id.0], 0);
+    pair.run_until(0.6, |_| {});
+    assert_eq!(pair.requests[id.0], 1);
 }
