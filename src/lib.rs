@@ -32,6 +32,10 @@
 //! Every packet is parsed and authenticated before it can change any state; that
 //! ordering is the lesson of most NTP CVEs.
 //!
+//! A comment citing "ADVERSARIAL n" means item n of `docs/ADVERSARIAL.md`, the hostile
+//! inputs and the behaviour each gets; protocol facts the code relies on, with their
+//! RFC sections, are in `docs/PROTOCOL.md`.
+//!
 //! The core needs no sockets: a keyed exchange, start to finish, in memory.
 //!
 //! ```
