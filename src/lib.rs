@@ -57,7 +57,7 @@
 //! let t2 = t1.add_seconds(0.501);
 //! let state = SyncState::local_reference(1, t2, -20);
 //! let mut reply = Vec::new();
-//! server.handle_request(&request, t2, &state, || t2, &mut reply).expect("answered");
+//! server.handle_request(&request, t2, &state, || t2, &mut rand::rng(), &mut reply).expect("answered");
 //!
 //! let Ok(Response::Sample(sample)) = client.handle_response(&reply, t1.add_seconds(0.002)) else {
 //!     panic!("reply rejected");
