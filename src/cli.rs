@@ -142,15 +142,21 @@ pub fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(colour)
         .init();
+    let simulator = matches!(cli.command, Command::Run { .. }) && under_clknetsim();
+    if simulator {
+        tracing::warn!(
+            "{CLKNETSIM_ENV} set: one thread, no privilege separation — for the simulator only"
+        );
+    }
     // These fork, drop privileges or sandbox themselves before any runtime (and its
     // threads) exists.
     let early = match cli.command {
-        Command::Run { config } if crate::sys::effective_uid() == 0 => {
+        Command::Run { config } if !simulator && crate::sys::effective_uid() == 0 => {
             crate::privsep::supervise(&config, level)
         }
         Command::PrivsepClock(args) => crate::privsep::clock_main(args),
         Command::PrivsepEngine(args) => crate::privsep::engine_main(args),
-        command => return run_in_runtime(command),
+        command => return run_in_runtime(command, simulator),
     };
     match early {
         Ok(code) => code,
@@ -161,11 +167,25 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn run_in_runtime(command: Command) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+/// Set to `1` by the clknetsim harness, which replaces the clock and network calls of
+/// the process it starts (LD_PRELOAD) and can follow one thread in one process only.
+/// For `ntimed run` it switches exactly three things: a current-thread runtime, no
+/// privilege separation although `geteuid()` reads 0 there, and `[clock] mode =
+/// "system"` steered in this one process (the simulated kernel clock).
+const CLKNETSIM_ENV: &str = "NTIMED_CLKNETSIM";
+
+fn under_clknetsim() -> bool {
+    std::env::var_os(CLKNETSIM_ENV).is_some_and(|v| v == "1")
+}
+
+/// Runs `command` on a multi-thread runtime, or on one thread under the simulator.
+fn run_in_runtime(command: Command, simulator: bool) -> ExitCode {
+    let mut builder = if simulator {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("ntimed: cannot start the runtime: {e}");
@@ -174,7 +194,7 @@ fn run_in_runtime(command: Command) -> ExitCode {
     };
     let result = runtime.block_on(async {
         match command {
-            Command::Run { config } => run(config).await,
+            Command::Run { config } => run(config, simulator).await,
             Command::PrivsepClock(_) | Command::PrivsepEngine(_) => {
                 Err("internal commands run before the runtime".into())
             }
@@ -193,11 +213,13 @@ fn run_in_runtime(command: Command) -> ExitCode {
     }
 }
 
-/// `ntimed run` without root: one process, which can set no clock.
-async fn run(config: PathBuf) -> Result<ExitCode, String> {
+/// `ntimed run` without root: one process, which can set no clock. Under the
+/// simulator (`simulator`) that one process steers the system clock, which is then
+/// clknetsim's.
+async fn run(config: PathBuf, simulator: bool) -> Result<ExitCode, String> {
     let loaded = Config::load(&config).map_err(|e| e.to_string())?;
     let mode = loaded.config.clock.as_ref().map(|c| c.get_ref().mode);
-    if mode == Some(crate::config::ClockMode::System) {
+    if !simulator && mode == Some(crate::config::ClockMode::System) {
         return Err(format!(
             "{}: [clock] mode = \"system\" needs ntimed started as root (it then runs the \
              clock in a separate privileged process); without root, use \"observe\" or \
@@ -205,11 +227,13 @@ async fn run(config: PathBuf) -> Result<ExitCode, String> {
             config.display()
         ));
     }
-    tracing::info!(
-        "running unprivileged in one process{}; started as root, ntimed separates privileges",
-        mode.map(|m| format!(" with the {m:?} clock").to_lowercase())
-            .unwrap_or_default()
-    );
+    if !simulator {
+        tracing::info!(
+            "running unprivileged in one process{}; started as root, ntimed separates privileges",
+            mode.map(|m| format!(" with the {m:?} clock").to_lowercase())
+                .unwrap_or_default()
+        );
+    }
     run::run(loaded).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -2,7 +2,7 @@
 //! missing (skip with a message, or fail under `CI=true`, with install instructions).
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::chrony::CHRONYD;
 use super::ntpsec::{NTPD, NTPDIG, NTPSEC_PYTHONPATH, SYSTEM_PYTHON3};
@@ -33,7 +33,7 @@ fn missing(what: &str, install_hint: &str) -> bool {
     if on_ci() {
         panic!("{msg}");
     }
-    eprintln!("SKIPPING interop test: {msg}");
+    eprintln!("SKIPPING test: {msg}");
     false
 }
 
@@ -77,6 +77,37 @@ pub fn require_setpriv() -> bool {
         "/usr/bin/setpriv",
         "setpriv (util-linux) is needed to drop CAP_SYS_TIME: `apt-get install -y util-linux`",
     )
+}
+
+pub const BUILD_TOOLS_HINT: &str = "gcc, g++ and make are needed to build clknetsim: \
+     `apt-get update && apt-get install -y --no-install-recommends gcc g++ make`";
+
+/// clknetsim's source beside the checkout (`../shared/clknetsim`), and gcc, g++ and
+/// make to build it. Returns the source directory, or `None` to skip (outside CI).
+pub fn require_clknetsim() -> Option<PathBuf> {
+    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared");
+    let source = shared.join("clknetsim");
+    if !source.join("run.sh").exists() {
+        let hint = if shared.exists() {
+            "../shared has no clknetsim/run.sh"
+        } else {
+            "the simulator test needs ../shared (with clknetsim/) beside the checkout"
+        };
+        missing(&source.display().to_string(), hint);
+        return None;
+    }
+    for tool in ["gcc", "g++", "make"] {
+        if !on_path(tool) {
+            missing(tool, BUILD_TOOLS_HINT);
+            return None;
+        }
+    }
+    Some(source)
+}
+
+fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
 }
 
 /// Root and `ip`/`ss` are needed to create network namespaces.
