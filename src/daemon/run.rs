@@ -7,14 +7,14 @@ use std::sync::{Arc, RwLock};
 
 use super::nts::{self, KeLimits};
 use super::peer::{PeerLink, PeerRoutes};
-use super::serve::{Reference, start_on};
+use super::serve::{Reference, RunningServer, start_on};
 use crate::auth::nts::cookie::Rotation;
 use crate::auth::nts::ke::NtpEndpoint;
 use crate::clock::system::SystemClock;
 use crate::clock::{Clock, SoftwareClock};
 use crate::config::{ClockMode, Loaded, UnknownPeers};
 use crate::proto::ratelimit::RateLimit;
-use crate::proto::server::{Server, ServerOptions};
+use crate::proto::server::{Server, ServerOptions, SharedCookieKeys};
 
 /// Sockets bound before anything runs, by the supervisor when privileges are
 /// separated: one per `[[server]]` and one per `[[nts-ke-server]]`, in config order.
@@ -212,66 +212,19 @@ pub async fn serve(
         }
         _ => (None, None),
     };
-    let mut running = Vec::new();
-    for (section, socket) in config.servers.iter().zip(listeners.udp) {
-        let mut server = Server::new(
-            loaded.keys.clone(),
-            ServerOptions {
-                crypto_nak: section.crypto_nak,
-                answer_unknown_peers: section.unknown_peers == UnknownPeers::Reply,
-            },
-        );
-        if let Some((keys, _)) = &cookie_keys {
-            server = server.with_nts(keys.clone());
-        }
-        server = server.with_peer_keys(config.peers.iter().filter_map(|p| p.get_ref().key));
-        let rate_limit = section
-            .rate_limit
-            .as_ref()
-            .map(|r| r.get_ref())
-            .map(|r| RateLimit {
-                interval: r.interval,
-                burst: r.burst,
-                kiss_one_in: r.kiss_one_in,
-            });
-        let listen = *section.listen.get_ref();
-        let r = start_on(
-            socket,
-            server,
-            reference.clone(),
-            rate_limit,
-            clock.clone(),
-            routes.clone(),
-        )
-        .map_err(|e| format!("cannot serve on {listen}: {e}"))?;
-        tracing::info!(
-            "serving NTP on {} ({}, {} keys, NTS {})",
-            r.local_addr,
-            reference.describe(),
-            loaded.keys.len(),
-            if cookie_keys.is_some() { "on" } else { "off" }
-        );
-        running.push(r);
-    }
-    let mut ke_running = Vec::new();
-    for ((tls, endpoint), listener) in ke_configs.into_iter().zip(listeners.tcp) {
-        let Some((keys, _)) = &cookie_keys else {
-            return Err("[[nts-ke-server]] needs [nts]".into());
-        };
-        let r = nts::start_ke_server_on(
-            listener,
-            tls,
-            keys.clone(),
-            endpoint.clone(),
-            KeLimits::default(),
-        )
-        .map_err(|e| format!("cannot serve NTS-KE: {e}"))?;
-        tracing::info!(
-            "serving NTS-KE on {} (clients sent to {endpoint})",
-            r.local_addr
-        );
-        ke_running.push(r);
-    }
+    let running = start_servers(
+        &loaded,
+        listeners.udp,
+        cookie_keys.as_ref().map(|(keys, _)| keys),
+        &reference,
+        &clock,
+        &routes,
+    )?;
+    let _ke_running = start_ke_servers(
+        ke_configs,
+        listeners.tcp,
+        cookie_keys.as_ref().map(|(keys, _)| keys),
+    )?;
     let rotation = cookie_keys.map(|(keys, persist_to)| nts::spawn_rotation(keys, persist_to));
     let (stop_client, stopped) = tokio::sync::oneshot::channel();
     let link = routes.zip(inbound).map(|(routes, inbound)| PeerLink {
@@ -309,6 +262,88 @@ pub async fn serve(
     }
     tracing::info!("stopping");
     Ok(())
+}
+
+/// Starts one UDP server per `[[server]]` on its bound socket.
+fn start_servers(
+    loaded: &Loaded,
+    sockets: Vec<std::net::UdpSocket>,
+    cookie_keys: Option<&SharedCookieKeys>,
+    reference: &Reference,
+    clock: &Arc<dyn Clock>,
+    routes: &Option<Arc<PeerRoutes>>,
+) -> Result<Vec<RunningServer>, String> {
+    let config = &loaded.config;
+    let mut running = Vec::new();
+    for (section, socket) in config.servers.iter().zip(sockets) {
+        let mut server = Server::new(
+            loaded.keys.clone(),
+            ServerOptions {
+                crypto_nak: section.crypto_nak,
+                answer_unknown_peers: section.unknown_peers == UnknownPeers::Reply,
+            },
+        );
+        if let Some(keys) = cookie_keys {
+            server = server.with_nts(keys.clone());
+        }
+        server = server.with_peer_keys(config.peers.iter().filter_map(|p| p.get_ref().key));
+        let rate_limit = section
+            .rate_limit
+            .as_ref()
+            .map(|r| r.get_ref())
+            .map(|r| RateLimit {
+                interval: r.interval,
+                burst: r.burst,
+                kiss_one_in: r.kiss_one_in,
+            });
+        let listen = *section.listen.get_ref();
+        let r = start_on(
+            socket,
+            server,
+            reference.clone(),
+            rate_limit,
+            clock.clone(),
+            routes.clone(),
+        )
+        .map_err(|e| format!("cannot serve on {listen}: {e}"))?;
+        tracing::info!(
+            "serving NTP on {} ({}, {} keys, NTS {})",
+            r.local_addr,
+            reference.describe(),
+            loaded.keys.len(),
+            if cookie_keys.is_some() { "on" } else { "off" }
+        );
+        running.push(r);
+    }
+    Ok(running)
+}
+
+/// Starts one NTS-KE server per `[[nts-ke-server]]` on its bound listener.
+fn start_ke_servers(
+    configs: Vec<(Arc<rustls::ServerConfig>, NtpEndpoint)>,
+    listeners: Vec<std::net::TcpListener>,
+    cookie_keys: Option<&SharedCookieKeys>,
+) -> Result<Vec<nts::RunningKeServer>, String> {
+    let mut running = Vec::new();
+    for ((tls, endpoint), listener) in configs.into_iter().zip(listeners) {
+        let Some(keys) = cookie_keys else {
+            return Err("[[nts-ke-server]] needs [nts]".into());
+        };
+        let r = nts::start_ke_server_on(
+            listener,
+            tls,
+            keys.clone(),
+            endpoint.clone(),
+            KeLimits::default(),
+        )
+        .map_err(|e| format!("cannot serve NTS-KE: {e}"))?;
+        tracing::info!(
+            "serving NTS-KE on {} (clients sent to {endpoint})",
+            r.local_addr
+        );
+        running.push(r);
+    }
+    Ok(running)
 }
 
 async fn shutdown_signal() {
