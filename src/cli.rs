@@ -33,6 +33,12 @@ enum Command {
     Query(QueryArgs),
     /// Run NTS-KE with a server and print what it negotiated.
     Ke(KeArgs),
+    /// Check a config as `run` would (keys, certificates, directories), printing every
+    /// problem; exit status 1 if there are any (warnings allowed).
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Show the whole path offline, on loopback, with a throwaway server.
     Demo,
     /// Run a simulated scenario (or `all`) and print its metrics.
@@ -150,6 +156,8 @@ pub fn main() -> ExitCode {
         }
         Command::PrivsepClock(args) => crate::privsep::clock_main(args),
         Command::PrivsepEngine(args) => crate::privsep::engine_main(args),
+        // It needs no runtime.
+        Command::Check { config } => return crate::ops::check::main(&config),
         command => return run_in_runtime(command),
     };
     match early {
@@ -175,8 +183,8 @@ fn run_in_runtime(command: Command) -> ExitCode {
     let result = runtime.block_on(async {
         match command {
             Command::Run { config } => run(config).await,
-            Command::PrivsepClock(_) | Command::PrivsepEngine(_) => {
-                Err("internal commands run before the runtime".into())
+            Command::PrivsepClock(_) | Command::PrivsepEngine(_) | Command::Check { .. } => {
+                Err("these commands run before the runtime".into())
             }
             Command::Query(args) => run_query(args).await,
             Command::Ke(args) => run_ke(args).await,
@@ -196,15 +204,10 @@ fn run_in_runtime(command: Command) -> ExitCode {
 /// `ntimed run` without root: one process, which can set no clock.
 async fn run(config: PathBuf) -> Result<ExitCode, String> {
     let loaded = Config::load(&config).map_err(|e| e.to_string())?;
-    let mode = loaded.config.clock.as_ref().map(|c| c.get_ref().mode);
-    if mode == Some(crate::config::ClockMode::System) {
-        return Err(format!(
-            "{}: [clock] mode = \"system\" needs ntimed started as root (it then runs the \
-             clock in a separate privileged process); without root, use \"observe\" or \
-             \"simulated\"",
-            config.display()
-        ));
+    if let Some(refusal) = run::unprivileged_refusal(&config, &loaded) {
+        return Err(refusal);
     }
+    let mode = loaded.config.clock.as_ref().map(|c| c.get_ref().mode);
     tracing::info!(
         "running unprivileged in one process{}; started as root, ntimed separates privileges",
         mode.map(|m| format!(" with the {m:?} clock").to_lowercase())
