@@ -39,6 +39,8 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Write a symmetric key file that ntimed, chrony and NTPsec all accept.
+    Keygen(KeygenArgs),
     /// Show the whole path offline, on loopback, with a throwaway server.
     Demo,
     /// Run a simulated scenario (or `all`) and print its metrics.
@@ -65,6 +67,35 @@ struct SimArgs {
     /// Draw phase and frequency error over time (seed 0) into this SVG file.
     #[arg(long)]
     plot: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct KeygenArgs {
+    /// AES128 (RFC 8573 AES-CMAC, the default: ntimed, chrony and NTPsec all accept
+    /// it), AES256, SHA256, SHA1 or MD5. NTPsec truncates SHA256 MACs to 20 bytes, so
+    /// with NTPsec use AES128, AES256 or SHA1.
+    #[arg(long = "type", default_value = "AES128", value_parser = crate::ops::keygen::parse_type)]
+    key_type: crate::auth::KeyType,
+    /// Number of keys.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::ops::keygen::MAX_COUNT)))]
+    count: u32,
+    /// ntp (ntp.keys: ntpd, NTPsec) or chrony.
+    #[arg(long, default_value = "ntp", value_parser = parse_keygen_format)]
+    format: KeyFileFormat,
+    /// The first key's id; the others follow (ids up to 65535).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::ops::keygen::MAX_ID)))]
+    id_start: u32,
+    /// Create this file (mode 0600; an existing file is not overwritten) instead of
+    /// writing to standard output.
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+}
+
+fn parse_keygen_format(text: &str) -> Result<KeyFileFormat, String> {
+    match parse_key_format(text)? {
+        KeyFileFormat::Auto => Err("expected ntp or chrony".into()),
+        format => Ok(format),
+    }
 }
 
 #[derive(Args)]
@@ -156,8 +187,9 @@ pub fn main() -> ExitCode {
         }
         Command::PrivsepClock(args) => crate::privsep::clock_main(args),
         Command::PrivsepEngine(args) => crate::privsep::engine_main(args),
-        // It needs no runtime.
+        // Neither needs a runtime.
         Command::Check { config } => return crate::ops::check::main(&config),
+        Command::Keygen(args) => run_keygen(args),
         command => return run_in_runtime(command),
     };
     match early {
@@ -183,9 +215,10 @@ fn run_in_runtime(command: Command) -> ExitCode {
     let result = runtime.block_on(async {
         match command {
             Command::Run { config } => run(config).await,
-            Command::PrivsepClock(_) | Command::PrivsepEngine(_) | Command::Check { .. } => {
-                Err("these commands run before the runtime".into())
-            }
+            Command::PrivsepClock(_)
+            | Command::PrivsepEngine(_)
+            | Command::Check { .. }
+            | Command::Keygen(_) => Err("these commands run before the runtime".into()),
             Command::Query(args) => run_query(args).await,
             Command::Ke(args) => run_ke(args).await,
             Command::Demo => crate::demo::run().await,
@@ -268,6 +301,23 @@ async fn run_query(args: QueryArgs) -> Result<ExitCode, String> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+fn run_keygen(args: KeygenArgs) -> Result<ExitCode, String> {
+    use crate::ops::keygen;
+    let options = keygen::KeygenOptions {
+        key_type: args.key_type,
+        count: args.count,
+        format: args.format,
+        id_start: args.id_start,
+    };
+    let text = keygen::key_file(options, &mut rand::rng())?;
+    match &args.output {
+        Some(path) => keygen::write_new_file(path, &text)?,
+        None => std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes())
+            .map_err(|e| format!("standard output: {e}"))?,
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run_sim(args: SimArgs) -> Result<ExitCode, String> {

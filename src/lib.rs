@@ -26,10 +26,11 @@
 //! 11. [`privsep`] — the split of `ntimed run` as root into an engine that cannot set
 //!     the clock and a clock process that obeys policy.
 //! 12. [`ops`] — for operators: `ntimed check` (every problem `run` would stop at, at
-//!     once, through `run`'s own checks).
+//!     once, through `run`'s own checks) and `ntimed keygen` (key files for ntimed,
+//!     chrony and NTPsec).
 //! 13. `sim` — `ntimed sim`: scenarios run through the coordinator's test pair.
 //! 14. `demo` — `ntimed demo`: the whole path, offline, on loopback.
-//! 15. [`cli`] — `ntimed run | query | ke | check | demo | sim`, kept thin.
+//! 15. [`cli`] — `ntimed run | query | ke | check | keygen | demo | sim`, kept thin.
 //!
 //! Every packet is parsed and authenticated before it can change any state; that
 //! ordering is the lesson of most NTP CVEs.

@@ -1,5 +1,6 @@
 //! The operator commands: `ntimed check` on good and broken configs (every problem at
-//! once, each naming its file and line).
+//! once, each naming its file and line), and `ntimed keygen`'s key files read by
+//! ntimed, chronyd and NTPsec's ntpdig.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -7,12 +8,17 @@ use std::time::{Duration, SystemTime};
 
 mod common;
 
+use common::chrony::ChronydQuery;
 use common::files::tempdir;
-use common::net::free_port;
+use common::net::{free_port, loopback};
+use common::netns::NetNs;
 use common::ntimed_cli::ntimed_command;
-use common::ntimed_run::{SANDBOX_TOML, toml_path};
+use common::ntimed_run::{NtimedRun, SANDBOX_TOML, toml_path};
+use common::ntpsec::ntpdig;
 use common::nts::TestCerts;
 use common::process::{RunOutput, run_with_deadline};
+use common::require::{require_chrony, require_ntpsec};
+use ntimed::auth::{KeyFileFormat, KeyStore, KeyType};
 
 /// `ntimed ARGS` (without CAP_SYS_TIME), which must exit within 10 s.
 fn ntimed(args: &[&str]) -> RunOutput {
@@ -189,4 +195,127 @@ fn check_names_the_line_of_a_config_that_does_not_parse() {
             "error: {config}:3: unknown field `lisen`, expected one of `listen`, `crypto-nak`, `rate-limit`, `unknown-peers`\n{config}: 1 error\n"
         )
     );
+}
+
+/// `ntimed keygen ARGS` to standard output.
+fn keygen(args: &[&str]) -> String {
+    let out = ntimed(&[&["keygen"], args].concat());
+    assert!(out.status.success(), "{}", out.describe());
+    out.stdout
+}
+
+#[test]
+fn keygen_files_are_read_by_ntimed_and_never_overwritten() {
+    for (format, key_type, name) in [
+        ("ntp", KeyType::Aes128Cmac, "AES-128"),
+        ("chrony", KeyType::Aes128Cmac, "AES128 HEX:"),
+    ] {
+        let text = keygen(&["--format", format, "--count", "3", "--id-start", "7"]);
+        assert!(
+            text.lines()
+                .nth(1)
+                .is_some_and(|l| l.starts_with(&format!("7 {name}"))),
+            "{text}"
+        );
+        let store = KeyStore::parse("generated", &text, KeyFileFormat::Auto).expect("parses");
+        assert_eq!(store.len(), 3);
+        assert!((7..=9).all(|id| store.get(id).is_some_and(|k| k.key_type() == key_type)));
+    }
+    let sha1 = keygen(&["--type", "sha1", "--format", "ntp"]);
+    let store = KeyStore::parse("generated", &sha1, KeyFileFormat::Ntp).expect("parses");
+    assert_eq!(store.get(1).map(|k| k.key_type()), Some(KeyType::Sha1));
+    assert_ne!(keygen(&[]), keygen(&[]), "fresh secrets every time");
+
+    let dir = tempdir("keygen");
+    let path = dir.path().join("new.keys");
+    let path_arg = path.to_str().expect("UTF-8 path");
+    let out = ntimed(&["keygen", "--output", path_arg]);
+    assert!(
+        out.status.success() && out.stdout.is_empty(),
+        "{}",
+        out.describe()
+    );
+    let mode = std::fs::metadata(&path)
+        .expect("created")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let written = std::fs::read_to_string(&path).expect("read back");
+    let out = ntimed(&["keygen", "--output", path_arg]);
+    assert_eq!(out.status.code(), Some(2), "{}", out.describe());
+    assert!(
+        out.stderr.contains("does not overwrite"),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(std::fs::read_to_string(&path).expect("read back"), written);
+    let out = ntimed(&["keygen", "--id-start", "65535", "--count", "2"]);
+    assert!(
+        !out.status.success() && out.stderr.contains("65535"),
+        "{}",
+        out.describe()
+    );
+}
+
+/// chrony keyfiles from `ntimed keygen` (the default type, AES128-CMAC, and AES256):
+/// an ntimed server reads each and `chronyd -Q` accepts that server's answers under it.
+#[test]
+fn keygen_chrony_keys_work_between_ntimed_and_chronyd() {
+    if !require_chrony() {
+        return;
+    }
+    let dir = tempdir("keygen");
+    for key_type in ["AES128", "AES256"] {
+        let keys = dir.path().join(format!("{key_type}.keys"));
+        let path = keys.to_str().expect("UTF-8");
+        let out = ntimed(&[
+            "keygen", "--format", "chrony", "--type", key_type, "--output", path,
+        ]);
+        assert!(out.status.success(), "{}", out.describe());
+        let server = NtimedRun::local_server(loopback(free_port()), Some(&keys)).start();
+        let offset = ChronydQuery::new("127.0.0.1", server.ntp_port())
+            .key(&keys, 1)
+            .run()
+            .unwrap_or_else(|e| {
+                panic!("chronyd -Q, {key_type}: {e}\nntimed log:\n{}", server.log())
+            })
+            .offset;
+        assert!(offset.abs() < 1e-3, "same clock on both ends: {offset}");
+    }
+}
+
+/// ntp.keys files from `ntimed keygen` (AES-128 and AES-256, ids at the top of the
+/// range): an ntimed server reads each and NTPsec's ntpdig accepts its answers under
+/// key 65535.
+#[test]
+fn keygen_ntp_keys_work_between_ntimed_and_ntpdig() {
+    if !require_ntpsec() {
+        return;
+    }
+    let dir = tempdir("keygen");
+    for key_type in ["AES128", "AES256"] {
+        let keys = dir.path().join(format!("{key_type}.keys"));
+        let path = keys.to_str().expect("UTF-8");
+        let args = [
+            "keygen",
+            "--type",
+            key_type,
+            "--id-start",
+            "65534",
+            "--count",
+            "2",
+            "--output",
+            path,
+        ];
+        let out = ntimed(&args);
+        assert!(out.status.success(), "{}", out.describe());
+        let listen = "127.0.0.1:123".parse().expect("address");
+        let server = NtimedRun::local_server(listen, Some(&keys))
+            .netns(NetNs::new())
+            .start();
+        let ns = server.netns().expect("in a namespace");
+        let reply = ntpdig(ns, 65_535, &keys)
+            .unwrap_or_else(|e| panic!("ntpdig, {key_type}: {e}\nntimed log:\n{}", server.log()));
+        assert!(reply.offset.abs() < 1e-2, "{reply:?}");
+    }
 }
