@@ -33,6 +33,14 @@ enum Command {
     Query(QueryArgs),
     /// Run NTS-KE with a server and print what it negotiated.
     Ke(KeArgs),
+    /// Check a config as `run` would (keys, certificates, directories), printing every
+    /// problem; exit status 1 if there are any (warnings allowed).
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Write a symmetric key file that ntimed, chrony and NTPsec all accept.
+    Keygen(KeygenArgs),
     /// Show the whole path offline, on loopback, with a throwaway server.
     Demo,
     /// Run a simulated scenario (or `all`) and print its metrics.
@@ -59,6 +67,35 @@ struct SimArgs {
     /// Draw phase and frequency error over time (seed 0) into this SVG file.
     #[arg(long)]
     plot: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct KeygenArgs {
+    /// AES128 (RFC 8573 AES-CMAC, the default: ntimed, chrony and NTPsec all accept
+    /// it), AES256, SHA256, SHA1 or MD5. NTPsec truncates SHA256 MACs to 20 bytes, so
+    /// with NTPsec use AES128, AES256 or SHA1.
+    #[arg(long = "type", default_value = "AES128", value_parser = crate::ops::keygen::parse_type)]
+    key_type: crate::auth::KeyType,
+    /// Number of keys.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::ops::keygen::MAX_COUNT)))]
+    count: u32,
+    /// ntp (ntp.keys: ntpd, NTPsec) or chrony.
+    #[arg(long, default_value = "ntp", value_parser = parse_keygen_format)]
+    format: KeyFileFormat,
+    /// The first key's id; the others follow (ids up to 65535).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::ops::keygen::MAX_ID)))]
+    id_start: u32,
+    /// Create this file (mode 0600; an existing file is not overwritten) instead of
+    /// writing to standard output.
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+}
+
+fn parse_keygen_format(text: &str) -> Result<KeyFileFormat, String> {
+    match parse_key_format(text)? {
+        KeyFileFormat::Auto => Err("expected ntp or chrony".into()),
+        format => Ok(format),
+    }
 }
 
 #[derive(Args)]
@@ -156,6 +193,9 @@ pub fn main() -> ExitCode {
         }
         Command::PrivsepClock(args) => crate::privsep::clock_main(args),
         Command::PrivsepEngine(args) => crate::privsep::engine_main(args),
+        // Neither needs a runtime.
+        Command::Check { config } => return crate::ops::check::main(&config),
+        Command::Keygen(args) => run_keygen(args),
         command => return run_in_runtime(command, simulator),
     };
     match early {
@@ -195,9 +235,10 @@ fn run_in_runtime(command: Command, simulator: bool) -> ExitCode {
     let result = runtime.block_on(async {
         match command {
             Command::Run { config } => run(config, simulator).await,
-            Command::PrivsepClock(_) | Command::PrivsepEngine(_) => {
-                Err("internal commands run before the runtime".into())
-            }
+            Command::PrivsepClock(_)
+            | Command::PrivsepEngine(_)
+            | Command::Check { .. }
+            | Command::Keygen(_) => Err("these commands run before the runtime".into()),
             Command::Query(args) => run_query(args).await,
             Command::Ke(args) => run_ke(args).await,
             Command::Demo => crate::demo::run().await,
@@ -218,16 +259,11 @@ fn run_in_runtime(command: Command, simulator: bool) -> ExitCode {
 /// clknetsim's.
 async fn run(config: PathBuf, simulator: bool) -> Result<ExitCode, String> {
     let loaded = Config::load(&config).map_err(|e| e.to_string())?;
-    let mode = loaded.config.clock.as_ref().map(|c| c.get_ref().mode);
-    if !simulator && mode == Some(crate::config::ClockMode::System) {
-        return Err(format!(
-            "{}: [clock] mode = \"system\" needs ntimed started as root (it then runs the \
-             clock in a separate privileged process); without root, use \"observe\" or \
-             \"simulated\"",
-            config.display()
-        ));
-    }
     if !simulator {
+        if let Some(refusal) = run::unprivileged_refusal(&config, &loaded) {
+            return Err(refusal);
+        }
+        let mode = loaded.config.clock.as_ref().map(|c| c.get_ref().mode);
         tracing::info!(
             "running unprivileged in one process{}; started as root, ntimed separates privileges",
             mode.map(|m| format!(" with the {m:?} clock").to_lowercase())
@@ -289,6 +325,23 @@ async fn run_query(args: QueryArgs) -> Result<ExitCode, String> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+fn run_keygen(args: KeygenArgs) -> Result<ExitCode, String> {
+    use crate::ops::keygen;
+    let options = keygen::KeygenOptions {
+        key_type: args.key_type,
+        count: args.count,
+        format: args.format,
+        id_start: args.id_start,
+    };
+    let text = keygen::key_file(options, &mut rand::rng())?;
+    match &args.output {
+        Some(path) => keygen::write_new_file(path, &text)?,
+        None => std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes())
+            .map_err(|e| format!("standard output: {e}"))?,
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run_sim(args: SimArgs) -> Result<ExitCode, String> {

@@ -316,9 +316,31 @@ impl Loaded {
     }
 }
 
+/// Where in the config text a fault is (when known), and what it is.
+type Fault = (Option<std::ops::Range<usize>>, String);
+
 impl Config {
-    /// Reads, parses and checks `path`, and loads the key file it names.
+    /// Reads, parses and checks `path`, and loads the key file it names; stops at the
+    /// first problem ([`Config::load_all`] finds them all).
     pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+        let mut problems = Vec::new();
+        let loaded = Self::load_all(path, &mut problems);
+        match (problems.into_iter().next(), loaded) {
+            (Some(first), _) => Err(first),
+            (None, Some(loaded)) => Ok(loaded),
+            (None, None) => Err(ConfigError {
+                file: path.display().to_string(),
+                line: None,
+                message: "cannot be loaded".into(),
+            }),
+        }
+    }
+
+    /// [`Config::load`], recording every problem rather than stopping at the first:
+    /// `None` only when the file cannot be read or parsed at all. With problems
+    /// recorded, the config returned is for looking at further, not for running (a key
+    /// file that failed to load leaves its key store empty).
+    pub fn load_all(path: &Path, problems: &mut Vec<ConfigError>) -> Option<Loaded> {
         use std::io::Read;
         let name = path.display().to_string();
         let fail = |message: String| ConfigError {
@@ -326,20 +348,43 @@ impl Config {
             line: None,
             message,
         };
-        let file = std::fs::File::open(path).map_err(|e| fail(format!("cannot open: {e}")))?;
-        let mut text = String::new();
-        file.take(MAX_CONFIG_LEN + 1)
-            .read_to_string(&mut text)
-            .map_err(|e| fail(format!("cannot read: {e}")))?;
-        if text.len() as u64 > MAX_CONFIG_LEN {
-            return Err(fail(format!("larger than {MAX_CONFIG_LEN} bytes")));
-        }
-        let config = Self::parse(&name, &text)?;
+        let text = std::fs::File::open(path)
+            .map_err(|e| fail(format!("cannot open: {e}")))
+            .and_then(|file| {
+                let mut text = String::new();
+                file.take(MAX_CONFIG_LEN + 1)
+                    .read_to_string(&mut text)
+                    .map_err(|e| fail(format!("cannot read: {e}")))?;
+                if text.len() as u64 > MAX_CONFIG_LEN {
+                    return Err(fail(format!("larger than {MAX_CONFIG_LEN} bytes")));
+                }
+                Ok(text)
+            });
+        let config = text.and_then(|text| {
+            let config = Self::parse_all(&name, &text, problems)?;
+            Ok((text, config))
+        });
+        let (text, config) = match config {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                problems.push(e);
+                return None;
+            }
+        };
         let base = path.parent().unwrap_or(Path::new("."));
         let keys = match &config.keys {
-            Some(section) => KeyStore::load(&base.join(&section.file), section.format)
-                .map_err(|e| fail(format!("[keys] file: {e}")))?,
-            None => KeyStore::default(),
+            Some(section) => match KeyStore::load(&base.join(&section.file), section.format) {
+                Ok(keys) => Some(keys),
+                Err(e) => {
+                    problems.push(ConfigError {
+                        file: e.file,
+                        line: e.line,
+                        message: format!("{} (the [keys] file of {name})", e.problem),
+                    });
+                    None
+                }
+            },
+            None => Some(KeyStore::default()),
         };
         let keyed = config
             .sources
@@ -351,8 +396,9 @@ impl Config {
                     .iter()
                     .map(|p| ("peer", &p.get_ref().address, p.get_ref().key, p.span())),
             );
+        // Key ids are checked only against a key file that loaded.
         for (what, address, key, span) in keyed {
-            if let Some(id) = key
+            if let (Some(id), Some(keys)) = (key, &keys)
                 && keys.get(id).is_none()
             {
                 let missing = if config.keys.is_some() {
@@ -360,41 +406,59 @@ impl Config {
                 } else {
                     "needs a [keys] section naming the key file"
                 };
-                return Err(ConfigError {
+                problems.push(ConfigError {
                     file: name.clone(),
                     line: Some(line_of(&text, span.start)),
                     message: format!("{what} {address}: key {id} {missing}"),
                 });
             }
         }
-        Ok(Loaded {
+        Some(Loaded {
             config,
-            keys,
+            keys: keys.unwrap_or_default(),
             base: base.to_path_buf(),
         })
     }
 
-    /// Parses and checks config text; `name` is used in errors.
+    /// Parses and checks config text; `name` is used in errors. Stops at the first.
     pub fn parse(name: &str, text: &str) -> Result<Self, ConfigError> {
+        let mut problems = Vec::new();
+        let config = Self::parse_all(name, text, &mut problems)?;
+        match problems.into_iter().next() {
+            Some(first) => Err(first),
+            None => Ok(config),
+        }
+    }
+
+    /// Parses config text, recording every problem the checks find; `Err` only for
+    /// text that does not parse into a config at all (TOML syntax, unknown keys,
+    /// values of the wrong type).
+    fn parse_all(
+        name: &str,
+        text: &str,
+        problems: &mut Vec<ConfigError>,
+    ) -> Result<Self, ConfigError> {
         let config: Self = toml::from_str(text).map_err(|e| ConfigError {
             file: name.to_string(),
             line: e.span().map(|span| line_of(text, span.start)),
             message: e.message().trim().to_string(),
         })?;
-        config.check().map_err(|(span, message)| ConfigError {
+        let mut faults = Vec::new();
+        config.check(&mut faults);
+        problems.extend(faults.into_iter().map(|(span, message)| ConfigError {
             file: name.to_string(),
             line: span.map(|s| line_of(text, s.start)),
             message,
-        })?;
+        }));
         Ok(config)
     }
 
     /// Sources need a clock to steer and say how they are authenticated; the clock
     /// policy must make sense.
-    fn check_sources(&self) -> Result<(), (Option<std::ops::Range<usize>>, String)> {
+    fn check_sources(&self, faults: &mut Vec<Fault>) {
         if let (Some(source), None) = (self.sources.first(), &self.clock) {
             let message = "[[source]] needs a [clock] section: mode = \"observe\", \"simulated\" or \"system\"";
-            return Err((Some(source.span()), message.into()));
+            faults.push((Some(source.span()), message.into()));
         }
         for (i, source) in self.sources.iter().enumerate() {
             let span = Some(source.span());
@@ -407,15 +471,15 @@ impl Config {
                     "source {}: say exactly one of nts = {{ ke = ... }}, key = N, insecure = true",
                     s.address
                 );
-                return Err((span, message));
+                faults.push((span.clone(), message));
             }
             if let Err(e) = check_poll_bounds(s.min_poll, s.max_poll) {
-                return Err((span, format!("source {}: {e}", s.address)));
+                faults.push((span.clone(), format!("source {}: {e}", s.address)));
             }
             let ke = s.nts.as_ref().map(|n| n.ke.as_str());
             for (what, text) in [("address", Some(s.address.as_str())), ("nts ke", ke)] {
                 if let Some(Err(e)) = text.map(|t| split_host_port(t, 123)) {
-                    return Err((span, format!("source {what}: {e}")));
+                    faults.push((span.clone(), format!("source {what}: {e}")));
                 }
             }
             // The same server twice would count twice towards min-sources and majorities.
@@ -423,114 +487,105 @@ impl Config {
             let same = |other: &Spanned<SourceSection>| {
                 split_host_port(&other.get_ref().address, 123).ok() == address
             };
-            if self.sources.iter().take(i).any(same) {
-                return Err((span, format!("source {}: listed twice", s.address)));
+            if address.is_some() && self.sources.iter().take(i).any(same) {
+                faults.push((span, format!("source {}: listed twice", s.address)));
             }
         }
         if let Some(clock) = &self.clock {
             let span = Some(clock.span());
             let c = clock.get_ref();
+            let mut fail = |message: &str| faults.push((span.clone(), message.to_string()));
             let positive =
                 |v: Option<f64>, max: f64| v.is_none_or(|v| v.is_finite() && v > 0.0 && v <= max);
             if !positive(c.step_threshold, 1e9) || !positive(c.panic_threshold, 1e9) {
-                return Err((
-                    span,
-                    "[clock] step-threshold and panic-threshold must be positive seconds".into(),
-                ));
+                fail("[clock] step-threshold and panic-threshold must be positive seconds");
             }
             if !positive(c.max_frequency, 500.0) {
-                return Err((
-                    span,
-                    "[clock] max-frequency must be above 0 and at most 500 ppm".into(),
-                ));
+                fail("[clock] max-frequency must be above 0 and at most 500 ppm");
             }
             if !c.simulated_offset.is_finite()
                 || c.simulated_offset.abs() > 1e6
                 || !c.simulated_frequency.is_finite()
                 || c.simulated_frequency.abs() > 1e5
             {
-                return Err((
-                    span,
-                    "[clock] simulated-offset / simulated-frequency out of range".into(),
-                ));
+                fail("[clock] simulated-offset / simulated-frequency out of range");
             }
             if c.mode != ClockMode::Simulated
                 && (c.simulated_offset != 0.0 || c.simulated_frequency != 0.0)
             {
-                return Err((
-                    span,
-                    "[clock] simulated-offset and simulated-frequency need mode = \"simulated\""
-                        .into(),
-                ));
+                fail("[clock] simulated-offset and simulated-frequency need mode = \"simulated\"");
             }
             if c.min_sources
                 .is_some_and(|n| n == 0 || n > (self.sources.len() + self.peers.len()).max(1))
             {
-                let message = format!(
+                fail(&format!(
                     "[clock] min-sources must be from 1 to the number of sources and peers ({})",
                     self.sources.len() + self.peers.len()
-                );
-                return Err((span, message));
+                ));
             }
             if let (Some(step), Some(panic)) = (c.step_threshold, c.panic_threshold)
                 && step > panic
             {
-                return Err((
-                    span,
-                    "[clock] step-threshold must not exceed panic-threshold".into(),
-                ));
+                fail("[clock] step-threshold must not exceed panic-threshold");
             }
         }
-        Ok(())
     }
 
     /// Peers steer the clock, send from a `[[server]]` socket, and say how they are
     /// authenticated (a key, or `insecure = true` in so many words).
-    fn check_peers(&self) -> Result<(), (Option<std::ops::Range<usize>>, String)> {
+    fn check_peers(&self, faults: &mut Vec<Fault>) {
+        if let Some(peer) = self.peers.first() {
+            let address = &peer.get_ref().address;
+            if self.clock.is_none() {
+                let message = format!(
+                    "peer {address}: [[peer]] needs a [clock] section (a peer's time steers the clock)"
+                );
+                faults.push((Some(peer.span()), message));
+            }
+            if self.servers.is_empty() {
+                let message = format!(
+                    "peer {address}: [[peer]] needs a [[server]]: peer packets use its socket"
+                );
+                faults.push((Some(peer.span()), message));
+            }
+        }
         for (i, peer) in self.peers.iter().enumerate() {
             let span = Some(peer.span());
             let p = peer.get_ref();
-            let fail = |what: &str| Err((span.clone(), format!("peer {}: {what}", p.address)));
-            if self.clock.is_none() {
-                return fail("[[peer]] needs a [clock] section (a peer's time steers the clock)");
-            }
-            if self.servers.is_empty() {
-                return fail("[[peer]] needs a [[server]]: peer packets use its socket");
-            }
+            let mut fail =
+                |what: &str| faults.push((span.clone(), format!("peer {}: {what}", p.address)));
             if p.nts.is_some() {
-                return fail("NTS is not defined for symmetric mode; use key = N");
+                fail("NTS is not defined for symmetric mode; use key = N");
             }
             match (p.key, p.insecure) {
                 (Some(_), false) | (None, true) => {}
-                (None, false) => {
-                    return fail("needs key = N (both ends the same key), or insecure = true");
-                }
-                (Some(_), true) => return fail("say key = N or insecure = true, not both"),
+                (None, false) => fail("needs key = N (both ends the same key), or insecure = true"),
+                (Some(_), true) => fail("say key = N or insecure = true, not both"),
             }
             if let Err(e) = check_poll_bounds(p.min_poll, p.max_poll) {
-                return fail(e);
+                fail(e);
             }
-            let address = split_host_port(&p.address, 123);
-            if let Err(e) = &address {
-                return fail(e);
-            }
-            let same = |other: &Spanned<PeerSection>| {
-                split_host_port(&other.get_ref().address, 123).ok() == address.clone().ok()
-            };
-            if self.peers.iter().take(i).any(same) {
-                return fail("listed twice");
+            match split_host_port(&p.address, 123) {
+                Err(e) => fail(&e),
+                Ok(address) => {
+                    let same = |other: &Spanned<PeerSection>| {
+                        split_host_port(&other.get_ref().address, 123).as_ref() == Ok(&address)
+                    };
+                    if self.peers.iter().take(i).any(same) {
+                        fail("listed twice");
+                    }
+                }
             }
         }
-        Ok(())
     }
 
-    /// Checks what serde cannot; on error, says where in the text the fault is.
-    fn check(&self) -> Result<(), (Option<std::ops::Range<usize>>, String)> {
+    /// Checks what serde cannot, recording where in the text each fault is.
+    fn check(&self, faults: &mut Vec<Fault>) {
         if let Some(local) = &self.local {
             let stratum = *local.stratum.get_ref();
             if !(1..=15).contains(&stratum) {
                 let message = format!("[local] stratum must be 1 to 15, not {stratum}");
-                return Err((Some(local.stratum.span()), message));
+                faults.push((Some(local.stratum.span()), message));
             }
         }
         if self.servers.is_empty()
@@ -539,22 +594,22 @@ impl Config {
             && self.peers.is_empty()
         {
             let message = "nothing to run: add a [[source]], [[server]] or [[nts-ke-server]]";
-            return Err((None, message.into()));
+            faults.push((None, message.into()));
         }
-        self.check_sources()?;
-        self.check_peers()?;
+        self.check_sources(faults);
+        self.check_peers(faults);
         if let Some(ke) = self.nts_ke_servers.first()
             && self.nts.is_none()
         {
             let message = "[[nts-ke-server]] needs an [nts] section (key-dir or fleet-secret)";
-            return Err((Some(ke.listen.span()), message.into()));
+            faults.push((Some(ke.listen.span()), message.into()));
         }
         if let Some(nts) = &self.nts {
             match (&nts.key_dir, &nts.fleet_secret) {
-                (None, None) => return Err((None, "[nts] needs key-dir or fleet-secret".into())),
+                (None, None) => faults.push((None, "[nts] needs key-dir or fleet-secret".into())),
                 (Some(_), Some(_)) => {
                     let message = "[nts] takes key-dir or fleet-secret, not both";
-                    return Err((None, message.into()));
+                    faults.push((None, message.into()));
                 }
                 _ => {}
             }
@@ -563,18 +618,15 @@ impl Config {
                 && !(60..=30 * 86_400).contains(&period)
             {
                 let message = "[nts] rotation must be 60 to 2592000 seconds".to_string();
-                return Err((Some(rotation.span()), message));
+                faults.push((Some(rotation.span()), message));
             }
             if let Some(retention) = &nts.retention {
-                let retention = *retention.get_ref();
-                if retention < period || retention > 1000 * period || retention > 90 * 86_400 {
+                let value = *retention.get_ref();
+                if value < period || value > 1000 * period || value > 90 * 86_400 {
                     let message = format!(
                         "[nts] retention must be at least rotation ({period} s), at most 1000 rotations and 90 days"
                     );
-                    return Err((
-                        Some(nts.retention.as_ref().map_or(0..0, |r| r.span())),
-                        message,
-                    ));
+                    faults.push((Some(retention.span()), message));
                 }
             }
         }
@@ -587,13 +639,13 @@ impl Config {
                 {
                     let message =
                         "ntp-server must be a host name or address (ASCII, 1 to 255 characters)";
-                    return Err((Some(server.span()), message.into()));
+                    faults.push((Some(server.span()), message.into()));
                 }
             }
             if let Some(port) = &ke.ntp_port
                 && *port.get_ref() == 0
             {
-                return Err((Some(port.span()), "ntp-port must be 1 to 65535".into()));
+                faults.push((Some(port.span()), "ntp-port must be 1 to 65535".into()));
             }
         }
         for (i, ke) in self.nts_ke_servers.iter().enumerate() {
@@ -604,7 +656,7 @@ impl Config {
                 .take(i)
                 .any(|k| k.listen.get_ref() == listen)
             {
-                return Err((Some(ke.listen.span()), format!("{listen} is listed twice")));
+                faults.push((Some(ke.listen.span()), format!("{listen} is listed twice")));
             }
         }
         for server in &self.servers {
@@ -613,7 +665,7 @@ impl Config {
                 if !(0.001..=3600.0).contains(&r.interval) || !(1..=10_000).contains(&r.burst) {
                     let message =
                         "rate-limit needs interval 0.001 to 3600 seconds and burst 1 to 10000";
-                    return Err((Some(limit.span()), message.into()));
+                    faults.push((Some(limit.span()), message.into()));
                 }
             }
         }
@@ -625,13 +677,12 @@ impl Config {
                 .take(i)
                 .any(|s| s.listen.get_ref() == listen)
             {
-                return Err((
+                faults.push((
                     Some(server.listen.span()),
                     format!("{listen} is listed twice"),
                 ));
             }
         }
-        Ok(())
     }
 }
 
@@ -849,6 +900,37 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.servers[0].unknown_peers, UnknownPeers::Drop);
+    }
+
+    /// `load_all` goes on past the first problem: a bad value, a duplicate listener and
+    /// a missing key file are all reported, each with its file and line.
+    #[test]
+    fn load_all_reports_every_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[keys]\nfile = \"missing.keys\"\n[local]\nstratum = 16\n\
+             [[server]]\nlisten = \"127.0.0.1:1\"\n[[server]]\nlisten = \"127.0.0.1:1\"\n",
+        )
+        .unwrap();
+        let mut problems = Vec::new();
+        assert!(Config::load_all(&path, &mut problems).is_some());
+        let found: Vec<_> = problems
+            .iter()
+            .map(|p| (p.line, p.message.split(':').next().unwrap_or_default()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (Some(4), "[local] stratum must be 1 to 15, not 16"),
+                (Some(8), "127.0.0.1"),
+                (None, "cannot open"),
+            ],
+            "{problems:?}"
+        );
+        assert!(problems[2].file.ends_with("missing.keys"));
+        assert_eq!(Config::load(&path).unwrap_err(), problems[0]);
     }
 
     /// A key id that no key file holds is refused at load, with the line of the

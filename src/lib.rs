@@ -25,9 +25,12 @@
 //!     (NTS-KE), the clock and the sans-IO core, deciding nothing itself.
 //! 11. [`privsep`] — the split of `ntimed run` as root into an engine that cannot set
 //!     the clock and a clock process that obeys policy.
-//! 12. `sim` — `ntimed sim`: scenarios run through the coordinator's test pair.
-//! 13. `demo` — `ntimed demo`: the whole path, offline, on loopback.
-//! 14. [`cli`] — `ntimed run | query | ke | demo | sim`, kept thin.
+//! 12. [`ops`] — for operators: `ntimed check` (every problem `run` would stop at, at
+//!     once, through `run`'s own checks) and `ntimed keygen` (key files for ntimed,
+//!     chrony and NTPsec).
+//! 13. `sim` — `ntimed sim`: scenarios run through the coordinator's test pair.
+//! 14. `demo` — `ntimed demo`: the whole path, offline, on loopback.
+//! 15. [`cli`] — `ntimed run | query | ke | check | keygen | demo | sim`, kept thin.
 //!
 //! Every packet is parsed and authenticated before it can change any state; that
 //! ordering is the lesson of most NTP CVEs.
@@ -76,6 +79,7 @@ pub(crate) mod config;
 pub mod coordinator;
 pub mod daemon;
 pub(crate) mod demo;
+pub mod ops;
 pub mod privsep;
 pub mod proto;
 pub(crate) mod sim;

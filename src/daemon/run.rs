@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
 
 use super::nts::{self, KeLimits};
 use super::peer::{PeerLink, PeerRoutes};
@@ -15,6 +16,7 @@ use crate::clock::{Clock, SoftwareClock};
 use crate::config::{ClockMode, Loaded, UnknownPeers};
 use crate::proto::ratelimit::RateLimit;
 use crate::proto::server::{Server, ServerOptions, SharedCookieKeys};
+use crate::util::{Problems, Severity};
 
 /// Sockets bound before anything runs, by the supervisor when privileges are
 /// separated: one per `[[server]]` and one per `[[nts-ke-server]]`, in config order.
@@ -98,6 +100,20 @@ pub fn local_clock(section: Option<&crate::config::ClockSection>) -> Arc<dyn Clo
     }
 }
 
+/// Why `loaded` (read from `path`) cannot run in one unprivileged process, if it
+/// cannot: the system clock needs the clock process only root can start.
+pub fn unprivileged_refusal(path: &std::path::Path, loaded: &Loaded) -> Option<String> {
+    let mode = loaded.config.clock.as_ref().map(|c| c.get_ref().mode);
+    (mode == Some(ClockMode::System)).then(|| {
+        format!(
+            "{}: [clock] mode = \"system\" needs ntimed started as root (it then runs the \
+             clock in a separate privileged process); without root, use \"observe\" or \
+             \"simulated\"",
+            path.display()
+        )
+    })
+}
+
 /// Everything `ntimed run` reads before it serves (TLS, cookie keys, the client role),
 /// so that it can all happen before privileges are dropped.
 pub struct Prepared {
@@ -111,37 +127,59 @@ pub struct Prepared {
     pub client: Option<super::client::ClientRole>,
 }
 
+/// What preparing is for: `ntimed run`, which may create `[nts] key-dir` and save new
+/// cookie keys there, or `ntimed check`, which only reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    Run,
+    Check,
+}
+
 /// Loads and checks everything `[[server]]`, `[[nts-ke-server]]`, `[nts]` and
-/// `[[source]]` need.
+/// `[[source]]` need, stopping at the first error; warnings are logged.
 pub fn prepare(loaded: Loaded) -> Result<Prepared, String> {
+    let mut problems = Problems::default();
+    let prepared = prepare_all(loaded, Purpose::Run, SystemTime::now(), &mut problems);
+    problems.into_result(|warning| tracing::warn!("{warning}"))?;
+    prepared.ok_or_else(|| "cannot prepare the config".into())
+}
+
+/// [`prepare`], recording every problem (and warning) rather than stopping at the
+/// first: the client role, the cookie keys and each NTS-KE server's certificate are
+/// checked whatever the others' fate. `None` if it recorded an error.
+pub fn prepare_all(
+    loaded: Loaded,
+    purpose: Purpose,
+    now: SystemTime,
+    problems: &mut Problems,
+) -> Option<Prepared> {
     let config = &loaded.config;
-    let client = super::client::prepare(&loaded)?;
-    let cookie_keys = match &config.nts {
-        Some(section) => {
-            let defaults = Rotation::default();
-            let period = section
-                .rotation
+    let errors_before = problems.count(Severity::Error);
+    let client = problems.take(super::client::prepare(&loaded));
+    let cookie_keys = config.nts.as_ref().and_then(|section| {
+        let defaults = Rotation::default();
+        let period = section
+            .rotation
+            .as_ref()
+            .map_or(defaults.period, |r| *r.get_ref());
+        let rotation = Rotation {
+            period,
+            // By default a week, and never less than one rotation period.
+            retention: section
+                .retention
                 .as_ref()
-                .map_or(defaults.period, |r| *r.get_ref());
-            let rotation = Rotation {
-                period,
-                // By default a week, and never less than one rotation period.
-                retention: section
-                    .retention
-                    .as_ref()
-                    .map_or(defaults.retention, |r| *r.get_ref())
-                    .max(period),
-            };
-            let fleet = section.fleet_secret.as_ref().map(|p| loaded.path(p));
-            let dir = section.key_dir.as_ref().map(|p| loaded.path(p));
-            let (keys, persist_to) =
-                nts::load_cookie_keys(fleet.as_deref(), dir.as_deref(), rotation)?;
-            Some((Arc::new(RwLock::new(keys)), persist_to))
-        }
-        None => None,
-    };
-    if !config.nts_ke_servers.is_empty() && cookie_keys.is_none() {
-        return Err("[[nts-ke-server]] needs [nts]".into());
+                .map_or(defaults.retention, |r| *r.get_ref())
+                .max(period),
+        };
+        let fleet = section.fleet_secret.as_ref().map(|p| loaded.path(p));
+        let dir = section.key_dir.as_ref().map(|p| loaded.path(p));
+        let write = purpose == Purpose::Run;
+        let loaded = nts::load_cookie_keys(fleet.as_deref(), dir.as_deref(), rotation, write);
+        let (keys, persist_to) = problems.take(loaded)?;
+        Some((Arc::new(RwLock::new(keys)), persist_to))
+    });
+    if !config.nts_ke_servers.is_empty() && config.nts.is_none() {
+        problems.error("[[nts-ke-server]] needs [nts]");
     }
     let mut ke_configs = Vec::new();
     for section in &config.nts_ke_servers {
@@ -149,8 +187,12 @@ pub fn prepare(loaded: Loaded) -> Result<Prepared, String> {
             &loaded.path(&section.certificate_chain),
             &loaded.path(&section.private_key),
             section.name.as_deref(),
-            std::time::SystemTime::now(),
-        )?;
+            now,
+            problems,
+        );
+        let Some(tls) = tls else {
+            continue;
+        };
         // Clients go to the configured NTP port, else to the only server's if not 123.
         let only_port = match &config.servers[..] {
             [only] => Some(only.listen.get_ref().port()).filter(|&p| p != 123),
@@ -166,11 +208,14 @@ pub fn prepare(loaded: Loaded) -> Result<Prepared, String> {
         };
         ke_configs.push((tls, endpoint));
     }
-    Ok(Prepared {
+    if problems.count(Severity::Error) > errors_before {
+        return None;
+    }
+    Some(Prepared {
         loaded,
         cookie_keys,
         ke_configs,
-        client,
+        client: client?,
     })
 }
 

@@ -98,6 +98,18 @@ fn sandbox_jail(loaded: &Loaded) -> Result<Jail, String> {
     Jail::new(&section.user, &loaded.path(&section.state_dir))
 }
 
+/// What `ntimed run` as root checks of `[sandbox]` before it starts, changing nothing
+/// (for `ntimed check`): the user, the state directory, and `[nts] key-dir` inside it.
+pub fn check_sandbox(loaded: &Loaded, problems: &mut crate::util::Problems) {
+    let Some(jail) = problems.take(sandbox_jail(loaded)) else {
+        return;
+    };
+    let key_dir = loaded.config.nts.as_ref().and_then(|n| n.key_dir.as_ref());
+    if let Some(dir) = key_dir {
+        problems.take(jail.check_user_dir(&loaded.path(dir)));
+    }
+}
+
 /// The software clock `[clock]` asks for (`None` for the kernel clock), counting from
 /// the epoch both children were given, so that the engine's mirror and the clock
 /// process's clock are the same clock. (The config allows a simulated offset and

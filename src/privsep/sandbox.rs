@@ -144,6 +144,24 @@ impl Jail {
     /// needed. Returns its path as seen from inside the chroot.
     pub fn user_dir(&self, dir: &Path) -> Result<PathBuf, String> {
         use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let (dir, inside) = self.check_user_dir(dir)?;
+        if std::fs::symlink_metadata(&dir).is_err() {
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|e| format!("{}: {e}", dir.display()))?;
+            std::os::unix::fs::chown(&dir, Some(self.user.uid), Some(self.user.gid))
+                .map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+        Ok(inside)
+    }
+
+    /// What [`Jail::user_dir`] checks, changing nothing: `dir` lies in the state
+    /// directory under root-owned directories, and is the user's if it exists.
+    /// Returns its path outside and inside the chroot.
+    pub fn check_user_dir(&self, dir: &Path) -> Result<(PathBuf, PathBuf), String> {
         let outside = |why: &str| {
             format!(
                 "{}: {why}; with privilege separation the engine writes only inside the \
@@ -164,31 +182,16 @@ impl Jail {
         check_root_owned_dir(&parent)?;
         let dir = parent.join(name);
         match std::fs::symlink_metadata(&dir) {
-            Ok(meta) if !meta.is_dir() => {
-                return Err(format!("{}: not a directory", dir.display()));
-            }
-            Ok(meta) if meta.uid() != self.user.uid => {
-                return Err(format!(
-                    "{}: owned by uid {}, not {}: chown {} it",
-                    dir.display(),
-                    meta.uid(),
-                    self.user.name,
-                    self.user.name
-                ));
-            }
-            Ok(_) => {}
-            Err(_) => {
-                std::fs::DirBuilder::new()
-                    .mode(0o700)
-                    .create(&dir)
-                    .map_err(|e| format!("{}: {e}", dir.display()))?;
-                std::os::unix::fs::chown(&dir, Some(self.user.uid), Some(self.user.gid))
-                    .map_err(|e| format!("{}: {e}", dir.display()))?;
-            }
+            Ok(meta) if !meta.is_dir() => Err(format!("{}: not a directory", dir.display())),
+            Ok(meta) if meta.uid() != self.user.uid => Err(format!(
+                "{}: owned by uid {}, not {}: chown {} it",
+                dir.display(),
+                meta.uid(),
+                self.user.name,
+                self.user.name
+            )),
+            _ => Ok((dir, Path::new("/").join(inside).join(name))),
         }
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| format!("{}: {e}", dir.display()))?;
-        Ok(Path::new("/").join(inside).join(name))
     }
 }
 

@@ -3,6 +3,8 @@
 
 mod atomic_file;
 mod log_limit;
+mod problems;
 
 pub use atomic_file::write_atomic;
 pub use log_limit::LogLimit;
+pub use problems::{Problem, Problems, Severity};

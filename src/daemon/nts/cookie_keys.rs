@@ -22,11 +22,13 @@ fn unix_now() -> u64 {
 
 /// Builds the cookie keys `[nts]` asks for: derived from the fleet secret, or random
 /// and persisted in `key_dir` (reloaded from there, so a restart keeps cookies valid).
-/// Returns the keys and the file to persist them to.
+/// Returns the keys and the file to persist them to. With `write` false (`ntimed
+/// check`) it only reads: a missing `key_dir` is not created, and new keys not saved.
 pub fn load_cookie_keys(
     fleet_secret: Option<&Path>,
     key_dir: Option<&Path>,
     rotation: Rotation,
+    write: bool,
 ) -> Result<(CookieKeys, Option<std::path::PathBuf>), String> {
     let mut keys = match (fleet_secret, key_dir) {
         (Some(path), _) => {
@@ -39,7 +41,7 @@ pub fn load_cookie_keys(
             )
         }
         (None, Some(dir)) => {
-            ensure_private_dir(dir)?;
+            ensure_private_dir(dir, write)?;
             let file = dir.join(COOKIE_KEY_FILE);
             // Read as root before privileges are dropped, from a directory the
             // unprivileged user owns: never through a link it may have planted.
@@ -56,7 +58,8 @@ pub fn load_cookie_keys(
         }
         (None, None) => return Err("[nts] needs key-dir or fleet-secret".into()),
     };
-    if keys.0.update(unix_now(), &mut rand::rng())
+    if write
+        && keys.0.update(unix_now(), &mut rand::rng())
         && let Some(file) = &keys.1
     {
         persist_cookie_keys(file, &encode_persisted(&keys.0.persistable()))?;
@@ -64,9 +67,14 @@ pub fn load_cookie_keys(
     Ok(keys)
 }
 
-fn ensure_private_dir(dir: &Path) -> Result<(), String> {
+/// Checks that `dir` is a directory only its owner may write, creating it (mode 0700)
+/// if it is missing and `create`.
+fn ensure_private_dir(dir: &Path, create: bool) -> Result<(), String> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     if !dir.exists() {
+        if !create {
+            return Ok(());
+        }
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
