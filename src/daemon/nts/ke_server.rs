@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 
 use super::exchange::{ALPN, CLOSED_EARLY, export_keys, read_message};
 use crate::auth::nts::ke::{self, KeDecision, NtpEndpoint};
-use crate::proto::ratelimit::source_key;
+use crate::proto::ratelimit::{SourceKey, source_key};
 use crate::proto::server::SharedCookieKeys;
 use crate::wire::ke::parse_message;
 
@@ -45,9 +45,6 @@ struct InFlight {
     next_id: u64,
     connections: std::collections::VecDeque<(u64, SourceKey, tokio::sync::oneshot::Sender<()>)>,
 }
-
-/// Where a connection comes from: the IPv4 address, or the IPv6 /64.
-type SourceKey = [u8; 8];
 
 impl InFlight {
     /// Registers a connection from `source`. A source already at `per_source` loses its
@@ -125,7 +122,7 @@ pub async fn start_ke_server(
     endpoint: NtpEndpoint,
     limits: KeLimits,
 ) -> std::io::Result<RunningKeServer> {
-    let listener = std::net::TcpListener::bind(listen)?;
+    let listener = crate::daemon::net::bind_tcp(listen)?;
     start_ke_server_on(listener, tls, cookie_keys, endpoint, limits)
 }
 
@@ -288,6 +285,28 @@ mod tests {
             "the oldest of the busiest source goes"
         );
         assert!(c.try_recv().is_err());
+    }
+
+    /// An IPv4 client on a dual-stack socket (`::ffff:a.b.c.d`) counts against its own
+    /// IPv4 address, not against the one /64 all mapped addresses share.
+    #[test]
+    fn ipv4_mapped_clients_count_as_their_ipv4_address() {
+        let mapped = |last: u8| {
+            source_key(std::net::IpAddr::from(
+                std::net::Ipv4Addr::new(192, 0, 2, last).to_ipv6_mapped(),
+            ))
+        };
+        let mut in_flight = InFlight::default();
+        let (_, mut first, _) = in_flight.admit(key(1), 8, 2);
+        in_flight.admit(mapped(1), 8, 2);
+        let (_, mut other, evicted_other) = in_flight.admit(mapped(2), 8, 2);
+        assert!(!evicted_other, "192.0.2.2 is a source of its own");
+        let (_, _, evicted) = in_flight.admit(mapped(1), 8, 2);
+        assert!(
+            evicted && first.try_recv().is_ok(),
+            "192.0.2.1 was at its cap"
+        );
+        assert!(other.try_recv().is_err());
     }
 
     #[test]
