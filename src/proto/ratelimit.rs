@@ -2,10 +2,11 @@
 //! caller passes the source address and the time.
 //!
 //! Each source (an IPv4 address, also when it arrives IPv4-mapped as `::ffff:a.b.c.d`,
-//! or an IPv6 /64) has a token bucket: `burst` requests
-//! at once, refilled at one per `interval` seconds. Over the limit, a plain request gets
-//! a RATE kiss-o'-death one time in `kiss_one_in` and nothing otherwise, so the limiter
-//! itself sends little. Sources live in a fixed table indexed by a keyed hash: memory is
+//! or an IPv6 /64) has a token bucket: `burst` requests at once, refilled at one per
+//! `interval` seconds. Over the limit, a plain request gets a RATE kiss-o'-death one
+//! time in `kiss_one_in`, and a source gets at most one kiss per `interval` whatever it
+//! sends: a flood with a victim's address as its source earns the victim no more than a
+//! client at the limit would get. Sources live in a fixed table indexed by a keyed hash: memory is
 //! bounded whatever the traffic, and a collision only gives the newcomer a fresh bucket.
 
 use std::hash::BuildHasher;
@@ -27,7 +28,8 @@ pub struct RateLimit {
     pub interval: f64,
     /// Requests allowed at once.
     pub burst: u32,
-    /// Over the limit, one request in this many gets a RATE kiss.
+    /// Over the limit, one request in this many gets a RATE kiss (but a source at most
+    /// one per `interval`); 0 for none.
     pub kiss_one_in: u32,
 }
 
@@ -37,6 +39,8 @@ struct Bucket {
     tokens: f64,
     updated: f64,
     limited: u32,
+    /// When this source was last sent a kiss.
+    kissed: f64,
 }
 
 pub struct RateLimiter {
@@ -70,6 +74,7 @@ impl RateLimiter {
                 tokens: f64::from(limit.burst),
                 updated: now,
                 limited: 0,
+                kissed: f64::NEG_INFINITY,
             }),
         };
         let elapsed = (now - bucket.updated).max(0.0);
@@ -81,7 +86,11 @@ impl RateLimiter {
             return Verdict::Allow;
         }
         bucket.limited = bucket.limited.wrapping_add(1);
-        if limit.kiss_one_in > 0 && bucket.limited % limit.kiss_one_in == 1 % limit.kiss_one_in {
+        if limit.kiss_one_in > 0
+            && bucket.limited % limit.kiss_one_in == 1 % limit.kiss_one_in
+            && now - bucket.kissed >= limit.interval
+        {
+            bucket.kissed = now;
             Verdict::Kiss
         } else {
             Verdict::Drop
@@ -139,13 +148,51 @@ mod tests {
         let kisses = verdicts.iter().filter(|v| **v == Verdict::Kiss).count();
         let allowed = verdicts.iter().filter(|v| **v == Verdict::Allow).count();
         assert_eq!(allowed, 4);
-        assert_eq!(kisses, 24, "one in four of the 96 limited");
+        assert_eq!(kisses, 1, "one kiss in the interval");
         assert_eq!(limiter.check(ip(2), 0.1), Verdict::Allow, "another source");
         assert_eq!(
             limiter.check(ip(1), 2.5),
             Verdict::Allow,
             "tokens come back"
         );
+    }
+
+    /// ADVERSARIAL 26: spoofing a victim's address at any rate sends the victim at most
+    /// one RATE kiss per interval, and the flood's kisses do not add up over time.
+    #[test]
+    fn a_flood_gets_at_most_one_kiss_per_interval() {
+        let mut limiter = RateLimiter::new(LIMIT, 1024);
+        let kisses_in = |limiter: &mut RateLimiter, start: f64| {
+            (0..10_000)
+                .map(|i| limiter.check(ip(1), start + f64::from(i) * 0.9e-4))
+                .filter(|v| *v == Verdict::Kiss)
+                .count()
+        };
+        assert_eq!(kisses_in(&mut limiter, 0.0), 1, "10 000 requests in 0.9 s");
+        assert_eq!(
+            kisses_in(&mut limiter, 1.0),
+            1,
+            "the next interval: one more"
+        );
+        assert_eq!(
+            limiter.check(ip(2), 1.95),
+            Verdict::Allow,
+            "others are served"
+        );
+    }
+
+    /// A client only a little over the limit is still told so, one time in
+    /// `kiss_one_in`, as long as that is no more than once per interval.
+    #[test]
+    fn a_client_slightly_over_the_limit_is_kissed_one_time_in_four() {
+        let mut limiter = RateLimiter::new(LIMIT, 1024);
+        let verdicts: Vec<Verdict> = (0..404)
+            .map(|i| limiter.check(ip(1), f64::from(i) * 0.5))
+            .collect();
+        let limited = verdicts.iter().filter(|v| **v != Verdict::Allow).count();
+        let kisses = verdicts.iter().filter(|v| **v == Verdict::Kiss).count();
+        assert!(limited > 150, "about every other request is over the limit");
+        assert_eq!(kisses, limited.div_ceil(4), "one in four of the limited");
     }
 
     #[test]
