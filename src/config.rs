@@ -233,7 +233,8 @@ pub enum UnknownPeers {
 
 /// `rate-limit = { interval = 2, burst = 16 }`: per IPv4 address or IPv6 /64, `burst`
 /// requests at once and then one per `interval` seconds; over the limit, one request in
-/// `kiss-one-in` (default 4) gets a RATE kiss-o'-death, the rest nothing.
+/// `kiss-one-in` (default 4) gets a RATE kiss-o'-death, the rest nothing, and a source
+/// at most one kiss per `interval`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RateLimitSection {

@@ -4,7 +4,9 @@
 //! * NTS-KE server: TLS 1.2, no ALPN, another ALPN and resumption (the way to 0-RTT) are
 //!   all refused; slowloris, drip-fed handshakes and 64 KiB of junk records are cut off
 //!   by the server's timeout and size cap, with memory bounded, while a legitimate
-//!   client still gets keys within 1 s and UDP NTP keeps answering.
+//!   client still gets keys within 1 s and UDP NTP keeps answering; 1000 connections
+//!   held open from one address lock out neither another address nor, once they have
+//!   stalled, their own; 64 exchanges at once from one address all complete.
 //! * NTS-KE client (`ntimed ke`, `ntimed query --nts`): expired, not yet valid,
 //!   wrong-name, wrong-purpose and untrusted certificates abort with a message naming
 //!   the problem; `ntimed run` refuses to start with a bad certificate, a key that does
@@ -37,6 +39,7 @@ use common::nts::{
 };
 use common::process::{run_with_deadline, vm_rss_kib};
 use ntimed::auth::nts::aead::AeadKey;
+use ntimed::daemon::nts::KeLimits;
 use ntimed::proto::client::Authenticated;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -95,9 +98,31 @@ const KE_ERROR: u16 = 2;
 
 type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 
+/// The address attackers connect from in the tests of limits per source; honest
+/// clients use 127.0.0.1, another source.
+const ATTACKER: [u8; 4] = [127, 0, 0, 3];
+
+/// A TCP connection to 127.0.0.1:`port` from the loopback address `from` (each address
+/// is a source of its own to the server's limits).
+fn tcp_connect_from(from: [u8; 4], port: u16) -> std::io::Result<TcpStream> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    socket.bind(&SocketAddr::from((from, 0)).into())?;
+    socket.connect(&SocketAddr::from(([127, 0, 0, 1], port)).into())?;
+    Ok(socket.into())
+}
+
 /// TCP connect and a complete TLS handshake with `localhost` at `port`.
 fn tls_connect(port: u16, config: Arc<rustls::ClientConfig>) -> Result<Tls, String> {
-    let tcp = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+    tls_connect_from([127, 0, 0, 1], port, config)
+}
+
+/// [`tls_connect`] from the loopback address `from`.
+fn tls_connect_from(
+    from: [u8; 4],
+    port: u16,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<Tls, String> {
+    let tcp = tcp_connect_from(from, port).map_err(|e| format!("connect: {e}"))?;
     tcp.set_read_timeout(Some(Duration::from_secs(10))).ok();
     let name = ServerName::try_from("localhost").expect("name");
     let conn = rustls::ClientConnection::new(config, name).map_err(|e| e.to_string())?;
@@ -130,7 +155,16 @@ fn read_until_closed(tls: &mut Tls, limit: Duration) -> (Vec<u8>, String) {
 
 /// One NTS-KE exchange with `config`; the server's answer bytes.
 fn ke_exchange(port: u16, config: Arc<rustls::ClientConfig>) -> Result<Vec<u8>, String> {
-    let mut tls = tls_connect(port, config)?;
+    ke_exchange_from([127, 0, 0, 1], port, config)
+}
+
+/// [`ke_exchange`] from the loopback address `from`.
+fn ke_exchange_from(
+    from: [u8; 4],
+    port: u16,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<Vec<u8>, String> {
+    let mut tls = tls_connect_from(from, port, config)?;
     tls.write_all(&ke_request())
         .and_then(|_| tls.flush())
         .map_err(|e| format!("write: {e}"))?;
@@ -306,7 +340,7 @@ fn slowloris_does_not_delay_a_legitimate_ke_or_udp_ntp_and_is_timed_out() {
     let opened = Instant::now();
     let mut socks: Vec<TcpStream> = (0..200)
         .map(|_| {
-            let mut s = TcpStream::connect(("127.0.0.1", server.ke_port())).expect("connect");
+            let mut s = tcp_connect_from(ATTACKER, server.ke_port()).expect("connect");
             s.write_all(&PARTIAL_CLIENT_HELLO).expect("partial hello");
             s
         })
@@ -471,19 +505,95 @@ fn junk_records_after_the_handshake_get_no_cookies_and_bounded_memory() {
     server.assert_running();
 }
 
+/// A connection the server has not closed (nothing to read yet).
+fn still_open(s: &mut TcpStream) -> bool {
+    s.set_nonblocking(true).ok();
+    matches!(s.read(&mut [0u8; 64]), Err(e) if e.kind() == ErrorKind::WouldBlock)
+}
+
+/// ADVERSARIAL 5: 1000 connections held open from one address lock out neither a
+/// client at another address (at once) nor one at the same address (once the held
+/// connections have stalled): a stalled connection makes room, and no honest exchange
+/// waits for the timeout of the held ones.
 #[test]
 fn legitimate_ke_is_served_while_1000_idle_connections_are_held() {
     let certs = TestCerts::new();
     let server = NtimedRun::nts_server(&certs).start();
-    let _socks: Vec<TcpStream> = (0..1000)
-        .map(|_| {
-            let mut s = TcpStream::connect(("127.0.0.1", server.ke_port())).expect("connect");
+    let mut socks: Vec<TcpStream> = (0..1000)
+        .filter_map(|_| {
+            let mut s = tcp_connect_from(ATTACKER, server.ke_port()).ok()?;
             s.write_all(&PARTIAL_CLIENT_HELLO).ok();
-            s
+            Some(s)
         })
         .collect();
-    thread::sleep(Duration::from_millis(200));
+    let opened = Instant::now();
     legitimate_ke_within(&server, &certs, Duration::from_secs(1));
+
+    // The same address, after a fair wait: the held connections have stalled.
+    thread::sleep(KeLimits::default().stalled_after + Duration::from_millis(300));
+    let config = client_config(&certs.ca(), &[b"ntske/1"]);
+    let answer = ke_exchange_from(ATTACKER, server.ke_port(), config)
+        .unwrap_or_else(|e| panic!("NTS-KE from the attacked address: {e}\n{}", server.log()));
+    let types = ke_record_types(&answer);
+    assert_eq!(
+        types.iter().filter(|t| **t == KE_NEW_COOKIE).count(),
+        8,
+        "{types:?}"
+    );
+    let held = socks
+        .iter_mut()
+        .map(still_open)
+        .filter(|open| *open)
+        .count();
+    assert!(
+        held > 0,
+        "the server had closed every held connection ({:?} after opening): the client \
+         only got in once they timed out",
+        opened.elapsed()
+    );
+    eprintln!("{held} held connections still open when the same address got its keys");
+}
+
+/// ADVERSARIAL 5: 64 honest key exchanges at once from one address (clients behind a
+/// NAT) all complete: none is ended to admit another. (Before, each connection over 8
+/// from one source evicted one still in progress.)
+#[test]
+fn sixty_four_concurrent_exchanges_from_one_address_all_complete() {
+    const CLIENTS: usize = 64;
+    let certs = TestCerts::new();
+    let server = NtimedRun::nts_server(&certs).start();
+    let config = client_config(&certs.ca(), &[b"ntske/1"]);
+    let port = server.ke_port();
+    let start = Arc::new(std::sync::Barrier::new(CLIENTS));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (config, start) = (config.clone(), start.clone());
+            thread::spawn(move || {
+                start.wait();
+                ke_exchange(port, config)
+            })
+        })
+        .collect();
+    let mut failures = Vec::new();
+    for (i, client) in clients.into_iter().enumerate() {
+        match client.join().expect("client thread") {
+            Ok(answer) => {
+                let types = ke_record_types(&answer);
+                let cookies = types.iter().filter(|t| **t == KE_NEW_COOKIE).count();
+                if cookies != 8 {
+                    failures.push(format!("client {i}: records {types:?}"));
+                }
+            }
+            Err(e) => failures.push(format!("client {i}: {e}")),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {CLIENTS} exchanges failed:\n{}\n{}",
+        failures.len(),
+        failures.join("\n"),
+        server.log()
+    );
 }
 
 // ---------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::net::UdpSocket;
 
 pub use crate::config::split_host_port;
@@ -13,6 +14,36 @@ pub async fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
         .map_err(|e| format!("cannot resolve {host}: {e}"))?
         .next()
         .ok_or_else(|| format!("{host} has no address"))
+}
+
+/// Pending connections the kernel holds for a listener before they are accepted.
+const LISTEN_BACKLOG: i32 = 1024;
+
+/// A socket for `listen`; an IPv6 one is IPv6 only (IPV6_V6ONLY), so that `[::]:123`
+/// does not also claim IPv4's port 123 and `0.0.0.0:123` can be configured beside it.
+fn server_socket(listen: SocketAddr, kind: Type, protocol: Protocol) -> std::io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(listen), kind, Some(protocol))?;
+    if listen.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    Ok(socket)
+}
+
+/// A UDP server socket bound to `listen` (IPv6 only if `listen` is IPv6).
+pub fn bind_udp(listen: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let socket = server_socket(listen, Type::DGRAM, Protocol::UDP)?;
+    socket.bind(&SockAddr::from(listen))?;
+    Ok(socket.into())
+}
+
+/// A TCP listener on `listen` (IPv6 only if `listen` is IPv6), with SO_REUSEADDR as
+/// std's listeners have, so a restart does not wait for old connections' TIME_WAIT.
+pub fn bind_tcp(listen: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = server_socket(listen, Type::STREAM, Protocol::TCP)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&SockAddr::from(listen))?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
 }
 
 /// Dynamic port range of RFC 6335, where client ports are drawn from.
@@ -71,6 +102,20 @@ mod tests {
         ] {
             assert!(split_host_port(bad, 123).is_err(), "{bad:?}");
         }
+    }
+
+    /// `[::]` and `0.0.0.0` on one port side by side, for UDP and TCP: the IPv6 socket
+    /// is IPv6 only, and sees IPv6 clients alone.
+    #[test]
+    fn ipv6_wildcard_and_ipv4_wildcard_bind_the_same_port() {
+        let v4 = bind_udp("0.0.0.0:0".parse().unwrap()).unwrap();
+        let port = v4.local_addr().unwrap().port();
+        let v6 = bind_udp(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))).unwrap();
+        assert!(socket2::SockRef::from(&v6).only_v6().unwrap());
+        let v4 = bind_tcp("0.0.0.0:0".parse().unwrap()).unwrap();
+        let port = v4.local_addr().unwrap().port();
+        let v6 = bind_tcp(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))).unwrap();
+        assert!(socket2::SockRef::from(&v6).only_v6().unwrap());
     }
 
     /// ADVERSARIAL 23: source ports of ~1000 requests show no usable pattern.

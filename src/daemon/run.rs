@@ -26,7 +26,8 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// Binds every listen address in `config`; the first that fails stops the start.
+    /// Binds every listen address in `config` (IPv6 ones IPv6 only, so `[::]` and
+    /// `0.0.0.0` can share a port); the first that fails stops the start.
     pub fn bind(config: &crate::config::Config) -> Result<Self, String> {
         let bind_err =
             |listen: &SocketAddr, e: std::io::Error| format!("cannot listen on {listen}: {e}");
@@ -34,13 +35,13 @@ impl Listeners {
             .servers
             .iter()
             .map(|s| s.listen.get_ref())
-            .map(|listen| std::net::UdpSocket::bind(listen).map_err(|e| bind_err(listen, e)))
+            .map(|listen| super::net::bind_udp(*listen).map_err(|e| bind_err(listen, e)))
             .collect::<Result<_, _>>()?;
         let tcp = config
             .nts_ke_servers
             .iter()
             .map(|s| s.listen.get_ref())
-            .map(|listen| std::net::TcpListener::bind(listen).map_err(|e| bind_err(listen, e)))
+            .map(|listen| super::net::bind_tcp(*listen).map_err(|e| bind_err(listen, e)))
             .collect::<Result<_, _>>()?;
         Ok(Self { udp, tcp })
     }

@@ -80,7 +80,7 @@ pub async fn start(
     rate_limit: Option<RateLimit>,
     clock: Arc<dyn Clock>,
 ) -> std::io::Result<RunningServer> {
-    let socket = std::net::UdpSocket::bind(listen)?;
+    let socket = super::net::bind_udp(listen)?;
     start_on(socket, server, reference, rate_limit, clock, None)
 }
 

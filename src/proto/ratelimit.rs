@@ -1,13 +1,15 @@
 //! Per-source request rate limiting for the server (ADVERSARIAL 26), sans-IO: the
 //! caller passes the source address and the time.
 //!
-//! Each source (an IPv4 address or an IPv6 /64) has a token bucket: `burst` requests
-//! at once, refilled at one per `interval` seconds. Over the limit, a plain request gets
-//! a RATE kiss-o'-death one time in `kiss_one_in` and nothing otherwise, so the limiter
-//! itself sends little. Sources live in a fixed table indexed by a keyed hash: memory is
+//! Each source (an IPv4 address, also when it arrives IPv4-mapped as `::ffff:a.b.c.d`,
+//! or an IPv6 /64) has a token bucket: `burst` requests at once, refilled at one per
+//! `interval` seconds. Over the limit, a plain request gets a RATE kiss-o'-death one
+//! time in `kiss_one_in`, and a source gets at most one kiss per `interval` whatever it
+//! sends: a flood with a victim's address as its source earns the victim no more than a
+//! client at the limit would get. Sources live in a fixed table indexed by a keyed hash: memory is
 //! bounded whatever the traffic, and a collision only gives the newcomer a fresh bucket.
 
-use std::hash::{BuildHasher, Hasher};
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 
 /// What to do with a request.
@@ -26,16 +28,19 @@ pub struct RateLimit {
     pub interval: f64,
     /// Requests allowed at once.
     pub burst: u32,
-    /// Over the limit, one request in this many gets a RATE kiss.
+    /// Over the limit, one request in this many gets a RATE kiss (but a source at most
+    /// one per `interval`); 0 for none.
     pub kiss_one_in: u32,
 }
 
 #[derive(Clone, Copy)]
 struct Bucket {
-    source: [u8; 8],
+    source: SourceKey,
     tokens: f64,
     updated: f64,
     limited: u32,
+    /// When this source was last sent a kiss.
+    kissed: f64,
 }
 
 pub struct RateLimiter {
@@ -57,9 +62,7 @@ impl RateLimiter {
     /// Decides on one request from `source` at `now` (seconds, any monotonic origin).
     pub fn check(&mut self, source: IpAddr, now: f64) -> Verdict {
         let key = source_key(source);
-        let mut h = self.hasher.build_hasher();
-        h.write(&key);
-        let slot = (h.finish() as usize) & (self.buckets.len() - 1);
+        let slot = (self.hasher.hash_one(key) as usize) & (self.buckets.len() - 1);
         let limit = self.limit;
         let Some(entry) = self.buckets.get_mut(slot) else {
             return Verdict::Allow;
@@ -71,6 +74,7 @@ impl RateLimiter {
                 tokens: f64::from(limit.burst),
                 updated: now,
                 limited: 0,
+                kissed: f64::NEG_INFINITY,
             }),
         };
         let elapsed = (now - bucket.updated).max(0.0);
@@ -82,7 +86,11 @@ impl RateLimiter {
             return Verdict::Allow;
         }
         bucket.limited = bucket.limited.wrapping_add(1);
-        if limit.kiss_one_in > 0 && bucket.limited % limit.kiss_one_in == 1 % limit.kiss_one_in {
+        if limit.kiss_one_in > 0
+            && bucket.limited % limit.kiss_one_in == 1 % limit.kiss_one_in
+            && now - bucket.kissed >= limit.interval
+        {
+            bucket.kissed = now;
             Verdict::Kiss
         } else {
             Verdict::Drop
@@ -90,17 +98,24 @@ impl RateLimiter {
     }
 }
 
-/// An IPv4 address, or the /64 of an IPv6 address (one host's usual share): the unit
-/// per-source limits count in, here and for NTS-KE connections.
-pub fn source_key(ip: IpAddr) -> [u8; 8] {
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, c, d] = v4.octets();
-            [4, 0, 0, 0, a, b, c, d]
-        }
+/// The unit per-source limits count in, here and for NTS-KE connections: an IPv4
+/// address, or the /64 of an IPv6 address (one host's usual share).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SourceKey {
+    V4([u8; 4]),
+    /// The first four 16-bit groups.
+    V6([u16; 4]),
+}
+
+/// The source `ip` counts as. An IPv4-mapped address (`::ffff:a.b.c.d`, how an IPv6
+/// socket that also takes IPv4 sees an IPv4 client) is that IPv4 address: by its /64
+/// every IPv4 client would be one source.
+pub fn source_key(ip: IpAddr) -> SourceKey {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => SourceKey::V4(v4.octets()),
         IpAddr::V6(v6) => {
-            let o = v6.octets();
-            [o[0], o[1], o[2], o[3], o[4], o[5], o[6], o[7]]
+            let [a, b, c, d, ..] = v6.segments();
+            SourceKey::V6([a, b, c, d])
         }
     }
 }
@@ -133,13 +148,51 @@ mod tests {
         let kisses = verdicts.iter().filter(|v| **v == Verdict::Kiss).count();
         let allowed = verdicts.iter().filter(|v| **v == Verdict::Allow).count();
         assert_eq!(allowed, 4);
-        assert_eq!(kisses, 24, "one in four of the 96 limited");
+        assert_eq!(kisses, 1, "one kiss in the interval");
         assert_eq!(limiter.check(ip(2), 0.1), Verdict::Allow, "another source");
         assert_eq!(
             limiter.check(ip(1), 2.5),
             Verdict::Allow,
             "tokens come back"
         );
+    }
+
+    /// ADVERSARIAL 26: spoofing a victim's address at any rate sends the victim at most
+    /// one RATE kiss per interval, and the flood's kisses do not add up over time.
+    #[test]
+    fn a_flood_gets_at_most_one_kiss_per_interval() {
+        let mut limiter = RateLimiter::new(LIMIT, 1024);
+        let kisses_in = |limiter: &mut RateLimiter, start: f64| {
+            (0..10_000)
+                .map(|i| limiter.check(ip(1), start + f64::from(i) * 0.9e-4))
+                .filter(|v| *v == Verdict::Kiss)
+                .count()
+        };
+        assert_eq!(kisses_in(&mut limiter, 0.0), 1, "10 000 requests in 0.9 s");
+        assert_eq!(
+            kisses_in(&mut limiter, 1.0),
+            1,
+            "the next interval: one more"
+        );
+        assert_eq!(
+            limiter.check(ip(2), 1.95),
+            Verdict::Allow,
+            "others are served"
+        );
+    }
+
+    /// A client only a little over the limit is still told so, one time in
+    /// `kiss_one_in`, as long as that is no more than once per interval.
+    #[test]
+    fn a_client_slightly_over_the_limit_is_kissed_one_time_in_four() {
+        let mut limiter = RateLimiter::new(LIMIT, 1024);
+        let verdicts: Vec<Verdict> = (0..404)
+            .map(|i| limiter.check(ip(1), f64::from(i) * 0.5))
+            .collect();
+        let limited = verdicts.iter().filter(|v| **v != Verdict::Allow).count();
+        let kisses = verdicts.iter().filter(|v| **v == Verdict::Kiss).count();
+        assert!(limited > 150, "about every other request is over the limit");
+        assert_eq!(kisses, limited.div_ceil(4), "one in four of the limited");
     }
 
     #[test]
@@ -169,5 +222,33 @@ mod tests {
         }
         let same_64 = IpAddr::from([0x2001, 0xdb8, 0, 1, 9, 9, 9, 9]);
         assert_ne!(limiter.check(same_64, 0.0), Verdict::Allow);
+    }
+
+    /// On an IPv6 socket that also takes IPv4, an IPv4 client arrives IPv4-mapped: it is
+    /// the same source as itself unmapped, and distinct IPv4 clients stay distinct.
+    #[test]
+    fn ipv4_mapped_clients_are_their_ipv4_address() {
+        let mapped =
+            |last: u8| IpAddr::from(std::net::Ipv4Addr::new(198, 51, 100, last).to_ipv6_mapped());
+        let mut limiter = RateLimiter::new(LIMIT, 1024);
+        for _ in 0..2 {
+            assert_eq!(limiter.check(ip(1), 0.0), Verdict::Allow);
+            assert_eq!(limiter.check(mapped(1), 0.0), Verdict::Allow);
+        }
+        assert_ne!(
+            limiter.check(mapped(1), 0.0),
+            Verdict::Allow,
+            "mapped and plain share one bucket of 4"
+        );
+        assert_ne!(limiter.check(ip(1), 0.0), Verdict::Allow);
+        for last in 2..=200 {
+            assert_eq!(
+                limiter.check(mapped(last), 0.0),
+                Verdict::Allow,
+                "198.51.100.{last}, mapped, has a bucket of its own"
+            );
+        }
+        assert_eq!(source_key(mapped(7)), source_key(ip(7)));
+        assert_ne!(source_key(mapped(7)), source_key(mapped(8)));
     }
 }

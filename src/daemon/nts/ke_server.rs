@@ -1,30 +1,44 @@
-//! The NTS-KE server: accepts TLS connections, answers each with keys and cookies, and
-//! limits connections in progress so that a flood from one source evicts only itself.
+//! The NTS-KE server: accepts TLS connections and answers each with keys and cookies.
+//!
+//! Its admission policy (ADVERSARIAL 5) keeps held-open and drip-fed connections from
+//! locking anyone out without ever stopping an exchange that is getting somewhere:
+//! each source (an IPv4 address or IPv6 /64) may start handshakes at a bounded rate
+//! and hold a bounded number of exchanges; when there is no room for a newcomer, the
+//! exchange that has gone longest without progress makes room if it has stalled, and
+//! otherwise the newcomer is refused.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rustls::ServerConfig;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::exchange::{ALPN, CLOSED_EARLY, export_keys, read_message};
 use crate::auth::nts::ke::{self, KeDecision, NtpEndpoint};
-use crate::proto::ratelimit::source_key;
+use crate::proto::ratelimit::{RateLimit, RateLimiter, SourceKey, Verdict, source_key};
 use crate::proto::server::SharedCookieKeys;
+use crate::util::LogLimit;
 use crate::wire::ke::parse_message;
 
 /// Limits that keep NTS-KE load from starving anything else (ADVERSARIAL 5).
 #[derive(Debug, Clone, Copy)]
 pub struct KeLimits {
-    /// Connections served at once. When full, a new connection evicts the oldest one
-    /// still in progress: a legitimate exchange takes milliseconds, so connections
-    /// held open on purpose are the ones that go, and nobody is locked out.
+    /// Exchanges in progress at once.
     pub max_concurrent: usize,
-    /// Connections served at once from one IPv4 address or IPv6 /64.
+    /// Exchanges in progress at once from one source (IPv4 address or IPv6 /64): room
+    /// for many clients behind one NAT, not for one source to take every slot.
     pub max_per_source: usize,
+    /// New connections per source: `burst` at once, then one per `interval` seconds;
+    /// more are closed unanswered.
+    pub handshakes: RateLimit,
+    /// An exchange that has not reached its next stage (TLS handshake done, request
+    /// read) for this long has stalled, and may be ended to make room. An honest client
+    /// gets through each stage within a round trip or two.
+    pub stalled_after: Duration,
     /// Whole exchange, handshake included.
     pub timeout: Duration,
 }
@@ -33,76 +47,175 @@ impl Default for KeLimits {
     fn default() -> Self {
         Self {
             max_concurrent: 512,
-            max_per_source: 8,
+            max_per_source: 64,
+            handshakes: RateLimit {
+                interval: 1.0 / 16.0,
+                burst: 64,
+                kiss_one_in: 0,
+            },
+            stalled_after: Duration::from_secs(1),
             timeout: Duration::from_secs(3),
         }
     }
 }
 
-/// Connections in progress, oldest first, each with its source and a way to end it.
-#[derive(Default)]
-struct InFlight {
-    next_id: u64,
-    connections: std::collections::VecDeque<(u64, SourceKey, tokio::sync::oneshot::Sender<()>)>,
+/// Sources whose handshake rates are tracked at once.
+const HANDSHAKE_RATE_SLOTS: usize = 1 << 12;
+/// At most one log line per interval about refused or evicted connections.
+const LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How far an exchange has got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Accepted; the TLS handshake is not done.
+    Handshake,
+    /// Handshake done (with ALPN ntske/1); the request is not read in full.
+    Request,
+    /// The request is read: the answer is being made and sent. Never evicted.
+    Answer,
 }
 
-/// Where a connection comes from: the IPv4 address, or the IPv6 /64.
-type SourceKey = [u8; 8];
+/// An exchange in progress.
+struct Connection {
+    id: u64,
+    source: SourceKey,
+    stage: Stage,
+    /// When it was admitted or last reached a new stage.
+    progressed: Instant,
+    /// Ends the exchange (sent on eviction; dropped only when it is finished).
+    evict: oneshot::Sender<()>,
+}
+
+/// Why a new connection is closed unanswered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// Its source is starting handshakes faster than `handshakes` allows.
+    Rate,
+    /// No room, and every exchange in the way is making progress or being answered.
+    Busy,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Rate => "over its source's handshake rate",
+            Self::Busy => "no room without ending an exchange in progress",
+        })
+    }
+}
+
+/// A connection let in: its id, what ends it early, and whether a stalled exchange
+/// was evicted to make room.
+struct Admitted {
+    id: u64,
+    evicted: oneshot::Receiver<()>,
+    made_room: bool,
+}
+
+/// Exchanges in progress (at most `max_concurrent`) and each source's handshake rate
+/// (a fixed table): memory is bounded whatever the traffic.
+struct InFlight {
+    limits: KeLimits,
+    next_id: u64,
+    connections: Vec<Connection>,
+    handshakes: RateLimiter,
+    /// The origin of the rate limiter's clock.
+    epoch: Instant,
+}
 
 impl InFlight {
-    /// Registers a connection from `source`. A source already at `per_source` loses its
-    /// own oldest connection; when `cap` are in progress, the source with the most
-    /// loses its oldest. So a flood from one place only ever evicts itself, and an
-    /// honest client, finishing in milliseconds, is not the oldest of anyone's.
-    fn admit(
-        &mut self,
-        source: SourceKey,
-        cap: usize,
-        per_source: usize,
-    ) -> (u64, tokio::sync::oneshot::Receiver<()>, bool) {
+    fn new(limits: KeLimits, now: Instant) -> Self {
+        Self {
+            limits,
+            next_id: 0,
+            connections: Vec::new(),
+            handshakes: RateLimiter::new(limits.handshakes, HANDSHAKE_RATE_SLOTS),
+            epoch: now,
+        }
+    }
+
+    /// Decides on a new connection from `peer` at `now`. Over its source's handshake
+    /// rate it is refused. If its source is at `max_per_source`, or the server at
+    /// `max_concurrent`, the exchange (of that source, or of any) that has gone
+    /// longest without progress is evicted, provided it has stalled; if none has, the
+    /// newcomer is refused: a working exchange is never ended for it.
+    fn admit(&mut self, peer: IpAddr, now: Instant) -> Result<Admitted, Refusal> {
+        let seconds = now.saturating_duration_since(self.epoch).as_secs_f64();
+        if self.handshakes.check(peer, seconds) != Verdict::Allow {
+            return Err(Refusal::Rate);
+        }
+        let source = source_key(peer);
         let from_source = self
             .connections
             .iter()
-            .filter(|(_, s, _)| *s == source)
+            .filter(|c| c.source == source)
             .count();
-        let victim_source = if from_source >= per_source {
-            Some(source)
-        } else if self.connections.len() >= cap {
-            self.busiest_source()
-        } else {
-            None
-        };
-        let evicted = match victim_source
-            .and_then(|v| self.connections.iter().position(|(_, s, _)| *s == v))
-        {
-            Some(i) => {
-                if let Some((_, _, cancel)) = self.connections.remove(i) {
-                    let _ = cancel.send(());
-                }
-                true
-            }
-            None => false,
-        };
-        let (tx, rx) = tokio::sync::oneshot::channel();
+        let source_full = from_source >= self.limits.max_per_source.max(1);
+        let server_full = self.connections.len() >= self.limits.max_concurrent.max(1);
+        let made_room = source_full || server_full;
+        if made_room {
+            // Room from the source's own exchanges if it is at its cap, else from any.
+            let victim = self
+                .most_stalled(now, |c| !source_full || c.source == source)
+                .ok_or(Refusal::Busy)?;
+            let evicted = self.connections.swap_remove(victim);
+            let _ = evicted.evict.send(());
+        }
+        let (evict, evicted) = oneshot::channel();
         self.next_id += 1;
-        self.connections.push_back((self.next_id, source, tx));
-        (self.next_id, rx, evicted)
+        self.connections.push(Connection {
+            id: self.next_id,
+            source,
+            stage: Stage::Handshake,
+            progressed: now,
+            evict,
+        });
+        Ok(Admitted {
+            id: self.next_id,
+            evicted,
+            made_room,
+        })
     }
 
-    fn busiest_source(&self) -> Option<SourceKey> {
-        let mut counts: std::collections::HashMap<SourceKey, usize> =
-            std::collections::HashMap::new();
-        for (_, s, _) in &self.connections {
-            *counts.entry(*s).or_default() += 1;
+    /// The index of the exchange among `candidates` that has gone longest without
+    /// progress, if it has stalled (and is not being answered).
+    fn most_stalled(
+        &self,
+        now: Instant,
+        candidates: impl Fn(&Connection) -> bool,
+    ) -> Option<usize> {
+        let stalled_after = self.limits.stalled_after;
+        self.connections
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| {
+                candidates(c)
+                    && c.stage != Stage::Answer
+                    && now.saturating_duration_since(c.progressed) >= stalled_after
+            })
+            .min_by_key(|(_, c)| c.progressed)
+            .map(|(i, _)| i)
+    }
+
+    /// Exchange `id` has reached `stage` at `now`.
+    fn progress(&mut self, id: u64, stage: Stage, now: Instant) {
+        if let Some(c) = self.connections.iter_mut().find(|c| c.id == id) {
+            c.stage = stage;
+            c.progressed = now;
         }
-        counts.into_iter().max_by_key(|(_, n)| *n).map(|(s, _)| s)
     }
 
     fn finish(&mut self, id: u64) {
-        if let Some(i) = self.connections.iter().position(|(c, _, _)| *c == id) {
-            self.connections.remove(i);
+        if let Some(i) = self.connections.iter().position(|c| c.id == id) {
+            self.connections.swap_remove(i);
         }
     }
+}
+
+fn lock(in_flight: &Mutex<InFlight>) -> std::sync::MutexGuard<'_, InFlight> {
+    in_flight
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// An NTS-KE server. Dropping it stops accepting.
@@ -125,7 +238,7 @@ pub async fn start_ke_server(
     endpoint: NtpEndpoint,
     limits: KeLimits,
 ) -> std::io::Result<RunningKeServer> {
-    let listener = std::net::TcpListener::bind(listen)?;
+    let listener = crate::daemon::net::bind_tcp(listen)?;
     start_ke_server_on(listener, tls, cookie_keys, endpoint, limits)
 }
 
@@ -142,31 +255,37 @@ pub fn start_ke_server_on(
     let listener = TcpListener::from_std(listener)?;
     let local_addr = listener.local_addr()?;
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let in_flight = Arc::new(std::sync::Mutex::new(InFlight::default()));
+    let in_flight = Arc::new(Mutex::new(InFlight::new(limits, Instant::now())));
     let endpoint = Arc::new(endpoint);
     let task = tokio::spawn(async move {
-        let mut evictions = 0u64;
+        let mut refusals = LogLimit::new(LOG_INTERVAL);
+        let mut evictions = LogLimit::new(LOG_INTERVAL);
         loop {
             let Ok((tcp, peer)) = listener.accept().await else {
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             };
-            let mut registry = in_flight
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            let (id, cancelled, evicted) = registry.admit(
-                source_key(peer.ip()),
-                limits.max_concurrent.max(1),
-                limits.max_per_source.max(1),
-            );
-            drop(registry);
-            if evicted {
-                evictions += 1;
-                if evictions.is_power_of_two() {
-                    tracing::warn!(
-                        "NTS-KE: evicted an old connection to admit {peer} ({evictions} so far)"
-                    );
+            let admitted = lock(&in_flight).admit(peer.ip(), Instant::now());
+            let Admitted {
+                id,
+                evicted,
+                made_room,
+            } = match admitted {
+                Ok(admitted) => admitted,
+                Err(why) => {
+                    drop(tcp);
+                    if let Some(more) = refusals.allow() {
+                        tracing::warn!(
+                            "NTS-KE: closed a connection from {peer}: {why} ({more} more since the last report)"
+                        );
+                    }
+                    continue;
                 }
+            };
+            if made_room && let Some(more) = evictions.allow() {
+                tracing::warn!(
+                    "NTS-KE: ended a stalled exchange to admit {peer} ({more} more since the last report)"
+                );
             }
             let (acceptor, cookie_keys, endpoint, in_flight) = (
                 acceptor.clone(),
@@ -175,19 +294,17 @@ pub fn start_ke_server_on(
                 in_flight.clone(),
             );
             tokio::spawn(async move {
-                let exchange = serve_one(acceptor, tcp, &cookie_keys, &endpoint);
+                let progress = |stage| lock(&in_flight).progress(id, stage, Instant::now());
+                let exchange = serve_one(acceptor, tcp, &cookie_keys, &endpoint, progress);
                 tokio::select! {
                     result = tokio::time::timeout(limits.timeout, exchange) => match result {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => tracing::debug!("NTS-KE with {peer}: {e}"),
                         Err(_) => tracing::debug!("NTS-KE with {peer}: timed out"),
                     },
-                    _ = cancelled => tracing::debug!("NTS-KE with {peer}: evicted"),
+                    _ = evicted => tracing::debug!("NTS-KE with {peer}: evicted, stalled"),
                 }
-                in_flight
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .finish(id);
+                lock(&in_flight).finish(id);
             });
         }
     });
@@ -199,6 +316,7 @@ async fn serve_one(
     tcp: TcpStream,
     cookie_keys: &SharedCookieKeys,
     endpoint: &NtpEndpoint,
+    progress: impl Fn(Stage),
 ) -> Result<(), String> {
     let _ = tcp.set_nodelay(true);
     let mut tls = acceptor
@@ -208,7 +326,10 @@ async fn serve_one(
     if tls.get_ref().1.alpn_protocol() != Some(ALPN) {
         return Err("client did not offer ALPN ntske/1".into());
     }
-    let decision = match read_message(&mut tls).await {
+    progress(Stage::Request);
+    let message = read_message(&mut tls).await;
+    progress(Stage::Answer);
+    let decision = match message {
         Ok((bytes, used)) => match parse_message(bytes.get(..used).unwrap_or_default()) {
             Ok(Some((records, _))) => ke::evaluate_request(&records, used < bytes.len()),
             _ => bad_request(),
@@ -249,52 +370,165 @@ fn bad_request() -> KeDecision {
 mod tests {
     use super::*;
 
-    fn key(last: u8) -> SourceKey {
-        source_key(std::net::IpAddr::from([192, 0, 2, last]))
+    const STALLED: Duration = Duration::from_secs(1);
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([192, 0, 2, last])
     }
 
-    /// ADVERSARIAL 5: a flood from one source evicts only its own connections.
-    #[test]
-    fn a_flooding_source_evicts_only_itself() {
-        let mut in_flight = InFlight::default();
-        let (honest, mut honest_rx, _) = in_flight.admit(key(1), 4, 2);
-        for _ in 0..100 {
-            in_flight.admit(key(66), 4, 2);
+    /// Limits small enough to fill by hand: `per_source` of `total`, a handshake rate
+    /// that does not get in the way unless a test says so.
+    fn limits(total: usize, per_source: usize) -> KeLimits {
+        KeLimits {
+            max_concurrent: total,
+            max_per_source: per_source,
+            handshakes: RateLimit {
+                interval: 1e-3,
+                burst: 1000,
+                kiss_one_in: 0,
+            },
+            stalled_after: STALLED,
+            timeout: Duration::from_secs(3),
         }
-        assert!(
-            honest_rx.try_recv().is_err(),
-            "the honest client was evicted"
-        );
-        assert_eq!(
-            in_flight.connections.len(),
-            3,
-            "one honest, two from the flood"
-        );
-        in_flight.finish(honest);
-        assert_eq!(in_flight.connections.len(), 2);
     }
 
+    fn ms(t0: Instant, ms: u64) -> Instant {
+        t0 + Duration::from_millis(ms)
+    }
+
+    /// ADVERSARIAL 5: many exchanges at once from one address (a NAT, say) are all
+    /// kept; a newcomer over the source's cap is refused, never let in by ending one of
+    /// them. (Before, each newcomer over 8 evicted one in progress, so 12 at once from
+    /// one address could all fail.)
     #[test]
-    fn when_full_the_busiest_source_gives_way() {
-        let mut in_flight = InFlight::default();
-        let (_, mut a, _) = in_flight.admit(key(1), 3, 3);
-        let (_, mut b, _) = in_flight.admit(key(2), 3, 3);
-        let (_, mut c, _) = in_flight.admit(key(2), 3, 3);
-        let (_, _, evicted) = in_flight.admit(key(3), 3, 3);
-        assert!(evicted);
-        assert!(a.try_recv().is_err(), "source 1 has fewest");
+    fn working_exchanges_are_never_evicted_for_a_newcomer() {
+        let t0 = Instant::now();
+        let mut in_flight = InFlight::new(limits(512, 8), t0);
+        let mut working: Vec<Admitted> = (0..8)
+            .map(|i| in_flight.admit(ip(1), ms(t0, i)).unwrap())
+            .collect();
+        for i in 0..4 {
+            let refused = in_flight.admit(ip(1), ms(t0, 10 + i)).map(|a| a.id);
+            assert_eq!(refused, Err(Refusal::Busy));
+        }
+        assert!(working.iter_mut().all(|a| a.evicted.try_recv().is_err()));
+        assert!(in_flight.admit(ip(2), ms(t0, 20)).is_ok(), "another source");
+        in_flight.finish(working[0].id);
+        assert!(in_flight.admit(ip(1), ms(t0, 30)).is_ok(), "room again");
+    }
+
+    /// Held-open and drip-fed connections make no progress: once stalled, the one that
+    /// has gone longest without any makes room for a newcomer from its source.
+    #[test]
+    fn the_longest_stalled_exchange_of_the_source_makes_room() {
+        let t0 = Instant::now();
+        let mut in_flight = InFlight::new(limits(512, 3), t0);
+        let mut first = in_flight.admit(ip(1), t0).unwrap();
+        let mut second = in_flight.admit(ip(1), ms(t0, 100)).unwrap();
+        let mut third = in_flight.admit(ip(1), ms(t0, 500)).unwrap();
+        let mut other = in_flight.admit(ip(2), t0).unwrap();
+        // The first finished its handshake later than the second was admitted.
+        in_flight.progress(first.id, Stage::Request, ms(t0, 300));
+        let newcomer = in_flight.admit(ip(1), ms(t0, 1200)).unwrap();
+        assert!(newcomer.made_room);
+        assert!(second.evicted.try_recv().is_ok(), "stalled longest");
+        assert!(first.evicted.try_recv().is_err());
+        assert!(third.evicted.try_recv().is_err());
+        assert!(other.evicted.try_recv().is_err(), "another source's");
+        let refused = in_flight.admit(ip(1), ms(t0, 1210)).map(|a| a.id);
+        assert_eq!(refused, Err(Refusal::Busy), "the rest made progress lately");
+    }
+
+    /// An exchange whose request has been read is completing: it is never evicted.
+    #[test]
+    fn an_exchange_being_answered_is_never_evicted() {
+        let t0 = Instant::now();
+        let mut in_flight = InFlight::new(limits(512, 1), t0);
+        let mut answering = in_flight.admit(ip(1), t0).unwrap();
+        in_flight.progress(answering.id, Stage::Answer, ms(t0, 10));
+        let refused = in_flight.admit(ip(1), ms(t0, 60_000)).map(|a| a.id);
+        assert_eq!(refused, Err(Refusal::Busy));
+        assert!(answering.evicted.try_recv().is_err());
+    }
+
+    /// When the server is full, the most stalled exchange of any source makes room;
+    /// with none stalled, the newcomer is refused.
+    #[test]
+    fn when_full_the_most_stalled_anywhere_makes_room() {
+        let t0 = Instant::now();
+        let mut in_flight = InFlight::new(limits(3, 3), t0);
+        let mut a = in_flight.admit(ip(1), ms(t0, 100)).unwrap();
+        let mut b = in_flight.admit(ip(2), t0).unwrap();
+        let mut c = in_flight.admit(ip(2), ms(t0, 200)).unwrap();
+        let refused = in_flight.admit(ip(3), ms(t0, 500)).map(|a| a.id);
+        assert_eq!(refused, Err(Refusal::Busy), "none stalled yet");
+        assert!(in_flight.admit(ip(3), ms(t0, 1050)).unwrap().made_room);
+        assert!(b.evicted.try_recv().is_ok(), "stalled longest");
+        assert!(a.evicted.try_recv().is_err());
+        assert!(c.evicted.try_recv().is_err());
+        assert_eq!(in_flight.connections.len(), 3);
+    }
+
+    /// Each source may start `burst` handshakes at once, then one per `interval`;
+    /// others are not held back by it.
+    #[test]
+    fn a_source_over_its_handshake_rate_is_refused_until_tokens_come_back() {
+        let t0 = Instant::now();
+        let mut slow = limits(512, 64);
+        slow.handshakes = RateLimit {
+            interval: 0.25,
+            burst: 4,
+            kiss_one_in: 0,
+        };
+        let mut in_flight = InFlight::new(slow, t0);
+        for id in 0..4 {
+            let admitted = in_flight.admit(ip(1), t0).unwrap();
+            in_flight.finish(admitted.id);
+            assert_eq!(admitted.id, id + 1);
+        }
+        let refused = in_flight.admit(ip(1), ms(t0, 10)).map(|a| a.id);
+        assert_eq!(refused, Err(Refusal::Rate));
+        assert!(in_flight.admit(ip(2), ms(t0, 10)).is_ok(), "another source");
         assert!(
-            b.try_recv().is_ok(),
-            "the oldest of the busiest source goes"
+            in_flight.admit(ip(1), ms(t0, 260)).is_ok(),
+            "a token came back"
         );
-        assert!(c.try_recv().is_err());
+    }
+
+    /// However many connections arrive, no more than `max_concurrent` are kept.
+    #[test]
+    fn exchanges_in_progress_are_bounded() {
+        let t0 = Instant::now();
+        let mut in_flight = InFlight::new(limits(16, 4), t0);
+        for i in 0..10_000u32 {
+            let _ = in_flight.admit(IpAddr::from(i.to_be_bytes()), t0 + STALLED * i);
+            assert!(in_flight.connections.len() <= 16);
+        }
+    }
+
+    /// An IPv4 client on a dual-stack socket (`::ffff:a.b.c.d`) counts against its own
+    /// IPv4 address, not against the one /64 all mapped addresses share.
+    #[test]
+    fn ipv4_mapped_clients_count_as_their_ipv4_address() {
+        let mapped =
+            |last: u8| IpAddr::from(std::net::Ipv4Addr::new(192, 0, 2, last).to_ipv6_mapped());
+        let t0 = Instant::now();
+        let mut in_flight = InFlight::new(limits(512, 2), t0);
+        in_flight.admit(ip(1), t0).unwrap();
+        in_flight.admit(mapped(1), t0).unwrap();
+        assert!(
+            in_flight.admit(mapped(2), t0).is_ok(),
+            "192.0.2.2: its own source"
+        );
+        let refused = in_flight.admit(mapped(1), t0).map(|a| a.id);
+        assert_eq!(refused, Err(Refusal::Busy), "192.0.2.1 is at its cap");
     }
 
     #[test]
     fn ipv6_sources_are_grouped_by_64() {
-        let a: std::net::IpAddr = "2001:db8:1:2::1".parse().unwrap();
-        let b: std::net::IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
-        let c: std::net::IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
         assert_eq!(source_key(a), source_key(b));
         assert_ne!(source_key(a), source_key(c));
         assert_ne!(
