@@ -20,7 +20,7 @@
 //! 7. [`sync`] — from samples to clock commands: filter, selection, discipline.
 //! 8. [`coordinator`] — the client role's sans-IO core: sources, peers and the sync
 //!    engine in one object with a stated driver contract, and the in-memory test pair.
-//! 9. `config` — the TOML configuration, checked completely before anything starts.
+//! 9. [`config`] — the TOML configuration, checked completely before anything starts.
 //! 10. [`daemon`] — the tokio shell: it moves bytes and time between sockets, TLS
 //!     (NTS-KE), the clock and the sans-IO core, deciding nothing itself.
 //! 11. [`privsep`] — the split of `ntimed run` as root into an engine that cannot set
@@ -75,7 +75,7 @@
 pub mod auth;
 pub mod cli;
 pub mod clock;
-pub(crate) mod config;
+pub mod config;
 pub mod coordinator;
 pub mod daemon;
 pub(crate) mod demo;
