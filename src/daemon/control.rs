@@ -143,7 +143,12 @@ pub fn snapshot(coordinator: &Coordinator, now: f64, local: NtpTimestamp) -> Sna
         status: Status {
             synchronized: coordinator.is_synchronized(),
             stratum: state.stratum,
-            reference_id: state.reference_id.describe(state.stratum),
+            // Unsynchronized (stratum 16), the id is a code such as INIT, as at stratum 0.
+            reference_id: state.reference_id.describe(if state.stratum >= 16 {
+                0
+            } else {
+                state.stratum
+            }),
             leap: leap_name(state.leap).into(),
             poll: coordinator.poll_interval(),
             offset: selected.and_then(|s| s.offset),
@@ -495,7 +500,7 @@ pub fn render_status(s: &Status) -> String {
 /// `sources` as a table.
 pub fn render_sources(s: &Sources) -> String {
     let mut out = format!(
-        "{:<28} {:<22} {:>4} {:>4} {:>7} {:>7} {:>3} {:>3} {:>10} {:>10}\n",
+        "{:<28} {:<22} {:>5} {:>4} {:>7} {:>7} {:>3} {:>3} {:>10} {:>10}\n",
         "name", "address", "reach", "poll", "cookies", "samples", "ok", "sel", "offset", "bound"
     );
     for r in &s.sources {
