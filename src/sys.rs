@@ -375,6 +375,13 @@ pub fn lookup_group(name: &str) -> io::Result<Option<u32>> {
     Ok((!found.is_null()).then_some(entry.gr_gid))
 }
 
+/// Sets the process's file mode creation mask, returning the one it replaces. It is
+/// process-wide: call it only while no other thread creates files.
+pub fn set_umask(mask: u32) -> u32 {
+    // SAFETY: umask takes a number, cannot fail and touches no memory.
+    unsafe { libc::umask(mask) }
+}
+
 /// The effective user id of this process.
 pub fn effective_uid() -> u32 {
     // SAFETY: geteuid takes nothing, cannot fail and touches no memory.

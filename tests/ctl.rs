@@ -287,3 +287,31 @@ fn a_stale_socket_is_replaced_and_a_file_is_not() {
         "not a socket"
     );
 }
+
+#[test]
+fn check_reports_a_bad_control_mode_and_group() {
+    let dir = common::files::tempdir("ctl-check");
+    let config = dir.path().join("ntimed.toml");
+    for (control, error) in [
+        (
+            "mode = 0o4777\n",
+            "[control] mode 0o4777 is more than the permission bits",
+        ),
+        (
+            "group = \"no-such-group-ntimed\"\n",
+            "[control] no group \"no-such-group-ntimed\"",
+        ),
+    ] {
+        let text = format!(
+            "[local]\nstratum = 1\n[[server]]\nlisten = \"127.0.0.1:{}\"\n\
+             [sandbox]\nuser = \"nobody\"\nstate-dir = \".\"\n[control]\nsocket = \"ctl.sock\"\n{control}",
+            free_port()
+        );
+        std::fs::write(&config, text).expect("write the config");
+        let mut command = ntimed_command(None);
+        command.arg("check").arg("--config").arg(&config);
+        let out = run_with_deadline(command, Duration::from_secs(10)).expect("ran");
+        assert_eq!(out.status.code(), Some(1), "{}", out.describe());
+        assert!(out.stdout.contains(error), "{}", out.describe());
+    }
+}

@@ -22,7 +22,7 @@ use tokio::net::UnixStream;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::config::{ControlSection, Loaded};
+use crate::config::Loaded;
 use crate::coordinator::Coordinator;
 use crate::proto::server::Server;
 use crate::wire::{Leap, NtpTimestamp};
@@ -229,51 +229,61 @@ pub fn parse_request(line: &[u8]) -> Result<Request, &'static str> {
     Ok(Request { query, json })
 }
 
-/// Binds the control socket `loaded` asks for, if any: `[control]` if present (unless
+/// Where and how the control socket is made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub path: PathBuf,
+    pub mode: u32,
+    /// The group it is given; `None` leaves the creator's.
+    pub group: Option<u32>,
+}
+
+/// The control socket `loaded` asks for, if any: `[control]` if present (unless
 /// `enabled = false`), else [`DEFAULT_SOCKET`] when `default_on` (started as root).
-/// A stale socket file is removed; anything else at the path, or a socket a running
-/// daemon answers on, stops the start.
+/// Errors for a mode beyond the permission bits or a group that does not exist.
+pub fn settings(loaded: &Loaded, default_on: bool) -> Result<Option<Settings>, String> {
+    let section = loaded.config.control.as_ref();
+    if !section.map_or(default_on, |s| s.enabled) {
+        return Ok(None);
+    }
+    let mode = section.and_then(|s| s.mode).unwrap_or(DEFAULT_MODE);
+    if mode > 0o777 {
+        return Err(format!(
+            "[control] mode {mode:#o} is more than the permission bits (0o777)"
+        ));
+    }
+    let lookup = |name: &str| {
+        crate::sys::lookup_group(name).map_err(|e| format!("[control] group {name:?}: {e}"))
+    };
+    let group = match section.and_then(|s| s.group.as_deref()) {
+        Some(name) => Some(lookup(name)?.ok_or_else(|| format!("[control] no group {name:?}"))?),
+        None if default_on => Some(lookup(DEFAULT_GROUP)?.unwrap_or(0)),
+        None => None,
+    };
+    let path = section
+        .and_then(|s| s.socket.as_ref())
+        .map_or_else(|| PathBuf::from(DEFAULT_SOCKET), |p| loaded.path(p));
+    Ok(Some(Settings { path, mode, group }))
+}
+
+/// Binds the control socket `loaded` asks for, if any (see [`settings`]). A stale
+/// socket file is removed; anything else at the path, or a socket a running daemon
+/// answers on, stops the start. The socket is created owner-only, then given its group
+/// and mode, so nobody else can connect before they are in force.
 pub fn bind(
     loaded: &Loaded,
     default_on: bool,
 ) -> Result<Option<std::os::unix::net::UnixListener>, String> {
-    let section = loaded.config.control.as_ref();
-    let on = section.map_or(default_on, |s| s.enabled);
-    if !on {
+    let Some(settings) = settings(loaded, default_on)? else {
         return Ok(None);
-    }
-    let path = section
-        .and_then(|s| s.socket.as_ref())
-        .map_or_else(|| PathBuf::from(DEFAULT_SOCKET), |p| loaded.path(p));
-    bind_at(&path, section)
+    };
+    bind_at(&settings)
         .map(Some)
-        .map_err(|e| format!("control socket {}: {e}", path.display()))
+        .map_err(|e| format!("control socket {}: {e}", settings.path.display()))
 }
 
-fn bind_at(
-    path: &Path,
-    section: Option<&ControlSection>,
-) -> Result<std::os::unix::net::UnixListener, String> {
-    let mode = section.and_then(|s| s.mode).unwrap_or(DEFAULT_MODE);
-    if mode > 0o777 {
-        return Err(format!(
-            "[control] mode {mode:#o} is more than permission bits"
-        ));
-    }
-    let root = crate::sys::effective_uid() == 0;
-    let group = match section.and_then(|s| s.group.as_deref()) {
-        Some(name) => Some(
-            crate::sys::lookup_group(name)
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("no group {name:?}"))?,
-        ),
-        None if root => Some(
-            crate::sys::lookup_group(DEFAULT_GROUP)
-                .map_err(|e| e.to_string())?
-                .unwrap_or(0),
-        ),
-        None => None,
-    };
+fn bind_at(settings: &Settings) -> Result<std::os::unix::net::UnixListener, String> {
+    let Settings { path, mode, group } = settings;
     let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
     if let Some(parent) = parent.filter(|p| !p.exists()) {
         std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
@@ -281,11 +291,14 @@ fn bind_at(
             .map_err(|e| e.to_string())?;
     }
     remove_stale(path)?;
-    let listener = std::os::unix::net::UnixListener::bind(path).map_err(|e| e.to_string())?;
+    let previous = crate::sys::set_umask(0o177);
+    let bound = std::os::unix::net::UnixListener::bind(path);
+    crate::sys::set_umask(previous);
+    let listener = bound.map_err(|e| e.to_string())?;
     if let Some(gid) = group {
-        std::os::unix::fs::chown(path, None, Some(gid)).map_err(|e| e.to_string())?;
+        std::os::unix::fs::chown(path, None, Some(*gid)).map_err(|e| e.to_string())?;
     }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(*mode))
         .map_err(|e| e.to_string())?;
     listener.set_nonblocking(true).map_err(|e| e.to_string())?;
     Ok(listener)
