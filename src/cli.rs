@@ -41,6 +41,8 @@ enum Command {
     },
     /// Write a symmetric key file that ntimed, chrony and NTPsec all accept.
     Keygen(KeygenArgs),
+    /// Ask the running daemon over its control socket.
+    Ctl(CtlArgs),
     /// Show the whole path offline, on loopback, with a throwaway server.
     Demo,
     /// Run a simulated scenario (or `all`) and print its metrics.
@@ -51,6 +53,24 @@ enum Command {
     /// Internal: the sandboxed engine `ntimed run` starts as root.
     #[command(name = "privsep-engine", hide = true)]
     PrivsepEngine(crate::privsep::ChildArgs),
+}
+
+#[derive(Args)]
+struct CtlArgs {
+    /// status, sources, server or reload.
+    #[arg(value_parser = parse_query)]
+    query: crate::daemon::control::Query,
+    /// The daemon's control socket.
+    #[arg(long, default_value = crate::daemon::control::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Print the JSON the daemon sent instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_query(text: &str) -> Result<crate::daemon::control::Query, String> {
+    crate::daemon::control::Query::parse(text)
+        .ok_or_else(|| "expected status, sources, server or reload".into())
 }
 
 #[derive(Args)]
@@ -196,6 +216,7 @@ pub fn main() -> ExitCode {
         // Neither needs a runtime.
         Command::Check { config } => return crate::ops::check::main(&config),
         Command::Keygen(args) => run_keygen(args),
+        Command::Ctl(args) => return crate::ops::ctl::main(&args.socket, args.query, args.json),
         command => return run_in_runtime(command, simulator),
     };
     match early {
@@ -238,6 +259,7 @@ fn run_in_runtime(command: Command, simulator: bool) -> ExitCode {
             Command::PrivsepClock(_)
             | Command::PrivsepEngine(_)
             | Command::Check { .. }
+            | Command::Ctl(_)
             | Command::Keygen(_) => Err("these commands run before the runtime".into()),
             Command::Query(args) => run_query(args).await,
             Command::Ke(args) => run_ke(args).await,

@@ -39,6 +39,26 @@ pub struct Config {
     #[serde(default, rename = "peer")]
     pub peers: Vec<Spanned<PeerSection>>,
     pub sandbox: Option<SandboxSection>,
+    pub control: Option<ControlSection>,
+}
+
+/// The control socket `ntimed ctl` talks to (see `crate::daemon::control`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ControlSection {
+    /// `false` turns the socket off, even when started as root.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// A Unix stream socket (default `/run/ntimed/ntimed.sock`).
+    pub socket: Option<PathBuf>,
+    /// Its permissions (default `0o660`): whoever they admit may read status.
+    pub mode: Option<u32>,
+    /// Its group (default `ntimed` if that group exists, else root's).
+    pub group: Option<String>,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// Who the daemon's processes become when started as root, and where the network

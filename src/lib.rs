@@ -30,7 +30,7 @@
 //!     chrony and NTPsec).
 //! 13. `sim` — `ntimed sim`: scenarios run through the coordinator's test pair.
 //! 14. `demo` — `ntimed demo`: the whole path, offline, on loopback.
-//! 15. [`cli`] — `ntimed run | query | ke | check | keygen | demo | sim`, kept thin.
+//! 15. [`cli`] — `ntimed run | query | ke | check | keygen | ctl | demo | sim`, kept thin.
 //!
 //! Every packet is parsed and authenticated before it can change any state; that
 //! ordering is the lesson of most NTP CVEs.

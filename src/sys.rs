@@ -347,6 +347,41 @@ pub fn lookup_user(name: &str) -> io::Result<Option<User>> {
     }))
 }
 
+/// Looks a group up in the group database (`getgrnam_r`): its gid, or `Ok(None)` if
+/// there is no such group.
+pub fn lookup_group(name: &str) -> io::Result<Option<u32>> {
+    let c_name = std::ffi::CString::new(name)
+        .map_err(|_| invalid(format!("group name {name:?} contains a NUL byte")))?;
+    let mut buffer = vec![0u8; 64 * 1024];
+    // SAFETY: group is plain old data (integers and pointers), for which all-zero bytes
+    // are a valid value; getgrnam_r fills it in.
+    let mut entry: libc::group = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the whole call: a NUL-terminated name, an
+    // exclusively borrowed group, a buffer of the length given, and the out pointer.
+    // The strings getgrnam_r points `entry` at live in `buffer`; only the gid is read.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            c_name.as_ptr(),
+            &mut entry,
+            buffer.as_mut_ptr().cast(),
+            buffer.len(),
+            &mut found,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok((!found.is_null()).then_some(entry.gr_gid))
+}
+
+/// Sets the process's file mode creation mask, returning the one it replaces. It is
+/// process-wide: call it only while no other thread creates files.
+pub fn set_umask(mask: u32) -> u32 {
+    // SAFETY: umask takes a number, cannot fail and touches no memory.
+    unsafe { libc::umask(mask) }
+}
+
 /// The effective user id of this process.
 pub fn effective_uid() -> u32 {
     // SAFETY: geteuid takes nothing, cannot fail and touches no memory.

@@ -607,6 +607,11 @@ impl Coordinator {
         self.engine.frequency_ppm()
     }
 
+    /// The system poll interval, log2 seconds.
+    pub fn poll_interval(&self) -> i8 {
+        self.engine.poll_interval()
+    }
+
     /// Events dropped because the driver did not drain them.
     pub fn events_dropped(&self) -> u64 {
         self.events_dropped

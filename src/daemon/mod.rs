@@ -3,6 +3,7 @@
 //! about packets itself.
 //!
 //! * [`client`]: the sources, the sync engine and the clock (`[[source]]`).
+//! * [`control`]: the control socket `ntimed ctl` talks to.
 //! * [`net`]: address parsing and sockets with random source ports.
 //! * [`nts`]: NTS-KE over TLS, server and client, and the cookie master keys.
 //! * [`peer`]: routing `[[peer]]` packets between the server sockets and the client task.
@@ -11,6 +12,7 @@
 //! * [`query`]: one-shot client exchanges (`ntimed query`).
 
 pub mod client;
+pub mod control;
 pub mod net;
 pub mod nts;
 pub mod peer;

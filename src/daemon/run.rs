@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
+use super::control;
 use super::nts::{self, KeLimits};
 use super::peer::{PeerLink, PeerRoutes};
 use super::serve::{Reference, RunningServer, start_on};
@@ -19,16 +20,20 @@ use crate::proto::server::{Server, ServerOptions, SharedCookieKeys};
 use crate::util::{Problems, Severity};
 
 /// Sockets bound before anything runs, by the supervisor when privileges are
-/// separated: one per `[[server]]` and one per `[[nts-ke-server]]`, in config order.
+/// separated: one per `[[server]]` and one per `[[nts-ke-server]]`, in config order,
+/// and the control socket.
 pub struct Listeners {
     pub udp: Vec<std::net::UdpSocket>,
     pub tcp: Vec<std::net::TcpListener>,
+    pub control: Option<std::os::unix::net::UnixListener>,
 }
 
 impl Listeners {
-    /// Binds every listen address in `config` (IPv6 ones IPv6 only, so `[::]` and
-    /// `0.0.0.0` can share a port); the first that fails stops the start.
-    pub fn bind(config: &crate::config::Config) -> Result<Self, String> {
+    /// Binds every listen address in the config (IPv6 ones IPv6 only, so `[::]` and
+    /// `0.0.0.0` can share a port) and the control socket (by default only if
+    /// `control_default`: started as root); the first that fails stops the start.
+    pub fn bind(loaded: &Loaded, control_default: bool) -> Result<Self, String> {
+        let config = &loaded.config;
         let bind_err =
             |listen: &SocketAddr, e: std::io::Error| format!("cannot listen on {listen}: {e}");
         let udp = config
@@ -43,7 +48,8 @@ impl Listeners {
             .map(|s| s.listen.get_ref())
             .map(|listen| super::net::bind_tcp(*listen).map_err(|e| bind_err(listen, e)))
             .collect::<Result<_, _>>()?;
-        Ok(Self { udp, tcp })
+        let control = super::control::bind(loaded, control_default)?;
+        Ok(Self { udp, tcp, control })
     }
 
     /// Checks that inherited sockets are the ones `config` asks for, in its order.
@@ -225,7 +231,7 @@ pub fn prepare_all(
 /// serves.
 pub async fn run(loaded: Loaded) -> Result<(), String> {
     let clock = local_clock(loaded.config.clock.as_ref().map(|c| c.get_ref()));
-    let listeners = Listeners::bind(&loaded.config)?;
+    let listeners = Listeners::bind(&loaded, false)?;
     let prepared = prepare(loaded)?;
     serve(prepared, listeners, clock, || {}).await
 }
@@ -272,6 +278,29 @@ pub async fn serve(
         cookie_keys.as_ref().map(|(keys, _)| keys),
     )?;
     let rotation = cookie_keys.map(|(keys, persist_to)| nts::spawn_rotation(keys, persist_to));
+    let (snapshots, control_requests) = match (&client, &listeners.control) {
+        (Some(_), Some(_)) => {
+            let (tx, rx) = tokio::sync::mpsc::channel(control::MAX_CONNECTIONS);
+            (Some(tx), Some(rx))
+        }
+        _ => (None, None),
+    };
+    let _control_running = listeners
+        .control
+        .map(|listener| {
+            let servers = running.iter().map(|r| r.server.clone()).collect();
+            control::spawn(
+                listener,
+                control::Control {
+                    snapshots,
+                    local_stratum,
+                    servers,
+                },
+            )
+        })
+        .transpose()
+        .map_err(|e| format!("cannot serve the control socket: {e}"))?
+        .map(AbortOnDrop);
     let (stop_client, stopped) = tokio::sync::oneshot::channel();
     let link = routes.zip(inbound).map(|(routes, inbound)| PeerLink {
         routes,
@@ -280,7 +309,14 @@ pub async fn serve(
     });
     let mut client_task = client.map(|client| {
         let precision = super::measure_precision();
-        tokio::spawn(client.run(clock.clone(), local_stratum, precision, link, stopped))
+        tokio::spawn(client.run(
+            clock.clone(),
+            local_stratum,
+            precision,
+            link,
+            control_requests,
+            stopped,
+        ))
     });
     ready();
     let client_ended = async {
@@ -390,6 +426,15 @@ fn start_ke_servers(
         running.push(r);
     }
     Ok(running)
+}
+
+/// Stops a task when `serve` returns.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn shutdown_signal() {

@@ -28,6 +28,7 @@ pub fn check(path: &Path, as_root: bool, now: SystemTime) -> Problems {
         problems.error(refusal);
     }
     check_drift_file(&loaded, &mut problems);
+    problems.take(crate::daemon::control::settings(&loaded, as_root));
     run::prepare_all(loaded, Purpose::Check, now, &mut problems);
     problems
 }

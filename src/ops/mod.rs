@@ -1,6 +1,8 @@
 //! Commands for operators, beside the daemon: `ntimed check` reports every problem
 //! `ntimed run` would stop at (and what is about to become one), `ntimed keygen` writes
-//! symmetric key files that ntimed, chrony and NTPsec all read.
+//! symmetric key files that ntimed, chrony and NTPsec all read, `ntimed ctl` asks the
+//! running daemon over its control socket.
 
 pub mod check;
+pub mod ctl;
 pub mod keygen;

@@ -74,6 +74,9 @@ pub struct ChildArgs {
     /// Engine: the bound `[[nts-ke-server]]` listeners, in config order.
     #[arg(long, value_delimiter = ',')]
     pub tcp_fds: Vec<i32>,
+    /// Engine: the bound control socket.
+    #[arg(long)]
+    pub control_fd: Option<i32>,
     /// Engine: a pipe to write one byte to once serving.
     #[arg(long)]
     pub ready_fd: Option<i32>,
@@ -160,7 +163,7 @@ pub fn supervise(config: &std::path::Path, log_level: tracing::Level) -> Result<
     let loaded = Config::load(&config).map_err(|e| e.to_string())?;
     // Checked here too, so that a bad user or state directory stops the start at once.
     sandbox_jail(&loaded)?;
-    let listeners = Listeners::bind(&loaded.config)?;
+    let listeners = Listeners::bind(&loaded, true)?;
     fn io(what: &'static str) -> impl Fn(std::io::Error) -> String {
         move |e| format!("{what}: {e}")
     }
@@ -200,10 +203,17 @@ pub fn supervise(config: &std::path::Path, log_level: tracing::Level) -> Result<
     if !tcp.is_empty() {
         engine_command.arg("--tcp-fds").arg(fd_list(&tcp));
     }
+    let control = listeners.control.as_ref().map(|l| l.as_fd());
+    if let Some(fd) = control {
+        engine_command
+            .arg("--control-fd")
+            .arg(fd.as_raw_fd().to_string());
+    }
     let fds: Vec<BorrowedFd<'_>> = [engine_end.as_fd(), ready_writer.as_fd()]
         .into_iter()
         .chain(udp.iter().copied())
         .chain(tcp.iter().copied())
+        .chain(control)
         .collect();
     let engine = spawn_with_fds(&mut engine_command, &fds);
     drop(fds);
@@ -429,6 +439,10 @@ pub fn engine_main(args: ChildArgs) -> Result<ExitCode, String> {
             .iter()
             .map(|&fd| take(fd, "NTS-KE socket").map(std::net::TcpListener::from))
             .collect::<Result<_, _>>()?,
+        control: args
+            .control_fd
+            .map(|fd| take(fd, "control socket").map(std::os::unix::net::UnixListener::from))
+            .transpose()?,
     };
     listeners.check(&loaded.config)?;
     let mut ready = args

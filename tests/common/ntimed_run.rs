@@ -13,7 +13,8 @@
 //!
 //! Whatever the options, ntimed runs under [`safe_command`] (no CAP_SYS_TIME, killed
 //! with the test), and [`SANDBOX_TOML`] is added to its configuration unless it has a
-//! `[sandbox]` of its own or runs [`run_as_nobody`](NtimedRunBuilder::run_as_nobody).
+//! `[sandbox]` of its own or runs [`run_as_nobody`](NtimedRunBuilder::run_as_nobody);
+//! [`CONTROL_TOML`] likewise unless it has a `[control]`.
 
 use std::ffi::OsString;
 use std::fmt::Write as _;
@@ -36,6 +37,10 @@ use super::process::{Daemon, RunOutput, run_with_deadline, safe_command_as, wait
 /// CI), ntimed separates privileges; its engine and clock process run as `nobody`,
 /// jailed in the directory holding the configuration. Ignored without root.
 pub const SANDBOX_TOML: &str = "\n[sandbox]\nuser = \"nobody\"\nstate-dir = \".\"\n";
+
+/// Added to every configuration without a `[control]` of its own (unless run as
+/// nobody): a control socket in the run's directory.
+pub const CONTROL_TOML: &str = "\n[control]\nsocket = \"control.sock\"\n";
 
 /// Makes `path` the sandbox user's (`nobody`), as `[nts] key-dir` must be when ntimed
 /// separates privileges (only when the tests run as root).
@@ -206,9 +211,16 @@ impl NtimedRunBuilder {
         };
         if !self.as_nobody {
             let text = fs::read_to_string(&path).expect("read the config");
+            let mut text = text;
             if !text.contains("[sandbox]") {
-                fs::write(&path, text + SANDBOX_TOML).expect("write the config");
+                text += SANDBOX_TOML;
             }
+            // As root the control socket is on by default, at one path for the whole
+            // machine: each test's daemon gets its own.
+            if !text.contains("[control]") {
+                text += CONTROL_TOML;
+            }
+            fs::write(&path, text).expect("write the config");
         }
         (path, dir)
     }

@@ -22,6 +22,7 @@ use crate::clock::{Clock, ClockError};
 use crate::coordinator::{
     AssociationId, Coordinator, CoordinatorConfig, Event, Level, Request, Resolved, Transmit, Via,
 };
+use crate::daemon::control::{self, SnapshotRequest};
 use crate::daemon::peer::{PeerDatagram, PeerLink, PeerRoutes, PeerSpec};
 use crate::proto::client::echoes_request;
 use crate::proto::server::SyncState;
@@ -64,6 +65,7 @@ enum Wake {
     Input(Input),
     Peer(PeerDatagram),
     Clock(Outcome),
+    Control(SnapshotRequest),
     Timer,
     Shutdown,
 }
@@ -95,6 +97,8 @@ pub struct Driver {
     targets: Vec<Target>,
     peer_ids: Vec<AssociationId>,
     peers: Option<PeerPlumbing>,
+    /// Snapshot requests from the control socket.
+    control: Option<mpsc::Receiver<SnapshotRequest>>,
     tx: mpsc::Sender<Input>,
     rx: mpsc::Receiver<Input>,
     state: Arc<RwLock<SyncState>>,
@@ -111,6 +115,7 @@ impl Driver {
         fallback: Option<u8>,
         precision: i8,
         link: Option<PeerLink>,
+        control: Option<mpsc::Receiver<SnapshotRequest>>,
     ) -> Self {
         let ClientRole {
             specs,
@@ -168,6 +173,7 @@ impl Driver {
                 inbound: link.inbound,
                 sockets: link.sockets,
             }),
+            control,
             tx,
             rx,
             state,
@@ -201,10 +207,17 @@ impl Driver {
                     None => std::future::pending().await,
                 }
             };
+            let from_control = async {
+                match self.control.as_mut() {
+                    Some(control) => control.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             let wake = tokio::select! {
                 Some(input) = self.rx.recv() => Wake::Input(input),
                 Some(datagram) = from_peers => Wake::Peer(datagram),
                 Some(outcome) = self.outcomes.recv() => Wake::Clock(outcome),
+                Some(reply) = from_control => Wake::Control(reply),
                 () = tokio::time::sleep_until(deadline) => Wake::Timer,
                 _ = &mut shutdown => Wake::Shutdown,
             };
@@ -212,6 +225,10 @@ impl Driver {
                 Wake::Input(input) => self.handle_input(input),
                 Wake::Peer(datagram) => self.handle_peer_datagram(datagram),
                 Wake::Clock(outcome) => self.handle_outcome(outcome)?,
+                Wake::Control(reply) => {
+                    let now = self.seconds(Instant::now());
+                    let _ = reply.send(control::snapshot(&self.coordinator, now, self.clock.now()));
+                }
                 Wake::Timer => {}
                 Wake::Shutdown => {
                     self.save_drift();

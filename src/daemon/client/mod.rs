@@ -173,7 +173,8 @@ pub fn prepare(loaded: &Loaded) -> Result<Option<ClientRole>, String> {
 
 impl ClientRole {
     /// Runs the sources and peers until `shutdown` fires; `fallback` is the `[local]`
-    /// stratum served while unsynchronized. Peers need `link` (the server sockets).
+    /// stratum served while unsynchronized. Peers need `link` (the server sockets);
+    /// `control` brings snapshot requests from the control socket.
     /// `Err` when the clock process is lost: the caller decides what follows.
     pub async fn run(
         self,
@@ -181,9 +182,10 @@ impl ClientRole {
         fallback: Option<u8>,
         precision: i8,
         link: Option<PeerLink>,
+        control: Option<tokio::sync::mpsc::Receiver<super::control::SnapshotRequest>>,
         shutdown: tokio::sync::oneshot::Receiver<()>,
     ) -> Result<(), String> {
-        driver::Driver::new(self, clock, fallback, precision, link)
+        driver::Driver::new(self, clock, fallback, precision, link, control)
             .run(shutdown)
             .await
     }
