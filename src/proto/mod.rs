@@ -8,7 +8,9 @@
 //!   NTS re-keying.
 //! * [`peer`]: a symmetric association (modes 1/2) with a configured peer.
 //! * [`ratelimit`]: per-client request rate limits for the server.
+//! * [`access`]: the server's `allow`/`deny` lists and the decision for an address.
 
+pub mod access;
 pub mod client;
 pub mod peer;
 pub mod polling;
