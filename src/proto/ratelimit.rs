@@ -98,6 +98,43 @@ impl RateLimiter {
     }
 }
 
+/// At most one kiss per source and `interval` seconds, for kisses not tied to a rate
+/// (DENY, for sources the access list refuses). A fixed table indexed by a keyed hash;
+/// a slot whose source was kissed within the interval is kept, and a newcomer colliding
+/// with it gets no kiss, so no flood of addresses can earn any source a second kiss.
+pub struct KissThrottle {
+    interval: f64,
+    slots: Vec<Option<(SourceKey, f64)>>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl KissThrottle {
+    /// A throttle tracking up to `slots` sources (rounded up to a power of two).
+    pub fn new(interval: f64, slots: usize) -> Self {
+        Self {
+            interval,
+            slots: vec![None; slots.max(1).next_power_of_two()],
+            hasher: std::collections::hash_map::RandomState::new(),
+        }
+    }
+
+    /// Whether `source` may be sent a kiss at `now` (seconds, any monotonic origin);
+    /// if so, it is counted as kissed.
+    pub fn allow(&mut self, source: IpAddr, now: f64) -> bool {
+        let key = source_key(source);
+        let slot = (self.hasher.hash_one(key) as usize) & (self.slots.len() - 1);
+        let interval = self.interval;
+        match self.slots.get_mut(slot) {
+            Some(Some((_, kissed))) if now - *kissed < interval => false,
+            Some(entry) => {
+                *entry = Some((key, now));
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 /// The unit per-source limits count in, here and for NTS-KE connections: an IPv4
 /// address, or the /64 of an IPv6 address (one host's usual share).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -193,6 +230,29 @@ mod tests {
         let kisses = verdicts.iter().filter(|v| **v == Verdict::Kiss).count();
         assert!(limited > 150, "about every other request is over the limit");
         assert_eq!(kisses, limited.div_ceil(4), "one in four of the limited");
+    }
+
+    /// ADVERSARIAL 37: a denied source gets at most one DENY kiss per interval, however
+    /// much it sends and however many other addresses flood at the same time.
+    #[test]
+    fn kiss_throttle_allows_one_kiss_per_source_and_interval() {
+        let mut throttle = KissThrottle::new(1.0, 64);
+        assert_eq!(throttle.slots.len(), 64);
+        let kisses = |t: &mut KissThrottle, start: f64| {
+            (0..1000)
+                .filter(|&i| t.allow(ip(1), start + f64::from(i) * 0.9e-3))
+                .count()
+        };
+        assert_eq!(kisses(&mut throttle, 0.0), 1);
+        assert_eq!(kisses(&mut throttle, 1.0), 1, "the next interval: one more");
+        // A flood of other addresses never frees the victim for a second kiss.
+        let mut throttle = KissThrottle::new(1.0, 64);
+        assert!(throttle.allow(ip(1), 0.0));
+        for i in 0..100_000u32 {
+            throttle.allow(IpAddr::from(i.to_be_bytes()), 0.5);
+        }
+        assert!(!throttle.allow(ip(1), 0.9));
+        assert_eq!(throttle.slots.len(), 64, "memory is bounded");
     }
 
     #[test]
