@@ -97,6 +97,12 @@ pub enum DropReason {
     /// Over the source's rate limit, and not answered with a kiss.
     #[error("rate limited")]
     RateLimited,
+    /// The access list refuses the source, and no DENY kiss was sent.
+    #[error("denied by the access list")]
+    Denied,
+    /// Neither a MAC nor NTS, where `require-auth` is set.
+    #[error("unauthenticated, and authentication is required")]
+    Unauthenticated,
 }
 
 /// How a request was answered.
@@ -113,6 +119,8 @@ pub enum Answer {
     NtsNak,
     /// Over the rate limit; a RATE kiss went back.
     RateKiss,
+    /// Refused by the access list; a DENY kiss went back.
+    DenyKiss,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,6 +132,8 @@ pub struct ServerOptions {
     /// Answer symmetric-active packets from unconfigured peers in passive mode (as a
     /// server answers a client) rather than dropping them. On by default.
     pub answer_unknown_peers: bool,
+    /// Drop requests with neither a MAC nor NTS. Off by default.
+    pub require_auth: bool,
 }
 
 impl Default for ServerOptions {
@@ -131,6 +141,7 @@ impl Default for ServerOptions {
         Self {
             crypto_nak: false,
             answer_unknown_peers: true,
+            require_auth: false,
         }
     }
 }
@@ -145,6 +156,9 @@ pub struct ServerStats {
     pub nts_naks_sent: AtomicU64,
     pub rate_kisses_sent: AtomicU64,
     pub rate_limited: AtomicU64,
+    pub deny_kisses_sent: AtomicU64,
+    pub denied: AtomicU64,
+    pub unauthenticated_dropped: AtomicU64,
     pub malformed: AtomicU64,
     pub refused: AtomicU64,
     pub auth_failed: AtomicU64,
@@ -225,7 +239,10 @@ impl Server {
             Ok(Answer::Nts) => &self.stats.nts,
             Ok(Answer::NtsNak) => &self.stats.nts_naks_sent,
             Ok(Answer::RateKiss) => &self.stats.rate_kisses_sent,
+            Ok(Answer::DenyKiss) => &self.stats.deny_kisses_sent,
             Err(DropReason::RateLimited) => &self.stats.rate_limited,
+            Err(DropReason::Denied) => &self.stats.denied,
+            Err(DropReason::Unauthenticated) => &self.stats.unauthenticated_dropped,
             Err(DropReason::Malformed(_)) => &self.stats.malformed,
             Err(
                 DropReason::UnknownKey(_)
@@ -254,10 +271,52 @@ impl Server {
         now: impl FnOnce() -> NtpTimestamp,
         reply: &mut Vec<u8>,
     ) -> Result<Answer, DropReason> {
+        let result = self.kiss(request, kiss, b"RATE", received, now, reply);
+        let (counter, result) = match result {
+            true => (&self.stats.rate_kisses_sent, Ok(Answer::RateKiss)),
+            false => (&self.stats.rate_limited, Err(DropReason::RateLimited)),
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        result
+    }
+
+    /// Handles a request from a source the access list refuses, as
+    /// [`handle_rate_limited`](Self::handle_rate_limited) does but with a DENY kiss
+    /// (ADVERSARIAL 37).
+    pub fn handle_denied(
+        &self,
+        request: &[u8],
+        kiss: bool,
+        received: NtpTimestamp,
+        now: impl FnOnce() -> NtpTimestamp,
+        reply: &mut Vec<u8>,
+    ) -> Result<Answer, DropReason> {
+        let result = self.kiss(request, kiss, b"DENY", received, now, reply);
+        let (counter, result) = match result {
+            true => (&self.stats.deny_kisses_sent, Ok(Answer::DenyKiss)),
+            false => (&self.stats.denied, Err(DropReason::Denied)),
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        result
+    }
+
+    /// Writes a `code` kiss-o'-death into `reply` if `kiss` is granted and the request
+    /// is a plain client request (no MAC, no extension fields, and `require-auth` off),
+    /// and says whether it did. A kiss is a bare header, never larger than the request.
+    fn kiss(
+        &self,
+        request: &[u8],
+        kiss: bool,
+        code: &[u8; 4],
+        received: NtpTimestamp,
+        now: impl FnOnce() -> NtpTimestamp,
+        reply: &mut Vec<u8>,
+    ) -> bool {
         reply.clear();
-        let result = match Packet::parse(request) {
+        match Packet::parse(request) {
             Ok(p)
                 if kiss
+                    && !self.options.require_auth
                     && (1..=4).contains(&p.header.version)
                     && p.header.mode == Mode::Client
                     && p.trailer.is_none()
@@ -272,23 +331,17 @@ impl Server {
                     precision: 0,
                     root_delay: NtpShort::default(),
                     root_dispersion: NtpShort::default(),
-                    reference_id: ReferenceId::from_ascii(b"RATE"),
+                    reference_id: ReferenceId::from_ascii(code),
                     reference_time: NtpTimestamp::ZERO,
                     origin_time: p.header.transmit_time,
                     receive_time: received,
                     transmit_time: now(),
                 };
                 kiss.write(reply);
-                Ok(Answer::RateKiss)
+                true
             }
-            _ => Err(DropReason::RateLimited),
-        };
-        let counter = match result {
-            Ok(_) => &self.stats.rate_kisses_sent,
-            Err(_) => &self.stats.rate_limited,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        result
+            _ => false,
+        }
     }
 
     fn respond(
@@ -350,6 +403,7 @@ impl Server {
                 }
             }
             _ => match packet.trailer {
+                None if self.options.require_auth => return Err(DropReason::Unauthenticated),
                 None => Auth::Plain,
                 Some(Trailer::CryptoNak) => return Err(DropReason::CryptoNakRequest),
                 Some(Trailer::Mac { key_id, .. }) => match self.keys.get(key_id) {
@@ -719,6 +773,118 @@ mod tests {
             answer(&server, &request(4, Mode::SymmetricPassive)).0,
             Err(DropReason::NotClientMode(Mode::SymmetricPassive))
         );
+    }
+
+    /// ADVERSARIAL 37: under `require-auth`, a plain request (client or symmetric) is
+    /// dropped and counted, and never kissed; keyed and NTS requests are answered.
+    #[test]
+    fn require_auth_drops_plain_requests_and_answers_keyed_and_nts() {
+        use crate::auth::nts::aead::{AeadAlgorithm, AeadKey};
+        use crate::auth::nts::cookie::{CookieKeys, Rotation};
+        use crate::auth::nts::ntp::NtsSession;
+        use crate::proto::client::{ClientAuth, ClientExchange};
+
+        let mut cookie_keys = CookieKeys::random(Rotation::default(), vec![]);
+        cookie_keys.update(1_800_000_000, &mut rand::rng());
+        let session_keys = || {
+            let alg = AeadAlgorithm::AesSivCmac256;
+            SessionKeys {
+                c2s: AeadKey::new(alg, &[1; 32]).unwrap(),
+                s2c: AeadKey::new(alg, &[2; 32]).unwrap(),
+            }
+        };
+        let cookies = (0..2)
+            .map(|_| cookie_keys.seal(&session_keys(), &mut rand::rng()).unwrap())
+            .collect();
+        let options = ServerOptions {
+            require_auth: true,
+            ..ServerOptions::default()
+        };
+        let server = Server::new(keys(), options).with_nts(Arc::new(RwLock::new(cookie_keys)));
+
+        for plain in [request(4, Mode::Client), request(4, Mode::SymmetricActive)] {
+            assert_eq!(
+                answer(&server, &plain),
+                (Err(DropReason::Unauthenticated), vec![])
+            );
+        }
+        assert_eq!(
+            server.stats.unauthenticated_dropped.load(Ordering::Relaxed),
+            2
+        );
+        // Not even a kiss: a plain request gets nothing at all.
+        let mut reply = Vec::new();
+        let plain = request(4, Mode::Client);
+        assert_eq!(
+            server.handle_rate_limited(&plain, true, RX, || TX, &mut reply),
+            Err(DropReason::RateLimited)
+        );
+        assert_eq!(
+            server.handle_denied(&plain, true, RX, || TX, &mut reply),
+            Err(DropReason::Denied)
+        );
+        assert!(reply.is_empty());
+
+        let mut keyed = request(4, Mode::Client);
+        mac::append_mac(keys().get(2).unwrap(), &mut keyed);
+        assert_eq!(answer(&server, &keyed).0, Ok(Answer::Keyed(2)));
+
+        let session = NtsSession::new(session_keys(), cookies);
+        let mut client = ClientExchange::new(ClientAuth::Nts(session), 6);
+        let mut nts_request = Vec::new();
+        client
+            .poll_request(RX, &mut rand::rng(), &mut nts_request)
+            .unwrap();
+        assert_eq!(answer(&server, &nts_request).0, Ok(Answer::Nts));
+        assert_eq!(server.stats.plain.load(Ordering::Relaxed), 0);
+    }
+
+    /// ADVERSARIAL 37: a refused plain client request gets a DENY kiss when one is
+    /// granted (the worker grants one per source and interval), never larger than the
+    /// request; keyed, NTS-looking and non-client requests get nothing. All counted.
+    #[test]
+    fn denied_plain_requests_get_a_deny_kiss_and_others_nothing() {
+        let server = Server::new(keys(), ServerOptions::default());
+        let mut reply = Vec::new();
+        let req = request(3, Mode::Client);
+        assert_eq!(
+            server.handle_denied(&req, true, RX, || TX, &mut reply),
+            Ok(Answer::DenyKiss)
+        );
+        let p = Packet::parse(&reply).unwrap();
+        assert_eq!(
+            (p.header.leap, p.header.stratum, p.header.reference_id),
+            (Leap::Unsynchronized, 0, ReferenceId::from_ascii(b"DENY"))
+        );
+        assert_eq!((p.header.version, p.header.mode), (3, Mode::Server));
+        assert_eq!(p.header.origin_time, CLIENT_TX);
+        assert!(reply.len() <= req.len());
+        let mut keyed = req.clone();
+        mac::append_mac(keys().get(1).unwrap(), &mut keyed);
+        let mut with_field = req.clone();
+        with_field.extend_from_slice(&[0x01, 0x04, 0x00, 0x24]);
+        with_field.extend_from_slice(&[7; 32]);
+        for r in [
+            keyed,
+            with_field,
+            request(4, Mode::SymmetricActive),
+            vec![0x23; 20],
+        ] {
+            assert_eq!(
+                server.handle_denied(&r, true, RX, || TX, &mut reply),
+                Err(DropReason::Denied)
+            );
+            assert!(reply.is_empty());
+        }
+        // No kiss granted (the source had its kiss this interval): nothing.
+        assert_eq!(
+            server.handle_denied(&req, false, RX, || TX, &mut reply),
+            Err(DropReason::Denied)
+        );
+        assert!(reply.is_empty());
+        assert_eq!(server.stats.deny_kisses_sent.load(Ordering::Relaxed), 1);
+        assert_eq!(server.stats.denied.load(Ordering::Relaxed), 5);
+        assert_eq!(server.stats.plain.load(Ordering::Relaxed), 0);
     }
 
     /// ADVERSARIAL 11/17: an NTS request to a server without NTS gets nothing (a plain
