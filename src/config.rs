@@ -19,6 +19,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::auth::{KeyFileFormat, KeyStore};
+use crate::proto::access::{AccessList, Cidr};
 
 /// Configs are small; a larger file is refused before it is read.
 const MAX_CONFIG_LEN: u64 = 1 << 20;
@@ -239,6 +240,56 @@ pub struct ServerSection {
     /// (default: a stateless passive answer, as to a client) or `drop`.
     #[serde(default)]
     pub unknown_peers: UnknownPeers,
+    /// `allow = ["CIDR", ...]`: with it, only matching clients are answered.
+    pub allow: Option<Spanned<Vec<Spanned<String>>>>,
+    /// `deny = ["CIDR", ...]`: matching clients are not answered (the most specific
+    /// entry of both lists decides; on an equal prefix, deny).
+    pub deny: Option<Spanned<Vec<Spanned<String>>>>,
+    /// What a denied client gets: `ignore` (default, nothing) or `kiss` (a DENY kiss
+    /// for a plain request, at most one per source and second).
+    #[serde(default)]
+    pub deny_action: DenyAction,
+    /// Drop requests with neither a MAC nor NTS.
+    #[serde(default)]
+    pub require_auth: bool,
+}
+
+/// What a client the access list refuses gets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DenyAction {
+    #[default]
+    Ignore,
+    Kiss,
+}
+
+impl ServerSection {
+    /// The access list from `allow` and `deny`, or the bad entry's span and why.
+    pub fn access(&self) -> Result<AccessList, Fault> {
+        let mut total = 0;
+        for (key, list) in [("allow", &self.allow), ("deny", &self.deny)] {
+            let Some(list) = list else { continue };
+            for entry in list.get_ref() {
+                Cidr::parse(entry.get_ref())
+                    .map_err(|e| (Some(entry.span()), format!("{key}: {e}")))?;
+            }
+            total += list.get_ref().len();
+            if total > crate::proto::access::MAX_ENTRIES {
+                let message = format!(
+                    "{key}: more than {} allow and deny entries",
+                    crate::proto::access::MAX_ENTRIES
+                );
+                return Err((Some(list.span()), message));
+            }
+        }
+        fn texts(list: &Option<Spanned<Vec<Spanned<String>>>>) -> Option<Vec<&str>> {
+            list.as_ref()
+                .map(|l| l.get_ref().iter().map(|e| e.get_ref().as_str()).collect())
+        }
+        let allow: Option<Vec<&str>> = texts(&self.allow);
+        let deny: Vec<&str> = texts(&self.deny).unwrap_or_default();
+        AccessList::parse(allow.as_deref(), &deny).map_err(|e| (None, e.to_string()))
+    }
 }
 
 /// What an unconfigured peer's symmetric-active packet gets. Either way it never
@@ -681,6 +732,9 @@ impl Config {
             }
         }
         for server in &self.servers {
+            if let Err(fault) = server.access() {
+                faults.push(fault);
+            }
             if let Some(limit) = &server.rate_limit {
                 let r = limit.get_ref();
                 if !(0.001..=3600.0).contains(&r.interval) || !(1..=10_000).contains(&r.burst) {
@@ -733,6 +787,28 @@ mod tests {
         assert_eq!(c.servers[1].listen.get_ref().port(), 11123);
         assert_eq!(*c.local.unwrap().stratum.get_ref(), 1);
         assert_eq!(c.keys.unwrap().format, KeyFileFormat::Auto);
+    }
+
+    /// ADVERSARIAL 37: the access keys parse into the list the server checks.
+    #[test]
+    fn access_keys_parse() {
+        let c = Config::parse(
+            "c.toml",
+            "[[server]]\nlisten = \"127.0.0.1:1\"\nallow = [\"127.0.0.0/8\", \"::1\"]\n\
+             deny = [\"127.0.0.2\"]\ndeny-action = \"kiss\"\nrequire-auth = true\n\
+             [[server]]\nlisten = \"127.0.0.1:2\"\n",
+        )
+        .unwrap();
+        let (guarded, open) = (&c.servers[0], &c.servers[1]);
+        assert_eq!(guarded.deny_action, DenyAction::Kiss);
+        assert!(guarded.require_auth);
+        let acl = guarded.access().unwrap();
+        assert!(acl.allows([127, 0, 0, 1].into()));
+        assert!(!acl.allows([127, 0, 0, 2].into()));
+        assert!(!acl.allows([192, 0, 2, 1].into()));
+        assert_eq!(open.deny_action, DenyAction::Ignore);
+        assert!(!open.require_auth);
+        assert!(open.access().unwrap().allows_all());
     }
 
     #[test]
@@ -861,6 +937,26 @@ mod tests {
                 "[[server]]\nlisten = \"127.0.0.1:1\"\nrate-limit = { interval = 0, burst = 1 }\n",
                 Some(3),
                 "rate-limit needs",
+            ),
+            (
+                "[[server]]\nlisten = \"127.0.0.1:1\"\nallow = [\n  \"127.0.0.0/8\",\n  \"10.0.0.0/33\",\n]\n",
+                Some(5),
+                "allow: \"10.0.0.0/33\": the prefix must be 0 to 32",
+            ),
+            (
+                "[[server]]\nlisten = \"127.0.0.1:1\"\ndeny = [\"::1/129\"]\n",
+                Some(3),
+                "deny: \"::1/129\"",
+            ),
+            (
+                "[[server]]\nlisten = \"127.0.0.1:1\"\n\ndeny = [\"garbage\"]\n",
+                Some(4),
+                "deny: \"garbage\" is not",
+            ),
+            (
+                "[[server]]\nlisten = \"127.0.0.1:1\"\ndeny-action = \"reply\"\n",
+                Some(3),
+                "unknown variant",
             ),
         ];
         for (text, line, message) in cases {

@@ -360,7 +360,7 @@ impl Site {
             socket,
             Server::new(KeyStore::default(), ServerOptions::default()).with_peer_keys([key.id()]),
             serve::Reference::Engine(state.clone()),
-            None,
+            serve::Admission::default(),
             clock.clone(),
             Some(routes.clone()),
         )
@@ -445,7 +445,7 @@ async fn peering_demo(keys: &KeyStore) -> Result<u32, String> {
         let server = Server::new(keys.clone(), ServerOptions::default());
         let local = serve::Reference::Local { stratum: 1 };
         let observe: Arc<dyn Clock> = Arc::new(SoftwareClock::observe());
-        serve::start(listen, server, local, None, observe)
+        serve::start(listen, server, local, serve::Admission::default(), observe)
             .await
             .map_err(|e| format!("cannot start an upstream on {listen}: {e}"))
     };
@@ -511,9 +511,15 @@ impl Servers {
         let server = Server::new(self.keys.clone(), ServerOptions::default())
             .with_nts(self.cookie_keys.clone());
         let stratum_1 = serve::Reference::Local { stratum: 1 };
-        let ntp = serve::start(listen, server, stratum_1, None, self.clock.clone())
-            .await
-            .map_err(|e| format!("cannot start a demo NTP server: {e}"))?;
+        let ntp = serve::start(
+            listen,
+            server,
+            stratum_1,
+            serve::Admission::default(),
+            self.clock.clone(),
+        )
+        .await
+        .map_err(|e| format!("cannot start a demo NTP server: {e}"))?;
         let endpoint = NtpEndpoint {
             server: Some("127.0.0.1".into()),
             port: Some(ntp.local_addr.port()),

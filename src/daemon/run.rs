@@ -9,12 +9,12 @@ use std::time::SystemTime;
 use super::control;
 use super::nts::{self, KeLimits};
 use super::peer::{PeerLink, PeerRoutes};
-use super::serve::{Reference, RunningServer, start_on};
+use super::serve::{Admission, Reference, RunningServer, start_on};
 use crate::auth::nts::cookie::Rotation;
 use crate::auth::nts::ke::NtpEndpoint;
 use crate::clock::system::SystemClock;
 use crate::clock::{Clock, SoftwareClock};
-use crate::config::{ClockMode, Loaded, UnknownPeers};
+use crate::config::{ClockMode, DenyAction, Loaded, UnknownPeers};
 use crate::proto::ratelimit::RateLimit;
 use crate::proto::server::{Server, ServerOptions, SharedCookieKeys};
 use crate::util::{Problems, Severity};
@@ -363,6 +363,7 @@ fn start_servers(
             ServerOptions {
                 crypto_nak: section.crypto_nak,
                 answer_unknown_peers: section.unknown_peers == UnknownPeers::Reply,
+                require_auth: section.require_auth,
             },
         );
         if let Some(keys) = cookie_keys {
@@ -379,11 +380,19 @@ fn start_servers(
                 kiss_one_in: r.kiss_one_in,
             });
         let listen = *section.listen.get_ref();
+        let access = section
+            .access()
+            .map_err(|(_, e)| format!("{listen}: {e}"))?;
+        let admission = Admission {
+            access,
+            deny_kiss: section.deny_action == DenyAction::Kiss,
+            rate_limit,
+        };
         let r = start_on(
             socket,
             server,
             reference.clone(),
-            rate_limit,
+            admission,
             clock.clone(),
             routes.clone(),
         )

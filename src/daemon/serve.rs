@@ -1,5 +1,6 @@
 //! The UDP server loop: answers NTP requests on one socket, one task per core, with
-//! optional per-source rate limits; `[[peer]]` packets are handed to their association.
+//! an optional access list and per-source rate limits; `[[peer]]` packets are handed to
+//! their association.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
@@ -10,8 +11,9 @@ use tokio::task::JoinHandle;
 
 use super::peer::PeerRoutes;
 use crate::clock::Clock;
-use crate::proto::ratelimit::{RateLimit, RateLimiter, Verdict};
-use crate::proto::server::{Server, SyncState};
+use crate::proto::access::AccessList;
+use crate::proto::ratelimit::{KissThrottle, RateLimit, RateLimiter, Verdict};
+use crate::proto::server::{Answer, DropReason, Server, SyncState};
 use crate::wire::NtpTimestamp;
 
 /// Largest datagram read: all of any UDP payload, so that even an NTS request with 100
@@ -70,18 +72,33 @@ impl Drop for RunningServer {
 
 /// Sources whose request rates are tracked at once (about 40 bytes each).
 const RATE_LIMIT_SLOTS: usize = 1 << 16;
+/// Sources whose last DENY kiss is remembered (about 24 bytes each).
+const DENY_KISS_SLOTS: usize = 1 << 14;
+/// A denied source gets at most one DENY kiss per this many seconds.
+const DENY_KISS_INTERVAL: f64 = 1.0;
 
-/// Binds `listen` and answers requests on it with one task per core, limiting each
-/// source's request rate if `rate_limit` is set. Timestamps come from `clock`.
+/// Which requests a server answers: its access list, what the sources it refuses get,
+/// and the per-source rate limit.
+#[derive(Debug, Clone, Default)]
+pub struct Admission {
+    pub access: AccessList,
+    /// A refused plain request gets a DENY kiss (a source at most one per second);
+    /// otherwise refused requests get nothing.
+    pub deny_kiss: bool,
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// Binds `listen` and answers requests on it with one task per core, as `admission`
+/// allows. Timestamps come from `clock`.
 pub async fn start(
     listen: SocketAddr,
     server: Server,
     reference: Reference,
-    rate_limit: Option<RateLimit>,
+    admission: Admission,
     clock: Arc<dyn Clock>,
 ) -> std::io::Result<RunningServer> {
     let socket = super::net::bind_udp(listen)?;
-    start_on(socket, server, reference, rate_limit, clock, None)
+    start_on(socket, server, reference, admission, clock, None)
 }
 
 /// [`start`] on a socket bound already (by the supervisor, before privileges were
@@ -91,7 +108,7 @@ pub fn start_on(
     socket: std::net::UdpSocket,
     server: Server,
     reference: Reference,
-    rate_limit: Option<RateLimit>,
+    admission: Admission,
     clock: Arc<dyn Clock>,
     peers: Option<Arc<PeerRoutes>>,
 ) -> std::io::Result<RunningServer> {
@@ -101,14 +118,24 @@ pub fn start_on(
     let server = Arc::new(server);
     let precision = super::measure_precision();
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let limiter =
-        rate_limit.map(|limit| Arc::new(Mutex::new(RateLimiter::new(limit, RATE_LIMIT_SLOTS))));
+    let limiter = admission
+        .rate_limit
+        .map(|limit| Arc::new(Mutex::new(RateLimiter::new(limit, RATE_LIMIT_SLOTS))));
+    let deny_kisses = admission.deny_kiss.then(|| {
+        Arc::new(Mutex::new(KissThrottle::new(
+            DENY_KISS_INTERVAL,
+            DENY_KISS_SLOTS,
+        )))
+    });
+    let access = Arc::new(admission.access);
     let tasks = (0..workers)
         .map(|_| {
             let worker = Worker {
                 socket: socket.clone(),
                 server: server.clone(),
                 limiter: limiter.clone(),
+                access: access.clone(),
+                deny_kisses: deny_kisses.clone(),
                 reference: reference.clone(),
                 precision,
                 clock: clock.clone(),
@@ -130,6 +157,9 @@ struct Worker {
     socket: Arc<UdpSocket>,
     server: Arc<Server>,
     limiter: Option<Arc<Mutex<RateLimiter>>>,
+    access: Arc<AccessList>,
+    /// Set when refused requests may get a DENY kiss.
+    deny_kisses: Option<Arc<Mutex<KissThrottle>>>,
     reference: Reference,
     precision: i8,
     clock: Arc<dyn Clock>,
@@ -161,6 +191,21 @@ impl Worker {
             {
                 continue;
             }
+            let now = || self.clock.now();
+            // The access list first (ADVERSARIAL 37): a refused source spends no tokens.
+            if !self.access.allows_all() && !self.access.allows(peer.ip()) {
+                let kiss = self.deny_kisses.as_ref().is_some_and(|throttle| {
+                    throttle
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .allow(peer.ip(), started.elapsed().as_secs_f64())
+                });
+                let result = self
+                    .server
+                    .handle_denied(bytes, kiss, received, now, &mut reply);
+                self.finish(result, &reply, peer, &mut drop_log).await;
+                continue;
+            }
             let verdict = match &self.limiter {
                 Some(limiter) => limiter
                     .lock()
@@ -168,7 +213,6 @@ impl Worker {
                     .check(peer.ip(), started.elapsed().as_secs_f64()),
                 None => Verdict::Allow,
             };
-            let now = || self.clock.now();
             let result = match verdict {
                 Verdict::Allow => {
                     let state = self.reference.state(self.precision, received);
@@ -189,18 +233,29 @@ impl Worker {
                     &mut reply,
                 ),
             };
-            match result {
-                Ok(_) => {
-                    if let Err(e) = self.socket.send_to(&reply, peer).await {
-                        tracing::debug!("send to {peer}: {e}");
-                    }
+            self.finish(result, &reply, peer, &mut drop_log).await;
+        }
+    }
+
+    /// Sends the reply, or logs the drop (at most once per interval).
+    async fn finish(
+        &self,
+        result: Result<Answer, DropReason>,
+        reply: &[u8],
+        peer: SocketAddr,
+        drop_log: &mut crate::util::LogLimit,
+    ) {
+        match result {
+            Ok(_) => {
+                if let Err(e) = self.socket.send_to(reply, peer).await {
+                    tracing::debug!("send to {peer}: {e}");
                 }
-                Err(reason) => {
-                    if let Some(more) = drop_log.allow() {
-                        tracing::info!(
-                            "dropped request from {peer}: {reason} ({more} more dropped since the last report)"
-                        );
-                    }
+            }
+            Err(reason) => {
+                if let Some(more) = drop_log.allow() {
+                    tracing::info!(
+                        "dropped request from {peer}: {reason} ({more} more dropped since the last report)"
+                    );
                 }
             }
         }
