@@ -154,10 +154,22 @@ fn status_sources_and_server_say_what_the_schema_says() {
     for field in ["keyed", "nts"] {
         assert_eq!(server["answered"][field], 0, "{server}");
     }
-    for field in ["nts_naks", "crypto_naks", "rate_kisses", "rate_limited"] {
+    for field in [
+        "nts_naks",
+        "crypto_naks",
+        "rate_kisses",
+        "rate_limited",
+        "deny_kisses",
+    ] {
         assert!(server[field].is_u64(), "{field}: {server}");
     }
-    for field in ["malformed", "refused", "auth_failed"] {
+    for field in [
+        "malformed",
+        "refused",
+        "auth_failed",
+        "denied",
+        "unauthenticated",
+    ] {
         assert!(server["dropped"][field].is_u64(), "{field}: {server}");
     }
 

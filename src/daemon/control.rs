@@ -101,6 +101,7 @@ pub struct ServerCounters {
     pub crypto_naks: u64,
     pub rate_kisses: u64,
     pub rate_limited: u64,
+    pub deny_kisses: u64,
     pub dropped: Dropped,
 }
 
@@ -116,6 +117,10 @@ pub struct Dropped {
     pub malformed: u64,
     pub refused: u64,
     pub auth_failed: u64,
+    /// Refused by the access list (and not kissed).
+    pub denied: u64,
+    /// Neither a MAC nor NTS, under `require-auth`.
+    pub unauthenticated: u64,
 }
 
 /// Built by the driver, from the coordinator it owns.
@@ -462,9 +467,12 @@ impl Control {
             c.crypto_naks += get(&s.crypto_naks_sent);
             c.rate_kisses += get(&s.rate_kisses_sent);
             c.rate_limited += get(&s.rate_limited);
+            c.deny_kisses += get(&s.deny_kisses_sent);
             c.dropped.malformed += get(&s.malformed);
             c.dropped.refused += get(&s.refused);
             c.dropped.auth_failed += get(&s.auth_failed);
+            c.dropped.denied += get(&s.denied);
+            c.dropped.unauthenticated += get(&s.unauthenticated_dropped);
         }
         c
     }
@@ -543,7 +551,9 @@ pub fn render_server(c: &ServerCounters) -> String {
          crypto-NAKs     {}\n\
          RATE kisses     {}\n\
          rate-limited    {}\n\
-         dropped         malformed {} / refused {} / authentication failed {}\n",
+         DENY kisses     {}\n\
+         dropped         malformed {} / refused {} / authentication failed {}\n\
+         \x20               denied {} / unauthenticated {}\n",
         c.answered.plain,
         c.answered.keyed,
         c.answered.nts,
@@ -551,9 +561,12 @@ pub fn render_server(c: &ServerCounters) -> String {
         c.crypto_naks,
         c.rate_kisses,
         c.rate_limited,
+        c.deny_kisses,
         c.dropped.malformed,
         c.dropped.refused,
         c.dropped.auth_failed,
+        c.dropped.denied,
+        c.dropped.unauthenticated,
     )
 }
 
