@@ -1,6 +1,7 @@
 //! The `ntimed` binary end to end on loopback: what it refuses to start with
 //! (ADVERSARIAL 30), what its server refuses to answer (ADVERSARIAL 25), its rate
-//! limits (ADVERSARIAL 26), and IPv4 and IPv6 wildcard listeners side by side.
+//! limits (ADVERSARIAL 26) and access lists (ADVERSARIAL 37), and IPv4 and IPv6
+//! wildcard listeners side by side.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
@@ -305,6 +306,40 @@ fn request_flood_is_rate_limited_and_others_are_still_served() {
     other.send_to(&client_request(3), server).expect("send");
     let (len, _) = other.recv_from(&mut buf).expect("served");
     assert_eq!((len, buf[1]), (48, 1), "a normal stratum-1 answer");
+}
+
+/// ADVERSARIAL 37: with `allow = ["127.0.0.0/8"]` and `deny = ["127.0.0.2"]`, the
+/// more specific deny wins for 127.0.0.2, which gets nothing; `ntimed query` from
+/// 127.0.0.1 and a request from 127.0.0.3 are answered.
+#[test]
+fn denied_addresses_get_no_answer_and_allowed_ones_do() {
+    let dir = tempdir("cli");
+    let port = free_udp_port();
+    let config = setup(
+        dir.path(),
+        port,
+        "allow = [\"127.0.0.0/8\"]\ndeny = [\"127.0.0.2\"]\n",
+    );
+    let _daemon = start(&config, port);
+    let replies = ntimed_query(&QueryArgs::new(format!("127.0.0.1:{port}")))
+        .unwrap_or_else(|e| panic!("query from 127.0.0.1: {e}"));
+    assert_eq!(replies[0]["stratum"], 1, "{}", replies[0]);
+    let server: SocketAddr = ([127, 0, 0, 1], port).into();
+    let from = |ip: [u8; 4]| {
+        let socket = UdpSocket::bind(SocketAddr::from((ip, 0))).expect("bind");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .expect("timeout");
+        socket.send_to(&client_request(3), server).expect("send");
+        let mut buf = [0u8; 2048];
+        socket
+            .recv_from(&mut buf)
+            .ok()
+            .map(|(len, _)| buf[..len].to_vec())
+    };
+    assert_eq!(from([127, 0, 0, 2]), None, "127.0.0.2 is denied");
+    let allowed = from([127, 0, 0, 3]).expect("127.0.0.3 is allowed");
+    assert_eq!((allowed.len(), allowed[1]), (48, 1), "a stratum-1 answer");
 }
 
 fn sim_json(scenario: &str, seeds: &str) -> serde_json::Value {
