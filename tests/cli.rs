@@ -342,6 +342,36 @@ fn denied_addresses_get_no_answer_and_allowed_ones_do() {
     assert_eq!((allowed.len(), allowed[1]), (48, 1), "a stratum-1 answer");
 }
 
+/// ADVERSARIAL 37: with `deny-action = "kiss"`, a denied source flooding plain
+/// requests gets one DENY kiss (no larger than its request) per second.
+#[test]
+fn a_denied_source_gets_one_deny_kiss_per_second() {
+    let dir = tempdir("cli");
+    let port = free_udp_port();
+    let config = setup(
+        dir.path(),
+        port,
+        "deny = [\"127.0.0.2\"]\ndeny-action = \"kiss\"\n",
+    );
+    let _daemon = start(&config, port);
+    let server: SocketAddr = ([127, 0, 0, 1], port).into();
+    let denied = UdpSocket::bind("127.0.0.2:0").expect("bind 127.0.0.2");
+    denied
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
+    for _ in 0..20 {
+        denied.send_to(&client_request(3), server).expect("send");
+    }
+    let mut buf = [0u8; 2048];
+    let mut kisses = 0;
+    while let Ok((len, _)) = denied.recv_from(&mut buf) {
+        assert_eq!(len, 48, "never larger than the request");
+        assert_eq!((buf[1], &buf[12..16]), (0, &b"DENY"[..]), "only kisses");
+        kisses += 1;
+    }
+    assert_eq!(kisses, 1, "one DENY kiss per source and second");
+}
+
 fn sim_json(scenario: &str, seeds: &str) -> serde_json::Value {
     let out = run_to_exit(ntimed(&["sim", scenario, "--seeds", seeds, "--json"]));
     assert!(out.status.success(), "{out:?}");
