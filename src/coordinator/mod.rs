@@ -327,7 +327,12 @@ impl Coordinator {
     /// Time has reached `now` (local clock `local`): polls what is due, and checks the
     /// engine's holdover once a [`HOUSEKEEPING`] interval. Calling it early is harmless.
     pub fn handle_timeout(&mut self, now: f64, local: NtpTimestamp) {
-        let ours = self.sync_state(now, local);
+        // What we say about our clock, for peers' packets: worked out only when one is due
+        // (this runs at every wake of the driver).
+        let peer_due = self.associations.iter().any(|a| {
+            matches!(a.kind, Kind::Peer { .. }) && a.poll_timeout().is_some_and(|t| t <= now)
+        });
+        let ours = peer_due.then(|| self.sync_state(now, local));
         for index in 0..self.associations.len() {
             let Some(a) = self.associations.get_mut(index) else {
                 continue;
@@ -358,9 +363,12 @@ impl Coordinator {
                 Kind::Source { source, .. } => {
                     source.handle_timeout(now, local, &mut self.rng, &mut self.buffer)
                 }
-                Kind::Peer { peer, .. } => {
-                    peer.handle_timeout(now, local, &ours, &mut self.rng, &mut self.buffer)
-                }
+                Kind::Peer { peer, .. } => match &ours {
+                    Some(ours) => {
+                        peer.handle_timeout(now, local, ours, &mut self.rng, &mut self.buffer)
+                    }
+                    None => None,
+                },
             };
             match (action, address, &mut a.kind) {
                 (Some(Action::Transmit), Some(destination), kind) => {
