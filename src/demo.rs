@@ -193,7 +193,14 @@ async fn discipline_demo(servers: &Servers) -> Result<u32, String> {
     };
     let state = role.state.clone();
     let (stop, stopped) = tokio::sync::oneshot::channel();
-    let task = tokio::spawn(role.run(simulated.clone(), None, -20, None, None, stopped));
+    let task = tokio::spawn(role.run(
+        simulated.clone(),
+        None,
+        -20,
+        None,
+        Default::default(),
+        stopped,
+    ));
     println!("   time   clock − truth   frequency correction   served as");
     for second in 0..=SECONDS {
         let s = *state.read().unwrap_or_else(|p| p.into_inner());
@@ -401,7 +408,8 @@ impl Site {
             sockets: vec![server.socket.clone()],
         };
         let (stop, stopped) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(role.run(clock, None, -20, Some(link), None, stopped));
+        let task =
+            tokio::spawn(role.run(clock, None, -20, Some(link), Default::default(), stopped));
         Ok(Site {
             server,
             state,

@@ -50,6 +50,7 @@ use std::net::{IpAddr, SocketAddr};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
+use crate::auth::KeyStore;
 use crate::auth::nts::ntp::NtsSession;
 use crate::clock::ClockCommand;
 use crate::proto::client::Sample;
@@ -569,6 +570,23 @@ impl Coordinator {
     /// The clock refused `command`: the engine no longer counts on it.
     pub fn handle_clock_refused(&mut self, command: &ClockCommand) {
         self.engine.handle_clock_refused(command);
+    }
+
+    /// Keyed sources and peers take their key's new secret from `keys` (a reload of
+    /// the key file); an id missing from `keys` keeps its old one. Returns how many
+    /// changed hands.
+    pub fn replace_keys(&mut self, keys: &KeyStore) -> usize {
+        let mut replaced = 0;
+        for a in &mut self.associations {
+            for key in keys.iter() {
+                let taken = match &mut a.kind {
+                    Kind::Source { source, .. } => source.replace_key(key),
+                    Kind::Peer { peer, .. } => peer.replace_key(key),
+                };
+                replaced += usize::from(taken);
+            }
+        }
+        replaced
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {

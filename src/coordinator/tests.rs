@@ -380,3 +380,28 @@ fn the_first_request_goes_out_once_the_name_resolves() {
     pair.run_until(0.6, |_| {});
     assert_eq!(pair.requests[id.0], 1);
 }
+
+/// A reloaded key file: a keyed source whose server changed its key goes silent, and
+/// answers again once the coordinator has the new key too.
+#[test]
+fn a_keyed_source_takes_the_new_key_of_a_reload() {
+    let (mut pair, ids) = pair_with(&[0.0], 0.0, 14);
+    pair.run_until(120.0, |_| {});
+    let reachable = |pair: &Pair| pair.coordinator.report(pair.now)[ids[0].0].reach != 0;
+    assert!(reachable(&pair));
+    let rotated = crate::auth::KeyStore::parse(
+        "rotated",
+        "1 AES128 HEX:0f0e0d0c0b0a09080706050403020100\n",
+        crate::auth::KeyFileFormat::Chrony,
+    )
+    .unwrap();
+    pair.servers[0].server.replace_keys(rotated.clone());
+    pair.run_until(2000.0, |_| {});
+    assert!(
+        !reachable(&pair),
+        "answers signed with the old key are refused"
+    );
+    assert_eq!(pair.coordinator.replace_keys(&rotated), 1);
+    pair.run_until(2600.0, |_| {});
+    assert!(reachable(&pair), "the new key is used");
+}

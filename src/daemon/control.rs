@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Loaded;
 use crate::coordinator::Coordinator;
+use crate::daemon::reload::{RELOAD_TIMEOUT, ReloadRequest, Reloaded};
 use crate::proto::server::Server;
 use crate::wire::{Leap, NtpTimestamp};
 
@@ -331,6 +332,8 @@ pub struct Control {
     /// The `[local]` stratum, for `status` without a client role.
     pub local_stratum: Option<u8>,
     pub servers: Vec<Arc<Server>>,
+    /// The reloader, which answers `reload`.
+    pub reloads: mpsc::Sender<ReloadRequest>,
 }
 
 /// Serves `listener` until the task is aborted.
@@ -397,7 +400,11 @@ impl Control {
         let encoded = match request.query {
             Query::Reload => {
                 return match uid {
-                    Some(0) => "reload: not built yet\n".into(),
+                    Some(0) => match self.reload().await {
+                        Ok(done) => reply(&done, json, |done| format!("{done}\n"))
+                            .unwrap_or_else(|e| format!("error: {e}\n")),
+                        Err(e) => format!("error: {e}\n"),
+                    },
                     Some(uid) => format!("error: reload is for root only (you are uid {uid})\n"),
                     None => "error: reload is for root only\n".into(),
                 };
@@ -421,6 +428,17 @@ impl Control {
             },
         };
         encoded.unwrap_or_else(|e| format!("error: {e}\n"))
+    }
+
+    async fn reload(&self) -> Result<Reloaded, String> {
+        let (tx, rx) = oneshot::channel();
+        self.reloads
+            .try_send(tx)
+            .map_err(|_| "a reload is in progress; try again")?;
+        match tokio::time::timeout(RELOAD_TIMEOUT + SNAPSHOT_TIMEOUT, rx).await {
+            Ok(Ok(result)) => result,
+            _ => Err("the reload did not finish".into()),
+        }
     }
 
     async fn snapshot(&self) -> Result<Snapshot, &'static str> {

@@ -17,6 +17,7 @@ pub mod net;
 pub mod nts;
 pub mod peer;
 pub mod query;
+pub mod reload;
 pub mod run;
 pub mod serve;
 

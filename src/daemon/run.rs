@@ -6,9 +6,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
+use arc_swap::ArcSwap;
+
+use super::client::ControlInputs;
 use super::control;
 use super::nts::{self, KeLimits};
 use super::peer::{PeerLink, PeerRoutes};
+use super::reload;
 use super::serve::{Admission, Reference, RunningServer, start_on};
 use crate::auth::nts::cookie::Rotation;
 use crate::auth::nts::ke::NtpEndpoint;
@@ -233,15 +237,16 @@ pub async fn run(loaded: Loaded) -> Result<(), String> {
     let clock = local_clock(loaded.config.clock.as_ref().map(|c| c.get_ref()));
     let listeners = Listeners::bind(&loaded, false)?;
     let prepared = prepare(loaded)?;
-    serve(prepared, listeners, clock, || {}).await
+    serve(prepared, listeners, clock, reload::Origin::Files, || {}).await
 }
 
 /// Serves on `listeners` with what `prepare` loaded until SIGINT or SIGTERM, calling
-/// `ready` once everything is up.
+/// `ready` once everything is up; reloads take new files from `reload_from`.
 pub async fn serve(
     prepared: Prepared,
     listeners: Listeners,
     clock: Arc<dyn Clock>,
+    reload_from: reload::Origin,
     ready: impl FnOnce(),
 ) -> Result<(), String> {
     let Prepared {
@@ -272,11 +277,33 @@ pub async fn serve(
         &clock,
         &routes,
     )?;
+    let ke_tls: Vec<nts::SharedTls> = ke_configs
+        .iter()
+        .map(|(tls, _)| Arc::new(ArcSwap::new(tls.clone())))
+        .collect();
     let _ke_running = start_ke_servers(
         ke_configs,
+        &ke_tls,
         listeners.tcp,
         cookie_keys.as_ref().map(|(keys, _)| keys),
     )?;
+    let (new_keys_tx, new_keys) = match &client {
+        Some(_) => {
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            (Some(tx), Some(rx))
+        }
+        None => (None, None),
+    };
+    let (reload_requests, reload_rx) = tokio::sync::mpsc::channel(1);
+    let targets = reload::Targets {
+        servers: running.iter().map(|r| r.server.clone()).collect(),
+        ke_tls,
+        cookie_keys: cookie_keys.as_ref().map(|(keys, _)| keys.clone()),
+        client_keys: new_keys_tx,
+    };
+    let _reloading = reload::spawn(reload_from, loaded.clone(), targets, reload_rx)
+        .map_err(|e| format!("cannot serve reloads: {e}"))
+        .map(AbortOnDrop)?;
     let rotation = cookie_keys.map(|(keys, persist_to)| nts::spawn_rotation(keys, persist_to));
     let (snapshots, control_requests) = match (&client, &listeners.control) {
         (Some(_), Some(_)) => {
@@ -295,6 +322,7 @@ pub async fn serve(
                     snapshots,
                     local_stratum,
                     servers,
+                    reloads: reload_requests,
                 },
             )
         })
@@ -314,7 +342,10 @@ pub async fn serve(
             local_stratum,
             precision,
             link,
-            control_requests,
+            ControlInputs {
+                snapshots: control_requests,
+                new_keys,
+            },
             stopped,
         ))
     });
@@ -412,17 +443,18 @@ fn start_servers(
 /// Starts one NTS-KE server per `[[nts-ke-server]]` on its bound listener.
 fn start_ke_servers(
     configs: Vec<(Arc<rustls::ServerConfig>, NtpEndpoint)>,
+    tls: &[nts::SharedTls],
     listeners: Vec<std::net::TcpListener>,
     cookie_keys: Option<&SharedCookieKeys>,
 ) -> Result<Vec<nts::RunningKeServer>, String> {
     let mut running = Vec::new();
-    for ((tls, endpoint), listener) in configs.into_iter().zip(listeners) {
+    for (((_, endpoint), tls), listener) in configs.into_iter().zip(tls).zip(listeners) {
         let Some(keys) = cookie_keys else {
             return Err("[[nts-ke-server]] needs [nts]".into());
         };
         let r = nts::start_ke_server_on(
             listener,
-            tls,
+            tls.clone(),
             keys.clone(),
             endpoint.clone(),
             KeLimits::default(),

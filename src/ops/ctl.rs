@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 use crate::daemon::control::{
     Query, ServerCounters, Sources, render_server, render_sources, render_status,
 };
+use crate::daemon::reload::Reloaded;
 
 /// Longest reply read (a large `sources` table is a few KiB).
 const MAX_REPLY: u64 = 1 << 20;
@@ -38,10 +39,7 @@ fn ask(socket: &Path, query: Query) -> Result<String, String> {
     let mut stream = UnixStream::connect(socket).map_err(fail)?;
     stream.set_read_timeout(Some(TIMEOUT)).map_err(fail)?;
     stream.set_write_timeout(Some(TIMEOUT)).map_err(fail)?;
-    let request = match query {
-        Query::Reload => "reload\n".to_string(),
-        query => format!("{} json\n", query.word()),
-    };
+    let request = format!("{} json\n", query.word());
     stream.write_all(request.as_bytes()).map_err(fail)?;
     let mut reply = Vec::new();
     stream
@@ -57,14 +55,14 @@ fn ask(socket: &Path, query: Query) -> Result<String, String> {
 }
 
 fn format(query: Query, json: bool, reply: String) -> Result<String, String> {
-    if json || query == Query::Reload {
+    if json {
         return Ok(reply);
     }
     match query {
         Query::Status => table(&reply, render_status),
         Query::Sources => table::<Sources>(&reply, render_sources),
         Query::Server => table::<ServerCounters>(&reply, render_server),
-        Query::Reload => Ok(reply),
+        Query::Reload => table::<Reloaded>(&reply, |done| format!("{done}\n")),
     }
 }
 

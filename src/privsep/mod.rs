@@ -12,6 +12,7 @@
 //! * [`ipc`]: the fixed 32-byte frames between engine and clock process.
 //! * [`policy`]: what the clock process lets the engine do (sans-IO).
 //! * [`clock_process`]: the privileged loop.
+//! * [`reload_link`]: the supervisor's end of the reload link (SIGHUP, `ctl reload`).
 //! * [`remote`]: the engine's [`crate::clock::Clock`] that forwards commands.
 //! * [`sandbox`]: chroot, user, capabilities, no_new_privs, Landlock, seccomp.
 //!
@@ -23,6 +24,7 @@
 pub mod clock_process;
 pub mod ipc;
 pub mod policy;
+pub mod reload_link;
 pub mod remote;
 pub mod sandbox;
 
@@ -37,6 +39,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::clock::SoftwareClock;
 use crate::clock::system::SystemClock;
 use crate::config::{ClockMode, Config, Loaded};
+use crate::daemon::reload;
 use crate::daemon::run::{self, Listeners};
 use crate::sys;
 use clock_process::{DriftFile, HeldClock, PolicyRecord};
@@ -49,7 +52,8 @@ pub const CLOCK_COMMAND: &str = "privsep-clock";
 pub const ENGINE_COMMAND: &str = "privsep-engine";
 
 /// Signals the supervisor takes synchronously (and its children unblock at once).
-const SUPERVISOR_SIGNALS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGCHLD];
+const SUPERVISOR_SIGNALS: [libc::c_int; 4] =
+    [libc::SIGTERM, libc::SIGINT, libc::SIGCHLD, libc::SIGHUP];
 /// How long children get to stop before they are killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
@@ -77,6 +81,9 @@ pub struct ChildArgs {
     /// Engine: the bound control socket.
     #[arg(long)]
     pub control_fd: Option<i32>,
+    /// Engine: its end of the reload link to the supervisor.
+    #[arg(long)]
+    pub reload_fd: Option<i32>,
     /// Engine: a pipe to write one byte to once serving.
     #[arg(long)]
     pub ready_fd: Option<i32>,
@@ -173,9 +180,9 @@ pub fn supervise(config: &std::path::Path, log_level: tracing::Level) -> Result<
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
     let log = log_level.to_string();
+    let (reload_link, engine_reload_end) =
+        std::os::unix::net::UnixStream::pair().map_err(io("socketpair"))?;
     sys::block_signals(&SUPERVISOR_SIGNALS, true).map_err(io("blocking signals"))?;
-    // No reload yet: a stray SIGHUP must not stop a time server.
-    sys::ignore_signal(libc::SIGHUP).map_err(io("ignoring SIGHUP"))?;
 
     let mut clock = spawn_with_fds(
         child_command(CLOCK_COMMAND, &config, &log)
@@ -196,7 +203,9 @@ pub fn supervise(config: &std::path::Path, log_level: tracing::Level) -> Result<
         .arg("--epoch-ns")
         .arg(epoch_ns.to_string())
         .arg("--ready-fd")
-        .arg(ready_writer.as_raw_fd().to_string());
+        .arg(ready_writer.as_raw_fd().to_string())
+        .arg("--reload-fd")
+        .arg(engine_reload_end.as_raw_fd().to_string());
     if !udp.is_empty() {
         engine_command.arg("--udp-fds").arg(fd_list(&udp));
     }
@@ -209,15 +218,19 @@ pub fn supervise(config: &std::path::Path, log_level: tracing::Level) -> Result<
             .arg("--control-fd")
             .arg(fd.as_raw_fd().to_string());
     }
-    let fds: Vec<BorrowedFd<'_>> = [engine_end.as_fd(), ready_writer.as_fd()]
-        .into_iter()
-        .chain(udp.iter().copied())
-        .chain(tcp.iter().copied())
-        .chain(control)
-        .collect();
+    let fds: Vec<BorrowedFd<'_>> = [
+        engine_end.as_fd(),
+        ready_writer.as_fd(),
+        engine_reload_end.as_fd(),
+    ]
+    .into_iter()
+    .chain(udp.iter().copied())
+    .chain(tcp.iter().copied())
+    .chain(control)
+    .collect();
     let engine = spawn_with_fds(&mut engine_command, &fds);
     drop(fds);
-    drop((engine_end, ready_writer, listeners));
+    drop((engine_end, ready_writer, engine_reload_end, listeners));
     let mut engine = match engine {
         Ok(engine) => engine,
         Err(e) => {
@@ -237,12 +250,20 @@ pub fn supervise(config: &std::path::Path, log_level: tracing::Level) -> Result<
             notify_systemd("READY=1");
         }
     });
-    Ok(wait_for_children(&mut clock, &mut engine))
+    // Only now, with both children started: a second thread during a spawn could
+    // leak the descriptors made inheritable for it.
+    let (hangups, hangups_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || reload_link::serve(reload_link, &loaded, &hangups_rx));
+    Ok(wait_for_children(&mut clock, &mut engine, &hangups))
 }
 
 /// Waits until both children have exited, stopping the engine on SIGTERM/SIGINT and
 /// both when either dies first. Success only for a requested, clean stop.
-fn wait_for_children(clock: &mut Child, engine: &mut Child) -> ExitCode {
+fn wait_for_children(
+    clock: &mut Child,
+    engine: &mut Child,
+    hangups: &std::sync::mpsc::Sender<()>,
+) -> ExitCode {
     let mut clock_status: Option<ExitStatus> = None;
     let mut engine_status: Option<ExitStatus> = None;
     let mut requested = false;
@@ -253,6 +274,9 @@ fn wait_for_children(clock: &mut Child, engine: &mut Child) -> ExitCode {
         // Reap first: a pid is signalled only while its process is known to be ours.
         engine_status = engine_status.or_else(|| engine.try_wait().ok().flatten());
         clock_status = clock_status.or_else(|| clock.try_wait().ok().flatten());
+        if signal == Some(libc::SIGHUP) && !requested {
+            let _ = hangups.send(());
+        }
         if matches!(signal, Some(libc::SIGTERM | libc::SIGINT)) && !requested {
             tracing::info!("stopping");
             requested = true;
@@ -335,7 +359,8 @@ pub fn clock_main(args: ChildArgs) -> Result<ExitCode, String> {
     child_start()?;
     // It leaves when the engine's end of the link closes (saving the drift file), not
     // on the SIGTERM systemd sends the whole group; the supervisor's death kills it.
-    for signal in [libc::SIGTERM, libc::SIGINT] {
+    // A SIGHUP to the group is the supervisor's to act on.
+    for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
         sys::ignore_signal(signal).map_err(|e| format!("signals: {e}"))?;
     }
     let loaded = Config::load(&args.config).map_err(|e| e.to_string())?;
@@ -416,6 +441,8 @@ fn open_drift_file(path: &std::path::Path) -> Result<std::fs::File, String> {
 /// only then starts the runtime and serves.
 pub fn engine_main(args: ChildArgs) -> Result<ExitCode, String> {
     child_start()?;
+    // Until the reloader takes it: a SIGHUP to the group must not stop the engine.
+    sys::ignore_signal(libc::SIGHUP).map_err(|e| format!("signals: {e}"))?;
     let loaded = Config::load(&args.config).map_err(|e| e.to_string())?;
     let jail = sandbox_jail(&loaded)?;
     jail.copy_resolver_files()?;
@@ -445,6 +472,10 @@ pub fn engine_main(args: ChildArgs) -> Result<ExitCode, String> {
             .transpose()?,
     };
     listeners.check(&loaded.config)?;
+    let reload_link = args
+        .reload_fd
+        .map(|fd| take(fd, "reload link").map(std::os::unix::net::UnixStream::from))
+        .transpose()?;
     let mut ready = args
         .ready_fd
         .map(|fd| take(fd, "readiness pipe").map(std::fs::File::from))
@@ -474,10 +505,20 @@ pub fn engine_main(args: ChildArgs) -> Result<ExitCode, String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    runtime.block_on(run::serve(prepared, listeners, clock, move || {
-        if let Some(pipe) = ready.as_mut() {
-            let _ = pipe.write_all(b"1");
-        }
-    }))?;
+    let reload_from = match reload_link {
+        Some(link) => reload::Origin::Supervisor(link),
+        None => reload::Origin::Files,
+    };
+    runtime.block_on(run::serve(
+        prepared,
+        listeners,
+        clock,
+        reload_from,
+        move || {
+            if let Some(pipe) = ready.as_mut() {
+                let _ = pipe.write_all(b"1");
+            }
+        },
+    ))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -193,6 +193,18 @@ impl ClientExchange {
         self.poll = poll;
     }
 
+    /// Signs with `key` from now on if this exchange is keyed under the same id (a
+    /// reload of the key file); says whether it was.
+    pub fn replace_key(&mut self, key: &SymmetricKey) -> bool {
+        match &mut self.auth {
+            ClientAuth::Key(old) if old.id() == key.id() => {
+                *old = key.clone();
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Cookies left, for NTS; `None` for other authentication.
     pub fn nts_cookies(&self) -> Option<usize> {
         match &self.auth {

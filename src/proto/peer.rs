@@ -176,6 +176,17 @@ impl Peer {
     }
 
     /// The poll interval in force (log2 seconds).
+    /// Uses `key` from now on if this peer is keyed under its id (a reload).
+    pub fn replace_key(&mut self, key: &SymmetricKey) -> bool {
+        match &mut self.auth {
+            PeerAuth::Key(old) if old.id() == key.id() => {
+                *old = key.clone();
+                true
+            }
+            PeerAuth::Key(_) | PeerAuth::Insecure => false,
+        }
+    }
+
     pub fn poll(&self) -> i8 {
         poll_exponent(
             self.options.min_poll,

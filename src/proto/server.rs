@@ -9,6 +9,7 @@
 //! the MAC verifies; otherwise it is dropped, or answered with a crypto-NAK if so
 //! configured. A reply is never larger than its request, so ntimed cannot amplify.
 
+use arc_swap::ArcSwap;
 use rand::CryptoRng;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -167,7 +168,8 @@ pub struct ServerStats {
 /// The stateless responder. Share it between sockets and threads.
 #[derive(Debug)]
 pub struct Server {
-    keys: KeyStore,
+    /// Swapped whole by a reload; a request in progress keeps the set it started with.
+    keys: ArcSwap<KeyStore>,
     /// Key ids of configured peers: never used for stateless symmetric answers.
     peer_keys: Vec<u32>,
     nts: Option<SharedCookieKeys>,
@@ -196,7 +198,7 @@ enum Auth<'a> {
 impl Server {
     pub fn new(keys: KeyStore, options: ServerOptions) -> Self {
         Self {
-            keys,
+            keys: ArcSwap::from_pointee(keys),
             peer_keys: Vec::new(),
             nts: None,
             options,
@@ -209,6 +211,12 @@ impl Server {
     pub fn with_peer_keys(mut self, ids: impl IntoIterator<Item = u32>) -> Self {
         self.peer_keys = ids.into_iter().collect();
         self
+    }
+
+    /// Answers keyed requests with `keys` from now on (a reload): the next request
+    /// sees the new set whole.
+    pub fn replace_keys(&self, keys: KeyStore) {
+        self.keys.store(Arc::new(keys));
     }
 
     /// Also answers NTS requests whose cookies open under `cookie_keys`.
@@ -354,6 +362,7 @@ impl Server {
         reply: &mut Vec<u8>,
     ) -> Result<Answer, DropReason> {
         let packet = Packet::parse(request).map_err(DropReason::Malformed)?;
+        let symmetric_keys = self.keys.load();
         let header = &packet.header;
         if !(1..=4).contains(&header.version) {
             return Err(DropReason::UnsupportedVersion(header.version));
@@ -406,7 +415,7 @@ impl Server {
                 None if self.options.require_auth => return Err(DropReason::Unauthenticated),
                 None => Auth::Plain,
                 Some(Trailer::CryptoNak) => return Err(DropReason::CryptoNakRequest),
-                Some(Trailer::Mac { key_id, .. }) => match self.keys.get(key_id) {
+                Some(Trailer::Mac { key_id, .. }) => match symmetric_keys.get(key_id) {
                     None if self.options.crypto_nak && !symmetric => Auth::CryptoNak,
                     None => return Err(DropReason::UnknownKey(key_id)),
                     Some(key) => match mac::check_packet(key, &packet, request) {

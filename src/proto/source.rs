@@ -166,6 +166,14 @@ impl Source {
         self.reach.register()
     }
 
+    /// Uses `key` from now on if this source is keyed under its id (a reload).
+    pub fn replace_key(&mut self, key: &SymmetricKey) -> bool {
+        match &mut self.state {
+            State::Polling(exchange) => exchange.replace_key(key),
+            _ => false,
+        }
+    }
+
     /// NTS cookies left (`None` without NTS or before keys).
     pub fn nts_cookies(&self) -> Option<usize> {
         match &self.state {

@@ -15,17 +15,32 @@ impl KeyStore {
     /// Reads a key file, refusing one that group or others can read or write.
     pub fn load(path: &Path, format: KeyFileFormat) -> Result<Self, KeyFileError> {
         let name = path.display().to_string();
-        let bytes = read_private_file(path, MAX_FILE_LEN).map_err(|problem| KeyFileError {
-            file: name.clone(),
+        let bytes = Self::read_file(path)?;
+        Self::parse_bytes(&name, &bytes, format)
+    }
+
+    /// A key file's bytes, read as [`load`](Self::load) reads them, to be parsed
+    /// elsewhere (the sandboxed engine, on a reload).
+    pub fn read_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyFileError> {
+        read_private_file(path, MAX_FILE_LEN).map_err(|problem| KeyFileError {
+            file: path.display().to_string(),
             line: None,
             problem,
-        })?;
-        let text = std::str::from_utf8(&bytes).map_err(|_| KeyFileError {
-            file: name.clone(),
+        })
+    }
+
+    /// [`parse`](Self::parse) for bytes that must be UTF-8 text.
+    pub fn parse_bytes(
+        name: &str,
+        bytes: &[u8],
+        format: KeyFileFormat,
+    ) -> Result<Self, KeyFileError> {
+        let text = std::str::from_utf8(bytes).map_err(|_| KeyFileError {
+            file: name.into(),
             line: None,
             problem: "not UTF-8 text".into(),
         })?;
-        Self::parse(&name, text, format)
+        Self::parse(name, text, format)
     }
 }
 

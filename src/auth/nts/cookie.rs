@@ -109,6 +109,11 @@ impl CookieKeys {
         })
     }
 
+    /// How long these keys live: a new fleet secret keeps the same schedule.
+    pub fn rotation(&self) -> Rotation {
+        self.rotation
+    }
+
     /// Moves to the epoch of `unix_seconds`: adds keys up to the next epoch, drops
     /// those past retention. Returns whether the key set changed (persist it then).
     pub fn update(&mut self, unix_seconds: u64, rng: &mut (impl CryptoRng + ?Sized)) -> bool {

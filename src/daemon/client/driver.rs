@@ -17,6 +17,7 @@ use tokio::time::Instant;
 
 use super::clock_worker::{ClockWorker, Outcome};
 use super::{ClientRole, SourceKind, SourceSpec};
+use crate::auth::KeyStore;
 use crate::auth::nts::ntp::NtsSession;
 use crate::clock::{Clock, ClockError};
 use crate::coordinator::{
@@ -66,6 +67,7 @@ enum Wake {
     Peer(PeerDatagram),
     Clock(Outcome),
     Control(SnapshotRequest),
+    Keys(KeyStore),
     Timer,
     Shutdown,
 }
@@ -89,6 +91,13 @@ struct PeerPlumbing {
     sockets: Vec<Arc<tokio::net::UdpSocket>>,
 }
 
+/// What reaches the driver from the control socket and reloads.
+#[derive(Default)]
+pub struct ControlInputs {
+    pub snapshots: Option<mpsc::Receiver<SnapshotRequest>>,
+    pub new_keys: Option<mpsc::Receiver<KeyStore>>,
+}
+
 pub struct Driver {
     coordinator: Coordinator,
     clock: Arc<dyn Clock>,
@@ -99,6 +108,8 @@ pub struct Driver {
     peers: Option<PeerPlumbing>,
     /// Snapshot requests from the control socket.
     control: Option<mpsc::Receiver<SnapshotRequest>>,
+    /// A reloaded key file, for keyed sources and peers.
+    new_keys: Option<mpsc::Receiver<KeyStore>>,
     tx: mpsc::Sender<Input>,
     rx: mpsc::Receiver<Input>,
     state: Arc<RwLock<SyncState>>,
@@ -115,7 +126,7 @@ impl Driver {
         fallback: Option<u8>,
         precision: i8,
         link: Option<PeerLink>,
-        control: Option<mpsc::Receiver<SnapshotRequest>>,
+        control: ControlInputs,
     ) -> Self {
         let ClientRole {
             specs,
@@ -173,7 +184,8 @@ impl Driver {
                 inbound: link.inbound,
                 sockets: link.sockets,
             }),
-            control,
+            control: control.snapshots,
+            new_keys: control.new_keys,
             tx,
             rx,
             state,
@@ -213,11 +225,18 @@ impl Driver {
                     None => std::future::pending().await,
                 }
             };
+            let from_reload = async {
+                match self.new_keys.as_mut() {
+                    Some(keys) => keys.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             let wake = tokio::select! {
                 Some(input) = self.rx.recv() => Wake::Input(input),
                 Some(datagram) = from_peers => Wake::Peer(datagram),
                 Some(outcome) = self.outcomes.recv() => Wake::Clock(outcome),
                 Some(reply) = from_control => Wake::Control(reply),
+                Some(keys) = from_reload => Wake::Keys(keys),
                 () = tokio::time::sleep_until(deadline) => Wake::Timer,
                 _ = &mut shutdown => Wake::Shutdown,
             };
@@ -228,6 +247,10 @@ impl Driver {
                 Wake::Control(reply) => {
                     let now = self.seconds(Instant::now());
                     let _ = reply.send(control::snapshot(&self.coordinator, now, self.clock.now()));
+                }
+                Wake::Keys(keys) => {
+                    let replaced = self.coordinator.replace_keys(&keys);
+                    tracing::debug!("reload: {replaced} sources and peers took their new key");
                 }
                 Wake::Timer => {}
                 Wake::Shutdown => {

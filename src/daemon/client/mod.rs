@@ -10,6 +10,8 @@
 mod clock_worker;
 mod driver;
 
+pub use driver::ControlInputs;
+
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
@@ -182,7 +184,7 @@ impl ClientRole {
         fallback: Option<u8>,
         precision: i8,
         link: Option<PeerLink>,
-        control: Option<tokio::sync::mpsc::Receiver<super::control::SnapshotRequest>>,
+        control: driver::ControlInputs,
         shutdown: tokio::sync::oneshot::Receiver<()>,
     ) -> Result<(), String> {
         driver::Driver::new(self, clock, fallback, precision, link, control)

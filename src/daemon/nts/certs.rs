@@ -7,6 +7,7 @@ use std::time::SystemTime;
 
 use rustls::ServerConfig;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+use zeroize::Zeroizing;
 
 use super::exchange::{ALPN, provider};
 use crate::util::Problems;
@@ -27,26 +28,83 @@ pub fn server_config(
     now: SystemTime,
     problems: &mut Problems,
 ) -> Option<Arc<ServerConfig>> {
-    let certs = CertificateDer::pem_file_iter(chain)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("{}: {e}", chain.display()));
-    let certs = problems.take(certs);
-    let key_der = crate::auth::keys::read_private_file(key, 1 << 20)
-        .and_then(|pem| PrivateKeyDer::from_pem_slice(&pem).map_err(|e| e.to_string()))
+    let files = read_certificate_files(chain, key, problems)?;
+    server_config_from(&files, name, now, problems)
+}
+
+/// A certificate chain and its private key as read from their files (by the
+/// supervisor, for a reload of the sandboxed engine, which cannot read them).
+pub struct CertificateFiles {
+    /// The chain's file name, for messages.
+    pub chain_path: String,
+    pub chain: Vec<u8>,
+    /// The key's file name, for messages.
+    pub key_path: String,
+    pub key: Zeroizing<Vec<u8>>,
+}
+
+/// Reads a chain (at most [`MAX_PEM_LEN`] bytes) and a key that only its owner may
+/// read, recording a problem for each that cannot be read.
+pub fn read_certificate_files(
+    chain: &Path,
+    key: &Path,
+    problems: &mut Problems,
+) -> Option<CertificateFiles> {
+    let chain_bytes = read_bounded(chain).map_err(|e| format!("{}: {e}", chain.display()));
+    let chain_bytes = problems.take(chain_bytes);
+    let key_bytes = crate::auth::keys::read_private_file(key, MAX_PEM_LEN)
         .map_err(|e| format!("{}: {e}", key.display()));
+    let key_bytes = problems.take(key_bytes);
+    Some(CertificateFiles {
+        chain_path: chain.display().to_string(),
+        chain: chain_bytes?,
+        key_path: key.display().to_string(),
+        key: key_bytes?,
+    })
+}
+
+/// Certificate chains and keys are small; anything larger is refused unread.
+pub const MAX_PEM_LEN: u64 = 1 << 20;
+
+fn read_bounded(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_PEM_LEN + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.len() as u64 > MAX_PEM_LEN {
+        return Err(format!("larger than {MAX_PEM_LEN} bytes"));
+    }
+    Ok(bytes)
+}
+
+/// [`server_config`] from files already read: every problem names its file.
+pub fn server_config_from(
+    files: &CertificateFiles,
+    name: Option<&str>,
+    now: SystemTime,
+    problems: &mut Problems,
+) -> Option<Arc<ServerConfig>> {
+    let (chain, key) = (&files.chain_path, &files.key_path);
+    let certs = CertificateDer::pem_slice_iter(&files.chain)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{chain}: {e}"));
+    let certs = problems.take(certs);
+    let key_der = PrivateKeyDer::from_pem_slice(&files.key).map_err(|e| format!("{key}: {e}"));
     let key_der = problems.take(key_der);
     let certs = certs?;
     let (errors, warnings) = check_chain(&certs, name, now);
     for warning in warnings {
-        problems.warning(format!("{}: {warning}", chain.display()));
+        problems.warning(format!("{chain}: {warning}"));
     }
     for error in &errors {
-        problems.error(format!("{}: {error}", chain.display()));
+        problems.error(format!("{chain}: {error}"));
     }
     if !errors.is_empty() {
         return None;
     }
-    let config = tls_config(certs, key_der?).map_err(|e| format!("{}: {e}", key.display()));
+    let config = tls_config(certs, key_der?).map_err(|e| format!("{key}: {e}"));
     problems.take(config)
 }
 

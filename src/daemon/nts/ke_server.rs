@@ -11,6 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use rustls::ServerConfig;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -239,14 +240,19 @@ pub async fn start_ke_server(
     limits: KeLimits,
 ) -> std::io::Result<RunningKeServer> {
     let listener = crate::daemon::net::bind_tcp(listen)?;
+    let tls = Arc::new(ArcSwap::new(tls));
     start_ke_server_on(listener, tls, cookie_keys, endpoint, limits)
 }
+
+/// The TLS settings a KE server takes each new connection's from: a reload swaps in a
+/// new certificate, and exchanges in progress finish under the one they started with.
+pub type SharedTls = Arc<ArcSwap<ServerConfig>>;
 
 /// [`start_ke_server`] on a listener bound already (by the supervisor, before
 /// privileges were dropped). Must be called within the runtime.
 pub fn start_ke_server_on(
     listener: std::net::TcpListener,
-    tls: Arc<ServerConfig>,
+    tls: SharedTls,
     cookie_keys: SharedCookieKeys,
     endpoint: NtpEndpoint,
     limits: KeLimits,
@@ -254,7 +260,6 @@ pub fn start_ke_server_on(
     listener.set_nonblocking(true)?;
     let listener = TcpListener::from_std(listener)?;
     let local_addr = listener.local_addr()?;
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let in_flight = Arc::new(Mutex::new(InFlight::new(limits, Instant::now())));
     let endpoint = Arc::new(endpoint);
     let task = tokio::spawn(async move {
@@ -288,7 +293,7 @@ pub fn start_ke_server_on(
                 );
             }
             let (acceptor, cookie_keys, endpoint, in_flight) = (
-                acceptor.clone(),
+                tokio_rustls::TlsAcceptor::from(tls.load_full()),
                 cookie_keys.clone(),
                 endpoint.clone(),
                 in_flight.clone(),

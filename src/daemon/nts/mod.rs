@@ -15,10 +15,13 @@ mod ke_client;
 mod ke_server;
 pub mod test_pki;
 
-pub use certs::{ServerCertError, server_config, server_config_with};
+pub use certs::{
+    CertificateFiles, MAX_PEM_LEN, ServerCertError, read_certificate_files, server_config,
+    server_config_from, server_config_with,
+};
 pub use cookie_keys::{COOKIE_KEY_FILE, load_cookie_keys, persist_cookie_keys, spawn_rotation};
 pub use exchange::ALPN;
 pub use ke_client::{
     DEFAULT_KE_PORT, KeOutcome, client_config, client_config_with, establish, key_exchange,
 };
-pub use ke_server::{KeLimits, RunningKeServer, start_ke_server, start_ke_server_on};
+pub use ke_server::{KeLimits, RunningKeServer, SharedTls, start_ke_server, start_ke_server_on};
