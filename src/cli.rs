@@ -209,7 +209,8 @@ pub fn main() -> ExitCode {
     // threads) exists.
     let early = match cli.command {
         Command::Run { config } if !simulator && crate::sys::effective_uid() == 0 => {
-            crate::privsep::supervise(&config, level)
+            crate::ops::check::before_run(&config, true)
+                .and_then(|()| crate::privsep::supervise(&config, level))
         }
         Command::PrivsepClock(args) => crate::privsep::clock_main(args),
         Command::PrivsepEngine(args) => crate::privsep::engine_main(args),
@@ -280,11 +281,11 @@ fn run_in_runtime(command: Command, simulator: bool) -> ExitCode {
 /// simulator (`simulator`) that one process steers the system clock, which is then
 /// clknetsim's.
 async fn run(config: PathBuf, simulator: bool) -> Result<ExitCode, String> {
+    if !simulator {
+        crate::ops::check::before_run(&config, false)?;
+    }
     let loaded = Config::load(&config).map_err(|e| e.to_string())?;
     if !simulator {
-        if let Some(refusal) = run::unprivileged_refusal(&config, &loaded) {
-            return Err(refusal);
-        }
         let mode = loaded.config.clock.as_ref().map(|c| c.get_ref().mode);
         tracing::info!(
             "running unprivileged in one process{}; started as root, ntimed separates privileges",

@@ -693,7 +693,7 @@ fn engine_probe(name: &str) {
     use ntimed::privsep::sandbox::{self, Jail, Role};
     use std::os::linux::net::SocketAddrExt;
     let jail_dir = std::env::var(PROBE_JAIL).unwrap();
-    let jail = Jail::new("nobody", Path::new(&jail_dir)).unwrap();
+    let jail = Jail::new("nobody", Path::new(&jail_dir), false).unwrap();
     let address = std::os::unix::net::SocketAddr::from_abstract_name(name).unwrap();
     let held = UnixDatagram::unbound().unwrap();
     held.send_to_addr(b"before", &address).unwrap();

@@ -33,6 +33,26 @@ pub fn check(path: &Path, as_root: bool, now: SystemTime) -> Problems {
     problems
 }
 
+/// What `ntimed run` does first: [`check`], so that every problem is reported at once
+/// and before anything is bound or split, rather than one per attempt (the last only
+/// from the engine, after the split). Warnings are left to `run`, which logs them.
+pub fn before_run(path: &Path, as_root: bool) -> Result<(), String> {
+    let problems = check(path, as_root, SystemTime::now());
+    let errors: Vec<String> = problems
+        .iter()
+        .filter(|p| p.severity == Severity::Error)
+        .map(|p| p.text.clone())
+        .collect();
+    match errors.len() {
+        0 => Ok(()),
+        1 => Err(errors.concat()),
+        n => Err(format!(
+            "{n} problems stop the start:\n  {}",
+            errors.join("\n  ")
+        )),
+    }
+}
+
 /// `FILE: ok`, `FILE: ok, 1 warning`, `FILE: 2 errors, 1 warning`.
 pub fn summary(path: &Path, problems: &Problems) -> String {
     let count = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });

@@ -103,21 +103,29 @@ pub fn spawn_with_fds(command: &mut Command, fds: &[BorrowedFd<'_>]) -> std::io:
     child
 }
 
-fn sandbox_jail(loaded: &Loaded) -> Result<Jail, String> {
+fn sandbox_jail(loaded: &Loaded, create: bool) -> Result<Jail, String> {
     let section = loaded.config.sandbox.clone().unwrap_or_default();
-    Jail::new(&section.user, &loaded.path(&section.state_dir))
+    Jail::new(&section.user, &loaded.path(&section.state_dir), create)
 }
 
 /// What `ntimed run` as root checks of `[sandbox]` before it starts, changing nothing
 /// (for `ntimed check`): the user, the state directory, and `[nts] key-dir` inside it.
 pub fn check_sandbox(loaded: &Loaded, problems: &mut crate::util::Problems) {
-    let Some(jail) = problems.take(sandbox_jail(loaded)) else {
+    let section = loaded.config.sandbox.clone().unwrap_or_default();
+    let user = problems.take(sandbox::sandbox_user(&section.user));
+    let state_dir = sandbox::checked_state_dir(&loaded.path(&section.state_dir), false);
+    let Some(state_dir) = problems.take(state_dir) else {
         return;
     };
-    let key_dir = loaded.config.nts.as_ref().and_then(|n| n.key_dir.as_ref());
-    if let Some(dir) = key_dir {
-        problems.take(jail.check_user_dir(&loaded.path(dir)));
-    }
+    let Some(dir) = loaded.config.nts.as_ref().and_then(|n| n.key_dir.as_ref()) else {
+        return;
+    };
+    let dir = loaded.path(dir);
+    match user {
+        Some(_) => problems.take(sandbox_jail(loaded, false).and_then(|j| j.check_user_dir(&dir))),
+        // Without the user, at least where it is.
+        None => problems.take(sandbox::place_in_jail(&state_dir, &dir)),
+    };
 }
 
 /// The software clock `[clock]` asks for (`None` for the kernel clock), counting from
@@ -169,7 +177,7 @@ pub fn supervise(config: &std::path::Path, log_level: tracing::Level) -> Result<
     let config = std::fs::canonicalize(config).map_err(|e| format!("{}: {e}", config.display()))?;
     let loaded = Config::load(&config).map_err(|e| e.to_string())?;
     // Checked here too, so that a bad user or state directory stops the start at once.
-    sandbox_jail(&loaded)?;
+    sandbox_jail(&loaded, true)?;
     let listeners = Listeners::bind(&loaded, true)?;
     fn io(what: &'static str) -> impl Fn(std::io::Error) -> String {
         move |e| format!("{what}: {e}")
@@ -364,7 +372,7 @@ pub fn clock_main(args: ChildArgs) -> Result<ExitCode, String> {
         sys::ignore_signal(signal).map_err(|e| format!("signals: {e}"))?;
     }
     let loaded = Config::load(&args.config).map_err(|e| e.to_string())?;
-    let jail = sandbox_jail(&loaded)?;
+    let jail = sandbox_jail(&loaded, true)?;
     let link = UnixDatagram::from(
         sys::take_inherited_fd(args.ipc_fd).map_err(|e| format!("IPC socket: {e}"))?,
     );
@@ -444,7 +452,7 @@ pub fn engine_main(args: ChildArgs) -> Result<ExitCode, String> {
     // Until the reloader takes it: a SIGHUP to the group must not stop the engine.
     sys::ignore_signal(libc::SIGHUP).map_err(|e| format!("signals: {e}"))?;
     let loaded = Config::load(&args.config).map_err(|e| e.to_string())?;
-    let jail = sandbox_jail(&loaded)?;
+    let jail = sandbox_jail(&loaded, true)?;
     jail.copy_resolver_files()?;
     let key_dir = loaded
         .config

@@ -78,36 +78,21 @@ impl std::fmt::Display for Report {
 }
 
 impl Jail {
-    /// Looks the user up and checks the state directory.
-    pub fn new(user: &str, state_dir: &Path) -> Result<Self, String> {
-        let found = sys::lookup_user(user)
-            .map_err(|e| format!("looking up user {user:?}: {e}"))?
-            .ok_or_else(|| {
-                format!(
-                    "user {user:?} does not exist: create it (useradd --system --no-create-home \
-                     --shell /usr/sbin/nologin {user}) or name another in [sandbox] user"
-                )
-            })?;
-        if found.uid == 0 || found.gid == 0 {
-            return Err(format!("user {user:?} is root: name an unprivileged user"));
+    /// Looks the user up and checks the state directory. A missing one is created
+    /// (root-owned, 0755) if `create` and its parent is root's alone; without `create`
+    /// (`ntimed check`) it only has to be creatable. Both are checked whatever the
+    /// other's fate, and every problem is in the error, one per line.
+    pub fn new(user: &str, state_dir: &Path, create: bool) -> Result<Self, String> {
+        match (sandbox_user(user), checked_state_dir(state_dir, create)) {
+            (Ok(user), Ok(state_dir)) => Ok(Self { user, state_dir }),
+            (Err(e), Ok(_)) | (Ok(_), Err(e)) => Err(e),
+            (Err(user), Err(dir)) => Err(format!("{user}\n{dir}")),
         }
-        let state_dir = std::fs::canonicalize(state_dir)
-            .map_err(|e| format!("state directory {}: {e}", state_dir.display()))?;
-        check_root_owned_dir(&state_dir)?;
-        let mode = std::fs::metadata(&state_dir).map_or(0, |m| m.mode());
-        if mode & 0o001 == 0 {
-            return Err(format!(
-                "{}: the engine's user cannot enter its own jail: chmod 755 it",
-                state_dir.display()
-            ));
-        }
-        if let Some(parent) = state_dir.parent() {
-            check_root_owned_dir(parent)?;
-        }
-        Ok(Self {
-            user: found,
-            state_dir,
-        })
+    }
+
+    /// The state directory (canonical; it may not exist yet under `ntimed check`).
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
     }
 
     /// Copies the resolver's files into `STATE/etc`, so that names still resolve in
@@ -162,25 +147,7 @@ impl Jail {
     /// directory under root-owned directories, and is the user's if it exists.
     /// Returns its path outside and inside the chroot.
     pub fn check_user_dir(&self, dir: &Path) -> Result<(PathBuf, PathBuf), String> {
-        let outside = |why: &str| {
-            format!(
-                "{}: {why}; with privilege separation the engine writes only inside the \
-                 state directory {}",
-                dir.display(),
-                self.state_dir.display()
-            )
-        };
-        let parent = dir
-            .parent()
-            .and_then(|p| std::fs::canonicalize(p).ok())
-            .ok_or_else(|| outside("its parent does not exist"))?;
-        let name = dir.file_name().ok_or_else(|| outside("no name"))?;
-        let inside = parent
-            .strip_prefix(&self.state_dir)
-            .map_err(|_| outside("outside the state directory"))?
-            .to_path_buf();
-        check_root_owned_dir(&parent)?;
-        let dir = parent.join(name);
+        let (dir, inside) = place_in_jail(&self.state_dir, dir)?;
         match std::fs::symlink_metadata(&dir) {
             Ok(meta) if !meta.is_dir() => Err(format!("{}: not a directory", dir.display())),
             Ok(meta) if meta.uid() != self.user.uid => Err(format!(
@@ -190,9 +157,118 @@ impl Jail {
                 self.user.name,
                 self.user.name
             )),
-            _ => Ok((dir, Path::new("/").join(inside).join(name))),
+            _ => Ok((dir, inside)),
         }
     }
+}
+
+/// Where `dir` is outside and inside the jail at `state_dir`: it must lie in it, under
+/// directories only root may change (the state directory itself may be yet to be made,
+/// under `ntimed check`).
+pub fn place_in_jail(state_dir: &Path, dir: &Path) -> Result<(PathBuf, PathBuf), String> {
+    let outside = |why: &str| {
+        format!(
+            "{}: {why}; with privilege separation the engine writes only inside the \
+             state directory {}",
+            dir.display(),
+            state_dir.display()
+        )
+    };
+    let parent = dir
+        .parent()
+        .and_then(|p| std::fs::canonicalize(p).ok())
+        .or_else(|| {
+            let parent = dir.parent()?;
+            let (grandparent, name) = creatable(parent).ok()?;
+            Some(grandparent.join(name)).filter(|p| p == state_dir)
+        })
+        .ok_or_else(|| outside("its parent does not exist"))?;
+    let name = dir.file_name().ok_or_else(|| outside("no name"))?;
+    let inside = parent
+        .strip_prefix(state_dir)
+        .map_err(|_| outside("outside the state directory"))?
+        .to_path_buf();
+    if parent.exists() {
+        check_root_owned_dir(&parent)?;
+    }
+    Ok((parent.join(name), Path::new("/").join(inside).join(name)))
+}
+
+/// The user the unprivileged processes become: it must exist and not be root.
+pub fn sandbox_user(user: &str) -> Result<User, String> {
+    let found = sys::lookup_user(user)
+        .map_err(|e| format!("looking up user {user:?}: {e}"))?
+        .ok_or_else(|| {
+            format!(
+                "user {user:?} does not exist: create it (useradd --system --no-create-home \
+                 --shell /usr/sbin/nologin {user}) or name another in [sandbox] user"
+            )
+        })?;
+    if found.uid == 0 || found.gid == 0 {
+        return Err(format!("user {user:?} is root: name an unprivileged user"));
+    }
+    Ok(found)
+}
+
+/// The state directory, canonical: root's, enterable by others, in a parent only root
+/// may change; created if missing and `create` (else only checked to be creatable).
+pub fn checked_state_dir(state_dir: &Path, create: bool) -> Result<PathBuf, String> {
+    let state_dir = match std::fs::symlink_metadata(state_dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let (parent, name) = creatable(state_dir)?;
+            if !create {
+                return Ok(parent.join(name));
+            }
+            create_root_dir(&parent.join(name))?
+        }
+        _ => std::fs::canonicalize(state_dir)
+            .map_err(|e| format!("state directory {}: {e}", state_dir.display()))?,
+    };
+    check_root_owned_dir(&state_dir)?;
+    let mode = std::fs::metadata(&state_dir).map_or(0, |m| m.mode());
+    if mode & 0o001 == 0 {
+        return Err(format!(
+            "{}: the engine's user cannot enter its own jail: chmod 755 it",
+            state_dir.display()
+        ));
+    }
+    if let Some(parent) = state_dir.parent() {
+        check_root_owned_dir(parent)?;
+    }
+    Ok(state_dir)
+}
+
+/// The canonical parent and the name of a directory that does not exist yet, if root
+/// alone may create it there.
+fn creatable(dir: &Path) -> Result<(PathBuf, std::ffi::OsString), String> {
+    let missing = |why: &str| format!("state directory {}: {why}", dir.display());
+    let name = dir.file_name().ok_or_else(|| missing("no name"))?;
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let parent =
+        std::fs::canonicalize(parent).map_err(|_| missing("neither it nor its parent exists"))?;
+    check_root_owned_dir(&parent)
+        .map_err(|e| missing(&format!("cannot be created safely: {e}")))?;
+    Ok((parent, name.to_os_string()))
+}
+
+/// Creates `dir`, root's and 0755 (the engine's user must enter it), and returns it.
+fn create_root_dir(dir: &Path) -> Result<PathBuf, String> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let fail = |e: std::io::Error| format!("state directory {}: cannot create: {e}", dir.display());
+    std::fs::DirBuilder::new()
+        .mode(0o755)
+        .create(dir)
+        .map_err(fail)?;
+    // The umask may have taken bits away.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(fail)?;
+    tracing::info!(
+        "created the state directory {} (root's, mode 0755)",
+        dir.display()
+    );
+    std::fs::canonicalize(dir).map_err(fail)
 }
 
 /// A directory only root may change: owned by root, no group or world write bit, and
