@@ -244,7 +244,13 @@ impl Reloader {
                         Some(Ok(Frame::Material { id, material })) => {
                             (id, self.check_and_apply(&material).await)
                         }
-                        Some(Ok(Frame::Refused { id, reason })) => (id, Err(reason)),
+                        // The supervisor has logged why.
+                        Some(Ok(Frame::Refused { id, reason })) => {
+                            if let Some((_, Some(reply))) = pending.take_if(|(w, _)| *w == id) {
+                                let _ = reply.send(Err(reason));
+                            }
+                            continue;
+                        }
                         Some(Ok(Frame::Fetch { .. })) => {
                             tracing::warn!("reload link: the supervisor sent a fetch; ignored");
                             continue;
