@@ -41,6 +41,17 @@ pub struct Config {
     pub peers: Vec<Spanned<PeerSection>>,
     pub sandbox: Option<SandboxSection>,
     pub control: Option<ControlSection>,
+    pub leap: Option<LeapSection>,
+}
+
+/// Leap seconds (see `crate::sync::leap_file`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LeapSection {
+    /// The IERS/NIST `leap-seconds.list`, e.g. tzdata's
+    /// `/usr/share/zoneinfo/leap-seconds.list`; its leaps are announced in served
+    /// packets during the day before each.
+    pub file: PathBuf,
 }
 
 /// The control socket `ntimed ctl` talks to (see `crate::daemon::control`).

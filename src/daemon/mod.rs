@@ -4,15 +4,18 @@
 //!
 //! * [`client`]: the sources, the sync engine and the clock (`[[source]]`).
 //! * [`control`]: the control socket `ntimed ctl` talks to.
+//! * [`leap`]: the `[leap] file`, and the leap second it adds to served packets.
 //! * [`net`]: address parsing and sockets with random source ports.
 //! * [`nts`]: NTS-KE over TLS, server and client, and the cookie master keys.
 //! * [`peer`]: routing `[[peer]]` packets between the server sockets and the client task.
 //! * [`serve`]: the UDP server loop.
+//! * [`reload`]: SIGHUP and `ctl reload`: new keys, certificates and files, swapped in whole.
 //! * [`run`]: `ntimed run` put together: listeners, roles from the config, start and stop.
 //! * [`query`]: one-shot client exchanges (`ntimed query`).
 
 pub mod client;
 pub mod control;
+pub mod leap;
 pub mod net;
 pub mod nts;
 pub mod peer;

@@ -135,6 +135,7 @@ pub struct Prepared {
         Option<std::path::PathBuf>,
     )>,
     ke_configs: Vec<(Arc<rustls::ServerConfig>, NtpEndpoint)>,
+    leap_file: super::leap::SharedLeapFile,
     pub client: Option<super::client::ClientRole>,
 }
 
@@ -219,6 +220,11 @@ pub fn prepare_all(
         };
         ke_configs.push((tls, endpoint));
     }
+    let now_ntp = crate::wire::NtpTimestamp::from_system_time(now);
+    let leap_file = config
+        .leap
+        .as_ref()
+        .and_then(|l| super::leap::load(&loaded.path(&l.file), now_ntp, problems));
     if problems.count(Severity::Error) > errors_before {
         return None;
     }
@@ -226,6 +232,7 @@ pub fn prepare_all(
         loaded,
         cookie_keys,
         ke_configs,
+        leap_file: Arc::new(arc_swap::ArcSwapOption::from_pointee(leap_file)),
         client: client?,
     })
 }
@@ -253,6 +260,7 @@ pub async fn serve(
         loaded,
         cookie_keys,
         ke_configs,
+        leap_file,
         client,
     } = prepared;
     let config = &loaded.config;
@@ -276,6 +284,7 @@ pub async fn serve(
         &reference,
         &clock,
         &routes,
+        &leap_file,
     )?;
     let ke_tls: Vec<nts::SharedTls> = ke_configs
         .iter()
@@ -300,6 +309,7 @@ pub async fn serve(
         ke_tls,
         cookie_keys: cookie_keys.as_ref().map(|(keys, _)| keys.clone()),
         client_keys: new_keys_tx,
+        leap_file,
     };
     let _reloading = reload::spawn(reload_from, loaded.clone(), targets, reload_rx)
         .map_err(|e| format!("cannot serve reloads: {e}"))
@@ -385,6 +395,7 @@ fn start_servers(
     reference: &Reference,
     clock: &Arc<dyn Clock>,
     routes: &Option<Arc<PeerRoutes>>,
+    leap_file: &super::leap::SharedLeapFile,
 ) -> Result<Vec<RunningServer>, String> {
     let config = &loaded.config;
     let mut running = Vec::new();
@@ -418,6 +429,7 @@ fn start_servers(
             access,
             deny_kiss: section.deny_action == DenyAction::Kiss,
             rate_limit,
+            leap_file: leap_file.clone(),
         };
         let r = start_on(
             socket,

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
+use super::leap::SharedLeapFile;
 use super::peer::PeerRoutes;
 use crate::clock::Clock;
 use crate::proto::access::AccessList;
@@ -86,6 +87,8 @@ pub struct Admission {
     /// otherwise refused requests get nothing.
     pub deny_kiss: bool,
     pub rate_limit: Option<RateLimit>,
+    /// The `[leap] file`: its leaps are announced as well as the clock's own.
+    pub leap_file: SharedLeapFile,
 }
 
 /// Binds `listen` and answers requests on it with one task per core, as `admission`
@@ -128,6 +131,7 @@ pub fn start_on(
         )))
     });
     let access = Arc::new(admission.access);
+    let leap_file = admission.leap_file;
     let tasks = (0..workers)
         .map(|_| {
             let worker = Worker {
@@ -140,6 +144,7 @@ pub fn start_on(
                 precision,
                 clock: clock.clone(),
                 peers: peers.clone(),
+                leap_file: leap_file.clone(),
             };
             tokio::spawn(worker.answer_requests())
         })
@@ -164,6 +169,7 @@ struct Worker {
     precision: i8,
     clock: Arc<dyn Clock>,
     peers: Option<Arc<PeerRoutes>>,
+    leap_file: SharedLeapFile,
 }
 
 impl Worker {
@@ -215,7 +221,8 @@ impl Worker {
             };
             let result = match verdict {
                 Verdict::Allow => {
-                    let state = self.reference.state(self.precision, received);
+                    let mut state = self.reference.state(self.precision, received);
+                    state.leap = super::leap::served(state.leap, &self.leap_file, received);
                     self.server.handle_request(
                         bytes,
                         received,

@@ -5,6 +5,7 @@
 //! * [`filter`]: each source's history and how noisy each sample is.
 //! * [`select`]: which sources agree (intersection, majority, falsetickers out).
 //! * [`discipline`]: the Kalman filter that turns agreeing samples into corrections.
+//! * [`leap_file`]: the IERS/NIST `leap-seconds.list`, and when it announces a leap.
 //!
 //! Policy lives here too: a sample that is unusable (ADVERSARIAL 19), unauthenticated
 //! where authentication is required, or beyond the panic threshold never reaches the
@@ -14,6 +15,7 @@
 
 pub mod discipline;
 pub mod filter;
+pub mod leap_file;
 pub mod select;
 
 use std::collections::VecDeque;

@@ -5,7 +5,7 @@
 //! body     = kind:u8 id:u32 payload
 //! Fetch    (1, engine → supervisor)  no payload: read the files and send them
 //! Material (2, supervisor → engine)  keys:opt cert_count:u16 (chain_path:str chain:bytes
-//!                                    key_path:str key:bytes)* fleet:opt
+//!                                    key_path:str key:bytes)* fleet:opt leap:opt
 //! Refused  (3, supervisor → engine)  reason:str
 //! opt = 0 | 1 bytes;  bytes/str = len:u32 then that many bytes (str: UTF-8)
 //! ```
@@ -77,6 +77,7 @@ impl Frame {
                     put_bytes(&mut body, &files.key);
                 }
                 put_optional(&mut body, material.fleet_secret.as_deref().map(|v| &v[..]));
+                put_optional(&mut body, material.leap_file.as_deref());
             }
             Frame::Refused { reason, .. } => put_bytes(&mut body, reason.as_bytes()),
         }
@@ -124,12 +125,14 @@ impl Frame {
                 }
                 let fleet_secret =
                     optional(&mut r, "fleet secret")?.map(|s| Zeroizing::new(s.to_vec()));
+                let leap_file = optional(&mut r, "leap file")?.map(<[u8]>::to_vec);
                 Frame::Material {
                     id,
                     material: Material {
                         keys,
                         certificates,
                         fleet_secret,
+                        leap_file,
                     },
                 }
             }
@@ -209,6 +212,7 @@ mod tests {
                 key: Zeroizing::new(b"key".to_vec()),
             }],
             fleet_secret: None,
+            leap_file: Some(b"#h 0 0 0 0 0\n".to_vec()),
         }
     }
 

@@ -1,6 +1,6 @@
 //! What a reload re-reads, and the checks it passes before anything is swapped: the
-//! `[keys]` file, each `[[nts-ke-server]]`'s certificate chain and key, and the
-//! `[nts]` fleet secret, at the paths the configuration named at the start.
+//! `[keys]` file, each `[[nts-ke-server]]`'s certificate chain and key, the `[nts]`
+//! fleet secret and the `[leap] file`, at the paths the configuration named at the start.
 //!
 //! Reading needs the files (the supervisor reads them when privileges are separated:
 //! the engine is chrooted); checking needs only the bytes, so the engine checks again
@@ -15,6 +15,7 @@ use crate::auth::KeyStore;
 use crate::auth::nts::cookie::{CookieKeys, Rotation};
 use crate::config::Loaded;
 use crate::daemon::nts::{self, CertificateFiles};
+use crate::sync::leap_file::LeapFile;
 use crate::util::{Problems, Severity};
 
 /// Fleet secrets are short; anything larger is refused unread (as at the start).
@@ -28,6 +29,8 @@ pub struct Material {
     pub certificates: Vec<CertificateFiles>,
     /// The `[nts] fleet-secret` file, when there is one.
     pub fleet_secret: Option<Zeroizing<Vec<u8>>>,
+    /// The `[leap] file`, when there is one.
+    pub leap_file: Option<Vec<u8>>,
 }
 
 /// Everything in [`Material`], parsed and checked: what a reload swaps in.
@@ -35,6 +38,7 @@ pub struct Checked {
     pub keys: Option<KeyStore>,
     pub tls: Vec<Arc<rustls::ServerConfig>>,
     pub fleet_secret: Option<Zeroizing<Vec<u8>>>,
+    pub leap_file: Option<LeapFile>,
     /// Warnings (a certificate that expires soon, say), for the reply.
     pub warnings: Vec<String>,
 }
@@ -70,6 +74,10 @@ impl Material {
                     .map_err(|e| format!("{}: {e}", path.display()));
                 problems.take(read)
             });
+        let leap_file = config
+            .leap
+            .as_ref()
+            .and_then(|l| problems.take(crate::daemon::leap::read(&loaded.path(&l.file))));
         if problems.count(Severity::Error) > 0 {
             return Err(errors(&problems));
         }
@@ -77,6 +85,7 @@ impl Material {
             keys,
             certificates,
             fleet_secret,
+            leap_file,
         })
     }
 
@@ -90,6 +99,7 @@ impl Material {
         if self.keys.is_some() != config.keys.is_some()
             || self.certificates.len() != config.nts_ke_servers.len()
             || self.fleet_secret.is_some() != fleet_configured(loaded)
+            || self.leap_file.is_some() != config.leap.is_some()
         {
             return Err("the files sent do not match the configuration".into());
         }
@@ -115,6 +125,17 @@ impl Material {
             // The same check the start makes; the rotation does not matter to it.
             problems.take(CookieKeys::fleet(Rotation::default(), secret).map(|_| ()));
         }
+        // A bad leap file refuses the reload (the old one stays); an expired one is
+        // taken, with a warning, and announces nothing.
+        let leap_file = match (&self.leap_file, &config.leap) {
+            (Some(bytes), Some(section)) => {
+                let path = loaded.path(&section.file);
+                let now = crate::wire::NtpTimestamp::from_system_time(now);
+                let parsed = crate::daemon::leap::parse(&path, bytes, now, &mut problems);
+                problems.take(parsed)
+            }
+            _ => None,
+        };
         if problems.count(Severity::Error) > 0 {
             return Err(errors(&problems));
         }
@@ -127,6 +148,7 @@ impl Material {
             keys,
             tls,
             fleet_secret: self.fleet_secret.clone(),
+            leap_file,
             warnings,
         })
     }

@@ -1,5 +1,6 @@
 //! Reload without restart: SIGHUP or `ntimed ctl reload` re-reads the key file, the
-//! NTS-KE certificates and keys, and the fleet secret, and swaps them in whole.
+//! NTS-KE certificates and keys, the fleet secret and the leap-seconds file, and swaps
+//! them in whole.
 //!
 //! * [`material`]: reading the files, and checking what was read;
 //! * [`codec`]: the frames by which the supervisor hands them to the sandboxed engine.
@@ -31,6 +32,7 @@ use self::codec::Frame;
 use crate::auth::KeyStore;
 use crate::auth::nts::cookie::CookieKeys;
 use crate::config::Loaded;
+use crate::daemon::leap::SharedLeapFile;
 use crate::daemon::nts::SharedTls;
 use crate::proto::server::{Server, SharedCookieKeys};
 
@@ -73,6 +75,7 @@ pub struct Targets {
     pub cookie_keys: Option<SharedCookieKeys>,
     /// The client role's driver, which hands new keys to keyed sources and peers.
     pub client_keys: Option<mpsc::Sender<KeyStore>>,
+    pub leap_file: SharedLeapFile,
 }
 
 impl Targets {
@@ -106,6 +109,10 @@ impl Targets {
                 *keys = fresh;
                 done.push("fleet secret".into());
             }
+        }
+        if let Some(file) = checked.leap_file {
+            self.leap_file.store(Some(Arc::new(file)));
+            done.push("leap-seconds file".into());
         }
         Reloaded {
             reloaded: done,
@@ -344,12 +351,14 @@ mod tests {
             ke_tls: Vec::new(),
             cookie_keys: Some(shared.clone()),
             client_keys: None,
+            leap_file: Default::default(),
         };
         let done = targets
             .apply(Checked {
                 keys: None,
                 tls: Vec::new(),
                 fleet_secret: Some(zeroize::Zeroizing::new(vec![2u8; 32])),
+                leap_file: None,
                 warnings: vec!["soon".into()],
             })
             .await;

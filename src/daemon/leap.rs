@@ -1,0 +1,152 @@
+//! The `[leap] file`, read at start and on reload, and the leap it adds to what the
+//! servers announce.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+
+use crate::sync::leap_file::{LeapFile, MAX_LEAP_FILE_LEN};
+use crate::util::Problems;
+use crate::wire::timestamp::NTP_UNIX_OFFSET;
+use crate::wire::{Leap, NtpTimestamp};
+
+/// The leap-seconds file in use, if any; a reload swaps it.
+pub type SharedLeapFile = Arc<ArcSwapOption<LeapFile>>;
+
+/// Reads `path` (at most [`MAX_LEAP_FILE_LEN`] bytes).
+pub fn read(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_LEAP_FILE_LEN as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(bytes)
+}
+
+/// Parses what [`read`] read: `Err` names the file and the problem. An expired file is
+/// returned with a warning recorded: it announces nothing.
+pub fn parse(
+    path: &Path,
+    bytes: &[u8],
+    now: NtpTimestamp,
+    problems: &mut Problems,
+) -> Result<LeapFile, String> {
+    let shown = path.display();
+    let text = std::str::from_utf8(bytes).map_err(|_| format!("{shown}: not text"))?;
+    let file = LeapFile::parse(text).map_err(|e| format!("{shown}: {e}"))?;
+    if file.is_expired(ntp_seconds(now)) {
+        problems.warning(format!(
+            "{shown}: expired (update tzdata or fetch a new list); no leap second is announced from it"
+        ));
+    }
+    Ok(file)
+}
+
+/// Reads and parses `path` at start. A file that cannot be used is a warning, not an
+/// error: time is served without it, and no leap second is taken from it.
+pub fn load(path: &Path, now: NtpTimestamp, problems: &mut Problems) -> Option<LeapFile> {
+    let parsed = read(path).and_then(|bytes| parse(path, &bytes, now, problems));
+    match parsed {
+        Ok(file) => Some(file),
+        Err(e) => {
+            problems.warning(format!("{e}; no leap second is announced from it"));
+            None
+        }
+    }
+}
+
+/// What a server announces at `now`: its clock's own leap indicator, unless that says
+/// nothing and the file announces a leap.
+pub fn served(leap: Leap, file: &SharedLeapFile, now: NtpTimestamp) -> Leap {
+    if leap != Leap::NoWarning {
+        return leap;
+    }
+    let file = file.load();
+    file.as_deref()
+        .and_then(|f| f.announcement(ntp_seconds(now)))
+        .unwrap_or(leap)
+}
+
+/// Seconds since 1900 as the file counts them (past 2036 too), reading `now` in the
+/// era around 2023.
+fn ntp_seconds(now: NtpTimestamp) -> u64 {
+    const PIVOT_UNIX: i64 = 1_700_000_000;
+    let (unix, _) = now.to_unix(PIVOT_UNIX);
+    u64::try_from(unix.saturating_add(NTP_UNIX_OFFSET)).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::KeyStore;
+    use crate::clock::SoftwareClock;
+    use crate::daemon::serve::{Admission, Reference};
+    use crate::proto::server::{Server, ServerOptions};
+    use crate::wire::packet::Header;
+    use sha1::{Digest, Sha1};
+
+    const JUL_2015: u64 = 3_644_697_600;
+    /// 2030-01-01 00:00:00 UTC.
+    const JAN_2030: u64 = 4_102_444_800;
+
+    fn file(expires: u64) -> LeapFile {
+        let mut text = format!("#$ 1\n#@ {expires}\n{JUL_2015} 36\n{JAN_2030} 37\n");
+        let hash = Sha1::digest(format!("1{expires}{JUL_2015}36{JAN_2030}37"));
+        let groups: Vec<String> = hash.chunks(4).map(hex::encode_group).collect();
+        text += &format!("#h {}\n", groups.join(" "));
+        LeapFile::parse(&text).unwrap()
+    }
+
+    mod hex {
+        pub fn encode_group(c: &[u8]) -> String {
+            c.iter().map(|b| format!("{b:02x}")).collect()
+        }
+    }
+
+    /// The leap indicator a local stratum-1 server answers with, its clock set 12 h
+    /// before 2030's new year, with `leap_file` in use.
+    async fn served_leap_bits(leap_file: Option<LeapFile>) -> u8 {
+        let now_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        let target = (JAN_2030 - 43_200) as f64 - NTP_UNIX_OFFSET as f64;
+        let clock = Arc::new(SoftwareClock::simulated(target - now_unix, 0.0));
+        let admission = Admission {
+            leap_file: Arc::new(ArcSwapOption::from_pointee(leap_file)),
+            ..Admission::default()
+        };
+        let server = Server::new(KeyStore::default(), ServerOptions::default());
+        let listen = "127.0.0.1:0".parse().unwrap();
+        let running = crate::daemon::serve::start(
+            listen,
+            server,
+            Reference::Local { stratum: 1 },
+            admission,
+            clock,
+        )
+        .await
+        .unwrap();
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut request = Vec::new();
+        Header::client_request(6, NtpTimestamp::from_bits(42)).write(&mut request);
+        socket.send_to(&request, running.local_addr).await.unwrap();
+        let mut reply = [0u8; 128];
+        let len = tokio::time::timeout(std::time::Duration::from_secs(5), socket.recv(&mut reply))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(len >= 48);
+        reply[0] >> 6
+    }
+
+    #[tokio::test]
+    async fn a_local_server_announces_the_files_leap_the_day_before() {
+        assert_eq!(served_leap_bits(None).await, 0);
+        assert_eq!(served_leap_bits(Some(file(JAN_2030 + 86_400))).await, 1);
+        let expired = file(JAN_2030 - 86_400);
+        assert_eq!(served_leap_bits(Some(expired)).await, 0, "an expired file");
+    }
+}
