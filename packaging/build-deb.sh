@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Builds the Debian package into target/debian/: the release binary, then the man pages
+# and shell completions that binary makes of its own command line (`ntimed generate`),
+# then `cargo deb` packs them with the unit, the example config and the maintainer
+# scripts ([package.metadata.deb] in Cargo.toml). Prints the .deb's path last.
+# Needs cargo-deb: cargo install cargo-deb --locked
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v cargo-deb >/dev/null; then
+  echo "build-deb.sh: cargo-deb is missing: cargo install cargo-deb --locked" >&2
+  exit 1
+fi
+cargo build --release --locked
+# Generated fresh each time: they must describe exactly the binary being packed.
+rm -rf target/assets
+"${CARGO_TARGET_DIR:-target}/release/ntimed" generate --out target/assets >/dev/null
+# --no-build: the binary just built is the one the pages describe.
+cargo deb --no-build --locked "$@"
