@@ -10,7 +10,12 @@ failures=0
 fail() { echo "check-deb: $*" >&2; failures=$((failures + 1)); }
 has() { [ -f "$root/$1" ] || fail "missing $1"; }
 
-dpkg-deb --info "$deb" | sed -n '/Package:/,$p'
+info=$(dpkg-deb --info "$deb")
+echo "$info"
+# The maintainer scripts are in the control archive (dpkg-deb lists them, executable).
+for script in postinst postrm prerm; do
+  grep -qE "^ +[0-9]+ bytes, +[0-9]+ lines +\* +$script " <<<"$info" || fail "no $script script"
+done
 dpkg -x "$deb" "$root"
 dpkg-deb --control "$deb" "$control"
 

@@ -504,7 +504,7 @@ impl Site {
 async fn peering_demo(keys: &KeyStore) -> Result<u32, String> {
     const WAIT: Duration = Duration::from_secs(30);
     println!(
-        "\n10. Keyed peering: sites A (127.0.0.2) and B (127.0.0.3), simulated clocks, each with its\n    own upstream, peer under key 2 (AES128-CMAC), polling every second for the demo."
+        "\n10. Keyed peering: sites A (127.0.0.2) and B (127.0.0.3), simulated clocks, each with its\n   own upstream, peer under key 2 (AES128-CMAC), polling every second for the demo."
     );
     let key = keys.get(2).cloned().ok_or("example key 2 missing")?;
     let upstream = |listen: SocketAddr| async move {
