@@ -47,6 +47,13 @@ enum Command {
     Demo,
     /// Run a simulated scenario (or `all`) and print its metrics.
     Sim(SimArgs),
+    /// For packagers: write man pages (DIR/man) and bash, zsh and fish completions
+    /// (DIR/completions), all made from these very definitions.
+    #[command(hide = true)]
+    Generate {
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Internal: the privileged clock process `ntimed run` starts as root.
     #[command(name = "privsep-clock", hide = true)]
     PrivsepClock(crate::privsep::ChildArgs),
@@ -217,6 +224,7 @@ pub fn main() -> ExitCode {
         // Neither needs a runtime.
         Command::Check { config } => return crate::ops::check::main(&config),
         Command::Keygen(args) => run_keygen(args),
+        Command::Generate { out } => generate(&out),
         Command::Ctl(args) => return crate::ops::ctl::main(&args.socket, args.query, args.json),
         command => return run_in_runtime(command, simulator),
     };
@@ -261,6 +269,7 @@ fn run_in_runtime(command: Command, simulator: bool) -> ExitCode {
             | Command::PrivsepEngine(_)
             | Command::Check { .. }
             | Command::Ctl(_)
+            | Command::Generate { .. }
             | Command::Keygen(_) => Err("these commands run before the runtime".into()),
             Command::Query(args) => run_query(args).await,
             Command::Ke(args) => run_ke(args).await,
@@ -348,6 +357,18 @@ async fn run_query(args: QueryArgs) -> Result<ExitCode, String> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The whole command line as clap sees it, for `generate`.
+fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}
+
+fn generate(out: &std::path::Path) -> Result<ExitCode, String> {
+    for path in crate::ops::generate::generate(command(), out)? {
+        println!("{}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run_keygen(args: KeygenArgs) -> Result<ExitCode, String> {

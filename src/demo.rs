@@ -1,9 +1,9 @@
 //! `ntimed demo`: the whole path on loopback, offline, with nothing to set up. It grows
 //! as ntimed does; today: a keyed and NTS server, queried plainly, with keys, and with
 //! NTS after a key exchange over TLS 1.3 with a throwaway CA; then the sync engine
-//! pulling a simulated clock in from three NTS sources; the clock process's policy;
-//! and two sites peering under a key, one following the other while its upstream is
-//! down.
+//! pulling a simulated clock in from three NTS sources, and `ntimed ctl` asking it over
+//! its control socket; the clock process's policy; and two sites peering under a key,
+//! one following the other while its upstream is down.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -193,12 +193,17 @@ async fn discipline_demo(servers: &Servers) -> Result<u32, String> {
     };
     let state = role.state.clone();
     let (stop, stopped) = tokio::sync::oneshot::channel();
+    // The control socket `ntimed ctl` asks, answered by this client role's driver.
+    let (snapshots, snapshot_requests) = tokio::sync::mpsc::channel(4);
     let task = tokio::spawn(role.run(
         simulated.clone(),
         None,
         -20,
         None,
-        Default::default(),
+        crate::daemon::client::ControlInputs {
+            snapshots: Some(snapshot_requests),
+            new_keys: None,
+        },
         stopped,
     ));
     println!("   time   clock − truth   frequency correction   served as");
@@ -218,11 +223,9 @@ async fn discipline_demo(servers: &Servers) -> Result<u32, String> {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
-    let _ = stop.send(());
-    let _ = task.await;
     let error = simulated.offset_from_system().abs();
     let synced = state.read().map(|s| s.stratum == 2).unwrap_or(false);
-    Ok(if error < 0.002 && synced {
+    let mut failures = if error < 0.002 && synced {
         println!(
             "   pulled in: {:.0} µs from the truth, serving stratum 2",
             error * 1e6
@@ -231,10 +234,70 @@ async fn discipline_demo(servers: &Servers) -> Result<u32, String> {
     } else {
         println!("   UNEXPECTED: still {error:.6} s off (synchronized: {synced})");
         1
-    })
+    };
+    let servers = running.iter().map(|(ntp, _)| ntp.server.clone()).collect();
+    failures += ctl_demo(snapshots, servers).await?;
+    let _ = stop.send(());
+    let _ = task.await;
+    Ok(failures)
 }
 
-/// Step 8: the clock process's policy, which holds whatever the engine asks. Here both
+/// Step 8: `ntimed ctl status` and `ntimed ctl sources` asked of step 7's client role,
+/// still running, over a control socket in a private temporary directory: the code
+/// `ntimed ctl` runs, on both ends. Returns the number of failures.
+async fn ctl_demo(
+    snapshots: tokio::sync::mpsc::Sender<crate::daemon::control::SnapshotRequest>,
+    servers: Vec<Arc<Server>>,
+) -> Result<u32, String> {
+    use crate::daemon::control::{self, Query};
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = std::env::temp_dir().join(format!("ntimed-demo-{}", std::process::id()));
+    // Owner-only: nobody else on the machine can connect while it exists.
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    let socket = dir.join("ntimed.sock");
+    let result = async {
+        let listener = std::os::unix::net::UnixListener::bind(&socket)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .map_err(|e| format!("{}: {e}", socket.display()))?;
+        let control = control::Control {
+            snapshots: Some(snapshots),
+            local_stratum: None,
+            servers,
+            reloads: None,
+        };
+        let serving = control::spawn(listener, control).map_err(|e| e.to_string())?;
+        println!(
+            "\n8. ntimed ctl: step 7's client role, still running, answers on a control socket (a\n   private one here; a packaged ntimed uses {}); ntimed ctl asks it:",
+            control::DEFAULT_SOCKET
+        );
+        let mut failures = 0;
+        for query in [Query::Status, Query::Sources] {
+            let path = socket.clone();
+            let answer =
+                tokio::task::spawn_blocking(move || crate::ops::ctl::answer(&path, query, false))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            println!("   $ ntimed ctl {}", query.word());
+            match answer {
+                Ok(text) => text.lines().for_each(|line| println!("   {line}")),
+                Err(message) => {
+                    failures += 1;
+                    println!("   UNEXPECTED: {message}");
+                }
+            }
+        }
+        serving.abort();
+        Ok::<u32, String>(failures)
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+/// Step 9: the clock process's policy, which holds whatever the engine asks. Here both
 /// ends run in this process (the demo needs no root); `ntimed run` started as root puts
 /// the clock process in a sandboxed process of its own. Returns the number of failures.
 fn privilege_boundary_demo() -> Result<u32, String> {
@@ -246,7 +309,7 @@ fn privilege_boundary_demo() -> Result<u32, String> {
     use std::os::unix::net::UnixDatagram;
 
     println!(
-        "\n8. The privilege boundary: the engine (which parses everything from the network) can\n   only ask the clock process, which applies what its policy allows. As if compromised,\n   the engine asks for:"
+        "\n9. The privilege boundary: the engine (which parses everything from the network) can\n   only ask the clock process, which applies what its policy allows. As if compromised,\n   the engine asks for:"
     );
     let pair = || -> Result<(UnixDatagram, UnixDatagram), String> {
         let (a, b) = crate::sys::seqpacket_pair().map_err(|e| e.to_string())?;
@@ -438,7 +501,7 @@ impl Site {
     }
 }
 
-/// Step 9: sites A (127.0.0.2) and B (127.0.0.3) each follow their own keyed upstream
+/// Step 10: sites A (127.0.0.2) and B (127.0.0.3) each follow their own keyed upstream
 /// and peer under key 2 (AES128-CMAC). A's upstream goes away: A follows B (whose log
 /// would say A is "synchronized to us"), and returns when the upstream is back.
 /// Distinct loopback addresses keep reference ids meaningful. Returns the number of
@@ -446,7 +509,7 @@ impl Site {
 async fn peering_demo(keys: &KeyStore) -> Result<u32, String> {
     const WAIT: Duration = Duration::from_secs(30);
     println!(
-        "\n9. Keyed peering: sites A (127.0.0.2) and B (127.0.0.3), simulated clocks, each with its\n   own upstream, peer under key 2 (AES128-CMAC), polling every second for the demo."
+        "\n10. Keyed peering: sites A (127.0.0.2) and B (127.0.0.3), simulated clocks, each with its\n   own upstream, peer under key 2 (AES128-CMAC), polling every second for the demo."
     );
     let key = keys.get(2).cloned().ok_or("example key 2 missing")?;
     let upstream = |listen: SocketAddr| async move {

@@ -332,8 +332,8 @@ pub struct Control {
     /// The `[local]` stratum, for `status` without a client role.
     pub local_stratum: Option<u8>,
     pub servers: Vec<Arc<Server>>,
-    /// The reloader, which answers `reload`.
-    pub reloads: mpsc::Sender<ReloadRequest>,
+    /// The reloader, which answers `reload` (none in the demo).
+    pub reloads: Option<mpsc::Sender<ReloadRequest>>,
 }
 
 /// Serves `listener` until the task is aborted.
@@ -431,8 +431,12 @@ impl Control {
     }
 
     async fn reload(&self) -> Result<Reloaded, String> {
+        let reloads = self
+            .reloads
+            .as_ref()
+            .ok_or("there is nothing to reload here")?;
         let (tx, rx) = oneshot::channel();
-        self.reloads
+        reloads
             .try_send(tx)
             .map_err(|_| "a reload is in progress; try again")?;
         match tokio::time::timeout(RELOAD_TIMEOUT + SNAPSHOT_TIMEOUT, rx).await {

@@ -332,7 +332,7 @@ pub async fn serve(
                     snapshots,
                     local_stratum,
                     servers,
-                    reloads: reload_requests,
+                    reloads: Some(reload_requests),
                 },
             )
         })

@@ -22,7 +22,7 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 /// Sends `query` to the daemon at `socket`: exit status 0 with its answer on standard
 /// output, 1 with its error (or the connection's) on standard error.
 pub fn main(socket: &Path, query: Query, json: bool) -> ExitCode {
-    match ask(socket, query).and_then(|reply| format(query, json, reply)) {
+    match answer(socket, query, json) {
         Ok(text) => {
             print!("{text}");
             ExitCode::SUCCESS
@@ -32,6 +32,12 @@ pub fn main(socket: &Path, query: Query, json: bool) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// What `ntimed ctl QUERY` prints, or why it cannot (the demo shows it this way too).
+/// Blocking: at most [`TIMEOUT`] per read and write.
+pub fn answer(socket: &Path, query: Query, json: bool) -> Result<String, String> {
+    ask(socket, query).and_then(|reply| format(query, json, reply))
 }
 
 fn ask(socket: &Path, query: Query) -> Result<String, String> {
