@@ -190,6 +190,7 @@ async fn discipline_demo(servers: &Servers) -> Result<u32, String> {
         },
         drift_file: None,
         state: Arc::new(RwLock::new(SyncState::unsynchronized(-20))),
+        leap_file: Default::default(),
     };
     let state = role.state.clone();
     let (stop, stopped) = tokio::sync::oneshot::channel();
@@ -464,6 +465,7 @@ impl Site {
             },
             drift_file: None,
             state: state.clone(),
+            leap_file: Default::default(),
         };
         let link = PeerLink {
             routes,

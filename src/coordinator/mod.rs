@@ -46,6 +46,7 @@ mod refid;
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -58,8 +59,9 @@ use crate::proto::peer::{Peer, PeerAuth, PeerEvent, PeerOptions};
 use crate::proto::polling::Action;
 use crate::proto::server::SyncState;
 use crate::proto::source::{Event as SourceEvent, Source, SourceAuth, SourceOptions};
+use crate::sync::leap_file::LeapFile;
 use crate::sync::{SourceId, SourceReport, SyncConfig, SyncEngine};
-use crate::wire::{NtpTimestamp, ReferenceId};
+use crate::wire::{Leap, NtpTimestamp, ReferenceId};
 
 pub use event::{Event, EventKind, Level};
 pub use refid::reference_id;
@@ -224,6 +226,7 @@ pub struct Coordinator {
     next_housekeeping: f64,
     /// Reused for every packet written.
     buffer: Vec<u8>,
+    leap_file: Option<Arc<LeapFile>>,
 }
 
 impl Coordinator {
@@ -242,6 +245,7 @@ impl Coordinator {
             events_dropped: 0,
             next_housekeeping: now,
             buffer: Vec::new(),
+            leap_file: None,
         }
     }
 
@@ -327,7 +331,19 @@ impl Coordinator {
 
     /// Time has reached `now` (local clock `local`): polls what is due, and checks the
     /// engine's holdover once a [`HOUSEKEEPING`] interval. Calling it early is harmless.
+    /// The `[leap] file` to consult (a reload may swap it): its leap seconds are
+    /// announced whatever the sources say.
+    pub fn set_leap_file(&mut self, file: Option<Arc<LeapFile>>) {
+        self.leap_file = file;
+    }
+
     pub fn handle_timeout(&mut self, now: f64, local: NtpTimestamp) {
+        let file_leap = self
+            .leap_file
+            .as_ref()
+            .and_then(|f| f.announcement_at(local));
+        self.engine
+            .set_file_leap(file_leap.unwrap_or(Leap::NoWarning));
         // What we say about our clock, for peers' packets: worked out only when one is due
         // (this runs at every wake of the driver).
         let peer_due = self.associations.iter().any(|a| {

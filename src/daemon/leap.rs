@@ -8,7 +8,6 @@ use arc_swap::ArcSwapOption;
 
 use crate::sync::leap_file::{LeapFile, MAX_LEAP_FILE_LEN};
 use crate::util::Problems;
-use crate::wire::timestamp::NTP_UNIX_OFFSET;
 use crate::wire::{Leap, NtpTimestamp};
 
 /// The leap-seconds file in use, if any; a reload swaps it.
@@ -36,7 +35,7 @@ pub fn parse(
     let shown = path.display();
     let text = std::str::from_utf8(bytes).map_err(|_| format!("{shown}: not text"))?;
     let file = LeapFile::parse(text).map_err(|e| format!("{shown}: {e}"))?;
-    if file.is_expired(ntp_seconds(now)) {
+    if file.is_expired(crate::sync::leap_file::ntp_seconds(now)) {
         problems.warning(format!(
             "{shown}: expired (update tzdata or fetch a new list); no leap second is announced from it"
         ));
@@ -65,16 +64,8 @@ pub fn served(leap: Leap, file: &SharedLeapFile, now: NtpTimestamp) -> Leap {
     }
     let file = file.load();
     file.as_deref()
-        .and_then(|f| f.announcement(ntp_seconds(now)))
+        .and_then(|f| f.announcement_at(now))
         .unwrap_or(leap)
-}
-
-/// Seconds since 1900 as the file counts them (past 2036 too), reading `now` in the
-/// era around 2023.
-fn ntp_seconds(now: NtpTimestamp) -> u64 {
-    const PIVOT_UNIX: i64 = 1_700_000_000;
-    let (unix, _) = now.to_unix(PIVOT_UNIX);
-    u64::try_from(unix.saturating_add(NTP_UNIX_OFFSET)).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -112,7 +103,7 @@ mod tests {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs_f64();
-        let target = (JAN_2030 - 43_200) as f64 - NTP_UNIX_OFFSET as f64;
+        let target = (JAN_2030 - 43_200) as f64 - crate::wire::timestamp::NTP_UNIX_OFFSET as f64;
         let clock = Arc::new(SoftwareClock::simulated(target - now_unix, 0.0));
         let admission = Admission {
             leap_file: Arc::new(ArcSwapOption::from_pointee(leap_file)),

@@ -309,7 +309,7 @@ pub async fn serve(
         ke_tls,
         cookie_keys: cookie_keys.as_ref().map(|(keys, _)| keys.clone()),
         client_keys: new_keys_tx,
-        leap_file,
+        leap_file: leap_file.clone(),
     };
     let _reloading = reload::spawn(reload_from, loaded.clone(), targets, reload_rx)
         .map_err(|e| format!("cannot serve reloads: {e}"))
@@ -345,7 +345,8 @@ pub async fn serve(
         inbound,
         sockets: running.iter().map(|r| r.socket.clone()).collect(),
     });
-    let mut client_task = client.map(|client| {
+    let mut client_task = client.map(|mut client| {
+        client.leap_file = leap_file.clone();
         let precision = super::measure_precision();
         tokio::spawn(client.run(
             clock.clone(),

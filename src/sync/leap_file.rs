@@ -17,7 +17,7 @@
 
 use sha1::{Digest, Sha1};
 
-use crate::wire::Leap;
+use crate::wire::{Leap, NtpTimestamp};
 
 /// Files are a few KiB; anything larger is refused unread.
 pub const MAX_LEAP_FILE_LEN: usize = 64 * 1024;
@@ -146,6 +146,11 @@ impl LeapFile {
         Some(leap)
     }
 
+    /// [`announcement`](Self::announcement) at a clock reading.
+    pub fn announcement_at(&self, now: NtpTimestamp) -> Option<Leap> {
+        self.announcement(ntp_seconds(now))
+    }
+
     /// TAI − UTC at `now` (NTP seconds), from the last entry at or before it.
     pub fn tai_offset(&self, now: u64) -> Option<i32> {
         self.entries
@@ -160,6 +165,14 @@ impl LeapFile {
     pub fn last_leap(&self) -> Option<u64> {
         self.entries.iter().skip(1).last().map(|&(at, _)| at)
     }
+}
+
+/// Seconds since 1900 as the file counts them (past 2036 too), reading `now` in the
+/// era around 2023.
+pub fn ntp_seconds(now: NtpTimestamp) -> u64 {
+    const PIVOT_UNIX: i64 = 1_700_000_000;
+    let (unix, _) = now.to_unix(PIVOT_UNIX);
+    u64::try_from(unix.saturating_add(NTP_TO_UNIX)).unwrap_or(0)
 }
 
 /// Digits only: no sign, no spaces, at most 20 of them.

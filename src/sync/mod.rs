@@ -172,6 +172,8 @@ pub struct SyncEngine {
     created: f64,
     /// The leap indicator the selected sources agree on (served to our clients).
     leap: Leap,
+    /// What the `[leap] file` announces now (it outvotes the sources).
+    file_leap: Leap,
     /// What the clock was last told about leap seconds (`None`: it refused, ask again).
     clock_leap: Option<Leap>,
     poll: i8,
@@ -214,6 +216,7 @@ impl SyncEngine {
             last_update: None,
             created: now,
             leap: Leap::NoWarning,
+            file_leap: Leap::NoWarning,
             clock_leap: Some(Leap::NoWarning),
             reference: None,
         }
@@ -272,6 +275,16 @@ impl SyncEngine {
                 source.selected = false;
             }
         }
+    }
+
+    /// What the `[leap] file` announces now: `AddSecond`/`DeleteSecond` during the day
+    /// before a leap, else `NoWarning`. From the next update it is announced (to our
+    /// clients and the clock) whatever the sources say.
+    pub fn set_file_leap(&mut self, leap: Leap) {
+        self.file_leap = match leap {
+            Leap::AddSecond | Leap::DeleteSecond => leap,
+            Leap::NoWarning | Leap::Unsynchronized => Leap::NoWarning,
+        };
     }
 
     /// Takes a sample from source `id` that arrived at `now`, while the clock still had
@@ -517,10 +530,15 @@ impl SyncEngine {
                 })
                 .count()
         };
-        let leap = [Leap::AddSecond, Leap::DeleteSecond]
+        let majority = [Leap::AddSecond, Leap::DeleteSecond]
             .into_iter()
             .find(|&l| 2 * votes(l) > truechimers.len())
             .unwrap_or(Leap::NoWarning);
+        // The leap-seconds file, when it announces one, is believed over the sources.
+        let leap = match self.file_leap {
+            Leap::NoWarning => majority,
+            from_file => from_file,
+        };
         self.leap = leap;
         if Some(leap) != self.clock_leap {
             self.clock_leap = Some(leap);
@@ -1079,5 +1097,26 @@ mod tests {
         assert!(commands(&mut engine).contains(&add));
         let _ = engine.handle_sample(ids[1], &s, 260.0, 0.0);
         assert!(!commands(&mut engine).contains(&add), "asked twice");
+    }
+
+    /// The leap-seconds file outvotes the sources: announced (and told to the clock)
+    /// though none of them says so, and withdrawn when the file stops announcing.
+    #[test]
+    fn the_leap_file_is_believed_over_the_sources() {
+        let (mut engine, ids) = engine(3);
+        engine.set_file_leap(Leap::AddSecond);
+        for round in 0..3 {
+            for id in &ids {
+                let _ =
+                    engine.handle_sample(*id, &sample(0.0, 0.001), f64::from(round) * 64.0, 0.0);
+            }
+        }
+        assert!(commands(&mut engine).contains(&ClockCommand::SetLeap(Leap::AddSecond)));
+        let now = NtpTimestamp::from_unix(1_800_000_000, 0);
+        assert_eq!(engine.sync_state(192.0, now, -20).leap, Leap::AddSecond);
+        engine.set_file_leap(Leap::NoWarning);
+        let _ = engine.handle_sample(ids[0], &sample(0.0, 0.001), 256.0, 0.0);
+        assert!(commands(&mut engine).contains(&ClockCommand::SetLeap(Leap::NoWarning)));
+        assert_eq!(engine.sync_state(260.0, now, -20).leap, Leap::NoWarning);
     }
 }

@@ -24,6 +24,7 @@ use crate::coordinator::{
     AssociationId, Coordinator, CoordinatorConfig, Event, Level, Request, Resolved, Transmit, Via,
 };
 use crate::daemon::control::{self, SnapshotRequest};
+use crate::daemon::leap::SharedLeapFile;
 use crate::daemon::peer::{PeerDatagram, PeerLink, PeerRoutes, PeerSpec};
 use crate::proto::client::echoes_request;
 use crate::proto::server::SyncState;
@@ -110,6 +111,7 @@ pub struct Driver {
     control: Option<mpsc::Receiver<SnapshotRequest>>,
     /// A reloaded key file, for keyed sources and peers.
     new_keys: Option<mpsc::Receiver<KeyStore>>,
+    leap_file: SharedLeapFile,
     tx: mpsc::Sender<Input>,
     rx: mpsc::Receiver<Input>,
     state: Arc<RwLock<SyncState>>,
@@ -134,6 +136,7 @@ impl Driver {
             mut config,
             drift_file,
             state,
+            leap_file,
         } = role;
         // Without a drift file, start from the frequency the clock already has rather
         // than throwing away what the kernel (or a previous run) learned.
@@ -186,6 +189,7 @@ impl Driver {
             }),
             control: control.snapshots,
             new_keys: control.new_keys,
+            leap_file,
             tx,
             rx,
             state,
@@ -209,6 +213,8 @@ impl Driver {
     ) -> Result<(), String> {
         loop {
             let now = self.seconds(Instant::now());
+            // A reload may have swapped the file; the coordinator asks it the time.
+            self.coordinator.set_leap_file(self.leap_file.load_full());
             self.coordinator.handle_timeout(now, self.clock.now());
             self.flush()?;
             let wake_at = self.coordinator.poll_timeout().max(0.0);

@@ -67,6 +67,8 @@ pub struct ClientRole {
     pub drift_file: Option<PathBuf>,
     /// What the server role answers from.
     pub state: Arc<RwLock<SyncState>>,
+    /// The `[leap] file` (a reload swaps it).
+    pub leap_file: super::leap::SharedLeapFile,
 }
 
 /// Builds the client role from `[[source]]` and `[clock]` (`None` without sources).
@@ -170,6 +172,7 @@ pub fn prepare(loaded: &Loaded) -> Result<Option<ClientRole>, String> {
         config: sync,
         drift_file,
         state: Arc::new(RwLock::new(SyncState::unsynchronized(-20))),
+        leap_file: Default::default(),
     }))
 }
 
