@@ -41,6 +41,17 @@ pub struct Config {
     pub peers: Vec<Spanned<PeerSection>>,
     pub sandbox: Option<SandboxSection>,
     pub control: Option<ControlSection>,
+    pub metrics: Option<MetricsSection>,
+}
+
+/// Prometheus metrics over HTTP (see `crate::daemon::metrics`); off without this
+/// section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct MetricsSection {
+    /// A TCP address, such as `127.0.0.1:9975`. Unauthenticated: keep it on loopback
+    /// or a management network.
+    pub listen: Spanned<SocketAddr>,
 }
 
 /// The control socket `ntimed ctl` talks to (see `crate::daemon::control`).
@@ -670,6 +681,22 @@ impl Config {
         }
         self.check_sources(faults);
         self.check_peers(faults);
+        if let Some(metrics) = &self.metrics {
+            let listen = metrics.listen.get_ref();
+            let clash = self.nts_ke_servers.iter().any(|ke| {
+                let ke = ke.listen.get_ref();
+                listen.port() != 0
+                    && ke.port() == listen.port()
+                    && (ke.ip() == listen.ip()
+                        || ke.ip().is_unspecified()
+                        || listen.ip().is_unspecified())
+            });
+            if clash {
+                let message =
+                    format!("[metrics] listen {listen} is an [[nts-ke-server]]'s address too");
+                faults.push((Some(metrics.listen.span()), message));
+            }
+        }
         if let Some(ke) = self.nts_ke_servers.first()
             && self.nts.is_none()
         {

@@ -13,6 +13,7 @@
 
 pub mod client;
 pub mod control;
+pub mod metrics;
 pub mod net;
 pub mod nts;
 pub mod peer;

@@ -152,6 +152,9 @@ pub struct ServerStats {
     pub plain: AtomicU64,
     pub keyed: AtomicU64,
     pub nts: AtomicU64,
+    /// Of the `plain` and `keyed` answers, those to symmetric-active packets (in
+    /// symmetric-passive mode): unconfigured peers.
+    pub peer: AtomicU64,
     pub crypto_naks_sent: AtomicU64,
     pub nts_naks_sent: AtomicU64,
     pub rate_kisses_sent: AtomicU64,
@@ -253,6 +256,11 @@ impl Server {
             Err(_) => &self.stats.refused,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        if matches!(result, Ok(Answer::Plain | Answer::Keyed(_)))
+            && reply.first().map(|b| Mode::from_bits(b & 0x07)) == Some(Mode::SymmetricPassive)
+        {
+            self.stats.peer.fetch_add(1, Ordering::Relaxed);
+        }
         if result.is_err() {
             reply.clear();
         }

@@ -8,6 +8,7 @@
 //! otherwise the newcomer is refused.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -55,6 +56,52 @@ impl Default for KeLimits {
             },
             stalled_after: Duration::from_secs(1),
             timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Counters, readable while the server runs (`ntimed ctl server`, `/metrics`). Every
+/// connection accepted ends in exactly one of `completed` or a failure; `refused`
+/// connections never start.
+#[derive(Debug, Default)]
+pub struct KeStats {
+    /// Exchanges answered with keys and cookies.
+    pub completed: AtomicU64,
+    /// The TLS handshake failed, or the client did not offer ALPN ntske/1.
+    pub tls_failed: AtomicU64,
+    /// The request was malformed or refused (an NTS-KE error record went back), or
+    /// the client closed before sending it whole.
+    pub bad_request: AtomicU64,
+    /// The exchange did not finish within the whole-exchange timeout.
+    pub timed_out: AtomicU64,
+    /// Ended, stalled, to make room for a newcomer.
+    pub evicted: AtomicU64,
+    /// Closed at admission: over the source's handshake rate, or no room.
+    pub refused: AtomicU64,
+    /// Writing the answer failed (the client went away, say).
+    pub io_failed: AtomicU64,
+    /// Exchanges in progress now (a gauge).
+    pub in_progress: AtomicU64,
+}
+
+impl KeStats {
+    fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// How an exchange failed, for its counter.
+#[derive(Debug)]
+enum Failure {
+    Tls(String),
+    BadRequest(String),
+    Io(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tls(e) | Self::BadRequest(e) | Self::Io(e) => f.write_str(e),
         }
     }
 }
@@ -221,6 +268,7 @@ fn lock(in_flight: &Mutex<InFlight>) -> std::sync::MutexGuard<'_, InFlight> {
 /// An NTS-KE server. Dropping it stops accepting.
 pub struct RunningKeServer {
     pub local_addr: SocketAddr,
+    pub stats: Arc<KeStats>,
     task: JoinHandle<()>,
 }
 
@@ -257,7 +305,10 @@ pub fn start_ke_server_on(
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let in_flight = Arc::new(Mutex::new(InFlight::new(limits, Instant::now())));
     let endpoint = Arc::new(endpoint);
+    let stats = Arc::new(KeStats::default());
+    let counters = stats.clone();
     let task = tokio::spawn(async move {
+        let stats = counters;
         let mut refusals = LogLimit::new(LOG_INTERVAL);
         let mut evictions = LogLimit::new(LOG_INTERVAL);
         loop {
@@ -274,6 +325,7 @@ pub fn start_ke_server_on(
                 Ok(admitted) => admitted,
                 Err(why) => {
                     drop(tcp);
+                    KeStats::count(&stats.refused);
                     if let Some(more) = refusals.allow() {
                         tracing::warn!(
                             "NTS-KE: closed a connection from {peer}: {why} ({more} more since the last report)"
@@ -282,33 +334,60 @@ pub fn start_ke_server_on(
                     continue;
                 }
             };
+            if made_room {
+                KeStats::count(&stats.evicted);
+            }
             if made_room && let Some(more) = evictions.allow() {
                 tracing::warn!(
                     "NTS-KE: ended a stalled exchange to admit {peer} ({more} more since the last report)"
                 );
             }
-            let (acceptor, cookie_keys, endpoint, in_flight) = (
+            let (acceptor, cookie_keys, endpoint, in_flight, stats) = (
                 acceptor.clone(),
                 cookie_keys.clone(),
                 endpoint.clone(),
                 in_flight.clone(),
+                stats.clone(),
             );
+            stats.in_progress.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(async move {
                 let progress = |stage| lock(&in_flight).progress(id, stage, Instant::now());
                 let exchange = serve_one(acceptor, tcp, &cookie_keys, &endpoint, progress);
-                tokio::select! {
+                // Counted under `evicted` at admission already.
+                let counter = tokio::select! {
                     result = tokio::time::timeout(limits.timeout, exchange) => match result {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => tracing::debug!("NTS-KE with {peer}: {e}"),
-                        Err(_) => tracing::debug!("NTS-KE with {peer}: timed out"),
+                        Ok(Ok(())) => Some(&stats.completed),
+                        Ok(Err(e)) => {
+                            tracing::debug!("NTS-KE with {peer}: {e}");
+                            Some(match e {
+                                Failure::Tls(_) => &stats.tls_failed,
+                                Failure::BadRequest(_) => &stats.bad_request,
+                                Failure::Io(_) => &stats.io_failed,
+                            })
+                        }
+                        Err(_) => {
+                            tracing::debug!("NTS-KE with {peer}: timed out");
+                            Some(&stats.timed_out)
+                        }
                     },
-                    _ = evicted => tracing::debug!("NTS-KE with {peer}: evicted, stalled"),
+                    _ = evicted => {
+                        tracing::debug!("NTS-KE with {peer}: evicted, stalled");
+                        None
+                    }
+                };
+                if let Some(counter) = counter {
+                    KeStats::count(counter);
                 }
+                stats.in_progress.fetch_sub(1, Ordering::Relaxed);
                 lock(&in_flight).finish(id);
             });
         }
     });
-    Ok(RunningKeServer { local_addr, task })
+    Ok(RunningKeServer {
+        local_addr,
+        stats,
+        task,
+    })
 }
 
 async fn serve_one(
@@ -317,14 +396,14 @@ async fn serve_one(
     cookie_keys: &SharedCookieKeys,
     endpoint: &NtpEndpoint,
     progress: impl Fn(Stage),
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     let _ = tcp.set_nodelay(true);
     let mut tls = acceptor
         .accept(tcp)
         .await
-        .map_err(|e| format!("handshake: {e}"))?;
+        .map_err(|e| Failure::Tls(format!("handshake: {e}")))?;
     if tls.get_ref().1.alpn_protocol() != Some(ALPN) {
-        return Err("client did not offer ALPN ntske/1".into());
+        return Err(Failure::Tls("client did not offer ALPN ntske/1".into()));
     }
     progress(Stage::Request);
     let message = read_message(&mut tls).await;
@@ -334,12 +413,12 @@ async fn serve_one(
             Ok(Some((records, _))) => ke::evaluate_request(&records, used < bytes.len()),
             _ => bad_request(),
         },
-        Err(e) if e == CLOSED_EARLY => return Err(e),
+        Err(e) if e == CLOSED_EARLY => return Err(Failure::BadRequest(e)),
         Err(_) => bad_request(),
     };
     let cookies = match decision {
         KeDecision::Accept { aead, .. } => {
-            let keys = export_keys(tls.get_ref().1, aead)?;
+            let keys = export_keys(tls.get_ref().1, aead).map_err(Failure::Io)?;
             let master = cookie_keys
                 .read()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -351,10 +430,11 @@ async fn serve_one(
     };
     let mut response = Vec::with_capacity(1024);
     ke::write_response(&decision, &cookies, endpoint, &mut response);
-    tls.write_all(&response).await.map_err(|e| e.to_string())?;
-    tls.shutdown().await.map_err(|e| e.to_string())?;
+    let io = |e: std::io::Error| Failure::Io(e.to_string());
+    tls.write_all(&response).await.map_err(io)?;
+    tls.shutdown().await.map_err(io)?;
     if let KeDecision::Refuse { why, .. } = decision {
-        return Err(format!("refused: {why}"));
+        return Err(Failure::BadRequest(format!("refused: {why}")));
     }
     Ok(())
 }
