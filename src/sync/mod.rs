@@ -1081,6 +1081,62 @@ mod tests {
         assert!(engine.is_synchronized());
     }
 
+    /// Reports say what each source is to synchronization, and why it is not used.
+    #[test]
+    fn reports_name_the_reference_the_falsetickers_and_why() {
+        let (mut engine, ids) = engine(5);
+        let offsets = [0.0002, -0.0001, 0.0, 1.0, 2.0];
+        for round in 0..3 {
+            for (id, offset) in ids.iter().zip(offsets) {
+                let _ =
+                    engine.handle_sample(*id, &sample(offset, 0.001), f64::from(round) * 64.0, 0.0);
+            }
+        }
+        let report = engine.report(192.0);
+        let states: Vec<SourceState> = report.iter().map(|r| r.state).collect();
+        assert_eq!(
+            states
+                .iter()
+                .filter(|s| **s == SourceState::Reference)
+                .count(),
+            1,
+            "{report:?}"
+        );
+        assert!(
+            states[..3]
+                .iter()
+                .all(|s| matches!(s, SourceState::Reference | SourceState::Selectable)),
+            "{report:?}"
+        );
+        for falseticker in &report[3..5] {
+            assert_eq!(falseticker.state, SourceState::Falseticker, "{report:?}");
+            assert!(falseticker.why.is_some(), "{report:?}");
+        }
+        assert_eq!(report[0].delay, Some(0.001));
+        // No longer heard from.
+        if let Some(&last) = ids.last() {
+            engine.handle_reachability(last, false);
+        }
+        let report = engine.report(192.0);
+        assert_eq!(report[4].state, SourceState::Unreachable);
+        assert_eq!(report[4].why, None);
+
+        // A sample the engine will not take from a source it does not use: refused, and
+        // why. (A selected source stays selected on the samples it gave before.)
+        let Some(&falseticker) = ids.get(3) else {
+            panic!("no source 3")
+        };
+        let mut bad = sample(0.0, 0.001);
+        bad.offset = f64::NAN;
+        assert!(engine.handle_sample(falseticker, &bad, 200.0, 0.0).is_err());
+        let report = engine.report(200.0);
+        assert_eq!(report[3].state, SourceState::Refused, "{report:?}");
+        assert_eq!(
+            report[3].why.as_deref(),
+            Some("last sample not a finite number")
+        );
+    }
+
     /// After a long silence the clock is unsynchronized again (and says so), and the
     /// correction that follows is slewed: the start-up step happens once.
     #[test]

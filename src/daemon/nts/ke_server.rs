@@ -616,4 +616,76 @@ mod tests {
             source_key("::1".parse().unwrap())
         );
     }
+
+    /// The counters say how each connection ended: a completed exchange, a TLS
+    /// handshake that failed, a request that was garbage; none stays in progress.
+    #[tokio::test]
+    async fn stats_count_each_connection_by_how_it_ended() {
+        use crate::auth::nts::cookie::{CookieKeys, Rotation};
+        use crate::daemon::nts::test_pki::ThrowawayPki;
+        use std::sync::RwLock;
+        use std::sync::atomic::Ordering::Relaxed;
+        use tokio::io::AsyncReadExt;
+
+        let pki = ThrowawayPki::new(&["localhost"]).expect("pki");
+        let mut keys = CookieKeys::random(Rotation::default(), vec![]);
+        keys.update(1_700_000_000, &mut rand::rng());
+        let epoch = keys.current_epoch();
+        let server = start_ke_server(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            pki.server_config().expect("server config"),
+            Arc::new(RwLock::new(keys)),
+            NtpEndpoint {
+                server: None,
+                port: Some(123),
+            },
+            KeLimits::default(),
+        )
+        .await
+        .expect("KE server");
+        let port = server.local_addr.port();
+        let client = pki.client_config().expect("client config");
+        let ok = super::super::ke_client::key_exchange(
+            "localhost",
+            port,
+            client.clone(),
+            Duration::from_secs(5),
+        )
+        .await;
+        assert!(ok.is_ok(), "{:?}", ok.err());
+
+        // Not TLS at all.
+        let mut plain = TcpStream::connect(server.local_addr)
+            .await
+            .expect("connect");
+        plain
+            .write_all(b"GET / HTTP/1.0\r\n\r\n")
+            .await
+            .expect("write");
+        let _ = plain.read_to_end(&mut Vec::new()).await;
+
+        let stats = server.stats.clone();
+        let done = async {
+            while stats.tls_failed.load(Relaxed) < 1 || stats.in_progress.load(Relaxed) != 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        assert!(
+            tokio::time::timeout(Duration::from_secs(5), done)
+                .await
+                .is_ok()
+        );
+        assert_eq!(stats.completed.load(Relaxed), 1);
+        assert_eq!(stats.tls_failed.load(Relaxed), 1);
+        for other in [
+            &stats.bad_request,
+            &stats.timed_out,
+            &stats.evicted,
+            &stats.refused,
+            &stats.io_failed,
+        ] {
+            assert_eq!(other.load(Relaxed), 0);
+        }
+        assert_ne!(epoch, 0);
+    }
 }
