@@ -671,8 +671,10 @@ fn notes(r: &SourceRow) -> String {
     if let Some(aead) = &r.aead {
         notes.push(aead.clone());
     }
-    if let (Some(age), Some(result)) = (r.key_exchange_age, &r.key_exchange_result) {
-        notes.push(format!("NTS-KE {result} {age:.0} s ago"));
+    match (r.key_exchange_age, r.key_exchange_result.as_deref()) {
+        (Some(age), Some("ok")) => notes.push(format!("NTS-KE ok {age:.0} s ago")),
+        (Some(age), Some(error)) => notes.push(format!("NTS-KE failed {age:.0} s ago: {error}")),
+        _ => {}
     }
     if notes.is_empty() {
         "-".into()

@@ -333,6 +333,10 @@ fn register_server(r: &mut Registry, c: &ServerCounters) {
         ]),
     );
     let k = &c.nts_ke;
+    // No [[nts-ke-server]]: nothing to say (a row of zeros would suggest there is one).
+    if k.servers == 0 {
+        return;
+    }
     r.register(
         "nts_ke_exchanges",
         "NTS key exchanges answered with keys and cookies",
