@@ -1,4 +1,4 @@
-//! `[metrics]` (ADVERSARIAL 39) and the richer `ntimed ctl` replies, against running
+//! `[metrics]` (ADVERSARIAL 44) and the richer `ntimed ctl` replies, against running
 //! daemons: as root, privilege-separated (the listener is bound by the supervisor and
 //! handed to the sandboxed engine), with a simulated clock. An NTS server with
 //! `[metrics]` and a client of it with `[metrics]`; the exposition parses, every

@@ -1,4 +1,4 @@
-//! Prometheus metrics: `GET /metrics` on the `[metrics]` listener (ADVERSARIAL 39).
+//! Prometheus metrics: `GET /metrics` on the `[metrics]` listener (ADVERSARIAL 44).
 //!
 //! HTTP/1.1 by hyper, one request per connection; the exposition is the Prometheus
 //! text format written by prometheus-client, from the same snapshot and counters
