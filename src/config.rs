@@ -838,6 +838,44 @@ mod tests {
         assert!(open.access().unwrap().allows_all());
     }
 
+    /// `[metrics]` is off without the section; its address may not be an NTS-KE
+    /// server's too (the second bind would fail at start, after the others).
+    #[test]
+    fn metrics_listen_parses_and_may_not_share_an_nts_ke_address() {
+        let base = "[[server]]\nlisten = \"127.0.0.1:1\"\n";
+        let c = Config::parse("c.toml", base).unwrap();
+        assert!(c.metrics.is_none());
+        let c = Config::parse(
+            "c.toml",
+            &format!("{base}[metrics]\nlisten = \"127.0.0.1:9975\"\n"),
+        )
+        .unwrap();
+        let listen = c.metrics.map(|m| *m.listen.get_ref());
+        assert_eq!(listen, Some("127.0.0.1:9975".parse().unwrap()));
+        assert!(Config::parse("c.toml", &format!("{base}[metrics]\nlisten = \"x\"\n")).is_err());
+        assert!(
+            Config::parse(
+                "c.toml",
+                &format!("{base}[metrics]\nlisten = \"127.0.0.1:1\"\npath = \"/\"\n")
+            )
+            .is_err(),
+            "unknown keys are refused"
+        );
+        let ke = "[[nts-ke-server]]\nlisten = \"0.0.0.0:4460\"\ncertificate-chain = \"c.pem\"\n\
+                  private-key = \"k.pem\"\n[nts]\nkey-dir = \"k\"\n";
+        let clash = Config::parse(
+            "c.toml",
+            &format!("{base}{ke}[metrics]\nlisten = \"127.0.0.1:4460\"\n"),
+        );
+        let error = clash.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.contains("[metrics] listen 127.0.0.1:4460"), "{error}");
+        let apart = Config::parse(
+            "c.toml",
+            &format!("{base}{ke}[metrics]\nlisten = \"127.0.0.1:9975\"\n"),
+        );
+        assert!(apart.is_ok(), "{:?}", apart.err());
+    }
+
     #[test]
     fn errors_name_file_and_line() {
         let cases = [
