@@ -13,7 +13,6 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use http_body_util::Full;
@@ -21,9 +20,10 @@ use hyper::body::Bytes;
 use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::{Registry, Unit};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -148,37 +148,74 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 }
 
 type Labels = Vec<(&'static str, String)>;
-type LabelledGauge = Family<Labels, Gauge<f64, AtomicU64>>;
-type LabelledCount = Family<Labels, Gauge>;
-type LabelledCounter = Family<Labels, prometheus_client::metrics::counter::Counter>;
 
-/// Labelled gauges, one sample per label set.
-fn gauges<'a>(samples: impl IntoIterator<Item = (Labels, f64)> + 'a) -> LabelledGauge {
-    let family = LabelledGauge::default();
-    for (labels, value) in samples {
-        family.get_or_create(&labels).set(value);
-    }
-    family
+/// A metric whose samples are written in the order given (sources in config
+/// order), which prometheus-client's `Family`, a hash map, does not keep. Nothing is
+/// written without samples.
+#[derive(Debug)]
+struct Ordered<M> {
+    name: &'static str,
+    help: &'static str,
+    unit: Option<Unit>,
+    samples: Vec<(Labels, M)>,
 }
 
-/// Labelled whole-number gauges (flags, registers, counts), one sample per label set.
-fn counts<'a>(samples: impl IntoIterator<Item = (Labels, i64)> + 'a) -> LabelledCount {
-    let family = LabelledCount::default();
-    for (labels, value) in samples {
-        family.get_or_create(&labels).set(value);
+impl<M: EncodeMetric + std::fmt::Debug + Send + Sync + 'static> Collector for Ordered<M> {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some((first_labels, first)) = self.samples.first() else {
+            return Ok(());
+        };
+        // The same full stop as the HELP of metrics registered the usual way.
+        let help = format!("{}.", self.help);
+        let mut metric =
+            encoder.encode_descriptor(self.name, &help, self.unit.as_ref(), first.metric_type())?;
+        if first_labels.is_empty() {
+            return first.encode(metric);
+        }
+        for (labels, value) in &self.samples {
+            value.encode(metric.encode_family(labels)?)?;
+        }
+        Ok(())
     }
-    family
 }
 
-/// Labelled counters, one sample per label set.
-fn counters(samples: &[(&'static str, &'static str, u64)]) -> LabelledCounter {
-    let family = LabelledCounter::default();
-    for &(key, value, count) in samples {
-        family
-            .get_or_create(&vec![(key, value.to_string())])
-            .inc_by(count);
-    }
-    family
+/// Registers a labelled metric, its samples in the order given.
+fn ordered<M: EncodeMetric + std::fmt::Debug + Send + Sync + 'static>(
+    r: &mut Registry,
+    name: &'static str,
+    help: &'static str,
+    unit: Option<Unit>,
+    samples: impl IntoIterator<Item = (Labels, M)>,
+) {
+    r.register_collector(Box::new(Ordered {
+        name,
+        help,
+        unit,
+        samples: samples.into_iter().collect(),
+    }));
+}
+
+/// Registers an unlabelled metric, in its turn among the ordered ones.
+fn single<M: EncodeMetric + std::fmt::Debug + Send + Sync + 'static>(
+    r: &mut Registry,
+    name: &'static str,
+    help: &'static str,
+    unit: Option<Unit>,
+    metric: M,
+) {
+    ordered(r, name, help, unit, [(Vec::new(), metric)]);
+}
+
+/// Labelled counters: `key` = each value.
+fn counters(
+    key: &'static str,
+    samples: &[(&'static str, u64)],
+) -> impl Iterator<Item = (Labels, ConstCounter)> {
+    samples
+        .iter()
+        .map(move |&(value, count)| (vec![(key, value.to_string())], ConstCounter::new(count)))
+        .collect::<Vec<_>>()
+        .into_iter()
 }
 
 fn flag(b: bool) -> i64 {
@@ -203,172 +240,217 @@ pub fn encode(
 
 fn register_client(r: &mut Registry, snapshot: &Snapshot) {
     let s = &snapshot.status;
-    r.register(
+    single(
+        r,
         "synchronized",
         "1 while the clock is synchronized to a source",
+        None,
         ConstGauge::new(flag(s.synchronized)),
     );
-    r.register(
+    single(
+        r,
         "stratum",
         "The stratum served (16: unsynchronized)",
+        None,
         ConstGauge::new(i64::from(s.stratum)),
     );
     if let Some(offset) = s.offset {
-        r.register_with_unit(
+        single(
+            r,
             "offset",
             "The selected source's offset estimate, as ntimed ctl status shows it",
-            Unit::Seconds,
+            Some(Unit::Seconds),
             ConstGauge::new(offset),
         );
     }
     if let Some(error) = s.offset_error {
-        r.register_with_unit(
+        single(
+            r,
             "offset_error",
             "The error bound of that offset estimate",
-            Unit::Seconds,
+            Some(Unit::Seconds),
             ConstGauge::new(error),
         );
     }
-    r.register(
+    single(
+        r,
         "frequency_ppm",
         "The frequency correction applied to the clock, parts per million",
+        None,
         ConstGauge::new(s.frequency_ppm),
     );
-    r.register_with_unit(
+    single(
+        r,
         "root_delay",
         "The round-trip delay to the stratum-1 source, as served",
-        Unit::Seconds,
+        Some(Unit::Seconds),
         ConstGauge::new(s.root_delay),
     );
-    r.register_with_unit(
+    single(
+        r,
         "root_dispersion",
         "The dispersion to the stratum-1 source, as served",
-        Unit::Seconds,
+        Some(Unit::Seconds),
         ConstGauge::new(s.root_dispersion),
     );
     let rows = &snapshot.sources;
     let source = |name: &str| vec![("source", name.to_string())];
-    r.register(
+    ordered(
+        r,
         "source_reach",
         "The source's reachability register (8 polls, 1 bit each; 255: all answered)",
-        counts(rows.iter().map(|s| (source(&s.name), i64::from(s.reach)))),
+        None,
+        rows.iter()
+            .map(|s| (source(&s.name), ConstGauge::new(i64::from(s.reach)))),
     );
-    r.register_with_unit(
+    ordered(
+        r,
         "source_offset",
         "The offset of the source's best sample",
-        Unit::Seconds,
-        gauges(
-            rows.iter()
-                .filter_map(|s| Some((source(&s.name), s.offset?))),
-        ),
+        Some(Unit::Seconds),
+        rows.iter()
+            .filter_map(|s| Some((source(&s.name), ConstGauge::new(s.offset?)))),
     );
-    r.register_with_unit(
+    ordered(
+        r,
         "source_delay",
         "The round-trip delay of the source's last sample used",
-        Unit::Seconds,
-        gauges(
-            rows.iter()
-                .filter_map(|s| Some((source(&s.name), s.delay?))),
-        ),
+        Some(Unit::Seconds),
+        rows.iter()
+            .filter_map(|s| Some((source(&s.name), ConstGauge::new(s.delay?)))),
     );
-    r.register(
+    ordered(
+        r,
         "source_state",
         "1 for the source's selection state, 0 for the others",
-        counts(rows.iter().flat_map(|s| {
+        None,
+        rows.iter().flat_map(|s| {
             SourceState::ALL.iter().map(|state| {
                 let labels = vec![
                     ("source", s.name.clone()),
                     ("state", state.name().to_string()),
                 ];
-                (labels, flag(s.state == state.name()))
+                (labels, ConstGauge::new(flag(s.state == state.name())))
             })
-        })),
+        }),
     );
-    r.register(
+    ordered(
+        r,
         "source_nts_cookies",
         "NTS cookies the source has left",
-        counts(rows.iter().filter_map(|s| {
+        None,
+        rows.iter().filter_map(|s| {
             let cookies = i64::try_from(s.nts_cookies?).unwrap_or(i64::MAX);
-            Some((source(&s.name), cookies))
-        })),
+            Some((source(&s.name), ConstGauge::new(cookies)))
+        }),
     );
 }
 
 fn register_server(r: &mut Registry, c: &ServerCounters) {
-    r.register(
+    ordered(
+        r,
         "server_requests",
         "NTP requests answered, by how they were authenticated",
-        counters(&[
-            ("kind", "plain", c.answered.plain),
-            ("kind", "keyed", c.answered.keyed),
-            ("kind", "nts", c.answered.nts),
-        ]),
+        None,
+        counters(
+            "kind",
+            &[
+                ("plain", c.answered.plain),
+                ("keyed", c.answered.keyed),
+                ("nts", c.answered.nts),
+            ],
+        ),
     );
-    r.register(
+    single(
+        r,
         "server_peer_requests",
         "Of the requests answered plain or keyed, symmetric-active ones from unconfigured peers",
+        None,
         ConstCounter::new(c.answered.peer),
     );
     let d = &c.dropped;
-    r.register(
+    ordered(
+        r,
         "server_drops",
         "NTP requests not answered, by reason",
-        counters(&[
-            ("reason", "malformed", d.malformed),
-            ("reason", "refused", d.refused),
-            ("reason", "auth_failed", d.auth_failed),
-            ("reason", "denied", d.denied),
-            ("reason", "unauthenticated", d.unauthenticated),
-            ("reason", "rate_limited", c.rate_limited),
-        ]),
+        None,
+        counters(
+            "reason",
+            &[
+                ("malformed", d.malformed),
+                ("refused", d.refused),
+                ("auth_failed", d.auth_failed),
+                ("denied", d.denied),
+                ("unauthenticated", d.unauthenticated),
+                ("rate_limited", c.rate_limited),
+            ],
+        ),
     );
-    r.register(
+    ordered(
+        r,
         "server_kisses",
         "Kiss-o'-Death and NAK answers sent, by code",
-        counters(&[
-            ("code", "RATE", c.rate_kisses),
-            ("code", "DENY", c.deny_kisses),
-            ("code", "NTSN", c.nts_naks),
-            ("code", "crypto_nak", c.crypto_naks),
-        ]),
+        None,
+        counters(
+            "code",
+            &[
+                ("RATE", c.rate_kisses),
+                ("DENY", c.deny_kisses),
+                ("NTSN", c.nts_naks),
+                ("crypto_nak", c.crypto_naks),
+            ],
+        ),
     );
     let k = &c.nts_ke;
     // No [[nts-ke-server]]: nothing to say (a row of zeros would suggest there is one).
     if k.servers == 0 {
         return;
     }
-    r.register(
+    single(
+        r,
         "nts_ke_exchanges",
         "NTS key exchanges answered with keys and cookies",
+        None,
         ConstCounter::new(k.completed),
     );
     let f = &k.failed;
-    r.register(
+    ordered(
+        r,
         "nts_ke_failures",
         "NTS-KE connections that ended without keys, by reason",
-        counters(&[
-            ("reason", "tls", f.tls),
-            ("reason", "bad_request", f.bad_request),
-            ("reason", "timeout", f.timeout),
-            ("reason", "evicted", f.evicted),
-            ("reason", "refused", f.refused),
-            ("reason", "io", f.io),
-        ]),
+        None,
+        counters(
+            "reason",
+            &[
+                ("tls", f.tls),
+                ("bad_request", f.bad_request),
+                ("timeout", f.timeout),
+                ("evicted", f.evicted),
+                ("refused", f.refused),
+                ("io", f.io),
+            ],
+        ),
     );
-    r.register(
+    single(
+        r,
         "nts_ke_evictions",
         "Stalled NTS-KE exchanges ended to make room for a newcomer",
+        None,
         ConstCounter::new(f.evicted),
     );
-    r.register(
+    single(
+        r,
         "nts_ke_in_progress",
         "NTS key exchanges in progress",
+        None,
         ConstGauge::new(i64::try_from(k.in_progress).unwrap_or(i64::MAX)),
     );
     if let Some(epoch) = k.cookie_key_epoch {
-        r.register(
+        single(
+            r,
             "nts_cookie_key_epoch",
             "The epoch whose master key seals new NTS cookies (a number, not the key)",
+            None,
             ConstGauge::new(i64::from(epoch)),
         );
     }
@@ -486,6 +568,36 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == expected), "{expected}:\n{text}");
         }
+    }
+
+    /// Metrics come in a fixed order: the client role's, then the sources' in config
+    /// order (each source's states together), then the servers'.
+    #[test]
+    fn samples_keep_the_order_of_the_sources() {
+        let mut snapshot = snapshot();
+        let mut second = snapshot.sources[0].clone();
+        second.name = "a-second.example:123".into();
+        second.state = "falseticker".into();
+        snapshot.sources.push(second);
+        let text = encode(Some(&snapshot), &counters()).expect("encodes");
+        let at = |needle: &str| {
+            text.find(needle)
+                .unwrap_or_else(|| panic!("no {needle}:\n{text}"))
+        };
+        assert!(at("ntimed_synchronized 1") < at("ntimed_source_reach{"));
+        assert!(
+            at("ntimed_source_reach{source=\"ntp.example:123\"}")
+                < at("ntimed_source_reach{source=\"a-second.example:123\"}")
+        );
+        assert!(
+            at("{source=\"a-second.example:123\",state=\"refused\"}")
+                < at("ntimed_source_nts_cookies")
+        );
+        assert!(at("ntimed_source_nts_cookies") < at("ntimed_server_requests_total"));
+        assert!(at("ntimed_server_requests_total") < at("ntimed_nts_ke_exchanges_total"));
+        assert!(text.contains(
+            "ntimed_source_state{source=\"a-second.example:123\",state=\"falseticker\"} 1\n"
+        ));
     }
 
     /// Without the client role's answer, only the servers' metrics.
