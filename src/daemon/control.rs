@@ -26,6 +26,7 @@ use crate::config::Loaded;
 use crate::coordinator::{AuthReport, Coordinator};
 use crate::daemon::nts::KeStats;
 use crate::proto::server::{Server, SharedCookieKeys};
+use crate::sync::SourceState;
 use crate::wire::{Leap, NtpTimestamp};
 
 /// Where the socket is when started as root without `[control] socket`.
@@ -216,7 +217,12 @@ pub fn snapshot(coordinator: &Coordinator, now: f64, local: NtpTimestamp) -> Sna
             }
         })
         .collect();
-    let selected = sources.iter().find(|s| s.selected);
+    // The reference's estimate: the one the clock follows (any selected one before the
+    // first reference is chosen).
+    let selected = sources
+        .iter()
+        .find(|s| s.state == SourceState::Reference.name())
+        .or_else(|| sources.iter().find(|s| s.selected));
     Snapshot {
         status: Status {
             synchronized: coordinator.is_synchronized(),

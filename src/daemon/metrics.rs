@@ -258,7 +258,7 @@ fn register_client(r: &mut Registry, snapshot: &Snapshot) {
         single(
             r,
             "offset",
-            "The selected source's offset estimate, as ntimed ctl status shows it",
+            "The reference source's offset estimate, as ntimed ctl status shows it",
             Some(Unit::Seconds),
             ConstGauge::new(offset),
         );
