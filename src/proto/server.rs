@@ -742,6 +742,13 @@ mod tests {
         assert!(reply.len() <= signed.len());
         let p = Packet::parse(&reply).unwrap();
         assert_eq!(mac::check_packet(&key, &p, &reply), Ok(()));
+        // Both answers are counted as peers' too (and as plain and keyed); a client's
+        // is not.
+        let _ = answer(&server, &request(4, Mode::Client));
+        let count = |n: &std::sync::atomic::AtomicU64| n.load(Ordering::Relaxed);
+        assert_eq!(count(&server.stats.peer), 2);
+        assert_eq!(count(&server.stats.plain), 2);
+        assert_eq!(count(&server.stats.keyed), 1);
         // Never under a peer's key: that would sign what the peer's association takes.
         let with_peers = Server::new(keys(), ServerOptions::default()).with_peer_keys([2]);
         assert_eq!(

@@ -618,7 +618,8 @@ mod tests {
     }
 
     /// The counters say how each connection ended: a completed exchange, a TLS
-    /// handshake that failed, a request that was garbage; none stays in progress.
+    /// handshake that failed, a request whose records do not parse; none stays in
+    /// progress.
     #[tokio::test]
     async fn stats_count_each_connection_by_how_it_ended() {
         use crate::auth::nts::cookie::{CookieKeys, Rotation};
@@ -664,9 +665,29 @@ mod tests {
             .expect("write");
         let _ = plain.read_to_end(&mut Vec::new()).await;
 
+        // TLS with ALPN ntske/1, then records that do not parse.
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let tcp = TcpStream::connect(server.local_addr)
+            .await
+            .expect("connect");
+        let mut tls = tokio_rustls::TlsConnector::from(client)
+            .connect(name, tcp)
+            .await
+            .expect("TLS");
+        tls.write_all(&[0x80, 0x00, 0x00, 0x01, 0xff])
+            .await
+            .expect("write");
+        tls.write_all(&[0x80, 0x00, 0x00, 0x00])
+            .await
+            .expect("write");
+        let _ = tls.read_to_end(&mut Vec::new()).await;
+
         let stats = server.stats.clone();
         let done = async {
-            while stats.tls_failed.load(Relaxed) < 1 || stats.in_progress.load(Relaxed) != 0 {
+            while stats.tls_failed.load(Relaxed) < 1
+                || stats.bad_request.load(Relaxed) < 1
+                || stats.in_progress.load(Relaxed) != 0
+            {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         };
@@ -677,8 +698,8 @@ mod tests {
         );
         assert_eq!(stats.completed.load(Relaxed), 1);
         assert_eq!(stats.tls_failed.load(Relaxed), 1);
+        assert_eq!(stats.bad_request.load(Relaxed), 1);
         for other in [
-            &stats.bad_request,
             &stats.timed_out,
             &stats.evicted,
             &stats.refused,
