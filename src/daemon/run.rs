@@ -306,7 +306,10 @@ pub async fn serve(
     let observed = listeners.control.is_some() || listeners.metrics.is_some();
     let (snapshots, control_requests) = match &client {
         Some(_) if observed => {
-            let (tx, rx) = tokio::sync::mpsc::channel(control::MAX_CONNECTIONS);
+            // Room for every connection both may serve at once: scrapes never crowd
+            // `ctl` out (nor the reverse).
+            let room = control::MAX_CONNECTIONS + super::metrics::MAX_CONNECTIONS;
+            let (tx, rx) = tokio::sync::mpsc::channel(room);
             (Some(tx), Some(rx))
         }
         _ => (None, None),
