@@ -4,16 +4,17 @@
 //! text format written by prometheus-client, from the same snapshot and counters
 //! `ntimed ctl` answers from ([`Control`]). Everything but `GET /metrics` is refused:
 //! 404 for another path, 405 for another method. Like the NTS-KE server, what one
-//! client can take is bounded: [`MAX_CONNECTIONS`] are served at once and as many more
-//! may wait (unread) for their turn, no longer than a request head may take; more are
-//! closed at once. A request head must arrive within [`HEADER_TIMEOUT`] and fit in
-//! [`MAX_REQUEST_HEAD`] bytes (else 431), and a whole connection lasts at most
-//! [`CONNECTION_TIMEOUT`]. Nothing secret is in any metric: key ids and the cookie key
+//! client can take is bounded: [`MAX_CONNECTIONS`] are served at once, and a newcomer
+//! that finds no room ends the oldest of them that has not sent its request head (or,
+//! if all are being answered, is closed). A request head must arrive within
+//! [`HEADER_TIMEOUT`] and fit in [`MAX_REQUEST_HEAD`] bytes (else 431), and a whole
+//! connection lasts at most [`CONNECTION_TIMEOUT`]. Nothing secret is in any metric: key ids and the cookie key
 //! epoch are numbers that name keys, never keys.
 
 use std::convert::Infallible;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use http_body_util::Full;
 use hyper::body::Bytes;
@@ -25,7 +26,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::{Registry, Unit};
-use tokio::sync::Semaphore;
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::control::{Control, ServerCounters, Snapshot};
@@ -33,10 +34,7 @@ use crate::sync::SourceState;
 
 /// Connections served at once (as the control socket).
 pub const MAX_CONNECTIONS: usize = 16;
-/// Connections that may wait for one of those; more are closed at once.
-pub const MAX_WAITING: usize = 16;
-/// A request head must arrive whole within this long (and a waiting connection gets
-/// no longer to be let in).
+/// A request head must arrive whole within this long.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 /// A connection is closed after this long, whatever it is doing.
 pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
@@ -45,6 +43,66 @@ pub const MAX_REQUEST_HEAD: usize = 8192;
 /// The only path served.
 pub const PATH: &str = "/metrics";
 
+/// A connection being served.
+struct Slot {
+    id: u64,
+    accepted: Instant,
+    /// Set once its request head is read: from then on it is being answered.
+    answering: Arc<AtomicBool>,
+    /// Ends it early (sent on eviction).
+    evict: oneshot::Sender<()>,
+}
+
+/// The connections being served, at most [`MAX_CONNECTIONS`]. As the NTS-KE server
+/// does (ADVERSARIAL 5), a newcomer that finds no room ends the oldest connection
+/// that has not sent its request head yet; if every one is being answered, the
+/// newcomer is closed. So idle connections cannot keep a scrape out: a scraper sends
+/// its head at once, and is then never ended for a newcomer.
+#[derive(Default)]
+struct Slots {
+    next_id: u64,
+    slots: Vec<Slot>,
+}
+
+impl Slots {
+    /// Admits a connection: its id, its answering flag and what ends it early.
+    fn admit(&mut self, now: Instant) -> Option<(u64, Arc<AtomicBool>, oneshot::Receiver<()>)> {
+        if self.slots.len() >= MAX_CONNECTIONS {
+            let idle = self
+                .slots
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| !s.answering.load(Ordering::Relaxed))
+                .min_by_key(|(_, s)| s.accepted)
+                .map(|(i, _)| i)?;
+            let evicted = self.slots.swap_remove(idle);
+            let _ = evicted.evict.send(());
+        }
+        self.next_id += 1;
+        let answering = Arc::new(AtomicBool::new(false));
+        let (evict, evicted) = oneshot::channel();
+        self.slots.push(Slot {
+            id: self.next_id,
+            accepted: now,
+            answering: answering.clone(),
+            evict,
+        });
+        Some((self.next_id, answering, evicted))
+    }
+
+    fn finish(&mut self, id: u64) {
+        if let Some(i) = self.slots.iter().position(|s| s.id == id) {
+            self.slots.swap_remove(i);
+        }
+    }
+}
+
+fn lock(slots: &Mutex<Slots>) -> std::sync::MutexGuard<'_, Slots> {
+    slots
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Serves `listener` until the task is aborted.
 pub fn spawn(
     listener: std::net::TcpListener,
@@ -52,8 +110,7 @@ pub fn spawn(
 ) -> std::io::Result<JoinHandle<()>> {
     listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
-    let serving = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let waiting = Arc::new(Semaphore::new(MAX_CONNECTIONS + MAX_WAITING));
+    let slots = Arc::new(Mutex::new(Slots::default()));
     Ok(tokio::spawn(async move {
         loop {
             let stream = match listener.accept().await {
@@ -65,25 +122,24 @@ pub fn spawn(
                     continue;
                 }
             };
-            let Ok(admitted) = waiting.clone().try_acquire_owned() else {
+            let Some((id, answering, evicted)) = lock(&slots).admit(Instant::now()) else {
                 continue;
             };
-            let (serving, observer) = (serving.clone(), observer.clone());
+            let (slots, observer) = (slots.clone(), observer.clone());
             tokio::spawn(async move {
-                let permit =
-                    match tokio::time::timeout(HEADER_TIMEOUT, serving.acquire_owned()).await {
-                        Ok(Ok(permit)) => permit,
-                        _ => return,
-                    };
-                let _ = tokio::time::timeout(CONNECTION_TIMEOUT, serve(stream, observer)).await;
-                drop((permit, admitted));
+                tokio::select! {
+                    _ = tokio::time::timeout(CONNECTION_TIMEOUT, serve(stream, observer, answering)) => {}
+                    _ = evicted => {}
+                }
+                lock(&slots).finish(id);
             });
         }
     }))
 }
 
-async fn serve(stream: tokio::net::TcpStream, observer: Arc<Control>) {
+async fn serve(stream: tokio::net::TcpStream, observer: Arc<Control>, answering: Arc<AtomicBool>) {
     let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+        answering.store(true, Ordering::Relaxed);
         let observer = observer.clone();
         async move {
             let response = respond(&observer, request.method(), request.uri().path()).await;
@@ -598,6 +654,42 @@ mod tests {
         assert!(text.contains(
             "ntimed_source_state{source=\"a-second.example:123\",state=\"falseticker\"} 1\n"
         ));
+    }
+
+    /// A newcomer ends the oldest connection that has not sent its head; when every
+    /// connection is being answered, the newcomer is refused instead.
+    #[test]
+    fn newcomers_end_the_oldest_idle_connection_never_one_being_answered() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut slots = Slots::default();
+        let mut admitted = Vec::new();
+        for i in 0..MAX_CONNECTIONS as u64 {
+            admitted.push(slots.admit(at(i)).expect("room"));
+        }
+        // The two oldest are being answered: the third oldest makes room.
+        for (_, answering, _) in admitted.iter().take(2) {
+            answering.store(true, Ordering::Relaxed);
+        }
+        assert!(slots.admit(at(100)).is_some());
+        let mut evicted: Vec<u64> = Vec::new();
+        for (id, _, rx) in &mut admitted {
+            if rx.try_recv().is_ok() {
+                evicted.push(*id);
+            }
+        }
+        assert_eq!(evicted, vec![3]);
+        assert_eq!(slots.slots.len(), MAX_CONNECTIONS);
+        // All being answered: no room.
+        for slot in &slots.slots {
+            slot.answering.store(true, Ordering::Relaxed);
+        }
+        assert!(slots.admit(at(200)).is_none());
+        slots.finish(1);
+        assert!(
+            slots.admit(at(300)).is_some(),
+            "a finished one frees its slot"
+        );
     }
 
     /// Without the client role's answer, only the servers' metrics.
