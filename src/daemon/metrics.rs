@@ -692,6 +692,23 @@ mod tests {
         );
     }
 
+    /// A source name with quotes, a backslash or a line break (it comes from the
+    /// config) is escaped: it cannot add lines or labels to the exposition.
+    #[test]
+    fn label_values_are_escaped() {
+        let mut snapshot = snapshot();
+        snapshot.sources[0].name = "x\"} 1\nntimed_forged 1\\".into();
+        let text = encode(Some(&snapshot), &counters()).expect("encodes");
+        assert!(
+            !text.lines().any(|l| l.starts_with("ntimed_forged")),
+            "{text}"
+        );
+        assert!(
+            text.contains("ntimed_source_reach{source=\"x\\\"} 1\\nntimed_forged 1\\\\\"} 255\n"),
+            "{text}"
+        );
+    }
+
     /// Without the client role's answer, only the servers' metrics.
     #[test]
     fn without_a_snapshot_only_server_metrics() {
