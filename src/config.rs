@@ -42,6 +42,17 @@ pub struct Config {
     pub sandbox: Option<SandboxSection>,
     pub control: Option<ControlSection>,
     pub leap: Option<LeapSection>,
+    pub metrics: Option<MetricsSection>,
+}
+
+/// Prometheus metrics over HTTP (see `crate::daemon::metrics`); off without this
+/// section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct MetricsSection {
+    /// A TCP address, such as `127.0.0.1:9975`. Unauthenticated: keep it on loopback
+    /// or a management network.
+    pub listen: Spanned<SocketAddr>,
 }
 
 /// Leap seconds (see `crate::sync::leap_file`).
@@ -681,6 +692,22 @@ impl Config {
         }
         self.check_sources(faults);
         self.check_peers(faults);
+        if let Some(metrics) = &self.metrics {
+            let listen = metrics.listen.get_ref();
+            let clash = self.nts_ke_servers.iter().any(|ke| {
+                let ke = ke.listen.get_ref();
+                listen.port() != 0
+                    && ke.port() == listen.port()
+                    && (ke.ip() == listen.ip()
+                        || ke.ip().is_unspecified()
+                        || listen.ip().is_unspecified())
+            });
+            if clash {
+                let message =
+                    format!("[metrics] listen {listen} is an [[nts-ke-server]]'s address too");
+                faults.push((Some(metrics.listen.span()), message));
+            }
+        }
         if let Some(ke) = self.nts_ke_servers.first()
             && self.nts.is_none()
         {
@@ -820,6 +847,44 @@ mod tests {
         assert_eq!(open.deny_action, DenyAction::Ignore);
         assert!(!open.require_auth);
         assert!(open.access().unwrap().allows_all());
+    }
+
+    /// `[metrics]` is off without the section; its address may not be an NTS-KE
+    /// server's too (the second bind would fail at start, after the others).
+    #[test]
+    fn metrics_listen_parses_and_may_not_share_an_nts_ke_address() {
+        let base = "[[server]]\nlisten = \"127.0.0.1:1\"\n";
+        let c = Config::parse("c.toml", base).unwrap();
+        assert!(c.metrics.is_none());
+        let c = Config::parse(
+            "c.toml",
+            &format!("{base}[metrics]\nlisten = \"127.0.0.1:9975\"\n"),
+        )
+        .unwrap();
+        let listen = c.metrics.map(|m| *m.listen.get_ref());
+        assert_eq!(listen, Some("127.0.0.1:9975".parse().unwrap()));
+        assert!(Config::parse("c.toml", &format!("{base}[metrics]\nlisten = \"x\"\n")).is_err());
+        assert!(
+            Config::parse(
+                "c.toml",
+                &format!("{base}[metrics]\nlisten = \"127.0.0.1:1\"\npath = \"/\"\n")
+            )
+            .is_err(),
+            "unknown keys are refused"
+        );
+        let ke = "[[nts-ke-server]]\nlisten = \"0.0.0.0:4460\"\ncertificate-chain = \"c.pem\"\n\
+                  private-key = \"k.pem\"\n[nts]\nkey-dir = \"k\"\n";
+        let clash = Config::parse(
+            "c.toml",
+            &format!("{base}{ke}[metrics]\nlisten = \"127.0.0.1:4460\"\n"),
+        );
+        let error = clash.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.contains("[metrics] listen 127.0.0.1:4460"), "{error}");
+        let apart = Config::parse(
+            "c.toml",
+            &format!("{base}{ke}[metrics]\nlisten = \"127.0.0.1:9975\"\n"),
+        );
+        assert!(apart.is_ok(), "{:?}", apart.err());
     }
 
     #[test]

@@ -267,9 +267,12 @@ async fn ctl_demo(
             snapshots: Some(snapshots),
             local_stratum: None,
             servers,
+            ke_servers: Vec::new(),
+            cookie_keys: None,
             reloads: None,
         };
-        let serving = control::spawn(listener, control).map_err(|e| e.to_string())?;
+        let serving =
+            control::spawn(listener, Arc::new(control)).map_err(|e| e.to_string())?;
         println!(
             "\n8. ntimed ctl: step 7's client role, still running, answers on a control socket (a\n   private one here; a packaged ntimed uses {}); ntimed ctl asks it:",
             control::DEFAULT_SOCKET

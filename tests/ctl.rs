@@ -122,9 +122,25 @@ fn status_sources_and_server_say_what_the_schema_says() {
     for field in ["reachable", "selected"] {
         assert!(row[field].is_boolean(), "{field}: {row}");
     }
-    for field in ["nts_cookies", "offset", "bound"] {
+    for field in ["nts_cookies", "offset", "bound", "delay", "why"] {
         assert!(row.get(field).is_some(), "{field}: {row}");
     }
+    // An insecure source: no NTS or key fields, and one of the documented states.
+    assert_eq!(row["auth"], "none", "{row}");
+    for field in ["aead", "key_exchange_age", "key_exchange_result", "key_id"] {
+        assert!(row[field].is_null(), "{field}: {row}");
+    }
+    let states = [
+        "reference",
+        "selectable",
+        "falseticker",
+        "unreachable",
+        "refused",
+    ];
+    assert!(
+        states.contains(&row["state"].as_str().unwrap_or_default()),
+        "{row}"
+    );
 
     let synced = wait_until(Duration::from_secs(15), || {
         ctl_json(&socket, "status")["synchronized"] == true
@@ -132,6 +148,9 @@ fn status_sources_and_server_say_what_the_schema_says() {
     assert!(synced, "never synchronized:\n{}", run.log());
     let status = ctl_json(&socket, "status");
     assert_eq!(status["stratum"], 2, "{status}");
+    let sources = ctl_json(&socket, "sources");
+    assert_eq!(sources["sources"][0]["state"], "reference", "{sources}");
+    assert!(sources["sources"][0]["why"].is_null(), "{sources}");
     assert_eq!(status["reference_id"], "127.0.0.1", "{status}");
     assert_eq!(status["leap"], "none", "{status}");
     let number = |field: &str| {
@@ -151,8 +170,16 @@ fn status_sources_and_server_say_what_the_schema_says() {
         server["answered"]["plain"].as_u64().unwrap_or(0) >= 1,
         "{server}"
     );
-    for field in ["keyed", "nts"] {
+    for field in ["keyed", "nts", "peer"] {
         assert_eq!(server["answered"][field], 0, "{server}");
+    }
+    // No [[nts-ke-server]]: the object is there, with nothing in it.
+    let ke = &server["nts_ke"];
+    assert_eq!(ke["servers"], 0, "{server}");
+    assert_eq!(ke["completed"], 0, "{server}");
+    assert!(ke["cookie_key_epoch"].is_null(), "{server}");
+    for reason in ["tls", "bad_request", "timeout", "evicted", "refused", "io"] {
+        assert_eq!(ke["failed"][reason], 0, "{reason}: {server}");
     }
     for field in [
         "nts_naks",

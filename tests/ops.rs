@@ -112,6 +112,44 @@ fn check_passes_a_good_config() {
     assert!(!dir.path().join("nts-keys").exists());
 }
 
+/// `[metrics]` on an address beyond loopback is a warning (it has no authentication),
+/// not an error; on loopback, nothing to say.
+#[test]
+fn check_warns_about_metrics_beyond_loopback() {
+    let dir = tempdir("check-metrics");
+    let config = dir.path().join("ntimed.toml");
+    let base = format!(
+        "[local]\nstratum = 1\n[[server]]\nlisten = \"127.0.0.1:{}\"\n{SANDBOX_TOML}",
+        free_port()
+    );
+    write(
+        &config,
+        &format!("{base}[metrics]\nlisten = \"0.0.0.0:9975\"\n"),
+        0o644,
+    );
+    let out = check(&config);
+    assert_eq!(out.status.code(), Some(0), "{}", out.describe());
+    let shown = config.display();
+    assert!(
+        out.stdout
+            .contains("warning: [metrics] listen 0.0.0.0:9975 is not a loopback address"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        out.stdout.ends_with(&format!("{shown}: ok, 1 warning\n")),
+        "{}",
+        out.describe()
+    );
+    write(
+        &config,
+        &format!("{base}[metrics]\nlisten = \"127.0.0.1:9975\"\n"),
+        0o644,
+    );
+    let out = check(&config);
+    assert_eq!(out.stdout, format!("{shown}: ok\n"), "{}", out.describe());
+}
+
 /// A config error, a readable key file, a missing certificate, an expired one and one
 /// about to expire: all reported in one run, each with its file (and line).
 #[test]

@@ -129,9 +129,45 @@ pub struct CoordinatorConfig {
     pub precision: i8,
 }
 
+/// How an association authenticates, for reports.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AuthReport {
+    None,
+    /// A symmetric key, by id (never the secret).
+    Key {
+        id: u32,
+    },
+    Nts {
+        /// The AEAD algorithm of the last successful key exchange.
+        aead: Option<&'static str>,
+        last_key_exchange: Option<KeyExchangeReport>,
+    },
+}
+
+/// The last NTS key exchange of a source.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyExchangeReport {
+    /// Seconds ago.
+    pub age: f64,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
+}
+
+/// What [`AuthReport::Nts`] is made from: kept by the association.
+#[derive(Debug, Clone, Default)]
+struct NtsRecord {
+    aead: Option<&'static str>,
+    /// When the last key exchange ended, and its error if it failed.
+    last: Option<(f64, Option<String>)>,
+}
+
 enum Kind {
     Source {
         source: Box<Source>,
+        /// Keyed sources' key id.
+        key_id: Option<u32>,
+        /// NTS sources' key exchanges.
+        nts_record: NtsRecord,
         /// NTS sources learn their address from the key exchange; the others from a
         /// resolution, and are not polled before it (a poll nobody hears would only
         /// push the first request a whole interval back).
@@ -143,6 +179,7 @@ enum Kind {
     },
     Peer {
         peer: Box<Peer>,
+        key_id: Option<u32>,
         /// Its last measurement named us as its reference: not used until it stops.
         looped: bool,
         /// When to ask for its address again after a failure.
@@ -209,7 +246,8 @@ pub struct AssociationReport {
     pub poll: i8,
     /// NTS cookies left, for NTS sources with keys.
     pub nts_cookies: Option<usize>,
-    /// The engine's view: samples, reachable, selected, offset and error bound.
+    pub auth: AuthReport,
+    /// The engine's view: samples, reachable, selected, offset, error bound and state.
     pub engine: SourceReport,
 }
 
@@ -260,6 +298,10 @@ impl Coordinator {
     ) -> AssociationId {
         let name = name.into();
         let nts = matches!(auth, SourceAuth::Nts);
+        let key_id = match &auth {
+            SourceAuth::Key(key) => Some(key.id()),
+            _ => None,
+        };
         let requires_auth = !matches!(auth, SourceAuth::Insecure);
         // The reference id is the address once known.
         let engine_id = self
@@ -275,6 +317,8 @@ impl Coordinator {
             address: None,
             kind: Kind::Source {
                 source: Box::new(Source::new(auth, options, now)),
+                key_id,
+                nts_record: NtsRecord::default(),
                 nts,
                 resolving: !nts,
                 retry_resolve_at: None,
@@ -294,6 +338,10 @@ impl Coordinator {
     ) -> AssociationId {
         let name = name.into();
         let requires_auth = !matches!(auth, PeerAuth::Insecure);
+        let key_id = match &auth {
+            PeerAuth::Key(key) => Some(key.id()),
+            PeerAuth::Insecure => None,
+        };
         let engine_id = self
             .engine
             .add_peer(name.clone(), ReferenceId(*b"INIT"), requires_auth);
@@ -309,6 +357,7 @@ impl Coordinator {
             address: None,
             kind: Kind::Peer {
                 peer: Box::new(Peer::new(auth, options, now)),
+                key_id,
                 looped: false,
                 retry_resolve_at: None,
             },
@@ -558,11 +607,16 @@ impl Coordinator {
         let Some(a) = self.associations.get_mut(id.0) else {
             return;
         };
-        let Kind::Source { source, .. } = &mut a.kind else {
+        let Kind::Source {
+            source, nts_record, ..
+        } = &mut a.kind
+        else {
             return;
         };
         let kind = match result {
             Ok((session, address)) => {
+                nts_record.aead = Some(session.algorithm().name());
+                nts_record.last = Some((now, None));
                 a.address = Some(address);
                 self.engine
                     .set_reference_id(a.engine_id, reference_id(address));
@@ -570,6 +624,7 @@ impl Coordinator {
                 EventKind::KeyExchanged(address)
             }
             Err(error) => {
+                nts_record.last = Some((now, Some(error.clone())));
                 source.handle_key_exchange(Err(error.clone()), now);
                 EventKind::KeyExchangeFailed(error)
             }
@@ -672,6 +727,28 @@ impl Coordinator {
                     }
                     Kind::Peer { peer, .. } => (true, peer.reach(), peer.poll(), None),
                 };
+                let auth = match &a.kind {
+                    Kind::Source {
+                        nts: true,
+                        nts_record,
+                        ..
+                    } => AuthReport::Nts {
+                        aead: nts_record.aead,
+                        last_key_exchange: nts_record.last.as_ref().map(|(at, error)| {
+                            KeyExchangeReport {
+                                age: (now - at).max(0.0),
+                                error: error.clone(),
+                            }
+                        }),
+                    },
+                    Kind::Source {
+                        key_id: Some(id), ..
+                    }
+                    | Kind::Peer {
+                        key_id: Some(id), ..
+                    } => AuthReport::Key { id: *id },
+                    _ => AuthReport::None,
+                };
                 AssociationReport {
                     association: AssociationId(i),
                     name: a.name.clone(),
@@ -680,6 +757,7 @@ impl Coordinator {
                     reach,
                     poll,
                     nts_cookies,
+                    auth,
                     engine,
                 }
             })

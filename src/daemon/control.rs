@@ -23,9 +23,11 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::config::Loaded;
-use crate::coordinator::Coordinator;
+use crate::coordinator::{AuthReport, Coordinator};
+use crate::daemon::nts::KeStats;
 use crate::daemon::reload::{RELOAD_TIMEOUT, ReloadRequest, Reloaded};
-use crate::proto::server::Server;
+use crate::proto::server::{Server, SharedCookieKeys};
+use crate::sync::SourceState;
 use crate::wire::{Leap, NtpTimestamp};
 
 /// Where the socket is when started as root without `[control] socket`.
@@ -79,6 +81,29 @@ pub struct SourceRow {
     pub selected: bool,
     pub offset: Option<f64>,
     pub bound: Option<f64>,
+    /// The round-trip delay of the last sample used, seconds.
+    #[serde(default)]
+    pub delay: Option<f64>,
+    /// `nts`, `key` or `none`.
+    #[serde(default)]
+    pub auth: String,
+    /// NTS: the AEAD algorithm of the last successful key exchange.
+    #[serde(default)]
+    pub aead: Option<String>,
+    /// NTS: seconds since the last key exchange ended, and `ok` or why it failed.
+    #[serde(default)]
+    pub key_exchange_age: Option<f64>,
+    #[serde(default)]
+    pub key_exchange_result: Option<String>,
+    /// Keyed: the key id (never the key).
+    #[serde(default)]
+    pub key_id: Option<u32>,
+    /// `reference`, `selectable`, `falseticker`, `unreachable` or `refused`.
+    #[serde(default)]
+    pub state: String,
+    /// Why, for `falseticker` and `refused`.
+    #[serde(default)]
+    pub why: Option<String>,
 }
 
 /// `sources json`.
@@ -104,6 +129,8 @@ pub struct ServerCounters {
     pub rate_limited: u64,
     pub deny_kisses: u64,
     pub dropped: Dropped,
+    #[serde(default)]
+    pub nts_ke: KeCounters,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -111,6 +138,34 @@ pub struct Answered {
     pub plain: u64,
     pub keyed: u64,
     pub nts: u64,
+    /// Of `plain` and `keyed`: answers to unconfigured symmetric peers.
+    #[serde(default)]
+    pub peer: u64,
+}
+
+/// The counters of every `[[nts-ke-server]]`, summed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct KeCounters {
+    /// `[[nts-ke-server]]`s running.
+    pub servers: usize,
+    /// Exchanges answered with keys and cookies.
+    pub completed: u64,
+    pub failed: KeFailures,
+    /// Exchanges in progress now.
+    pub in_progress: u64,
+    /// The epoch whose master key seals new cookies (its number, never the key).
+    pub cookie_key_epoch: Option<u32>,
+}
+
+/// Why NTS-KE connections ended without keys. `evicted` counts the evictions.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct KeFailures {
+    pub tls: u64,
+    pub bad_request: u64,
+    pub timeout: u64,
+    pub evicted: u64,
+    pub refused: u64,
+    pub io: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -130,21 +185,45 @@ pub fn snapshot(coordinator: &Coordinator, now: f64, local: NtpTimestamp) -> Sna
     let sources: Vec<SourceRow> = coordinator
         .report(now)
         .into_iter()
-        .map(|r| SourceRow {
-            name: r.name,
-            address: r.address.map(|a| a.to_string()),
-            peer: r.peer,
-            reach: r.reach,
-            poll: r.poll,
-            nts_cookies: r.nts_cookies,
-            samples: r.engine.samples,
-            reachable: r.engine.reachable,
-            selected: r.engine.selected,
-            offset: r.engine.offset,
-            bound: r.engine.bound,
+        .map(|r| {
+            let (auth, aead, key_exchange, key_id) = match r.auth {
+                AuthReport::None => ("none", None, None, None),
+                AuthReport::Key { id } => ("key", None, None, Some(id)),
+                AuthReport::Nts {
+                    aead,
+                    last_key_exchange,
+                } => ("nts", aead, last_key_exchange, None),
+            };
+            SourceRow {
+                name: r.name,
+                address: r.address.map(|a| a.to_string()),
+                peer: r.peer,
+                reach: r.reach,
+                poll: r.poll,
+                nts_cookies: r.nts_cookies,
+                samples: r.engine.samples,
+                reachable: r.engine.reachable,
+                selected: r.engine.selected,
+                offset: r.engine.offset,
+                bound: r.engine.bound,
+                delay: r.engine.delay,
+                auth: auth.into(),
+                aead: aead.map(str::to_string),
+                key_exchange_age: key_exchange.as_ref().map(|k| k.age),
+                key_exchange_result: key_exchange
+                    .map(|k| k.error.unwrap_or_else(|| "ok".to_string())),
+                key_id,
+                state: r.engine.state.name().into(),
+                why: r.engine.why,
+            }
         })
         .collect();
-    let selected = sources.iter().find(|s| s.selected);
+    // The reference's estimate: the one the clock follows (any selected one before the
+    // first reference is chosen).
+    let selected = sources
+        .iter()
+        .find(|s| s.state == SourceState::Reference.name())
+        .or_else(|| sources.iter().find(|s| s.selected));
     Snapshot {
         status: Status {
             synchronized: coordinator.is_synchronized(),
@@ -332,6 +411,10 @@ pub struct Control {
     /// The `[local]` stratum, for `status` without a client role.
     pub local_stratum: Option<u8>,
     pub servers: Vec<Arc<Server>>,
+    /// Every `[[nts-ke-server]]`'s counters.
+    pub ke_servers: Vec<Arc<KeStats>>,
+    /// For the epoch in use (the keys never leave their lock here).
+    pub cookie_keys: Option<SharedCookieKeys>,
     /// The reloader, which answers `reload` (none in the demo).
     pub reloads: Option<mpsc::Sender<ReloadRequest>>,
 }
@@ -339,10 +422,9 @@ pub struct Control {
 /// Serves `listener` until the task is aborted.
 pub fn spawn(
     listener: std::os::unix::net::UnixListener,
-    control: Control,
+    control: Arc<Control>,
 ) -> std::io::Result<JoinHandle<()>> {
     let listener = tokio::net::UnixListener::from_std(listener)?;
-    let control = Arc::new(control);
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     Ok(tokio::spawn(async move {
         loop {
@@ -445,7 +527,9 @@ impl Control {
         }
     }
 
-    async fn snapshot(&self) -> Result<Snapshot, &'static str> {
+    /// The client role's state, asked of the driver (both `ctl` and `/metrics` read it
+    /// here).
+    pub async fn snapshot(&self) -> Result<Snapshot, &'static str> {
         let Some(snapshots) = &self.snapshots else {
             let (stratum, reference_id, leap) = match self.local_stratum {
                 Some(stratum) => (stratum, "LOCL", Leap::NoWarning),
@@ -477,14 +561,19 @@ impl Control {
         }
     }
 
-    fn server_counters(&self) -> ServerCounters {
-        let mut c = ServerCounters::default();
+    /// The servers' counters, summed over every `[[server]]` and `[[nts-ke-server]]`.
+    pub fn server_counters(&self) -> ServerCounters {
+        let mut c = ServerCounters {
+            nts_ke: self.ke_counters(),
+            ..ServerCounters::default()
+        };
         for server in &self.servers {
             let s = &server.stats;
             let get = |n: &AtomicU64| n.load(Ordering::Relaxed);
             c.answered.plain += get(&s.plain);
             c.answered.keyed += get(&s.keyed);
             c.answered.nts += get(&s.nts);
+            c.answered.peer += get(&s.peer);
             c.nts_naks += get(&s.nts_naks_sent);
             c.crypto_naks += get(&s.crypto_naks_sent);
             c.rate_kisses += get(&s.rate_kisses_sent);
@@ -495,6 +584,30 @@ impl Control {
             c.dropped.auth_failed += get(&s.auth_failed);
             c.dropped.denied += get(&s.denied);
             c.dropped.unauthenticated += get(&s.unauthenticated_dropped);
+        }
+        c
+    }
+
+    fn ke_counters(&self) -> KeCounters {
+        let mut c = KeCounters {
+            servers: self.ke_servers.len(),
+            cookie_key_epoch: self.cookie_keys.as_ref().map(|keys| {
+                keys.read()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .current_epoch()
+            }),
+            ..KeCounters::default()
+        };
+        let get = |n: &AtomicU64| n.load(Ordering::Relaxed);
+        for s in &self.ke_servers {
+            c.completed += get(&s.completed);
+            c.in_progress += get(&s.in_progress);
+            c.failed.tls += get(&s.tls_failed);
+            c.failed.bad_request += get(&s.bad_request);
+            c.failed.timeout += get(&s.timed_out);
+            c.failed.evicted += get(&s.evicted);
+            c.failed.refused += get(&s.refused);
+            c.failed.io += get(&s.io_failed);
         }
         c
     }
@@ -540,45 +653,80 @@ pub fn render_status(s: &Status) -> String {
     out
 }
 
-/// `sources` as a table.
+/// `sources` as a table: one row per source; the last column says why a source is
+/// not used and how its NTS key exchange went.
 pub fn render_sources(s: &Sources) -> String {
     let mut out = format!(
-        "{:<28} {:<22} {:>5} {:>4} {:>7} {:>7} {:>3} {:>3} {:>10} {:>10}\n",
-        "name", "address", "reach", "poll", "cookies", "samples", "ok", "sel", "offset", "bound"
+        "{:<28} {:<22} {:<11} {:<6} {:>5} {:>4} {:>7} {:>7} {:>10} {:>10}  {}\n",
+        "name",
+        "address",
+        "state",
+        "auth",
+        "reach",
+        "poll",
+        "cookies",
+        "samples",
+        "offset",
+        "bound",
+        "notes"
     );
     for r in &s.sources {
-        let yes = |b: bool| if b { "*" } else { "" };
+        let auth = match (r.auth.as_str(), r.key_id) {
+            ("key", Some(id)) => format!("key {id}"),
+            (auth, _) => auth.to_string(),
+        };
         out.push_str(&format!(
-            "{:<28} {:<22} {:>5o} {:>4} {:>7} {:>7} {:>3} {:>3} {:>10} {:>10}\n",
+            "{:<28} {:<22} {:<11} {:<6} {:>5o} {:>4} {:>7} {:>7} {:>10} {:>10}  {}\n",
             r.name,
             r.address.as_deref().unwrap_or("-"),
+            r.state,
+            auth,
             r.reach,
             r.poll,
             r.nts_cookies.map_or_else(|| "-".into(), |n| n.to_string()),
             r.samples,
-            yes(r.reachable),
-            yes(r.selected),
             seconds(r.offset),
             r.bound.map_or_else(|| "-".into(), |b| format!("{b:.6}")),
+            notes(r),
         ));
     }
     out
 }
 
+/// `why`, then for NTS the AEAD and the last key exchange: `-` if there is nothing.
+fn notes(r: &SourceRow) -> String {
+    let mut notes: Vec<String> = r.why.iter().cloned().collect();
+    if let Some(aead) = &r.aead {
+        notes.push(aead.clone());
+    }
+    match (r.key_exchange_age, r.key_exchange_result.as_deref()) {
+        (Some(age), Some("ok")) => notes.push(format!("NTS-KE ok {age:.0} s ago")),
+        (Some(age), Some(error)) => notes.push(format!("NTS-KE failed {age:.0} s ago: {error}")),
+        _ => {}
+    }
+    if notes.is_empty() {
+        "-".into()
+    } else {
+        notes.join("; ")
+    }
+}
+
 /// `server` as a person reads it.
 pub fn render_server(c: &ServerCounters) -> String {
     format!(
-        "answered        plain {} / keyed {} / NTS {}\n\
+        "answered        plain {} / keyed {} / NTS {} (peers {})\n\
          NTS NAKs (NTSN) {}\n\
          crypto-NAKs     {}\n\
          RATE kisses     {}\n\
          rate-limited    {}\n\
          DENY kisses     {}\n\
          dropped         malformed {} / refused {} / authentication failed {}\n\
-         \x20               denied {} / unauthenticated {}\n",
+         \x20               denied {} / unauthenticated {}\n\
+         {}",
         c.answered.plain,
         c.answered.keyed,
         c.answered.nts,
+        c.answered.peer,
         c.nts_naks,
         c.crypto_naks,
         c.rate_kisses,
@@ -589,6 +737,28 @@ pub fn render_server(c: &ServerCounters) -> String {
         c.dropped.auth_failed,
         c.dropped.denied,
         c.dropped.unauthenticated,
+        render_ke(&c.nts_ke),
+    )
+}
+
+fn render_ke(k: &KeCounters) -> String {
+    if k.servers == 0 {
+        return "NTS-KE          not serving\n".into();
+    }
+    let f = &k.failed;
+    format!(
+        "NTS-KE          completed {} / in progress {} / cookie key epoch {}\n\
+         NTS-KE failed   TLS {} / bad request {} / timeout {} / evicted {} / refused {} / I/O {}\n",
+        k.completed,
+        k.in_progress,
+        k.cookie_key_epoch
+            .map_or_else(|| "-".into(), |e| e.to_string()),
+        f.tls,
+        f.bad_request,
+        f.timeout,
+        f.evicted,
+        f.refused,
+        f.io,
     )
 }
 

@@ -16,6 +16,7 @@
 pub mod client;
 pub mod control;
 pub mod leap;
+pub mod metrics;
 pub mod net;
 pub mod nts;
 pub mod peer;

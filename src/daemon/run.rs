@@ -25,11 +25,12 @@ use crate::util::{Problems, Severity};
 
 /// Sockets bound before anything runs, by the supervisor when privileges are
 /// separated: one per `[[server]]` and one per `[[nts-ke-server]]`, in config order,
-/// and the control socket.
+/// the control socket and the `[metrics]` listener.
 pub struct Listeners {
     pub udp: Vec<std::net::UdpSocket>,
     pub tcp: Vec<std::net::TcpListener>,
     pub control: Option<std::os::unix::net::UnixListener>,
+    pub metrics: Option<std::net::TcpListener>,
 }
 
 impl Listeners {
@@ -53,7 +54,18 @@ impl Listeners {
             .map(|listen| super::net::bind_tcp(*listen).map_err(|e| bind_err(listen, e)))
             .collect::<Result<_, _>>()?;
         let control = super::control::bind(loaded, control_default)?;
-        Ok(Self { udp, tcp, control })
+        let metrics = config
+            .metrics
+            .as_ref()
+            .map(|m| m.listen.get_ref())
+            .map(|listen| super::net::bind_tcp(*listen).map_err(|e| bind_err(listen, e)))
+            .transpose()?;
+        Ok(Self {
+            udp,
+            tcp,
+            control,
+            metrics,
+        })
     }
 
     /// Checks that inherited sockets are the ones `config` asks for, in its order.
@@ -84,6 +96,19 @@ impl Listeners {
                     .zip(got)
                     .all(|(w, g)| w.ip() == g.ip() && (w.port() == 0 || w.port() == g.port()))
         };
+        let wanted_metrics: Vec<SocketAddr> =
+            config.metrics.iter().map(|m| *m.listen.get_ref()).collect();
+        let metrics: Vec<_> = self
+            .metrics
+            .iter()
+            .map(|s| s.local_addr())
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?;
+        if !matches(&wanted_metrics, &metrics) {
+            return Err(format!(
+                "the inherited metrics listener {metrics:?} is not the configured {wanted_metrics:?}"
+            ));
+        }
         if matches(&wanted_udp, &udp) && matches(&wanted_tcp, &tcp) {
             Ok(())
         } else {
@@ -290,7 +315,7 @@ pub async fn serve(
         .iter()
         .map(|(tls, _)| Arc::new(ArcSwap::new(tls.clone())))
         .collect();
-    let _ke_running = start_ke_servers(
+    let ke_running = start_ke_servers(
         ke_configs,
         &ke_tls,
         listeners.tcp,
@@ -314,30 +339,38 @@ pub async fn serve(
     let _reloading = reload::spawn(reload_from, loaded.clone(), targets, reload_rx)
         .map_err(|e| format!("cannot serve reloads: {e}"))
         .map(AbortOnDrop)?;
-    let rotation = cookie_keys.map(|(keys, persist_to)| nts::spawn_rotation(keys, persist_to));
-    let (snapshots, control_requests) = match (&client, &listeners.control) {
-        (Some(_), Some(_)) => {
-            let (tx, rx) = tokio::sync::mpsc::channel(control::MAX_CONNECTIONS);
+    // `ctl` and `/metrics` read the same snapshots and counters.
+    let observed = listeners.control.is_some() || listeners.metrics.is_some();
+    let (snapshots, control_requests) = match &client {
+        Some(_) if observed => {
+            // Room for every connection both may serve at once: scrapes never crowd
+            // `ctl` out (nor the reverse).
+            let room = control::MAX_CONNECTIONS + super::metrics::MAX_CONNECTIONS;
+            let (tx, rx) = tokio::sync::mpsc::channel(room);
             (Some(tx), Some(rx))
         }
         _ => (None, None),
     };
+    let observer = Arc::new(control::Control {
+        snapshots,
+        local_stratum,
+        servers: running.iter().map(|r| r.server.clone()).collect(),
+        ke_servers: ke_running.iter().map(|r| r.stats.clone()).collect(),
+        cookie_keys: cookie_keys.as_ref().map(|(keys, _)| keys.clone()),
+        reloads: Some(reload_requests),
+    });
+    let rotation = cookie_keys.map(|(keys, persist_to)| nts::spawn_rotation(keys, persist_to));
     let _control_running = listeners
         .control
-        .map(|listener| {
-            let servers = running.iter().map(|r| r.server.clone()).collect();
-            control::spawn(
-                listener,
-                control::Control {
-                    snapshots,
-                    local_stratum,
-                    servers,
-                    reloads: Some(reload_requests),
-                },
-            )
-        })
+        .map(|listener| control::spawn(listener, observer.clone()))
         .transpose()
         .map_err(|e| format!("cannot serve the control socket: {e}"))?
+        .map(AbortOnDrop);
+    let _metrics_running = listeners
+        .metrics
+        .map(|listener| super::metrics::spawn(listener, observer.clone()))
+        .transpose()
+        .map_err(|e| format!("cannot serve metrics: {e}"))?
         .map(AbortOnDrop);
     let (stop_client, stopped) = tokio::sync::oneshot::channel();
     let link = routes.zip(inbound).map(|(routes, inbound)| PeerLink {

@@ -29,6 +29,15 @@ pub fn check(path: &Path, as_root: bool, now: SystemTime) -> Problems {
     }
     check_drift_file(&loaded, &mut problems);
     problems.take(crate::daemon::control::settings(&loaded, as_root));
+    if let Some(metrics) = &loaded.config.metrics {
+        let listen = metrics.listen.get_ref();
+        if !listen.ip().is_loopback() {
+            problems.warning(format!(
+                "[metrics] listen {listen} is not a loopback address: anyone who reaches it \
+                 reads the metrics (there is no authentication)"
+            ));
+        }
+    }
     run::prepare_all(loaded, Purpose::Check, now, &mut problems);
     problems
 }

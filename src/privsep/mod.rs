@@ -84,6 +84,9 @@ pub struct ChildArgs {
     /// Engine: its end of the reload link to the supervisor.
     #[arg(long)]
     pub reload_fd: Option<i32>,
+    /// Engine: the bound `[metrics]` listener.
+    #[arg(long)]
+    pub metrics_fd: Option<i32>,
     /// Engine: a pipe to write one byte to once serving.
     #[arg(long)]
     pub ready_fd: Option<i32>,
@@ -226,6 +229,12 @@ pub fn supervise(config: &std::path::Path, log_level: tracing::Level) -> Result<
             .arg("--control-fd")
             .arg(fd.as_raw_fd().to_string());
     }
+    let metrics = listeners.metrics.as_ref().map(|l| l.as_fd());
+    if let Some(fd) = metrics {
+        engine_command
+            .arg("--metrics-fd")
+            .arg(fd.as_raw_fd().to_string());
+    }
     let fds: Vec<BorrowedFd<'_>> = [
         engine_end.as_fd(),
         ready_writer.as_fd(),
@@ -235,6 +244,7 @@ pub fn supervise(config: &std::path::Path, log_level: tracing::Level) -> Result<
     .chain(udp.iter().copied())
     .chain(tcp.iter().copied())
     .chain(control)
+    .chain(metrics)
     .collect();
     let engine = spawn_with_fds(&mut engine_command, &fds);
     drop(fds);
@@ -477,6 +487,10 @@ pub fn engine_main(args: ChildArgs) -> Result<ExitCode, String> {
         control: args
             .control_fd
             .map(|fd| take(fd, "control socket").map(std::os::unix::net::UnixListener::from))
+            .transpose()?,
+        metrics: args
+            .metrics_fd
+            .map(|fd| take(fd, "metrics socket").map(std::net::TcpListener::from))
             .transpose()?,
     };
     listeners.check(&loaded.config)?;

@@ -153,6 +153,9 @@ pub struct ServerStats {
     pub plain: AtomicU64,
     pub keyed: AtomicU64,
     pub nts: AtomicU64,
+    /// Of the `plain` and `keyed` answers, those to symmetric-active packets (in
+    /// symmetric-passive mode): unconfigured peers.
+    pub peer: AtomicU64,
     pub crypto_naks_sent: AtomicU64,
     pub nts_naks_sent: AtomicU64,
     pub rate_kisses_sent: AtomicU64,
@@ -261,6 +264,11 @@ impl Server {
             Err(_) => &self.stats.refused,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        if matches!(result, Ok(Answer::Plain | Answer::Keyed(_)))
+            && reply.first().map(|b| Mode::from_bits(b & 0x07)) == Some(Mode::SymmetricPassive)
+        {
+            self.stats.peer.fetch_add(1, Ordering::Relaxed);
+        }
         if result.is_err() {
             reply.clear();
         }
@@ -743,6 +751,13 @@ mod tests {
         assert!(reply.len() <= signed.len());
         let p = Packet::parse(&reply).unwrap();
         assert_eq!(mac::check_packet(&key, &p, &reply), Ok(()));
+        // Both answers are counted as peers' too (and as plain and keyed); a client's
+        // is not.
+        let _ = answer(&server, &request(4, Mode::Client));
+        let count = |n: &std::sync::atomic::AtomicU64| n.load(Ordering::Relaxed);
+        assert_eq!(count(&server.stats.peer), 2);
+        assert_eq!(count(&server.stats.plain), 2);
+        assert_eq!(count(&server.stats.keyed), 1);
         // Never under a peer's key: that would sign what the peer's association takes.
         let with_peers = Server::new(keys(), ServerOptions::default()).with_peer_keys([2]);
         assert_eq!(

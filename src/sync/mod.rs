@@ -137,6 +137,56 @@ struct SourceEntry {
     reachable: bool,
     selected: bool,
     outliers: u32,
+    /// What the last selection made of it.
+    verdict: Verdict,
+    /// Why its last sample was not used, until one is.
+    ignored: Option<Ignored>,
+}
+
+/// What a selection made of a source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Not a candidate (unreachable or no sample), or no selection has run yet.
+    None,
+    /// Fewer agreed than selection needs: nobody is chosen.
+    NoMajority,
+    Truechimer,
+    Falseticker,
+}
+
+/// A source's part in synchronization, for reports (`ntimed ctl sources`, metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceState {
+    /// Steers the clock.
+    Reference,
+    /// Agrees with the majority and may become the reference.
+    Selectable,
+    /// Disagrees with the majority (see `why`).
+    Falseticker,
+    /// Not heard from (or not usable by its protocol: stopped by a kiss, no keys).
+    Unreachable,
+    /// Heard from, but not used (see `why`).
+    Refused,
+}
+
+impl SourceState {
+    pub const ALL: [Self; 5] = [
+        Self::Reference,
+        Self::Selectable,
+        Self::Falseticker,
+        Self::Unreachable,
+        Self::Refused,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Reference => "reference",
+            Self::Selectable => "selectable",
+            Self::Falseticker => "falseticker",
+            Self::Unreachable => "unreachable",
+            Self::Refused => "refused",
+        }
+    }
 }
 
 /// A source's state for reports (`ntimed run` logs, tests).
@@ -149,6 +199,11 @@ pub struct SourceReport {
     /// Offset of its best sample now, and that sample's error bound.
     pub offset: Option<f64>,
     pub bound: Option<f64>,
+    /// The round-trip delay of its last sample used, seconds.
+    pub delay: Option<f64>,
+    pub state: SourceState,
+    /// A few words on why, for `Refused` and `Falseticker`.
+    pub why: Option<String>,
 }
 
 /// The engine: sources in, clock commands out.
@@ -240,6 +295,8 @@ impl SyncEngine {
             reachable: false,
             selected: false,
             outliers: 0,
+            verdict: Verdict::None,
+            ignored: None,
         });
         SourceId(self.sources.len() - 1)
     }
@@ -290,6 +347,20 @@ impl SyncEngine {
     /// Takes a sample from source `id` that arrived at `now`, while the clock still had
     /// `pending_slew` seconds of an earlier correction to apply.
     pub fn handle_sample(
+        &mut self,
+        id: SourceId,
+        sample: &Sample,
+        now: f64,
+        pending_slew: f64,
+    ) -> Result<(), Ignored> {
+        let result = self.take_sample(id, sample, now, pending_slew);
+        if let Some(source) = self.sources.get_mut(id.0) {
+            source.ignored = result.err();
+        }
+        result
+    }
+
+    fn take_sample(
         &mut self,
         id: SourceId,
         sample: &Sample,
@@ -426,13 +497,24 @@ impl SyncEngine {
         let selection = select(&candidates, self.config.min_sources);
         for source in &mut self.sources {
             source.selected = false;
+            source.verdict = Verdict::None;
         }
-        let truechimers: Vec<usize> = selection?
-            .truechimers
-            .iter()
-            .filter_map(|&i| indices.get(i).copied())
-            .collect();
-        Some(truechimers)
+        let truechimers: Option<Vec<usize>> = selection.map(|s| {
+            s.truechimers
+                .iter()
+                .filter_map(|&i| indices.get(i).copied())
+                .collect()
+        });
+        for &i in &indices {
+            if let Some(source) = self.sources.get_mut(i) {
+                source.verdict = match &truechimers {
+                    None => Verdict::NoMajority,
+                    Some(t) if t.contains(&i) => Verdict::Truechimer,
+                    Some(_) => Verdict::Falseticker,
+                };
+            }
+        }
+        truechimers
     }
 
     /// The first correction (and the first after losing synchronization): the
@@ -656,8 +738,10 @@ impl SyncEngine {
     pub fn report(&self, now: f64) -> Vec<SourceReport> {
         self.sources
             .iter()
-            .map(|s| {
+            .enumerate()
+            .map(|(i, s)| {
                 let best = s.filter.best(now);
+                let (state, why) = self.state_of(i, s);
                 SourceReport {
                     name: s.name.clone(),
                     samples: s.filter.len(),
@@ -665,9 +749,43 @@ impl SyncEngine {
                     selected: s.selected,
                     offset: best.map(|(b, _)| b.normalized_offset - self.corrected_total),
                     bound: best.map(|(_, bound)| bound),
+                    delay: s.last.map(|l| l.delay),
+                    state,
+                    why,
                 }
             })
             .collect()
+    }
+
+    /// Source `i`'s state, and why when it is refused or a falseticker.
+    fn state_of(&self, i: usize, s: &SourceEntry) -> (SourceState, Option<String>) {
+        if !s.reachable {
+            return (SourceState::Unreachable, None);
+        }
+        if s.selected {
+            let state = if self.reference == Some(i) {
+                SourceState::Reference
+            } else {
+                SourceState::Selectable
+            };
+            return (state, None);
+        }
+        let refused = |why: String| (SourceState::Refused, Some(why));
+        if let Some(ignored) = s.ignored {
+            return refused(format!("last sample {ignored}"));
+        }
+        match s.verdict {
+            Verdict::Falseticker => (
+                SourceState::Falseticker,
+                Some("outside the interval the majority agrees on".into()),
+            ),
+            Verdict::NoMajority => refused("no majority of sources agrees".into()),
+            _ if s.filter.len() < MIN_SAMPLES => refused(format!(
+                "{} of the {MIN_SAMPLES} samples needed",
+                s.filter.len()
+            )),
+            _ => refused("waiting for a majority of the configured sources".into()),
+        }
     }
 }
 
@@ -981,6 +1099,62 @@ mod tests {
         let applied = commands(&mut engine);
         assert!(steps(&applied).is_empty(), "{applied:?}");
         assert!(engine.is_synchronized());
+    }
+
+    /// Reports say what each source is to synchronization, and why it is not used.
+    #[test]
+    fn reports_name_the_reference_the_falsetickers_and_why() {
+        let (mut engine, ids) = engine(5);
+        let offsets = [0.0002, -0.0001, 0.0, 1.0, 2.0];
+        for round in 0..3 {
+            for (id, offset) in ids.iter().zip(offsets) {
+                let _ =
+                    engine.handle_sample(*id, &sample(offset, 0.001), f64::from(round) * 64.0, 0.0);
+            }
+        }
+        let report = engine.report(192.0);
+        let states: Vec<SourceState> = report.iter().map(|r| r.state).collect();
+        assert_eq!(
+            states
+                .iter()
+                .filter(|s| **s == SourceState::Reference)
+                .count(),
+            1,
+            "{report:?}"
+        );
+        assert!(
+            states[..3]
+                .iter()
+                .all(|s| matches!(s, SourceState::Reference | SourceState::Selectable)),
+            "{report:?}"
+        );
+        for falseticker in &report[3..5] {
+            assert_eq!(falseticker.state, SourceState::Falseticker, "{report:?}");
+            assert!(falseticker.why.is_some(), "{report:?}");
+        }
+        assert_eq!(report[0].delay, Some(0.001));
+        // No longer heard from.
+        if let Some(&last) = ids.last() {
+            engine.handle_reachability(last, false);
+        }
+        let report = engine.report(192.0);
+        assert_eq!(report[4].state, SourceState::Unreachable);
+        assert_eq!(report[4].why, None);
+
+        // A sample the engine will not take from a source it does not use: refused, and
+        // why. (A selected source stays selected on the samples it gave before.)
+        let Some(&falseticker) = ids.get(3) else {
+            panic!("no source 3")
+        };
+        let mut bad = sample(0.0, 0.001);
+        bad.offset = f64::NAN;
+        assert!(engine.handle_sample(falseticker, &bad, 200.0, 0.0).is_err());
+        let report = engine.report(200.0);
+        assert_eq!(report[3].state, SourceState::Refused, "{report:?}");
+        assert_eq!(
+            report[3].why.as_deref(),
+            Some("last sample not a finite number")
+        );
     }
 
     /// After a long silence the clock is unsynchronized again (and says so), and the

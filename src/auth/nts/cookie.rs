@@ -163,6 +163,12 @@ impl CookieKeys {
         AeadKey::new(MASTER, &bytes)
     }
 
+    /// The epoch whose master key seals new cookies (it names the key in each cookie;
+    /// the key itself never leaves this type).
+    pub fn current_epoch(&self) -> u32 {
+        self.current
+    }
+
     /// The random keys to persist; nothing in fleet mode.
     pub fn persistable(&self) -> Vec<(u32, &AeadKey)> {
         match self.source {

@@ -239,6 +239,11 @@ impl NtsSession {
         self.cookies.len()
     }
 
+    /// The AEAD algorithm the key exchange agreed on.
+    pub fn algorithm(&self) -> crate::auth::nts::aead::AeadAlgorithm {
+        self.keys.algorithm()
+    }
+
     /// Appends the request's NTS fields after its header, spending one cookie and
     /// asking for enough new ones to refill the jar. `None` when the jar is empty:
     /// run NTS-KE again; never fall back to plain NTP.

@@ -8,6 +8,7 @@
 //! otherwise the newcomer is refused.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -56,6 +57,52 @@ impl Default for KeLimits {
             },
             stalled_after: Duration::from_secs(1),
             timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Counters, readable while the server runs (`ntimed ctl server`, `/metrics`). Every
+/// connection accepted ends in exactly one of `completed` or a failure; `refused`
+/// connections never start.
+#[derive(Debug, Default)]
+pub struct KeStats {
+    /// Exchanges answered with keys and cookies.
+    pub completed: AtomicU64,
+    /// The TLS handshake failed, or the client did not offer ALPN ntske/1.
+    pub tls_failed: AtomicU64,
+    /// The request was malformed or refused (an NTS-KE error record went back), or
+    /// the client closed before sending it whole.
+    pub bad_request: AtomicU64,
+    /// The exchange did not finish within the whole-exchange timeout.
+    pub timed_out: AtomicU64,
+    /// Ended, stalled, to make room for a newcomer.
+    pub evicted: AtomicU64,
+    /// Closed at admission: over the source's handshake rate, or no room.
+    pub refused: AtomicU64,
+    /// Writing the answer failed (the client went away, say).
+    pub io_failed: AtomicU64,
+    /// Exchanges in progress now (a gauge).
+    pub in_progress: AtomicU64,
+}
+
+impl KeStats {
+    fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// How an exchange failed, for its counter.
+#[derive(Debug)]
+enum Failure {
+    Tls(String),
+    BadRequest(String),
+    Io(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tls(e) | Self::BadRequest(e) | Self::Io(e) => f.write_str(e),
         }
     }
 }
@@ -222,6 +269,7 @@ fn lock(in_flight: &Mutex<InFlight>) -> std::sync::MutexGuard<'_, InFlight> {
 /// An NTS-KE server. Dropping it stops accepting.
 pub struct RunningKeServer {
     pub local_addr: SocketAddr,
+    pub stats: Arc<KeStats>,
     task: JoinHandle<()>,
 }
 
@@ -262,7 +310,10 @@ pub fn start_ke_server_on(
     let local_addr = listener.local_addr()?;
     let in_flight = Arc::new(Mutex::new(InFlight::new(limits, Instant::now())));
     let endpoint = Arc::new(endpoint);
+    let stats = Arc::new(KeStats::default());
+    let counters = stats.clone();
     let task = tokio::spawn(async move {
+        let stats = counters;
         let mut refusals = LogLimit::new(LOG_INTERVAL);
         let mut evictions = LogLimit::new(LOG_INTERVAL);
         loop {
@@ -279,6 +330,7 @@ pub fn start_ke_server_on(
                 Ok(admitted) => admitted,
                 Err(why) => {
                     drop(tcp);
+                    KeStats::count(&stats.refused);
                     if let Some(more) = refusals.allow() {
                         tracing::warn!(
                             "NTS-KE: closed a connection from {peer}: {why} ({more} more since the last report)"
@@ -287,33 +339,60 @@ pub fn start_ke_server_on(
                     continue;
                 }
             };
+            if made_room {
+                KeStats::count(&stats.evicted);
+            }
             if made_room && let Some(more) = evictions.allow() {
                 tracing::warn!(
                     "NTS-KE: ended a stalled exchange to admit {peer} ({more} more since the last report)"
                 );
             }
-            let (acceptor, cookie_keys, endpoint, in_flight) = (
+            let (acceptor, cookie_keys, endpoint, in_flight, stats) = (
                 tokio_rustls::TlsAcceptor::from(tls.load_full()),
                 cookie_keys.clone(),
                 endpoint.clone(),
                 in_flight.clone(),
+                stats.clone(),
             );
+            stats.in_progress.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(async move {
                 let progress = |stage| lock(&in_flight).progress(id, stage, Instant::now());
                 let exchange = serve_one(acceptor, tcp, &cookie_keys, &endpoint, progress);
-                tokio::select! {
+                // Counted under `evicted` at admission already.
+                let counter = tokio::select! {
                     result = tokio::time::timeout(limits.timeout, exchange) => match result {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => tracing::debug!("NTS-KE with {peer}: {e}"),
-                        Err(_) => tracing::debug!("NTS-KE with {peer}: timed out"),
+                        Ok(Ok(())) => Some(&stats.completed),
+                        Ok(Err(e)) => {
+                            tracing::debug!("NTS-KE with {peer}: {e}");
+                            Some(match e {
+                                Failure::Tls(_) => &stats.tls_failed,
+                                Failure::BadRequest(_) => &stats.bad_request,
+                                Failure::Io(_) => &stats.io_failed,
+                            })
+                        }
+                        Err(_) => {
+                            tracing::debug!("NTS-KE with {peer}: timed out");
+                            Some(&stats.timed_out)
+                        }
                     },
-                    _ = evicted => tracing::debug!("NTS-KE with {peer}: evicted, stalled"),
+                    _ = evicted => {
+                        tracing::debug!("NTS-KE with {peer}: evicted, stalled");
+                        None
+                    }
+                };
+                if let Some(counter) = counter {
+                    KeStats::count(counter);
                 }
+                stats.in_progress.fetch_sub(1, Ordering::Relaxed);
                 lock(&in_flight).finish(id);
             });
         }
     });
-    Ok(RunningKeServer { local_addr, task })
+    Ok(RunningKeServer {
+        local_addr,
+        stats,
+        task,
+    })
 }
 
 async fn serve_one(
@@ -322,14 +401,14 @@ async fn serve_one(
     cookie_keys: &SharedCookieKeys,
     endpoint: &NtpEndpoint,
     progress: impl Fn(Stage),
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     let _ = tcp.set_nodelay(true);
     let mut tls = acceptor
         .accept(tcp)
         .await
-        .map_err(|e| format!("handshake: {e}"))?;
+        .map_err(|e| Failure::Tls(format!("handshake: {e}")))?;
     if tls.get_ref().1.alpn_protocol() != Some(ALPN) {
-        return Err("client did not offer ALPN ntske/1".into());
+        return Err(Failure::Tls("client did not offer ALPN ntske/1".into()));
     }
     progress(Stage::Request);
     let message = read_message(&mut tls).await;
@@ -339,12 +418,12 @@ async fn serve_one(
             Ok(Some((records, _))) => ke::evaluate_request(&records, used < bytes.len()),
             _ => bad_request(),
         },
-        Err(e) if e == CLOSED_EARLY => return Err(e),
+        Err(e) if e == CLOSED_EARLY => return Err(Failure::BadRequest(e)),
         Err(_) => bad_request(),
     };
     let cookies = match decision {
         KeDecision::Accept { aead, .. } => {
-            let keys = export_keys(tls.get_ref().1, aead)?;
+            let keys = export_keys(tls.get_ref().1, aead).map_err(Failure::Io)?;
             let master = cookie_keys
                 .read()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -356,10 +435,11 @@ async fn serve_one(
     };
     let mut response = Vec::with_capacity(1024);
     ke::write_response(&decision, &cookies, endpoint, &mut response);
-    tls.write_all(&response).await.map_err(|e| e.to_string())?;
-    tls.shutdown().await.map_err(|e| e.to_string())?;
+    let io = |e: std::io::Error| Failure::Io(e.to_string());
+    tls.write_all(&response).await.map_err(io)?;
+    tls.shutdown().await.map_err(io)?;
     if let KeDecision::Refuse { why, .. } = decision {
-        return Err(format!("refused: {why}"));
+        return Err(Failure::BadRequest(format!("refused: {why}")));
     }
     Ok(())
 }
@@ -540,5 +620,98 @@ mod tests {
             source_key("0.0.0.1".parse().unwrap()),
             source_key("::1".parse().unwrap())
         );
+    }
+
+    /// The counters say how each connection ended: a completed exchange, a TLS
+    /// handshake that failed, a request whose records do not parse; none stays in
+    /// progress.
+    #[tokio::test]
+    async fn stats_count_each_connection_by_how_it_ended() {
+        use crate::auth::nts::cookie::{CookieKeys, Rotation};
+        use crate::daemon::nts::test_pki::ThrowawayPki;
+        use std::sync::RwLock;
+        use std::sync::atomic::Ordering::Relaxed;
+        use tokio::io::AsyncReadExt;
+
+        let pki = ThrowawayPki::new(&["localhost"]).expect("pki");
+        let mut keys = CookieKeys::random(Rotation::default(), vec![]);
+        keys.update(1_700_000_000, &mut rand::rng());
+        let epoch = keys.current_epoch();
+        let server = start_ke_server(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            pki.server_config().expect("server config"),
+            Arc::new(RwLock::new(keys)),
+            NtpEndpoint {
+                server: None,
+                port: Some(123),
+            },
+            KeLimits::default(),
+        )
+        .await
+        .expect("KE server");
+        let port = server.local_addr.port();
+        let client = pki.client_config().expect("client config");
+        let ok = super::super::ke_client::key_exchange(
+            "localhost",
+            port,
+            client.clone(),
+            Duration::from_secs(5),
+        )
+        .await;
+        assert!(ok.is_ok(), "{:?}", ok.err());
+
+        // Not TLS at all.
+        let mut plain = TcpStream::connect(server.local_addr)
+            .await
+            .expect("connect");
+        plain
+            .write_all(b"GET / HTTP/1.0\r\n\r\n")
+            .await
+            .expect("write");
+        let _ = plain.read_to_end(&mut Vec::new()).await;
+
+        // TLS with ALPN ntske/1, then records that do not parse.
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let tcp = TcpStream::connect(server.local_addr)
+            .await
+            .expect("connect");
+        let mut tls = tokio_rustls::TlsConnector::from(client)
+            .connect(name, tcp)
+            .await
+            .expect("TLS");
+        tls.write_all(&[0x80, 0x00, 0x00, 0x01, 0xff])
+            .await
+            .expect("write");
+        tls.write_all(&[0x80, 0x00, 0x00, 0x00])
+            .await
+            .expect("write");
+        let _ = tls.read_to_end(&mut Vec::new()).await;
+
+        let stats = server.stats.clone();
+        let done = async {
+            while stats.tls_failed.load(Relaxed) < 1
+                || stats.bad_request.load(Relaxed) < 1
+                || stats.in_progress.load(Relaxed) != 0
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        assert!(
+            tokio::time::timeout(Duration::from_secs(5), done)
+                .await
+                .is_ok()
+        );
+        assert_eq!(stats.completed.load(Relaxed), 1);
+        assert_eq!(stats.tls_failed.load(Relaxed), 1);
+        assert_eq!(stats.bad_request.load(Relaxed), 1);
+        for other in [
+            &stats.timed_out,
+            &stats.evicted,
+            &stats.refused,
+            &stats.io_failed,
+        ] {
+            assert_eq!(other.load(Relaxed), 0);
+        }
+        assert_ne!(epoch, 0);
     }
 }

@@ -24,4 +24,6 @@ pub use exchange::ALPN;
 pub use ke_client::{
     DEFAULT_KE_PORT, KeOutcome, client_config, client_config_with, establish, key_exchange,
 };
-pub use ke_server::{KeLimits, RunningKeServer, SharedTls, start_ke_server, start_ke_server_on};
+pub use ke_server::{
+    KeLimits, KeStats, RunningKeServer, SharedTls, start_ke_server, start_ke_server_on,
+};
