@@ -19,8 +19,10 @@ use common::ntimed_run::NtimedRun;
 use common::require::require_chrony;
 use serde_json::Value;
 
-/// The offsets two clients measure against one server on loopback must agree this well.
-const AGREEMENT: f64 = 1e-3;
+/// Two clients measuring one server on loopback (the same clock) must agree this well:
+/// loose enough for a 2-core machine under load (3 ms was seen while fuzzers ran), and
+/// still far tighter than any wrong timestamp or era.
+const AGREEMENT: f64 = 10e-3;
 
 /// Queries `server` with `ntimed query` (4 quick exchanges) and returns the reply with the
 /// smallest delay after checking the fields every authenticated reply must have.

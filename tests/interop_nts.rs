@@ -35,8 +35,10 @@ use ntimed::proto::client::Authenticated;
 use ntimed::wire::KissCode;
 use serde_json::Value;
 
-/// Two clients measuring one server on loopback must agree this well.
-const AGREEMENT: f64 = 1e-3;
+/// Two clients measuring one server on loopback (the same clock) must agree this well:
+/// loose enough for a 2-core machine under load (3 ms was seen while fuzzers ran), and
+/// still far tighter than any wrong timestamp or era.
+const AGREEMENT: f64 = 10e-3;
 
 /// `ntimed query --nts SERVER --ca CA` (4 quick exchanges): checks that every reply is
 /// NTS-authenticated and usable, and returns the one with the smallest delay.
