@@ -26,7 +26,9 @@ use common::ntpsec::{NtpsecServer, ntpdig, ntpdig_with};
 use common::require::{require_chrony, require_ntpsec};
 use serde_json::Value;
 
-const AGREEMENT: f64 = 1e-3;
+/// Two clients measuring one server on loopback (the same clock) must agree this well:
+/// loose enough for a 2-core machine under load, far tighter than any wrong timestamp.
+const AGREEMENT: f64 = 10e-3;
 /// ntpd's orphan stratum in [`NtpsecServer`]'s configuration.
 const NTPD_STRATUM: u64 = 5;
 
