@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::require::require_root;
+
 use std::io::{Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
@@ -17,19 +19,6 @@ use common::ntimed_cli::ntimed_command;
 use common::ntimed_run::{NtimedRun, toml_path};
 use common::process::{RunOutput, run_with_deadline, safe_command_as, wait_until};
 use serde_json::Value;
-
-/// Root is needed to split (and CI runs as root); elsewhere these tests are skipped.
-fn require_root() -> bool {
-    if ntimed::sys::effective_uid() == 0 {
-        return true;
-    }
-    let message = "the control socket tests need root: run them as root";
-    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-        panic!("{message}");
-    }
-    eprintln!("SKIPPING: {message}");
-    false
-}
 
 /// A privilege-separated client of `upstream`, serving on its own port, with the
 /// control socket `control` (TOML lines) in its directory.
@@ -96,7 +85,7 @@ fn raw(socket: &Path, request: &[u8]) -> String {
 
 #[test]
 fn status_sources_and_server_say_what_the_schema_says() {
-    if !require_root() {
+    if !require_root("the control socket tests") {
         return;
     }
     let (run, upstream, socket) = start_client("");
@@ -223,7 +212,7 @@ fn status_sources_and_server_say_what_the_schema_says() {
 
 #[test]
 fn the_socket_mode_and_the_callers_uid_decide_who_may_do_what() {
-    if !require_root() {
+    if !require_root("the control socket tests") {
         return;
     }
     // Default 0660, root's group (or ntimed's): nobody cannot connect.
@@ -254,7 +243,7 @@ fn the_socket_mode_and_the_callers_uid_decide_who_may_do_what() {
 
 #[test]
 fn idle_oversized_and_garbage_connections_do_not_stop_the_daemon() {
-    if !require_root() {
+    if !require_root("the control socket tests") {
         return;
     }
     let (mut run, _upstream, socket) = start_client("");
@@ -298,7 +287,7 @@ fn idle_oversized_and_garbage_connections_do_not_stop_the_daemon() {
 
 #[test]
 fn a_stale_socket_is_replaced_and_a_file_is_not() {
-    if !require_root() {
+    if !require_root("the control socket tests") {
         return;
     }
     let (mut run, _upstream, socket) = start_client("");

@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::require::require_root;
+
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::Duration;
@@ -14,18 +16,6 @@ use common::ntimed_cli::ntimed_ke;
 use common::ntimed_run::NtimedRun;
 use common::nts::TestCerts;
 
-fn require_root() -> bool {
-    if ntimed::sys::effective_uid() == 0 {
-        return true;
-    }
-    let message = "the first-run tests need root: run them as root";
-    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-        panic!("{message}");
-    }
-    eprintln!("SKIPPING: {message}");
-    false
-}
-
 fn copy(from: &Path, to: &Path, mode: u32) {
     std::fs::copy(from, to).unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
     std::fs::set_permissions(to, std::fs::Permissions::from_mode(mode)).expect("chmod");
@@ -35,7 +25,7 @@ fn copy(from: &Path, to: &Path, mode: u32) {
 /// `target/` as cargo leaves it), the ports changed to free ones and nothing else.
 #[test]
 fn the_example_server_starts_as_root_from_a_checkout() {
-    if !require_root() {
+    if !require_root("the first-run tests") {
         return;
     }
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -99,7 +89,7 @@ fn the_example_server_starts_as_root_from_a_checkout() {
 
 #[test]
 fn every_problem_is_reported_at_once_before_the_split() {
-    if !require_root() {
+    if !require_root("the first-run tests") {
         return;
     }
     let dir = common::files::tempdir("first-run");

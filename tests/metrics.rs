@@ -9,6 +9,8 @@
 
 mod common;
 
+use common::require::require_root;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -21,19 +23,6 @@ use common::ntimed_run::{NtimedRun, nts_server_toml, toml_path};
 use common::nts::TestCerts;
 use common::process::{RunOutput, run_with_deadline, wait_until};
 use serde_json::Value;
-
-/// Root is needed to split (and CI runs as root); elsewhere these tests are skipped.
-fn require_root() -> bool {
-    if ntimed::sys::effective_uid() == 0 {
-        return true;
-    }
-    let message = "the metrics tests need root: run them as root";
-    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-        panic!("{message}");
-    }
-    eprintln!("SKIPPING: {message}");
-    false
-}
 
 /// A whole HTTP exchange: `request` sent, everything read until the server closes.
 fn http(addr: SocketAddr, request: &[u8]) -> String {
@@ -147,7 +136,7 @@ fn secrets(files: &[&Path]) -> Vec<String> {
 
 #[test]
 fn scrapes_and_ctl_say_what_the_daemons_do_and_no_secret() {
-    if !require_root() {
+    if !require_root("the metrics tests") {
         return;
     }
     let certs = TestCerts::new();
@@ -350,7 +339,7 @@ fn scrapes_and_ctl_say_what_the_daemons_do_and_no_secret() {
 
 #[test]
 fn idle_slow_and_oversized_connections_do_not_keep_a_scrape_out() {
-    if !require_root() {
+    if !require_root("the metrics tests") {
         return;
     }
     let (port, metrics) = (free_port(), loopback(free_port()));

@@ -9,6 +9,8 @@
 
 mod common;
 
+use common::require::require_root;
+
 use std::fs;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixDatagram;
@@ -33,19 +35,6 @@ static SPAWN: Mutex<()> = Mutex::new(());
 const CAP_SYS_TIME: u32 = 25;
 /// The id the forged engine puts on every request.
 const REQUEST_ID: u32 = 42;
-
-/// Root is needed to split (and CI runs as root); elsewhere these tests are skipped.
-fn require_root() -> bool {
-    if ntimed::sys::effective_uid() == 0 {
-        return true;
-    }
-    let message = "the privilege-separation tests need root: run them as root";
-    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-        panic!("{message}");
-    }
-    eprintln!("SKIPPING: {message}");
-    false
-}
 
 /// The fields of /proc/PID/status this test reads.
 #[derive(Debug)]
@@ -117,7 +106,7 @@ fn query(port: u16) -> Option<Value> {
 /// clock process and serves it within 2 ms of the truth.
 #[test]
 fn run_as_root_splits_into_a_sandboxed_engine_and_clock_process() {
-    if !require_root() {
+    if !require_root("the privilege-separation tests") {
         return;
     }
     let _spawning = SPAWN.lock().unwrap_or_else(|p| p.into_inner());
@@ -174,7 +163,7 @@ fn run_as_root_splits_into_a_sandboxed_engine_and_clock_process() {
 /// SIGTERM stops it cleanly.
 #[test]
 fn a_dead_child_stops_the_daemon_and_sigterm_stops_it_cleanly() {
-    if !require_root() {
+    if !require_root("the privilege-separation tests") {
         return;
     }
     for victim in ["privsep-engine", "privsep-clock"] {
@@ -381,7 +370,7 @@ impl Drop for ForgedEngine {
 /// makes the real clock process exit at once, and nothing is applied.
 #[test]
 fn a_forged_engine_cannot_get_a_malformed_frame_through() {
-    if !require_root() {
+    if !require_root("the privilege-separation tests") {
         return;
     }
     let step = ipc::encode_command(REQUEST_ID, &ClockCommand::Step { offset: 0.5 });
@@ -427,7 +416,7 @@ fn a_forged_engine_cannot_get_a_malformed_frame_through() {
 /// and a 1 h step is refused before and after start-up.
 #[test]
 fn a_forged_engine_cannot_step_the_clock_beyond_policy() {
-    if !require_root() {
+    if !require_root("the privilege-separation tests") {
         return;
     }
     let engine = ForgedEngine::start();
@@ -588,7 +577,7 @@ fn fill(dir: &Path) {
 /// record cannot be written at all, the step is refused and the process carries on.
 #[test]
 fn a_full_disk_neither_resets_the_step_budget_nor_stops_the_clock_process() {
-    if !require_root() {
+    if !require_root("the privilege-separation tests") {
         return;
     }
     // Full after the clock process started: the record is rewritten in place.
@@ -657,7 +646,7 @@ fn the_sandboxed_engine_reaches_no_abstract_unix_socket() {
         engine_probe(&name);
         return;
     }
-    if !require_root() {
+    if !require_root("the privilege-separation tests") {
         return;
     }
     use std::os::linux::net::SocketAddrExt;

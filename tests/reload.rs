@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::require::require_root;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,19 +17,6 @@ use common::ntimed_cli::{QueryArgs, ntimed_command, ntimed_ke, ntimed_query};
 use common::ntimed_run::{NtimedRun, toml_path};
 use common::nts::TestCerts;
 use common::process::{RunOutput, run_with_deadline, wait_until};
-
-/// Root is needed to split (and CI runs as root); elsewhere these tests are skipped.
-fn require_root() -> bool {
-    if ntimed::sys::effective_uid() == 0 {
-        return true;
-    }
-    let message = "the reload tests need root: run them as root";
-    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-        panic!("{message}");
-    }
-    eprintln!("SKIPPING: {message}");
-    false
-}
 
 fn key_line(hex_byte: &str) -> String {
     format!("1 AES128 HEX:{}\n", hex_byte.repeat(16))
@@ -68,7 +57,7 @@ impl Files {
 
 #[test]
 fn reload_swaps_keys_and_certificates_and_a_bad_file_keeps_the_old_ones() {
-    if !require_root() {
+    if !require_root("the reload tests") {
         return;
     }
     let certs = TestCerts::new();

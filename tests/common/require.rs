@@ -37,6 +37,15 @@ fn missing(what: &str, install_hint: &str) -> bool {
     false
 }
 
+/// True when the tests run as root, which splitting privileges needs (CI runs as
+/// root); otherwise skipped, or a failure under `CI=true`. `what` names the tests.
+pub fn require_root(what: &str) -> bool {
+    if ntimed::sys::effective_uid() == 0 {
+        return true;
+    }
+    missing("root", &format!("{what} need root: run them as root"))
+}
+
 /// Returns true when `bin_path` exists. Otherwise fails under `CI=true` (with the install
 /// instructions) and prints a skip message and returns false elsewhere, so the test can
 /// `return` early.
