@@ -204,7 +204,7 @@ fn status_sources_and_server_say_what_the_schema_says() {
     let reload = ctl(&socket, &["reload"]);
     assert_eq!(
         reload.stdout,
-        "reloaded: nothing (no key file, certificate or fleet secret)\n",
+        "reloaded: nothing (no key file, certificate, fleet secret or leap file)\n",
         "{}",
         reload.describe()
     );

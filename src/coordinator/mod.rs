@@ -61,7 +61,7 @@ use crate::proto::server::SyncState;
 use crate::proto::source::{Event as SourceEvent, Source, SourceAuth, SourceOptions};
 use crate::sync::leap_file::LeapFile;
 use crate::sync::{SourceId, SourceReport, SyncConfig, SyncEngine};
-use crate::wire::{Leap, NtpTimestamp, ReferenceId};
+use crate::wire::{NtpTimestamp, ReferenceId};
 
 pub use event::{Event, EventKind, Level};
 pub use refid::reference_id;
@@ -391,8 +391,7 @@ impl Coordinator {
             .leap_file
             .as_ref()
             .and_then(|f| f.announcement_at(local));
-        self.engine
-            .set_file_leap(file_leap.unwrap_or(Leap::NoWarning));
+        self.engine.set_file_leap(file_leap);
         // What we say about our clock, for peers' packets: worked out only when one is due
         // (this runs at every wake of the driver).
         let peer_due = self.associations.iter().any(|a| {

@@ -56,10 +56,11 @@ pub fn load(path: &Path, now: NtpTimestamp, problems: &mut Problems) -> Option<L
     }
 }
 
-/// What a server announces at `now`: its clock's own leap indicator, unless that says
-/// nothing and the file announces a leap.
+/// What a server announces at `now`: an unsynchronized clock says so; otherwise a
+/// usable file decides (so a leap announced by the sources is withdrawn the moment the
+/// file says it has passed), and without one the clock's own indicator.
 pub fn served(leap: Leap, file: &SharedLeapFile, now: NtpTimestamp) -> Leap {
-    if leap != Leap::NoWarning {
+    if leap == Leap::Unsynchronized {
         return leap;
     }
     let file = file.load();

@@ -35,7 +35,7 @@ pub fn main(socket: &Path, query: Query, json: bool) -> ExitCode {
 }
 
 /// What `ntimed ctl QUERY` prints, or why it cannot (the demo shows it this way too).
-/// Blocking: at most [`TIMEOUT`] per read and write.
+/// Blocking: at most [`TIMEOUT`] per read and write (a reload, longer).
 pub fn answer(socket: &Path, query: Query, json: bool) -> Result<String, String> {
     ask(socket, query).and_then(|reply| format(query, json, reply))
 }
@@ -43,7 +43,12 @@ pub fn answer(socket: &Path, query: Query, json: bool) -> Result<String, String>
 fn ask(socket: &Path, query: Query) -> Result<String, String> {
     let fail = |e: std::io::Error| format!("{}: {e}", socket.display());
     let mut stream = UnixStream::connect(socket).map_err(fail)?;
-    stream.set_read_timeout(Some(TIMEOUT)).map_err(fail)?;
+    // A reload may take the daemon up to its own limit (and a second); ctl waits longer.
+    let read_timeout = match query {
+        Query::Reload => crate::daemon::reload::RELOAD_TIMEOUT + TIMEOUT,
+        _ => TIMEOUT,
+    };
+    stream.set_read_timeout(Some(read_timeout)).map_err(fail)?;
     stream.set_write_timeout(Some(TIMEOUT)).map_err(fail)?;
     let request = format!("{} json\n", query.word());
     stream.write_all(request.as_bytes()).map_err(fail)?;

@@ -194,6 +194,10 @@ pub fn supervise(config: &std::path::Path, log_level: tracing::Level) -> Result<
     let (reload_link, engine_reload_end) =
         std::os::unix::net::UnixStream::pair().map_err(io("socketpair"))?;
     sys::block_signals(&SUPERVISOR_SIGNALS, true).map_err(io("blocking signals"))?;
+    // Ignored as well as blocked: a blocked signal is never discarded, so sigtimedwait
+    // still takes it here, while the children (whose mask is cleared at exec) inherit
+    // the ignoring and cannot be stopped by a SIGHUP before they set up their own.
+    sys::ignore_signal(libc::SIGHUP).map_err(io("ignoring SIGHUP"))?;
 
     let mut clock = spawn_with_fds(
         child_command(CLOCK_COMMAND, &config, &log)

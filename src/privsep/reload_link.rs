@@ -87,16 +87,22 @@ fn next_request(buffer: &mut Vec<u8>) -> Result<Option<u32>, String> {
 
 /// Reads and checks the files, and sends them, or why they were refused.
 fn send(link: &mut UnixStream, loaded: &Loaded, id: u32) -> std::io::Result<()> {
-    let frame = match Material::read(loaded)
-        .and_then(|material| material.check(loaded, SystemTime::now()).map(|_| material))
-    {
-        Ok(material) => Frame::Material { id, material },
-        Err(reason) => {
-            tracing::warn!("reload refused, the old files stay in use: {reason}");
-            Frame::Refused { id, reason }
+    let checked = Material::read(loaded)
+        .and_then(|material| material.check(loaded, SystemTime::now()).map(|_| material));
+    let encoded = checked.and_then(|material| {
+        let encoded = Frame::Material { id, material }.encode();
+        // What the engine would refuse (too large, too many certificates) is refused
+        // here, rather than end the link and every later reload with it.
+        match encoded.get(4..).map(Frame::decode) {
+            Some(Ok(_)) => Ok(encoded),
+            _ => Err("the files are too large to hand to the engine".to_string()),
         }
-    };
-    link.write_all(&frame.encode()).inspect_err(|e| {
+    });
+    let encoded = encoded.unwrap_or_else(|reason| {
+        tracing::warn!("reload refused, the old files stay in use: {reason}");
+        Frame::Refused { id, reason }.encode()
+    });
+    link.write_all(&encoded).inspect_err(|e| {
         tracing::warn!("reload link: {e}; reloads are off");
     })
 }

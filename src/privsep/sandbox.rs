@@ -255,15 +255,23 @@ fn creatable(dir: &Path) -> Result<(PathBuf, std::ffi::OsString), String> {
 }
 
 /// Creates `dir`, root's and 0755 (the engine's user must enter it), and returns it.
+/// The mode is set through the directory just made, opened without following links,
+/// so that a path swapped meanwhile cannot turn the chmod onto something else.
 fn create_root_dir(dir: &Path) -> Result<PathBuf, String> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
     let fail = |e: std::io::Error| format!("state directory {}: cannot create: {e}", dir.display());
     std::fs::DirBuilder::new()
         .mode(0o755)
         .create(dir)
         .map_err(fail)?;
+    let made = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_DIRECTORY)
+        .open(dir)
+        .map_err(fail)?;
     // The umask may have taken bits away.
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(fail)?;
+    made.set_permissions(std::fs::Permissions::from_mode(0o755))
+        .map_err(fail)?;
     tracing::info!(
         "created the state directory {} (root's, mode 0755)",
         dir.display()

@@ -227,8 +227,11 @@ pub struct SyncEngine {
     created: f64,
     /// The leap indicator the selected sources agree on (served to our clients).
     leap: Leap,
-    /// What the `[leap] file` announces now (it outvotes the sources).
-    file_leap: Leap,
+    /// What a usable `[leap] file` says now (it decides over the sources); `None`
+    /// without one.
+    file_leap: Option<Leap>,
+    /// What most agreeing sources announced at the last update.
+    voted_leap: Leap,
     /// What the clock was last told about leap seconds (`None`: it refused, ask again).
     clock_leap: Option<Leap>,
     poll: i8,
@@ -271,7 +274,8 @@ impl SyncEngine {
             last_update: None,
             created: now,
             leap: Leap::NoWarning,
-            file_leap: Leap::NoWarning,
+            file_leap: None,
+            voted_leap: Leap::NoWarning,
             clock_leap: Some(Leap::NoWarning),
             reference: None,
         }
@@ -334,14 +338,34 @@ impl SyncEngine {
         }
     }
 
-    /// What the `[leap] file` announces now: `AddSecond`/`DeleteSecond` during the day
-    /// before a leap, else `NoWarning`. From the next update it is announced (to our
-    /// clients and the clock) whatever the sources say.
-    pub fn set_file_leap(&mut self, leap: Leap) {
-        self.file_leap = match leap {
-            Leap::AddSecond | Leap::DeleteSecond => leap,
+    /// What a usable `[leap] file` says now: `AddSecond`/`DeleteSecond` during the day
+    /// before a leap, else `NoWarning`; `None` without a file (or with an expired one).
+    /// A file decides over the sources' vote, at once: once synchronized, a change is
+    /// announced and told to the clock without waiting for the next update (which may
+    /// be hours away at a long poll).
+    pub fn set_file_leap(&mut self, leap: Option<Leap>) {
+        let leap = leap.map(|l| match l {
+            Leap::AddSecond | Leap::DeleteSecond => l,
             Leap::NoWarning | Leap::Unsynchronized => Leap::NoWarning,
-        };
+        });
+        if leap == self.file_leap {
+            return;
+        }
+        self.file_leap = leap;
+        if self.last_update.is_some() {
+            self.announce_leap();
+        }
+    }
+
+    /// The leap to announce, from the file if there is one, else from the vote; the
+    /// clock is told of a change.
+    fn announce_leap(&mut self) {
+        let leap = self.file_leap.unwrap_or(self.voted_leap);
+        self.leap = leap;
+        if Some(leap) != self.clock_leap {
+            self.clock_leap = Some(leap);
+            self.commands.push_back(ClockCommand::SetLeap(leap));
+        }
     }
 
     /// Takes a sample from source `id` that arrived at `now`, while the clock still had
@@ -612,20 +636,11 @@ impl SyncEngine {
                 })
                 .count()
         };
-        let majority = [Leap::AddSecond, Leap::DeleteSecond]
+        self.voted_leap = [Leap::AddSecond, Leap::DeleteSecond]
             .into_iter()
             .find(|&l| 2 * votes(l) > truechimers.len())
             .unwrap_or(Leap::NoWarning);
-        // The leap-seconds file, when it announces one, is believed over the sources.
-        let leap = match self.file_leap {
-            Leap::NoWarning => majority,
-            from_file => from_file,
-        };
-        self.leap = leap;
-        if Some(leap) != self.clock_leap {
-            self.clock_leap = Some(leap);
-            self.commands.push_back(ClockCommand::SetLeap(leap));
-        }
+        self.announce_leap();
         let estimated_error = self.kalman.offset_sd(now);
         self.commands.push_back(ClockCommand::SetStatus {
             synchronized: true,
@@ -1273,12 +1288,13 @@ mod tests {
         assert!(!commands(&mut engine).contains(&add), "asked twice");
     }
 
-    /// The leap-seconds file outvotes the sources: announced (and told to the clock)
-    /// though none of them says so, and withdrawn when the file stops announcing.
+    /// The leap-seconds file decides over the sources: announced (and told to the
+    /// clock) though none of them says so, and withdrawn at once, without waiting for
+    /// an update, when the file stops announcing.
     #[test]
     fn the_leap_file_is_believed_over_the_sources() {
         let (mut engine, ids) = engine(3);
-        engine.set_file_leap(Leap::AddSecond);
+        engine.set_file_leap(Some(Leap::AddSecond));
         for round in 0..3 {
             for id in &ids {
                 let _ =
@@ -1288,8 +1304,7 @@ mod tests {
         assert!(commands(&mut engine).contains(&ClockCommand::SetLeap(Leap::AddSecond)));
         let now = NtpTimestamp::from_unix(1_800_000_000, 0);
         assert_eq!(engine.sync_state(192.0, now, -20).leap, Leap::AddSecond);
-        engine.set_file_leap(Leap::NoWarning);
-        let _ = engine.handle_sample(ids[0], &sample(0.0, 0.001), 256.0, 0.0);
+        engine.set_file_leap(Some(Leap::NoWarning));
         assert!(commands(&mut engine).contains(&ClockCommand::SetLeap(Leap::NoWarning)));
         assert_eq!(engine.sync_state(260.0, now, -20).leap, Leap::NoWarning);
     }

@@ -5,9 +5,10 @@
 //! body     = kind:u8 id:u32 payload
 //! Fetch    (1, engine → supervisor)  no payload: read the files and send them
 //! Material (2, supervisor → engine)  keys:opt cert_count:u16 (chain_path:str chain:bytes
-//!                                    key_path:str key:bytes)* fleet:opt leap:opt
+//!                                    key_path:str key:bytes)* fleet:opt leap
+//! opt = 0 | 1 bytes;  leap = 0 | 1 bytes | 2 reason:str
 //! Refused  (3, supervisor → engine)  reason:str
-//! opt = 0 | 1 bytes;  bytes/str = len:u32 then that many bytes (str: UTF-8)
+//! bytes/str = len:u32 then that many bytes (str: UTF-8)
 //! ```
 //!
 //! `id` pairs a `Material` or `Refused` with the `Fetch` it answers; 0 means the
@@ -56,7 +57,8 @@ pub enum FrameError {
 impl Frame {
     /// The whole frame, length prefix included. Secrets in it are wiped when dropped.
     pub fn encode(&self) -> Zeroizing<Vec<u8>> {
-        let mut body = Zeroizing::new(Vec::new());
+        // Sized once: a Vec that grew would leave unwiped copies of the secrets behind.
+        let mut body = Zeroizing::new(Vec::with_capacity(self.encoded_bound()));
         let (kind, id) = match self {
             Frame::Fetch { id } => (FETCH, *id),
             Frame::Material { id, .. } => (MATERIAL, *id),
@@ -77,7 +79,18 @@ impl Frame {
                     put_bytes(&mut body, &files.key);
                 }
                 put_optional(&mut body, material.fleet_secret.as_deref().map(|v| &v[..]));
-                put_optional(&mut body, material.leap_file.as_deref());
+                // Why it could not be read travels as text: the engine warns with it.
+                match &material.leap_file {
+                    None => body.push(0),
+                    Some(Ok(bytes)) => {
+                        body.push(1);
+                        put_bytes(&mut body, bytes);
+                    }
+                    Some(Err(why)) => {
+                        body.push(2);
+                        put_bytes(&mut body, why.as_bytes());
+                    }
+                }
             }
             Frame::Refused { reason, .. } => put_bytes(&mut body, reason.as_bytes()),
         }
@@ -86,6 +99,34 @@ impl Frame {
         frame.extend_from_slice(&len.to_be_bytes());
         frame.extend_from_slice(&body);
         frame
+    }
+
+    /// At least the body's length.
+    fn encoded_bound(&self) -> usize {
+        let fields = match self {
+            Frame::Fetch { .. } => 0,
+            Frame::Refused { reason, .. } => reason.len(),
+            Frame::Material { material, .. } => {
+                let files: usize = material
+                    .certificates
+                    .iter()
+                    .map(|f| {
+                        f.chain_path.len() + f.chain.len() + f.key_path.len() + f.key.len() + 16
+                    })
+                    .sum();
+                let leap = match &material.leap_file {
+                    Some(Ok(bytes)) => bytes.len(),
+                    Some(Err(why)) => why.len(),
+                    None => 0,
+                };
+                files
+                    + material.keys.as_ref().map_or(0, |k| k.len())
+                    + material.fleet_secret.as_ref().map_or(0, |s| s.len())
+                    + leap
+                    + 32
+            }
+        };
+        fields + 16
     }
 
     /// The body's length from a frame's first four bytes, refused beyond [`MAX_FRAME`].
@@ -125,7 +166,12 @@ impl Frame {
                 }
                 let fleet_secret =
                     optional(&mut r, "fleet secret")?.map(|s| Zeroizing::new(s.to_vec()));
-                let leap_file = optional(&mut r, "leap file")?.map(<[u8]>::to_vec);
+                let leap_file = match r.u8().ok_or(FrameError::Truncated("leap file"))? {
+                    0 => None,
+                    1 => Some(Ok(bytes(&mut r, "leap file")?.to_vec())),
+                    2 => Some(Err(text(&mut r, "leap file error")?)),
+                    _ => return Err(FrameError::Truncated("leap file")),
+                };
                 Frame::Material {
                     id,
                     material: Material {
@@ -212,7 +258,7 @@ mod tests {
                 key: Zeroizing::new(b"key".to_vec()),
             }],
             fleet_secret: None,
-            leap_file: Some(b"#h 0 0 0 0 0\n".to_vec()),
+            leap_file: Some(Err("cannot open".into())),
         }
     }
 

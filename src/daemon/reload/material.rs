@@ -29,8 +29,8 @@ pub struct Material {
     pub certificates: Vec<CertificateFiles>,
     /// The `[nts] fleet-secret` file, when there is one.
     pub fleet_secret: Option<Zeroizing<Vec<u8>>>,
-    /// The `[leap] file`, when there is one.
-    pub leap_file: Option<Vec<u8>>,
+    /// The `[leap] file`, when there is one: its bytes, or why it could not be read.
+    pub leap_file: Option<Result<Vec<u8>, String>>,
 }
 
 /// Everything in [`Material`], parsed and checked: what a reload swaps in.
@@ -74,10 +74,12 @@ impl Material {
                     .map_err(|e| format!("{}: {e}", path.display()));
                 problems.take(read)
             });
+        // As at the start, a leap file that cannot be read is a warning (the old one
+        // stays): it must not keep new keys and certificates out.
         let leap_file = config
             .leap
             .as_ref()
-            .and_then(|l| problems.take(crate::daemon::leap::read(&loaded.path(&l.file))));
+            .map(|l| crate::daemon::leap::read(&loaded.path(&l.file)));
         if problems.count(Severity::Error) > 0 {
             return Err(errors(&problems));
         }
@@ -125,14 +127,19 @@ impl Material {
             // The same check the start makes; the rotation does not matter to it.
             problems.take(CookieKeys::fleet(Rotation::default(), secret).map(|_| ()));
         }
-        // A bad leap file refuses the reload (the old one stays); an expired one is
+        // A leap file that cannot be used is a warning and the old one stays, as at the
+        // start: keys and certificates are reloaded all the same. An expired one is
         // taken, with a warning, and announces nothing.
         let leap_file = match (&self.leap_file, &config.leap) {
-            (Some(bytes), Some(section)) => {
+            (Some(read), Some(section)) => {
                 let path = loaded.path(&section.file);
                 let now = crate::wire::NtpTimestamp::from_system_time(now);
-                let parsed = crate::daemon::leap::parse(&path, bytes, now, &mut problems);
-                problems.take(parsed)
+                let parsed = read.clone().and_then(|bytes| {
+                    crate::daemon::leap::parse(&path, &bytes, now, &mut problems)
+                });
+                parsed
+                    .map_err(|e| problems.warning(format!("{e}; the leap file in use stays")))
+                    .ok()
             }
             _ => None,
         };

@@ -39,6 +39,9 @@ use crate::proto::server::{Server, SharedCookieKeys};
 /// How long a reload may take before `ctl reload` is told it failed.
 pub const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long the client role's driver gets to take new keys.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// A reload asked for by `ctl reload`: answered with what was reloaded, or why not.
 pub type ReloadRequest = oneshot::Sender<Result<Reloaded, String>>;
 
@@ -56,7 +59,7 @@ impl std::fmt::Display for Reloaded {
         match self.reloaded.is_empty() {
             true => write!(
                 f,
-                "reloaded: nothing (no key file, certificate or fleet secret)"
+                "reloaded: nothing (no key file, certificate, fleet secret or leap file)"
             )?,
             false => write!(f, "reloaded: {}", self.reloaded.join(", "))?,
         }
@@ -82,13 +85,24 @@ impl Targets {
     /// Swaps in everything `checked` holds and says what that was.
     pub async fn apply(&self, checked: Checked) -> Reloaded {
         let mut done = Vec::new();
+        let mut warnings = checked.warnings;
         if let Some(keys) = checked.keys {
             for server in &self.servers {
                 server.replace_keys(keys.clone());
             }
             if let Some(client) = &self.client_keys {
                 // The driver takes it between two wake-ups; it is gone only at a stop.
-                let _ = client.send_timeout(keys.clone(), RELOAD_TIMEOUT).await;
+                if client
+                    .send_timeout(keys.clone(), CLIENT_TIMEOUT)
+                    .await
+                    .is_err()
+                {
+                    warnings.push(
+                        "keyed sources and peers keep their old keys: the client role did not \
+                         take the new ones (try the reload again)"
+                            .into(),
+                    );
+                }
             }
             done.push(format!("key file ({} keys)", keys.len()));
         }
@@ -116,7 +130,7 @@ impl Targets {
         }
         Reloaded {
             reloaded: done,
-            warnings: checked.warnings,
+            warnings,
         }
     }
 }
