@@ -77,8 +77,24 @@ const MIN_SAMPLES: usize = 2;
 /// Poll growth budget: the unpredictable drift over one interval may reach this many
 /// times what a typical sample resolves (tuned with `ntimed sim`).
 const POLL_RATIO: f64 = 1.0;
-/// A slew takes this fraction of the poll interval, so the frequency stays smooth.
-const SLEW_FRACTION: f64 = 1.0 / 16.0;
+/// How long a slew takes, as chrony's `corrtimeratio`: an offset as large as its
+/// standard deviation is removed over 1.5 update intervals, a larger one faster (the
+/// time shrinks as the offset grows), so a precise estimate is acted on at once and a
+/// noisy one gently, which keeps the frequency error small.
+const CORRECTION_TIME_RATIO: f64 = 3.0;
+/// The longest slew, seconds (a bound the clock process's link also keeps).
+const MAX_SLEW_DURATION: f64 = 1e6;
+
+/// How long to take over slewing `offset`, whose estimate has standard deviation
+/// `sd`, with `interval` seconds between updates: at most as fast as the clock may
+/// slew ([`crate::clock::MAX_SLEW_RATE`], which its policy holds it to).
+fn slew_duration(offset: f64, sd: f64, interval: f64) -> f64 {
+    let fastest = offset.abs() / crate::clock::MAX_SLEW_RATE;
+    let chosen = CORRECTION_TIME_RATIO * 0.5 * sd * interval / offset.abs();
+    // An unknown sd (infinite, or 0/0) falls to the fastest allowed.
+    let chosen = if chosen.is_finite() { chosen } else { 0.0 };
+    chosen.max(fastest).min(MAX_SLEW_DURATION)
+}
 /// A sample this many standard deviations from the prediction is held back...
 const OUTLIER_SD: f64 = 6.0;
 /// ...unless this many in a row say the same: then the clock really has moved.
@@ -483,10 +499,15 @@ impl SyncEngine {
             self.commands.push_back(ClockCommand::Step { offset });
         } else {
             // A slew replaces the one in progress, so it carries what that one had left.
-            let interval = 2f64.powi(i32::from(self.poll));
+            let slew = offset + self.pending_slew;
+            let poll = 2f64.powi(i32::from(self.poll));
+            let interval = self
+                .last_update
+                .map_or(poll, |t| (now - t).clamp(1.0, poll));
+            let sd = self.kalman.offset_sd(now);
             self.commands.push_back(ClockCommand::Slew {
-                offset: offset + self.pending_slew,
-                duration: interval * SLEW_FRACTION,
+                offset: slew,
+                duration: slew_duration(slew, sd, interval),
             });
         }
         if frequency != self.frequency_ppm {
