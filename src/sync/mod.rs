@@ -1046,6 +1046,60 @@ mod tests {
         clock.phase(f64::from(intervals) * interval)
     }
 
+    /// Without a drift file the frequency is unknown to ±500 ppm, and two clean samples
+    /// 64 s apart give it; the 0.11 s offset is slewed as fast as the clock may, and
+    /// a later small one over about the update interval.
+    #[test]
+    fn the_first_correction_takes_the_frequency_from_the_data_and_slews_fast() {
+        let (mut engine, ids) = engine(1);
+        let id = ids[0];
+        engine
+            .handle_sample(id, &sample(-0.106429, 0.000366), 64.0, 0.0)
+            .unwrap();
+        engine
+            .handle_sample(id, &sample(-0.112808, 0.000236), 128.0, 0.0)
+            .unwrap();
+        let first = commands(&mut engine);
+        let ppm = first.iter().find_map(|c| match c {
+            ClockCommand::SetFrequency { ppm } => Some(*ppm),
+            _ => None,
+        });
+        let ppm = ppm.expect("a frequency");
+        assert!((ppm + 99.67).abs() < 0.1, "{ppm}");
+        let Some(&ClockCommand::Slew { offset, duration }) = first.first() else {
+            panic!("{first:?}");
+        };
+        assert!((offset + 0.1128).abs() < 1e-5, "{offset}");
+        assert!(
+            (duration - offset.abs() / crate::clock::MAX_SLEW_RATE).abs() < 1.0,
+            "{duration}"
+        );
+        engine
+            .handle_sample(id, &sample(0.000_02, 0.000236), 192.0, 0.0)
+            .unwrap();
+        let Some(&ClockCommand::Slew { offset, duration }) = commands(&mut engine).first() else {
+            panic!("no slew");
+        };
+        assert!(offset.abs() < 1e-4, "{offset}");
+        assert!(duration > 10.0, "{duration}");
+    }
+
+    #[test]
+    fn slew_durations_follow_the_error_and_respect_the_rate_bound() {
+        // As large as its sd: 1.5 update intervals.
+        assert!((slew_duration(1e-4, 1e-4, 64.0) - 96.0).abs() < 1e-9);
+        // Ten times larger: ten times faster.
+        assert!((slew_duration(1e-3, 1e-4, 64.0) - 9.6).abs() < 1e-9);
+        // Never faster than the clock may slew, whatever the estimate says.
+        assert!((slew_duration(0.1, 1e-6, 64.0) - 1.2).abs() < 1e-9);
+        assert!((slew_duration(0.1, f64::INFINITY, 64.0) - 1.2).abs() < 1e-9);
+        // Nothing to slew: at once (which the rate bound allows), never NaN.
+        assert_eq!(slew_duration(0.0, 1e-4, 64.0), 0.0);
+        assert_eq!(slew_duration(0.0, 0.0, 64.0), 0.0);
+        // A tiny offset with a noisy estimate: long, but bounded.
+        assert_eq!(slew_duration(1e-12, 1.0, 1024.0), MAX_SLEW_DURATION);
+    }
+
     /// A new slew replaces the one in progress: it must carry what that one had left,
     /// or a sample arriving mid-slew cancels the rest of the correction.
     #[test]
