@@ -398,8 +398,9 @@ fn privilege_boundary_demo() -> Result<u32, String> {
         }
     }
     println!(
-        "   (slews are capped at {} s per command, run by the kernel at 500 ppm)",
-        policy::MAX_SLEW
+        "   (slews are capped at {} s per command, at most {:.0} ppm faster)",
+        policy::MAX_SLEW,
+        policy::MAX_SLEW_RATE * 1e6
     );
     Ok(failures)
 }

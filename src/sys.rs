@@ -6,7 +6,8 @@
 //! [`pending_singleshot_us`]) need no privilege and never change anything. Changes go
 //! through [`adjtimex_apply`], which takes a [`KernelClockChange`] rather than raw mode
 //! bits, so a caller cannot ask for a mode combination nobody reviewed (the kernel PLL,
-//! `ADJ_TICK`, `ADJ_TAI`, ...).
+//! `ADJ_TAI`, ...). `ADJ_TICK` is allowed only together with a frequency, within the
+//! kernel's ±10 %, for slews faster than the frequency's ±500 ppm.
 
 #![allow(unsafe_code)]
 
@@ -24,6 +25,23 @@ pub const MAX_FREQUENCY_PPM: f64 = 500.0;
 /// The kernel clamps `maxerror` (and, since 5.x, `esterror`) to `NTP_PHASE_LIMIT`,
 /// 16 s in µs; we clamp first so that what we ask for is what we get on any kernel.
 pub const MAX_ERROR_US: i64 = 16_000_000;
+
+/// Clock ticks per second as `timex.tick` counts them (`USER_HZ`, `_SC_CLK_TCK`): one
+/// µs of tick is `1e6 / nominal tick` ppm, 100 ppm at the usual 100.
+pub fn clock_ticks_per_second() -> i64 {
+    // SAFETY: sysconf takes an integer, touches no memory and cannot fail for
+    // _SC_CLK_TCK (it returns -1 only for an unknown name).
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    // 100 is what every Linux target uses; a nonsensical answer falls back to it.
+    let hz = wide(hz);
+    if (1..=100_000).contains(&hz) { hz } else { 100 }
+}
+
+/// The tick length (µs) at which the clock runs at its nominal rate: the kernel's
+/// `TICK_USEC`, `(1e6 + hz / 2) / hz`.
+pub fn nominal_tick_us(hz: i64) -> i64 {
+    (1_000_000 + hz / 2) / hz.max(1)
+}
 
 /// The scale of `timex.freq`: ppm with a 16-bit binary fraction.
 const FREQ_SCALE: f64 = 65536.0;
@@ -167,6 +185,9 @@ pub enum KernelClockChange {
 pub struct KernelAdjust {
     /// `ADJ_FREQUENCY`, ppm, within ±[`MAX_FREQUENCY_PPM`].
     pub frequency_ppm: Option<f64>,
+    /// `ADJ_TICK`, µs per tick, within ±10 % of the nominal tick (what the kernel
+    /// accepts); only with `frequency_ppm`, so the two always change together.
+    pub tick_us: Option<i64>,
     /// `ADJ_STATUS`: bits to set. Every other bit is read and written back unchanged.
     pub set_status: StatusFlags,
     /// `ADJ_STATUS`: bits to clear. Must not overlap `set_status`.
@@ -270,6 +291,17 @@ fn apply_adjust(tx: &mut libc::timex, adjust: &KernelAdjust) -> io::Result<Kerne
         tx.modes |= libc::ADJ_FREQUENCY;
         // |scaled| <= 500 << 16, which fits even a 32-bit long.
         tx.freq = narrow((ppm * FREQ_SCALE).round() as i64, "frequency (ppm << 16)")?;
+    }
+    if let Some(tick) = adjust.tick_us {
+        let nominal = nominal_tick_us(clock_ticks_per_second());
+        let range = nominal * 9 / 10..=nominal * 11 / 10;
+        if adjust.frequency_ppm.is_none() || !range.contains(&tick) {
+            return Err(invalid(format!(
+                "tick {tick} µs is outside {range:?} µs or comes without a frequency"
+            )));
+        }
+        tx.modes |= libc::ADJ_TICK;
+        tx.tick = narrow(tick, "tick (µs)")?;
     }
     if let Some(us) = adjust.estimated_error_us {
         tx.modes |= libc::ADJ_ESTERROR;

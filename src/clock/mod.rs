@@ -24,6 +24,15 @@ use std::time::SystemTime;
 use crate::wire::{Leap, NtpTimestamp};
 use model::ClockModel;
 
+/// The fastest a slew may run, seconds per second on top of the frequency correction:
+/// chrony's default `maxslewrate`, 83 333 ppm (the kernel's tick can go to ±10 %). The
+/// clock process's policy holds every slew to it.
+pub const MAX_SLEW_RATE: f64 = 1.0 / 12.0;
+
+/// The largest offset one slew may carry, seconds: beyond it the offset is stepped at
+/// start-up or, after, refused (and measured afresh).
+pub const MAX_SLEW_OFFSET: f64 = 0.512;
+
 /// What the sync engine asks of the clock. Offsets are seconds, positive meaning "move
 /// the clock forward"; frequencies are parts per million, positive meaning "run faster".
 #[derive(Debug, Clone, Copy, PartialEq)]

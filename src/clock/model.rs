@@ -9,8 +9,9 @@
 use super::{ClockCommand, ClockStatus};
 use crate::wire::Leap;
 
-/// The fastest slew: 83 333 ppm, as chrony (and Linux's tick adjustment) allow.
-pub const DEFAULT_MAX_SLEW_RATE: f64 = 1.0 / 12.0;
+/// The fastest slew: 83 333 ppm, as chrony (and Linux's tick adjustment) allow, and
+/// as [`super::system::SystemClock`] slews.
+pub const DEFAULT_MAX_SLEW_RATE: f64 = super::MAX_SLEW_RATE;
 
 #[derive(Debug, Clone)]
 pub struct ClockModel {

@@ -55,6 +55,29 @@ impl HeldClock {
     }
 }
 
+impl HeldClock {
+    /// How long the next receive may wait: until the kernel clock's slew must end, if
+    /// one runs, else [`IDLE_WAKE`].
+    fn wait(&self) -> Duration {
+        let deadline = match self {
+            Self::System(clock) => clock.slew_deadline(),
+            _ => None,
+        };
+        deadline.map_or(IDLE_WAKE, |d| {
+            // A zero timeout would mean "block forever" to recv.
+            d.saturating_duration_since(Instant::now())
+                .clamp(Duration::from_millis(1), IDLE_WAKE)
+        })
+    }
+
+    /// Ends the kernel clock's slew if it is due.
+    fn tend(&self) {
+        if let Self::System(clock) = self {
+            clock.end_due_slew();
+        }
+    }
+}
+
 /// The drift file, opened before privileges were dropped; rewritten in place.
 pub struct DriftFile {
     file: File,
@@ -253,6 +276,8 @@ pub fn serve(
     let mut buffer = [0u8; RECEIVE_BUFFER];
     let mut refusal_log = crate::util::LogLimit::new(REFUSAL_LOG_INTERVAL);
     loop {
+        // A slew ends on time however long the engine stays silent.
+        link.set_read_timeout(Some(clock.wait()))?;
         let len = match link.recv(&mut buffer) {
             Ok(0) if closed(link, &mut buffer)? => break,
             Ok(0) => return Err(Fatal::Empty),
@@ -263,6 +288,7 @@ pub fn serve(
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) =>
             {
+                clock.tend();
                 if let Some(d) = drift.as_deref_mut() {
                     d.save(false);
                 }
@@ -272,6 +298,8 @@ pub fn serve(
             Err(e) => return Err(e.into()),
         };
         let (id, command) = ipc::decode_command(buffer.get(..len).unwrap_or_default())?;
+        // A steady stream of commands must not keep a due slew running either.
+        clock.tend();
         let now = started.elapsed().as_secs_f64();
         let unix_time = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)

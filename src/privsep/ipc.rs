@@ -70,7 +70,7 @@ pub enum Refusal {
     StepTooLarge,
     #[error("steps would add up to more than the panic threshold")]
     StepBudgetSpent,
-    #[error("the slew is larger than policy allows")]
+    #[error("the slew is larger or faster than policy allows")]
     SlewTooLarge,
     #[error("the frequency is beyond the maximum frequency")]
     FrequencyTooLarge,

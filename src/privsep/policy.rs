@@ -4,8 +4,10 @@
 //! The limits bound what even a fully compromised engine can do to the clock:
 //! * steps: none (`never`); one, before the first slew (`startup`, the default); or any
 //!   (`always`); each within the panic threshold, and all of them together too;
-//! * slews: at most the kernel's single-shot limit, 0.512 s, per command (the kernel
-//!   slews at 500 ppm whatever is asked);
+//! * slews: at most 0.512 s per command ([`MAX_SLEW`]), at most [`MAX_SLEW_RATE`]
+//!   (83 333 ppm, chrony's default `maxslewrate`) faster than the frequency: a slew is
+//!   a temporary change of the clock's rate, and each replaces the one before, so the
+//!   rate bound holds however many there are (the kernel clock also never slews faster);
 //! * frequency: within `max-frequency` (at most the kernel's 500 ppm);
 //! * leap seconds: announced only on the last day of June or December (UTC), when the
 //!   kernel inserts one at the right midnight, and counted as a 1 s step;
@@ -14,8 +16,9 @@
 //!   crash loop cannot turn into a series of start-up steps;
 //! * commands: a token bucket, so a runaway engine cannot keep the process busy.
 //!
-//! A compromised engine can therefore move the clock by at most the slew rate plus the
-//! frequency limit, about 1 ms/s, and never by a jump after start-up.
+//! A compromised engine can therefore make the clock's rate wrong by at most the slew
+//! rate plus the frequency limit, 83 833 ppm (about 84 ms/s, 5 min an hour), and never
+//! move it by a jump after start-up.
 
 use crate::clock::ClockCommand;
 use crate::sync::StepPolicy;
@@ -23,8 +26,10 @@ use crate::wire::Leap;
 
 use super::ipc::Refusal;
 
-/// Largest slew per command, seconds: `ADJ_OFFSET_SINGLESHOT`'s limit.
-pub const MAX_SLEW: f64 = crate::sys::MAX_SINGLESHOT_US as f64 * 1e-6;
+/// Largest slew per command, seconds.
+pub const MAX_SLEW: f64 = crate::clock::MAX_SLEW_OFFSET;
+/// Fastest slew, seconds per second on top of the frequency correction.
+pub const MAX_SLEW_RATE: f64 = crate::clock::MAX_SLEW_RATE;
 /// Commands allowed at once, and per second after that.
 pub const COMMAND_BURST: f64 = 64.0;
 pub const COMMANDS_PER_SECOND: f64 = 8.0;
@@ -166,7 +171,7 @@ impl Policy {
         }
         match *command {
             ClockCommand::Step { offset } => self.check_step(offset),
-            ClockCommand::Slew { offset, .. } if offset.abs() > MAX_SLEW => {
+            ClockCommand::Slew { offset, duration } if !slew_allowed(offset, duration) => {
                 Err(Refusal::SlewTooLarge)
             }
             ClockCommand::SetFrequency { ppm } if ppm.abs() > self.config.max_frequency => {
@@ -231,6 +236,12 @@ impl Policy {
             None => false,
         }
     }
+}
+
+/// Whether a slew of `offset` over `duration` stays within [`MAX_SLEW`] and
+/// [`MAX_SLEW_RATE`] (with room for the rounding of a duration computed from the rate).
+pub fn slew_allowed(offset: f64, duration: f64) -> bool {
+    offset.abs() <= MAX_SLEW && offset.abs() <= MAX_SLEW_RATE * duration.max(0.0) * (1.0 + 1e-9)
 }
 
 /// Whether the UTC day holding `unix_time` is 30 June or 31 December, the days at
@@ -362,6 +373,34 @@ mod tests {
             apply(&mut p, ClockCommand::SetFrequency { ppm: -499.0 }, 0.0),
             Ok(())
         );
+    }
+
+    /// A slew is a bounded change of rate: 83 333 ppm at most, whatever its size, and
+    /// 0.512 s at most however slowly.
+    #[test]
+    fn slews_faster_than_the_rate_bound_are_refused() {
+        let mut p = policy(StepPolicy::Startup);
+        let slew = |offset: f64, duration: f64| ClockCommand::Slew { offset, duration };
+        // 0.1 s over 1.2 s is exactly 1/12; over 1.1 s it is too fast.
+        assert_eq!(apply(&mut p, slew(0.1, 1.2), 0.0), Ok(()));
+        assert_eq!(
+            apply(&mut p, slew(-0.1, 1.1), 1.0),
+            Err(Refusal::SlewTooLarge)
+        );
+        // At once: only nothing.
+        assert_eq!(apply(&mut p, slew(0.0, 0.0), 2.0), Ok(()));
+        assert_eq!(
+            apply(&mut p, slew(1e-6, 0.0), 3.0),
+            Err(Refusal::SlewTooLarge)
+        );
+        // Slowly, but more than a command may carry.
+        assert_eq!(
+            apply(&mut p, slew(0.6, 3600.0), 4.0),
+            Err(Refusal::SlewTooLarge)
+        );
+        assert_eq!(apply(&mut p, slew(0.5, 3600.0), 5.0), Ok(()));
+        assert!(slew_allowed(MAX_SLEW, MAX_SLEW / MAX_SLEW_RATE));
+        assert!(!slew_allowed(MAX_SLEW, 0.99 * MAX_SLEW / MAX_SLEW_RATE));
     }
 
     #[test]

@@ -124,9 +124,9 @@ impl Clock for RemoteClock {
             Reply::Applied { at } => match &self.view {
                 LocalView::Mirror(clock) => clock.apply_at(at, command),
                 LocalView::System(clock) => {
-                    if matches!(command, ClockCommand::Step { .. }) {
-                        clock.record_step();
-                    }
+                    // The same books as the clock process keeps: steps, frequency, and
+                    // the slew in progress (for the pending slew samples account for).
+                    clock.record_applied(&command);
                     Ok(())
                 }
             },

@@ -77,10 +77,27 @@ impl Default for SyncConfig {
 /// Samples a source needs before it can be selected.
 const MIN_SAMPLES: usize = 2;
 /// Poll growth budget: the unpredictable drift over one interval may reach this many
-/// times what a typical sample resolves (tuned with `ntimed sim`).
-const POLL_RATIO: f64 = 1.0;
-/// A slew takes this fraction of the poll interval, so the frequency stays smooth.
-const SLEW_FRACTION: f64 = 1.0 / 16.0;
+/// times what a typical sample resolves (tuned under clknetsim: 0.5 keeps the mean
+/// interval near chronyd's and halves the steady RMS of 1.0 in defaults).
+const POLL_RATIO: f64 = 0.5;
+/// How long a slew takes, as chrony's `corrtimeratio`: an offset as large as its
+/// standard deviation is removed over 1.5 update intervals, a larger one faster (the
+/// time shrinks as the offset grows), so a precise estimate is acted on at once and a
+/// noisy one gently, which keeps the frequency error small.
+const CORRECTION_TIME_RATIO: f64 = 3.0;
+/// The longest slew, seconds (a bound the clock process's link also keeps).
+const MAX_SLEW_DURATION: f64 = 1e6;
+
+/// How long to take over slewing `offset`, whose estimate has standard deviation
+/// `sd`, with `interval` seconds between updates: at most as fast as the clock may
+/// slew ([`crate::clock::MAX_SLEW_RATE`], which its policy holds it to).
+fn slew_duration(offset: f64, sd: f64, interval: f64) -> f64 {
+    let fastest = offset.abs() / crate::clock::MAX_SLEW_RATE;
+    let chosen = CORRECTION_TIME_RATIO * 0.5 * sd * interval / offset.abs();
+    // An unknown sd (infinite, or 0/0) falls to the fastest allowed.
+    let chosen = if chosen.is_finite() { chosen } else { 0.0 };
+    chosen.max(fastest).min(MAX_SLEW_DURATION)
+}
 /// A sample this many standard deviations from the prediction is held back...
 const OUTLIER_SD: f64 = 6.0;
 /// ...unless this many in a row say the same: then the clock really has moved.
@@ -604,10 +621,15 @@ impl SyncEngine {
             self.commands.push_back(ClockCommand::Step { offset });
         } else {
             // A slew replaces the one in progress, so it carries what that one had left.
-            let interval = 2f64.powi(i32::from(self.poll));
+            let slew = offset + self.pending_slew;
+            let poll = 2f64.powi(i32::from(self.poll));
+            let interval = self
+                .last_update
+                .map_or(poll, |t| (now - t).clamp(1.0, poll));
+            let sd = self.kalman.offset_sd(now);
             self.commands.push_back(ClockCommand::Slew {
-                offset: offset + self.pending_slew,
-                duration: interval * SLEW_FRACTION,
+                offset: slew,
+                duration: slew_duration(slew, sd, interval),
             });
         }
         if frequency != self.frequency_ppm {
@@ -1232,6 +1254,60 @@ mod tests {
             }
         }
         clock.phase(f64::from(intervals) * interval)
+    }
+
+    /// Without a drift file the frequency is unknown to ±500 ppm, and two clean samples
+    /// 64 s apart give it; the 0.11 s offset is slewed as fast as the clock may, and
+    /// a later small one over about the update interval.
+    #[test]
+    fn the_first_correction_takes_the_frequency_from_the_data_and_slews_fast() {
+        let (mut engine, ids) = engine(1);
+        let id = ids[0];
+        engine
+            .handle_sample(id, &sample(-0.106429, 0.000366), 64.0, 0.0)
+            .unwrap();
+        engine
+            .handle_sample(id, &sample(-0.112808, 0.000236), 128.0, 0.0)
+            .unwrap();
+        let first = commands(&mut engine);
+        let ppm = first.iter().find_map(|c| match c {
+            ClockCommand::SetFrequency { ppm } => Some(*ppm),
+            _ => None,
+        });
+        let ppm = ppm.expect("a frequency");
+        assert!((ppm + 99.67).abs() < 0.1, "{ppm}");
+        let Some(&ClockCommand::Slew { offset, duration }) = first.first() else {
+            panic!("{first:?}");
+        };
+        assert!((offset + 0.1128).abs() < 1e-5, "{offset}");
+        assert!(
+            (duration - offset.abs() / crate::clock::MAX_SLEW_RATE).abs() < 1.0,
+            "{duration}"
+        );
+        engine
+            .handle_sample(id, &sample(0.000_02, 0.000236), 192.0, 0.0)
+            .unwrap();
+        let Some(&ClockCommand::Slew { offset, duration }) = commands(&mut engine).first() else {
+            panic!("no slew");
+        };
+        assert!(offset.abs() < 1e-4, "{offset}");
+        assert!(duration > 10.0, "{duration}");
+    }
+
+    #[test]
+    fn slew_durations_follow_the_error_and_respect_the_rate_bound() {
+        // As large as its sd: 1.5 update intervals.
+        assert!((slew_duration(1e-4, 1e-4, 64.0) - 96.0).abs() < 1e-9);
+        // Ten times larger: ten times faster.
+        assert!((slew_duration(1e-3, 1e-4, 64.0) - 9.6).abs() < 1e-9);
+        // Never faster than the clock may slew, whatever the estimate says.
+        assert!((slew_duration(0.1, 1e-6, 64.0) - 1.2).abs() < 1e-9);
+        assert!((slew_duration(0.1, f64::INFINITY, 64.0) - 1.2).abs() < 1e-9);
+        // Nothing to slew: at once (which the rate bound allows), never NaN.
+        assert_eq!(slew_duration(0.0, 1e-4, 64.0), 0.0);
+        assert_eq!(slew_duration(0.0, 0.0, 64.0), 0.0);
+        // A tiny offset with a noisy estimate: long, but bounded.
+        assert_eq!(slew_duration(1e-12, 1.0, 1024.0), MAX_SLEW_DURATION);
     }
 
     /// A new slew replaces the one in progress: it must carry what that one had left,

@@ -139,9 +139,13 @@ impl Driver {
             leap_file,
         } = role;
         // Without a drift file, start from the frequency the clock already has rather
-        // than throwing away what the kernel (or a previous run) learned.
+        // than throwing away what the kernel (or a previous run) learned. Exactly 0 is
+        // a clock nobody set (a fresh boot): it is no drift file's 5 ppm, and trusting
+        // it that much made the first correction extrapolate a wrong rate (by 40 % of
+        // a 100 ppm error, under clknetsim).
         if config.initial_frequency_ppm.is_none() {
-            config.initial_frequency_ppm = Some(clock.status().frequency_ppm);
+            let ppm = clock.status().frequency_ppm;
+            config.initial_frequency_ppm = (ppm != 0.0).then_some(ppm);
         }
         let config = CoordinatorConfig {
             sync: config,
