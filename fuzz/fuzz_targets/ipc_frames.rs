@@ -2,13 +2,13 @@
 //! the clock process does): no panic; a decoded command re-encodes to the same bytes
 //! and has only finite numbers; whatever the sequence, the policy never lets through a
 //! step beyond the panic threshold, a second step at start-up, a step after a slew, a
-//! slew over 0.512 s or a frequency over the limit, and steps never add up to more
+//! slew over 0.512 s or faster than the rate bound, or a frequency over the limit, and steps never add up to more
 //! than the panic threshold.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use ntimed::clock::{ClockCommand, check_finite};
 use ntimed::privsep::ipc::{self, FRAME_LEN};
-use ntimed::privsep::policy::{MAX_SLEW, Policy, PolicyConfig};
+use ntimed::privsep::policy::{MAX_SLEW, MAX_SLEW_RATE, Policy, PolicyConfig};
 use ntimed::sync::StepPolicy;
 use ntimed::wire::Leap;
 
@@ -58,8 +58,9 @@ fuzz_target!(|data: &[u8]| {
                 stepped += offset.abs();
                 assert!(stepped <= PANIC, "steps add up to {stepped}");
             }
-            ClockCommand::Slew { offset, .. } => {
+            ClockCommand::Slew { offset, duration } => {
                 assert!(offset.abs() <= MAX_SLEW);
+                assert!(offset.abs() <= MAX_SLEW_RATE * duration * (1.0 + 1e-9));
                 slewed = true;
             }
             ClockCommand::SetFrequency { ppm } => assert!(ppm.abs() <= MAX_PPM),
