@@ -13,15 +13,10 @@ use crate::wire::{Leap, NtpTimestamp};
 /// The leap-seconds file in use, if any; a reload swaps it.
 pub type SharedLeapFile = Arc<ArcSwapOption<LeapFile>>;
 
-/// Reads `path` (at most [`MAX_LEAP_FILE_LEN`] bytes).
+/// Reads `path` (a regular file of at most [`MAX_LEAP_FILE_LEN`] bytes).
 pub fn read(path: &Path) -> Result<Vec<u8>, String> {
-    use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut bytes = Vec::new();
-    file.take(MAX_LEAP_FILE_LEN as u64 + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(bytes)
+    crate::util::read_bounded(path, MAX_LEAP_FILE_LEN as u64)
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Parses what [`read`] read: `Err` names the file and the problem. An expired file is

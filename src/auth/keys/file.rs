@@ -48,12 +48,7 @@ impl KeyStore {
 /// `max_len` bytes, that group and others can neither read nor write. The contents
 /// are wiped when dropped.
 pub fn read_private_file(path: &Path, max_len: u64) -> Result<Zeroizing<Vec<u8>>, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot open: {e}"))?;
-    if !meta.is_file() {
-        return Err("not a regular file".into());
-    }
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot open: {e}"))?;
-    read_private(file, max_len)
+    read_private(crate::util::open_regular(path)?, max_len)
 }
 
 /// [`read_private_file`] for a file in a directory an unprivileged process can write

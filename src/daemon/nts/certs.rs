@@ -50,7 +50,8 @@ pub fn read_certificate_files(
     key: &Path,
     problems: &mut Problems,
 ) -> Option<CertificateFiles> {
-    let chain_bytes = read_bounded(chain).map_err(|e| format!("{}: {e}", chain.display()));
+    let chain_bytes = crate::util::read_bounded(chain, MAX_PEM_LEN)
+        .map_err(|e| format!("{}: {e}", chain.display()));
     let chain_bytes = problems.take(chain_bytes);
     let key_bytes = crate::auth::keys::read_private_file(key, MAX_PEM_LEN)
         .map_err(|e| format!("{}: {e}", key.display()));
@@ -65,19 +66,6 @@ pub fn read_certificate_files(
 
 /// Certificate chains and keys are small; anything larger is refused unread.
 pub const MAX_PEM_LEN: u64 = 1 << 20;
-
-fn read_bounded(path: &Path) -> Result<Vec<u8>, String> {
-    use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot open: {e}"))?;
-    let mut bytes = Vec::new();
-    file.take(MAX_PEM_LEN + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read: {e}"))?;
-    if bytes.len() as u64 > MAX_PEM_LEN {
-        return Err(format!("larger than {MAX_PEM_LEN} bytes"));
-    }
-    Ok(bytes)
-}
 
 /// [`server_config`] from files already read: every problem names its file.
 pub fn server_config_from(
