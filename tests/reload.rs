@@ -181,4 +181,31 @@ fn reload_swaps_keys_and_certificates_and_a_bad_file_keeps_the_old_ones() {
     );
     run.assert_running();
     assert!(run.log().contains("SIGHUP: reloading"), "{}", run.log());
+
+    // A SIGHUP to every process (as `pkill -HUP ntimed` or a group-wide signal sends)
+    // stops none: the clock process ignores it, the engine leaves it to the supervisor.
+    let children = std::process::Command::new("pgrep")
+        .args(["-P", &run.pid().to_string()])
+        .output()
+        .expect("pgrep");
+    let children = String::from_utf8_lossy(&children.stdout).into_owned();
+    assert_eq!(
+        children.lines().count(),
+        2,
+        "clock process and engine: {children}"
+    );
+    for pid in children.lines() {
+        let hup = std::process::Command::new("kill")
+            .args(["-HUP", pid.trim()])
+            .status();
+        assert!(hup.is_ok_and(|s| s.success()));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    run.assert_running();
+    assert!(
+        served(),
+        "not serving after a SIGHUP to the children:\n{}",
+        run.log()
+    );
+    assert!(keyed_answer(ntp_port, &old_keys), "{}", run.log());
 }
