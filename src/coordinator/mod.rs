@@ -392,6 +392,8 @@ impl Coordinator {
             .as_ref()
             .and_then(|f| f.announcement_at(local));
         self.engine.set_file_leap(file_leap);
+        self.engine
+            .set_leap_month(crate::sync::leap_file::in_leap_month(local));
         // What we say about our clock, for peers' packets: worked out only when one is due
         // (this runs at every wake of the driver).
         let peer_due = self.associations.iter().any(|a| {

@@ -167,6 +167,13 @@ impl LeapFile {
     }
 }
 
+/// Whether `now` is in June or December (UTC): the only months whose end has ever had,
+/// or may have, a leap second that the clock process accepts, so the only ones in which
+/// the sources' announcement of one is believed.
+pub fn in_leap_month(now: NtpTimestamp) -> bool {
+    matches!(civil_date(ntp_seconds(now)), Some((_, 6 | 12, _)))
+}
+
 /// Seconds since 1900 as the file counts them (past 2036 too), reading `now` in the
 /// era around 2023.
 pub fn ntp_seconds(now: NtpTimestamp) -> u64 {
@@ -316,6 +323,15 @@ mod tests {
         for garbage in ["#$ -1\n", "#@ 1e9\n", "12 x\n", "1 2 3\n", "#h 1 2\n"] {
             assert!(LeapFile::parse(garbage).is_err(), "{garbage:?}");
         }
+    }
+
+    #[test]
+    fn june_and_december_are_the_leap_months() {
+        let at = |unix| NtpTimestamp::from_unix(unix, 0);
+        assert!(in_leap_month(at(1_435_708_799))); // 2015-06-30 23:59:59
+        assert!(!in_leap_month(at(1_435_708_800))); // 2015-07-01
+        assert!(in_leap_month(at(1_483_228_799))); // 2016-12-31 23:59:59
+        assert!(!in_leap_month(at(1_800_000_000))); // 2027-01-15
     }
 
     #[test]

@@ -249,6 +249,8 @@ pub struct SyncEngine {
     file_leap: Option<Leap>,
     /// What most agreeing sources announced at the last update.
     voted_leap: Leap,
+    /// Whether the sources' vote may be believed now (June or December).
+    leap_month: bool,
     /// What the clock was last told about leap seconds (`None`: it refused, ask again).
     clock_leap: Option<Leap>,
     poll: i8,
@@ -293,6 +295,7 @@ impl SyncEngine {
             leap: Leap::NoWarning,
             file_leap: None,
             voted_leap: Leap::NoWarning,
+            leap_month: true,
             clock_leap: Some(Leap::NoWarning),
             reference: None,
         }
@@ -374,10 +377,25 @@ impl SyncEngine {
         }
     }
 
-    /// The leap to announce, from the file if there is one, else from the vote; the
-    /// clock is told of a change.
+    /// Whether it is June or December now (UTC): outside them a leap second the
+    /// sources announce is for a date that cannot have one, and is not passed on.
+    pub fn set_leap_month(&mut self, leap_month: bool) {
+        if leap_month != self.leap_month {
+            self.leap_month = leap_month;
+            if self.last_update.is_some() {
+                self.announce_leap();
+            }
+        }
+    }
+
+    /// The leap to announce, from the file if there is one, else from the vote (in
+    /// June and December only); the clock is told of a change.
     fn announce_leap(&mut self) {
-        let leap = self.file_leap.unwrap_or(self.voted_leap);
+        let voted = match self.leap_month {
+            true => self.voted_leap,
+            false => Leap::NoWarning,
+        };
+        let leap = self.file_leap.unwrap_or(voted);
         self.leap = leap;
         if Some(leap) != self.clock_leap {
             self.clock_leap = Some(leap);
@@ -1362,6 +1380,31 @@ mod tests {
         assert!(commands(&mut engine).contains(&add));
         let _ = engine.handle_sample(ids[1], &s, 260.0, 0.0);
         assert!(!commands(&mut engine).contains(&add), "asked twice");
+    }
+
+    /// Outside June and December the sources' announcement is for a date that cannot
+    /// have a leap second: neither served nor told to the clock (ADVERSARIAL 40).
+    #[test]
+    fn a_leap_announced_outside_june_and_december_is_ignored() {
+        let (mut engine, ids) = engine(3);
+        engine.set_leap_month(false);
+        let s = Sample {
+            leap: Leap::AddSecond,
+            ..sample(0.0, 0.001)
+        };
+        for round in 0..3 {
+            for id in &ids {
+                let _ = engine.handle_sample(*id, &s, f64::from(round) * 64.0, 0.0);
+            }
+        }
+        let add = ClockCommand::SetLeap(Leap::AddSecond);
+        assert!(!commands(&mut engine).contains(&add));
+        let now = NtpTimestamp::from_unix(1_800_000_000, 0);
+        assert_eq!(engine.sync_state(192.0, now, -20).leap, Leap::NoWarning);
+        // June comes: the same vote is believed at once.
+        engine.set_leap_month(true);
+        assert!(commands(&mut engine).contains(&add));
+        assert_eq!(engine.sync_state(200.0, now, -20).leap, Leap::AddSecond);
     }
 
     /// The leap-seconds file decides over the sources: announced (and told to the
