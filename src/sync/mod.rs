@@ -102,6 +102,10 @@ fn slew_duration(offset: f64, sd: f64, interval: f64) -> f64 {
 const OUTLIER_SD: f64 = 6.0;
 /// ...unless this many in a row say the same: then the clock really has moved.
 const OUTLIER_RUN: u32 = 3;
+/// How much tighter (seconds of root distance) another agreeing source must be before
+/// it replaces the reference: chrony's `reselectdist` default.
+pub const RESELECT_DISTANCE: f64 = 100e-6;
+
 /// Seconds after start during which the first correction waits for a majority of all
 /// configured sources.
 const STARTUP_GRACE: f64 = 300.0;
@@ -508,21 +512,28 @@ impl SyncEngine {
         Ok(())
     }
 
-    /// Keeps the reference while it agrees with the majority (switching costs a jump
-    /// by the difference of two paths' biases) and is not a peer standing in for a
-    /// source that agrees again; otherwise takes the agreeing source with the tightest
-    /// bound, sources before peers. So a site that followed its peer returns to its own
-    /// upstream as soon as that agrees again.
+    /// Takes the agreeing source with the tightest bound (its root distance: half its
+    /// delay plus its server's distance, grown with age), sources before peers, so a
+    /// long or asymmetric path never steers while a tight one agrees with it. The
+    /// current reference is kept while it agrees and is within [`RESELECT_DISTANCE`] of
+    /// the best (switching costs a jump by the difference of two paths' biases, so not
+    /// for noise), and is not a peer standing in for a source that agrees again: a site
+    /// that followed its peer returns to its own upstream as soon as that agrees.
     fn choose_reference(&mut self, truechimers: &[usize], now: f64) {
         let backup = |i: usize| self.sources.get(i).is_none_or(|s| s.backup);
+        let bound = |i: usize| Some(self.sources.get(i)?.filter.best(now)?.1);
         let best = truechimers
             .iter()
             .copied()
-            .filter_map(|i| Some((i, backup(i), self.sources.get(i)?.filter.best(now)?.1)))
+            .filter_map(|i| Some((i, backup(i), bound(i)?)))
             .min_by(|a, b| a.1.cmp(&b.1).then(a.2.total_cmp(&b.2)));
         if let Some(current) = self.reference
             && truechimers.contains(&current)
             && (!backup(current) || best.is_none_or(|(_, b, _)| b))
+            && best.is_none_or(|(_, b, tightest)| {
+                b != backup(current)
+                    || bound(current).is_some_and(|c| c <= tightest + RESELECT_DISTANCE)
+            })
         {
             return;
         }
@@ -1380,6 +1391,34 @@ mod tests {
         assert!(commands(&mut engine).contains(&add));
         let _ = engine.handle_sample(ids[1], &s, 260.0, 0.0);
         assert!(!commands(&mut engine).contains(&add), "asked twice");
+    }
+
+    /// A reference on a long path gives way once a source whose root distance is
+    /// tighter by more than the reselect distance agrees with it (issue 13).
+    #[test]
+    fn a_wide_reference_gives_way_to_a_tight_source_that_agrees() {
+        let (mut engine, ids) = engine(3);
+        let reference = |engine: &SyncEngine, now: f64| -> Vec<bool> {
+            let report = engine.report(now);
+            report
+                .iter()
+                .map(|r| r.state == SourceState::Reference)
+                .collect()
+        };
+        // Sources 0 and 2 answer first, over 20 ms and 30 ms paths: 0 steers.
+        for round in 0..4 {
+            let at = f64::from(round) * 16.0;
+            let _ = engine.handle_sample(ids[0], &sample(0.0, 0.020), at, 0.0);
+            let _ = engine.handle_sample(ids[2], &sample(0.0, 0.030), at + 1.0, 0.0);
+        }
+        assert_eq!(reference(&engine, 64.0), [true, false, false]);
+        // Then source 1, over 0.5 ms, agrees: it takes over.
+        for round in 4..8 {
+            let at = f64::from(round) * 16.0;
+            let _ = engine.handle_sample(ids[1], &sample(0.0, 0.0005), at, 0.0);
+            let _ = engine.handle_sample(ids[0], &sample(0.0, 0.020), at + 1.0, 0.0);
+        }
+        assert_eq!(reference(&engine, 128.0), [false, true, false]);
     }
 
     /// Outside June and December the sources' announcement is for a date that cannot
