@@ -1147,18 +1147,24 @@ mod tests {
         assert!(steps(&applied).is_empty(), "{applied:?}");
     }
 
-    /// Falsetickers: two sources a second off against three that agree are never
-    /// selected, and the clock follows the three.
-    #[test]
-    fn falsetickers_are_not_followed() {
+    /// Five sources polled three times: three agree, two are one and two seconds off.
+    fn three_agree_two_falsetickers() -> (SyncEngine, Vec<SourceId>) {
         let (mut engine, ids) = engine(5);
         let offsets = [0.0002, -0.0001, 0.0, 1.0, 2.0];
         for round in 0..3 {
             for (id, offset) in ids.iter().zip(offsets) {
-                let _ =
-                    engine.handle_sample(*id, &sample(offset, 0.001), f64::from(round) * 64.0, 0.0);
+                let at = f64::from(round) * 64.0;
+                let _ = engine.handle_sample(*id, &sample(offset, 0.001), at, 0.0);
             }
         }
+        (engine, ids)
+    }
+
+    /// Falsetickers: two sources a second off against three that agree are never
+    /// selected, and the clock follows the three.
+    #[test]
+    fn falsetickers_are_not_followed() {
+        let (mut engine, _) = three_agree_two_falsetickers();
         let report = engine.report(192.0);
         let selected: Vec<bool> = report.iter().map(|r| r.selected).collect();
         assert_eq!(selected, [true, true, true, false, false]);
@@ -1170,14 +1176,7 @@ mod tests {
     /// Reports say what each source is to synchronization, and why it is not used.
     #[test]
     fn reports_name_the_reference_the_falsetickers_and_why() {
-        let (mut engine, ids) = engine(5);
-        let offsets = [0.0002, -0.0001, 0.0, 1.0, 2.0];
-        for round in 0..3 {
-            for (id, offset) in ids.iter().zip(offsets) {
-                let _ =
-                    engine.handle_sample(*id, &sample(offset, 0.001), f64::from(round) * 64.0, 0.0);
-            }
-        }
+        let (mut engine, ids) = three_agree_two_falsetickers();
         let report = engine.report(192.0);
         let states: Vec<SourceState> = report.iter().map(|r| r.state).collect();
         assert_eq!(

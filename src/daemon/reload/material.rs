@@ -134,9 +134,11 @@ impl Material {
             (Some(read), Some(section)) => {
                 let path = loaded.path(&section.file);
                 let now = crate::wire::NtpTimestamp::from_system_time(now);
-                let parsed = read.clone().and_then(|bytes| {
-                    crate::daemon::leap::parse(&path, &bytes, now, &mut problems)
-                });
+                // Parsed from the bytes as sent, not a copy of them.
+                let parsed = match read {
+                    Ok(bytes) => crate::daemon::leap::parse(&path, bytes, now, &mut problems),
+                    Err(e) => Err(e.clone()),
+                };
                 parsed
                     .map_err(|e| problems.warning(format!("{e}; the leap file in use stays")))
                     .ok()
