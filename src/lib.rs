@@ -15,22 +15,24 @@
 //!    exchange with its on-wire checks, sources, and symmetric peers. Time and
 //!    randomness come in as arguments.
 //! 5. [`sys`] — every syscall that needs `unsafe`, each with its safety argument.
-//! 6. [`clock`] — the clock being disciplined: the commands it takes, the software and
+//! 6. [`refclock`] — reference clocks (SHM, SOCK, PHC, PPS): device readings in,
+//!    samples out, every bad reading a counted drop.
+//! 7. [`clock`] — the clock being disciplined: the commands it takes, the software and
 //!    kernel clocks, and the clock model the simulations use.
-//! 7. [`sync`] — from samples to clock commands: filter, selection, discipline.
-//! 8. [`coordinator`] — the client role's sans-IO core: sources, peers and the sync
+//! 8. [`sync`] — from samples to clock commands: filter, selection, discipline.
+//! 9. [`coordinator`] — the client role's sans-IO core: sources, peers and the sync
 //!    engine in one object with a stated driver contract, and the in-memory test pair.
-//! 9. [`config`] — the TOML configuration, checked completely before anything starts.
-//! 10. [`daemon`] — the tokio shell: it moves bytes and time between sockets, TLS
+//! 10. [`config`] — the TOML configuration, checked completely before anything starts.
+//! 11. [`daemon`] — the tokio shell: it moves bytes and time between sockets, TLS
 //!     (NTS-KE), the clock and the sans-IO core, deciding nothing itself.
-//! 11. [`privsep`] — the split of `ntimed run` as root into an engine that cannot set
+//! 12. [`privsep`] — the split of `ntimed run` as root into an engine that cannot set
 //!     the clock and a clock process that obeys policy.
-//! 12. [`ops`] — for operators: `ntimed check` (every problem `run` would stop at, at
+//! 13. [`ops`] — for operators: `ntimed check` (every problem `run` would stop at, at
 //!     once, through `run`'s own checks) and `ntimed keygen` (key files for ntimed,
 //!     chrony and NTPsec).
-//! 13. `sim` — `ntimed sim`: scenarios run through the coordinator's test pair.
-//! 14. `demo` — `ntimed demo`: the whole path, offline, on loopback.
-//! 15. [`cli`] — `ntimed run | query | ke | check | keygen | ctl | demo | sim`, kept thin.
+//! 14. `sim` — `ntimed sim`: scenarios run through the coordinator's test pair.
+//! 15. `demo` — `ntimed demo`: the whole path, offline, on loopback.
+//! 16. [`cli`] — `ntimed run | query | ke | check | keygen | ctl | demo | sim`, kept thin.
 //!
 //! Every packet is parsed and authenticated before it can change any state; that
 //! ordering is the lesson of most NTP CVEs.
@@ -82,6 +84,7 @@ pub(crate) mod demo;
 pub mod ops;
 pub mod privsep;
 pub mod proto;
+pub mod refclock;
 pub(crate) mod sim;
 pub mod sync;
 pub mod sys;
