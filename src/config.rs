@@ -247,6 +247,31 @@ pub struct KeysSection {
 pub struct LocalSection {
     /// 1..=15.
     pub stratum: Spanned<u8>,
+    /// With sources: serve the local clock once their root distance exceeds this
+    /// (seconds; default 1, as chrony's `local distance`).
+    pub distance: Option<Spanned<f64>>,
+    /// With sources: seconds after start before the local clock is served (default 0).
+    pub wait: Option<Spanned<f64>>,
+    /// Orphan mode: the sources at this stratum are the site's other servers; the one
+    /// with the lowest id serves its clock and the others follow it.
+    #[serde(default)]
+    pub orphan: bool,
+}
+
+impl LocalSection {
+    /// What the coordinator acts on (checked by [`Config::check`]).
+    pub fn reference(&self) -> crate::coordinator::LocalReference {
+        let defaults = crate::coordinator::LocalReference::at_stratum(*self.stratum.get_ref());
+        crate::coordinator::LocalReference {
+            distance: self
+                .distance
+                .as_ref()
+                .map_or(defaults.distance, |d| *d.get_ref()),
+            wait: self.wait.as_ref().map_or(defaults.wait, |w| *w.get_ref()),
+            orphan: self.orphan,
+            ..defaults
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -681,6 +706,21 @@ impl Config {
                 let message = format!("[local] stratum must be 1 to 15, not {stratum}");
                 faults.push((Some(local.stratum.span()), message));
             }
+            for (name, value, max) in [
+                ("distance", &local.distance, 16.0),
+                ("wait", &local.wait, 86_400.0),
+            ] {
+                if let Some(v) = value
+                    && !(0.0..=max).contains(v.get_ref())
+                {
+                    let message = format!("[local] {name} must be 0 to {max} seconds");
+                    faults.push((Some(v.span()), message));
+                }
+            }
+            if local.orphan && self.sources.is_empty() && self.peers.is_empty() {
+                let message = "[local] orphan needs the site's other servers as [[source]]s";
+                faults.push((Some(local.stratum.span()), message.into()));
+            }
         }
         if self.servers.is_empty()
             && self.nts_ke_servers.is_empty()
@@ -906,6 +946,16 @@ mod tests {
                 "1 to 15",
             ),
             ("[local]\nstratum = 300\n", Some(2), ""),
+            (
+                "[local]\nstratum = 10\norphan = true\n[[server]]\nlisten = \"127.0.0.1:1\"\n",
+                Some(2),
+                "orphan needs the site's other servers",
+            ),
+            (
+                "[local]\nstratum = 10\ndistance = -1\n[[server]]\nlisten = \"127.0.0.1:1\"\n",
+                Some(3),
+                "[local] distance must be 0 to 16 seconds",
+            ),
             ("[bogus]\n", Some(1), "unknown field `bogus`"),
             ("[[server]\n", Some(1), ""),
             ("[local]\nstratum = 2\n", None, "nothing to run"),

@@ -41,6 +41,7 @@
 //! [`sync_state`]: Coordinator::sync_state
 
 mod event;
+mod local;
 pub mod pair;
 mod refid;
 
@@ -64,6 +65,7 @@ use crate::sync::{SourceId, SourceReport, SyncConfig, SyncEngine};
 use crate::wire::{NtpTimestamp, ReferenceId};
 
 pub use event::{Event, EventKind, Level};
+pub use local::LocalReference;
 pub use refid::reference_id;
 
 /// How often the engine's holdover is checked and state changes are reported.
@@ -123,8 +125,8 @@ pub struct Resolved {
 #[derive(Debug, Clone, PartialEq)]
 pub struct CoordinatorConfig {
     pub sync: SyncConfig,
-    /// `[local]`: the stratum served from the local clock while unsynchronized.
-    pub fallback_stratum: Option<u8>,
+    /// `[local]`: when the local clock is served instead of the sources' time.
+    pub local: Option<LocalReference>,
     /// Our clock's precision (log2 s), announced in packets.
     pub precision: i8,
 }
@@ -265,6 +267,8 @@ pub struct Coordinator {
     /// Reused for every packet written.
     buffer: Vec<u8>,
     leap_file: Option<Arc<LeapFile>>,
+    /// When it was created (`[local] wait` counts from here).
+    started: f64,
 }
 
 impl Coordinator {
@@ -284,6 +288,7 @@ impl Coordinator {
             next_housekeeping: now,
             buffer: Vec::new(),
             leap_file: None,
+            started: now,
         }
     }
 
@@ -552,6 +557,10 @@ impl Coordinator {
                 a.address = Some(resolved.address);
                 self.engine
                     .set_reference_id(a.engine_id, reference_id(resolved.address));
+                if let Some(ours) = resolved.local_ip {
+                    let ours = reference_id(SocketAddr::new(ours, 0));
+                    self.engine.set_own_reference_id(a.engine_id, ours);
+                }
                 match kind {
                     Kind::Source { resolving, .. } => *resolving = false,
                     Kind::Peer { peer, .. } => {
@@ -685,14 +694,15 @@ impl Coordinator {
             .fold(self.next_housekeeping, f64::min)
     }
 
-    /// What the server role answers with: the engine's state, or the `[local]`
-    /// stratum from the local clock while unsynchronized.
+    /// What the server role answers with: the engine's state, or the `[local]` clock
+    /// when that stands in for it (see [`LocalReference::replaces`]).
     pub fn sync_state(&self, now: f64, local: NtpTimestamp) -> SyncState {
-        match (self.engine.is_synchronized(), self.config.fallback_stratum) {
-            (false, Some(stratum)) => {
-                SyncState::local_reference(stratum, local, self.config.precision)
+        let engine = self.engine.sync_state(now, local, self.config.precision);
+        match self.config.local {
+            Some(l) if l.replaces(&engine, now - self.started) => {
+                SyncState::local_reference(l.stratum, local, self.config.precision)
             }
-            _ => self.engine.sync_state(now, local, self.config.precision),
+            _ => engine,
         }
     }
 

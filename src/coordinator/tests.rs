@@ -13,7 +13,7 @@ fn keys() -> crate::auth::KeyStore {
 fn config() -> CoordinatorConfig {
     CoordinatorConfig {
         sync: SyncConfig::default(),
-        fallback_stratum: None,
+        local: None,
         precision: -20,
     }
 }
@@ -203,7 +203,7 @@ fn the_same_seed_gives_the_same_run() {
 fn an_unsynchronized_coordinator_serves_its_local_stratum_only_when_configured() {
     let pair = Pair::new(
         CoordinatorConfig {
-            fallback_stratum: Some(7),
+            local: Some(LocalReference::at_stratum(7)),
             ..config()
         },
         0.0,

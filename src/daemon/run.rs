@@ -383,7 +383,7 @@ pub async fn serve(
         let precision = super::measure_precision();
         tokio::spawn(client.run(
             clock.clone(),
-            local_stratum,
+            config.local.as_ref().map(|l| l.reference()),
             precision,
             link,
             ControlInputs {

@@ -151,7 +151,7 @@ pub fn run(scenario: &Scenario, seed: u64, trace: Option<&mut Trace>) -> Metrics
             steps: StepPolicy::Startup,
             ..defaults
         },
-        fallback_stratum: None,
+        local: None,
         precision: -20,
     };
     let mut pair = Pair::new(config, scenario.start_offset, scenario.f0, seed);

@@ -57,6 +57,10 @@ pub struct SyncConfig {
     /// Bounds on the poll interval the engine suggests (log2 seconds).
     pub min_poll: i8,
     pub max_poll: i8,
+    /// `[local] orphan`: sources at this stratum serve a local clock, not real time;
+    /// they are used only when nothing else is and their id is below ours (RFC 5905
+    /// orphan mode, chrony's `local orphan`), so a site follows one of its servers.
+    pub orphan_stratum: Option<u8>,
 }
 
 impl Default for SyncConfig {
@@ -70,6 +74,7 @@ impl Default for SyncConfig {
             initial_frequency_ppm: None,
             min_poll: 6,
             max_poll: 10,
+            orphan_stratum: None,
         }
     }
 }
@@ -140,6 +145,8 @@ pub enum Ignored {
     NotFinite,
     #[error("unknown source")]
     UnknownSource,
+    #[error("synchronized to us (its reference id is our address)")]
+    SynchronizedToUs,
 }
 
 /// What the engine knows about one source.
@@ -162,6 +169,9 @@ struct SourceEntry {
     verdict: Verdict,
     /// Why its last sample was not used, until one is.
     ignored: Option<Ignored>,
+    /// Our own reference id as this source sees us (our address on its path): a
+    /// source announcing it is synchronized to us, and in orphan mode the lower id wins.
+    own_id: Option<ReferenceId>,
 }
 
 /// What a selection made of a source.
@@ -325,6 +335,7 @@ impl SyncEngine {
             outliers: 0,
             verdict: Verdict::None,
             ignored: None,
+            own_id: None,
         });
         SourceId(self.sources.len() - 1)
     }
@@ -348,6 +359,13 @@ impl SyncEngine {
     pub fn set_reference_id(&mut self, id: SourceId, reference_id: ReferenceId) {
         if let Some(source) = self.sources.get_mut(id.0) {
             source.reference_id = reference_id;
+        }
+    }
+
+    /// Our reference id as source `id` sees us (the address it is reached from).
+    pub fn set_own_reference_id(&mut self, id: SourceId, ours: ReferenceId) {
+        if let Some(source) = self.sources.get_mut(id.0) {
+            source.own_id = Some(ours);
         }
     }
 
@@ -437,6 +455,10 @@ impl SyncEngine {
         }
         if source.requires_authentication && sample.authenticated == Authenticated::No {
             return Err(Ignored::NotAuthenticated);
+        }
+        // Following a source that follows us would only add each other's errors.
+        if source.own_id == Some(sample.reference_id) && sample.stratum > 1 {
+            return Err(Ignored::SynchronizedToUs);
         }
         let numbers = [sample.offset, sample.delay, pending_slew, now];
         if !numbers.iter().all(|n| n.is_finite()) {
@@ -549,10 +571,17 @@ impl SyncEngine {
         // rate, and its bound grows by how uncertain that rate is.
         let (_, rate) = self.kalman.estimate(now);
         let rate_sd = self.kalman.rate_sd();
+        let orphans_only = self
+            .sources
+            .iter()
+            .all(|s| !self.counts(s) || self.is_orphan(s));
         for (i, source) in self.sources.iter().enumerate() {
             // Every source heard from counts towards the majority, even before it has
             // enough samples to be used itself.
-            if !source.reachable || source.filter.is_empty() {
+            if !self.counts(source) {
+                continue;
+            }
+            if self.is_orphan(source) && !(orphans_only && self.orphan_outranks_us(source)) {
                 continue;
             }
             if let Some((best, bound)) = source.filter.best(now) {
@@ -585,6 +614,25 @@ impl SyncEngine {
             }
         }
         truechimers
+    }
+
+    /// Whether a source is heard from and has a sample to select with.
+    fn counts(&self, source: &SourceEntry) -> bool {
+        source.reachable && !source.filter.is_empty()
+    }
+
+    /// In orphan mode, a source serving its local clock at the orphan stratum.
+    fn is_orphan(&self, source: &SourceEntry) -> bool {
+        self.config.orphan_stratum.is_some()
+            && source.last.map(|l| l.stratum) == self.config.orphan_stratum
+    }
+
+    /// Whether an orphan source's id is below ours (ids compare as numbers, as in
+    /// chrony and ntpd): the lowest id of a site serves and the others follow it.
+    fn orphan_outranks_us(&self, source: &SourceEntry) -> bool {
+        source.own_id.is_some_and(|ours| {
+            u32::from_be_bytes(source.reference_id.0) < u32::from_be_bytes(ours.0)
+        })
     }
 
     /// The first correction (and the first after losing synchronization): the
@@ -839,6 +887,13 @@ impl SyncEngine {
         let refused = |why: String| (SourceState::Refused, Some(why));
         if let Some(ignored) = s.ignored {
             return refused(format!("last sample {ignored}"));
+        }
+        if self.is_orphan(s) && s.verdict == Verdict::None {
+            let why = match self.orphan_outranks_us(s) {
+                true => "orphan: used only while no other source is",
+                false => "orphan: our id is lower, so we serve and it follows",
+            };
+            return refused(why.into());
         }
         match s.verdict {
             Verdict::Falseticker => (
@@ -1418,6 +1473,59 @@ mod tests {
             let _ = engine.handle_sample(ids[0], &sample(0.0, 0.020), at + 1.0, 0.0);
         }
         assert_eq!(reference(&engine, 128.0), [false, true, false]);
+    }
+
+    /// Orphan mode (`[local] orphan`, stratum 10): sources at stratum 10 serve their
+    /// own clocks. Of two site servers the lower id is followed, the higher never is,
+    /// and neither while a source with real time (any other stratum) answers.
+    #[test]
+    fn an_orphan_is_followed_only_when_its_id_is_lower_and_nothing_else_answers() {
+        let orphan = |offset: f64| Sample {
+            stratum: 10,
+            reference_id: ReferenceId(*b"LOCL"),
+            ..sample(offset, 0.001)
+        };
+        let run = |ours: [u8; 4], upstream: bool| -> Vec<SourceState> {
+            let config = SyncConfig {
+                orphan_stratum: Some(10),
+                ..SyncConfig::default()
+            };
+            let mut engine = SyncEngine::new(config, 0.0);
+            let site = engine.add_source("site", ReferenceId([10, 0, 0, 5]), true);
+            let real = engine.add_source("real", ReferenceId([192, 0, 2, 1]), true);
+            engine.set_own_reference_id(site, ReferenceId(ours));
+            engine.set_own_reference_id(real, ReferenceId(ours));
+            // Past the start-up grace: one of two configured sources is no majority.
+            for round in 0..8 {
+                let at = f64::from(round) * 64.0;
+                let _ = engine.handle_sample(site, &orphan(0.3), at, 0.0);
+                if upstream {
+                    let _ = engine.handle_sample(real, &sample(0.0, 0.002), at + 1.0, 0.0);
+                }
+            }
+            engine.report(460.0).iter().map(|r| r.state).collect()
+        };
+        use SourceState::{Reference, Refused, Unreachable};
+        assert_eq!(run([10, 0, 0, 9], false), [Reference, Unreachable]);
+        assert_eq!(run([10, 0, 0, 2], false), [Refused, Unreachable]);
+        assert_eq!(run([10, 0, 0, 9], true), [Refused, Reference]);
+    }
+
+    /// A source whose reference id is our own address is synchronized to us:
+    /// following it would make a loop.
+    #[test]
+    fn a_source_synchronized_to_us_is_refused() {
+        let (mut engine, ids) = engine(1);
+        engine.set_own_reference_id(ids[0], ReferenceId([10, 0, 0, 9]));
+        let follower = Sample {
+            stratum: 3,
+            reference_id: ReferenceId([10, 0, 0, 9]),
+            ..sample(0.0, 0.001)
+        };
+        assert_eq!(
+            engine.handle_sample(ids[0], &follower, 0.0, 0.0),
+            Err(Ignored::SynchronizedToUs)
+        );
     }
 
     /// Outside June and December the sources' announcement is for a date that cannot

@@ -6,7 +6,7 @@
 //! short-lived task forwards what arrives on it. Peers' packets use the `[[server]]`
 //! sockets: the server tasks route them here ([`super::super::peer`]).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -21,7 +21,8 @@ use crate::auth::KeyStore;
 use crate::auth::nts::ntp::NtsSession;
 use crate::clock::{Clock, ClockError};
 use crate::coordinator::{
-    AssociationId, Coordinator, CoordinatorConfig, Event, Level, Request, Resolved, Transmit, Via,
+    AssociationId, Coordinator, CoordinatorConfig, Event, Level, LocalReference, Request, Resolved,
+    Transmit, Via,
 };
 use crate::daemon::control::{self, SnapshotRequest};
 use crate::daemon::leap::SharedLeapFile;
@@ -112,6 +113,7 @@ pub struct Driver {
     /// A reloaded key file, for keyed sources and peers.
     new_keys: Option<mpsc::Receiver<KeyStore>>,
     leap_file: SharedLeapFile,
+    own_addresses: Vec<IpAddr>,
     tx: mpsc::Sender<Input>,
     rx: mpsc::Receiver<Input>,
     state: Arc<RwLock<SyncState>>,
@@ -125,7 +127,7 @@ impl Driver {
     pub fn new(
         role: ClientRole,
         clock: Arc<dyn Clock>,
-        fallback: Option<u8>,
+        local: Option<LocalReference>,
         precision: i8,
         link: Option<PeerLink>,
         control: ControlInputs,
@@ -137,6 +139,7 @@ impl Driver {
             drift_file,
             state,
             leap_file,
+            own_addresses,
         } = role;
         // Without a drift file, start from the frequency the clock already has rather
         // than throwing away what the kernel (or a previous run) learned. Exactly 0 is
@@ -149,7 +152,7 @@ impl Driver {
         }
         let config = CoordinatorConfig {
             sync: config,
-            fallback_stratum: fallback,
+            local,
             precision,
         };
         let mut coordinator = Coordinator::new(config, rand::rng().random(), 0.0);
@@ -194,6 +197,7 @@ impl Driver {
             control: control.snapshots,
             new_keys: control.new_keys,
             leap_file,
+            own_addresses,
             tx,
             rx,
             state,
@@ -426,7 +430,7 @@ impl Driver {
         let Some(Target::Peer { index, socket, .. }) = self.targets.get_mut(id.0) else {
             return Ok(Resolved {
                 address,
-                local_ip: None,
+                local_ip: self.own_address_towards(address),
             });
         };
         let Some(peers) = &self.peers else {
@@ -443,6 +447,22 @@ impl Driver {
             address,
             local_ip: Some(ours),
         })
+    }
+
+    /// How a source knows us: the address one of our servers listens on (what the
+    /// site's other servers poll), else the one the route to it leaves from.
+    fn own_address_towards(&self, address: SocketAddr) -> Option<IpAddr> {
+        let listened = self
+            .own_addresses
+            .iter()
+            .find(|ip| ip.is_ipv4() == address.is_ipv4());
+        let routed = || {
+            super::super::net::client_socket_std(address)
+                .ok()?
+                .local_addr()
+                .ok()
+        };
+        listened.copied().or_else(|| routed().map(|a| a.ip()))
     }
 
     fn handle_peer_datagram(&mut self, datagram: PeerDatagram) {

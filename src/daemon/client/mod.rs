@@ -12,11 +12,13 @@ mod driver;
 
 pub use driver::ControlInputs;
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use crate::clock::Clock;
 use crate::config::Loaded;
+use crate::coordinator::LocalReference;
 use crate::proto::peer::{PeerAuth, PeerOptions};
 use crate::proto::server::SyncState;
 use crate::proto::source::SourceOptions;
@@ -69,6 +71,9 @@ pub struct ClientRole {
     pub state: Arc<RwLock<SyncState>>,
     /// The `[leap] file` (a reload swaps it).
     pub leap_file: super::leap::SharedLeapFile,
+    /// The specific addresses our `[[server]]`s listen on: how the site's other
+    /// servers know us (our id in orphan mode, and in their reference ids).
+    pub own_addresses: Vec<IpAddr>,
 }
 
 /// Builds the client role from `[[source]]` and `[clock]` (`None` without sources).
@@ -165,6 +170,12 @@ pub fn prepare(loaded: &Loaded) -> Result<Option<ClientRole>, String> {
             .chain(peers.iter().map(|p| p.options.max_poll))
             .max()
             .unwrap_or(defaults.max_poll),
+        orphan_stratum: loaded
+            .config
+            .local
+            .as_ref()
+            .filter(|l| l.orphan)
+            .map(|l| *l.stratum.get_ref()),
     };
     Ok(Some(ClientRole {
         specs,
@@ -173,24 +184,30 @@ pub fn prepare(loaded: &Loaded) -> Result<Option<ClientRole>, String> {
         drift_file,
         state: Arc::new(RwLock::new(SyncState::unsynchronized(-20))),
         leap_file: Default::default(),
+        own_addresses: config
+            .servers
+            .iter()
+            .map(|s| s.listen.get_ref().ip())
+            .filter(|ip| !ip.is_unspecified())
+            .collect(),
     }))
 }
 
 impl ClientRole {
-    /// Runs the sources and peers until `shutdown` fires; `fallback` is the `[local]`
-    /// stratum served while unsynchronized. Peers need `link` (the server sockets);
+    /// Runs the sources and peers until `shutdown` fires; `local` is `[local]`, the
+    /// clock served when the sources give no time. Peers need `link` (the server sockets);
     /// `control` brings snapshot requests from the control socket.
     /// `Err` when the clock process is lost: the caller decides what follows.
     pub async fn run(
         self,
         clock: Arc<dyn Clock>,
-        fallback: Option<u8>,
+        local: Option<LocalReference>,
         precision: i8,
         link: Option<PeerLink>,
         control: driver::ControlInputs,
         shutdown: tokio::sync::oneshot::Receiver<()>,
     ) -> Result<(), String> {
-        driver::Driver::new(self, clock, fallback, precision, link, control)
+        driver::Driver::new(self, clock, local, precision, link, control)
             .run(shutdown)
             .await
     }
