@@ -76,58 +76,102 @@ fn copy_dir(from: &Path, to: &Path) {
     assert!(out.status.success(), "chmod: {}", out.describe());
 }
 
-#[test]
-fn ntimed_synchronizes_under_clknetsim() {
-    let Some(shared) = require_clknetsim() else {
-        return;
-    };
+/// One result row of `run.sh` (scenario daemon runs sync_s max_off rms_off rms_freq
+/// poll_s ss_rms) and ntimed's log, for `scenario` (named `name`) run with one seed.
+struct Run {
+    row: Vec<String>,
+    ntimed_log: String,
+    context: String,
+}
+
+impl Run {
+    fn field(&self, i: usize) -> f64 {
+        self.row
+            .get(i)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("column {i} of {:?}: {}", self.row, self.context))
+    }
+}
+
+fn run_scenario(name: &str, scenario: &str, deadline: Duration) -> Option<Run> {
+    let shared = require_clknetsim()?;
     if !require_chrony() {
-        return;
+        return None;
     }
     let dir = tempdir("clknetsim");
     let copy = dir.path().join("clknetsim");
     copy_dir(&shared, &copy);
-    std::fs::write(copy.join("scenarios/ntimed-smoke"), scenario()).expect("write scenario");
+    std::fs::write(copy.join("scenarios").join(name), scenario).expect("write scenario");
     let work = dir.path().join("work");
 
     let mut cmd = safe_command(None, "bash");
     cmd.arg(copy.join("run.sh"))
         .arg(ntimed_bin())
-        .args(["-n", "1", "--ntimed-only", "ntimed-smoke"])
+        .args(["-n", "1", "--ntimed-only", name])
         .env("CLKNETSIM_WORK", &work);
-    let out = run_with_deadline(cmd, DEADLINE).unwrap_or_else(|e| panic!("run.sh: {e}"));
+    let out = run_with_deadline(cmd, deadline).unwrap_or_else(|e| panic!("run.sh: {e}"));
     let ntimed_log = std::fs::read_to_string(work.join("test/simulation/tmp/log.2"))
         .unwrap_or_else(|e| format!("(no ntimed log: {e})"));
     let context = format!("{}\n--- ntimed (node 2) ---\n{ntimed_log}", out.describe());
     assert!(out.status.success(), "run.sh failed: {context}");
-
-    // scenario daemon runs sync_s max_off rms_off rms_freq poll_s ss_rms
-    let row: Vec<&str> = out
+    let row: Vec<String> = out
         .stdout
         .lines()
-        .find(|l| l.starts_with("ntimed-smoke"))
+        .find(|l| l.starts_with(name))
         .unwrap_or_else(|| panic!("no result row: {context}"))
         .split_whitespace()
+        .map(String::from)
         .collect();
-    let field = |i: usize| -> f64 {
-        row.get(i)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("column {i} of {row:?}: {context}"))
+    assert_eq!(row.get(1).map(String::as_str), Some("ntimed"), "{context}");
+    Some(Run {
+        row,
+        ntimed_log,
+        context,
+    })
+}
+
+#[test]
+fn ntimed_synchronizes_under_clknetsim() {
+    let Some(run) = run_scenario("ntimed-smoke", &scenario(), DEADLINE) else {
+        return;
     };
-    assert_eq!(row.get(1), Some(&"ntimed"), "{context}");
-    assert_eq!(field(2), 1.0, "one run: {context}");
-    let sync = field(3);
+    let context = &run.context;
+    assert_eq!(run.field(2), 1.0, "one run: {context}");
+    let sync = run.field(3);
     assert!(
         sync < LIMIT - SETTLED,
         "ntimed was not within 1 ms for the last {SETTLED} s (sync time {sync} s of {LIMIT}): {context}"
     );
-    let steady = field(8);
+    let steady = run.field(8);
     assert!(
         steady < STEADY_RMS,
         "steady-state RMS offset {steady} s: {context}"
     );
     assert!(
-        ntimed_log.contains("NTIMED_CLKNETSIM set"),
+        run.ntimed_log.contains("NTIMED_CLKNETSIM set"),
         "the switch was not noticed: {context}"
     );
+}
+
+/// The leap second at the end of 2008 (`clknetsim/scenarios/911-leap-second`, after
+/// chrony's test 113): the server announces it, and ntimed's clock must be right (within
+/// 1 ms, the harness's limit) from before the leap to the end, four simulated days in.
+#[test]
+fn a_leap_second_is_inserted_under_clknetsim() {
+    let script = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("clknetsim/scenarios/911-leap-second"),
+    )
+    .expect("the leap scenario");
+    let Some(run) = run_scenario("911-leap-second", &script, DEADLINE) else {
+        return;
+    };
+    let context = &run.context;
+    let leap = 2.0 * 86_400.0;
+    let sync = run.field(3);
+    assert!(
+        sync <= leap,
+        "the clock was off after the leap (right only from {sync} s; leap at {leap}): {context}"
+    );
+    let max_offset = run.field(4);
+    assert!(max_offset < 1e-3, "max offset {max_offset} s: {context}");
 }

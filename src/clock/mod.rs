@@ -29,8 +29,8 @@ use model::ClockModel;
 /// clock process's policy holds every slew to it.
 pub const MAX_SLEW_RATE: f64 = 1.0 / 12.0;
 
-/// The largest offset one slew may carry, seconds: beyond it the offset is stepped at
-/// start-up or, after, refused (and measured afresh).
+/// The largest offset one slew may carry, seconds: the clock refuses more, and the
+/// engine slews a larger offset away over several updates (or steps it at start-up).
 pub const MAX_SLEW_OFFSET: f64 = 0.512;
 
 /// What the sync engine asks of the clock. Offsets are seconds, positive meaning "move

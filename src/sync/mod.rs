@@ -692,13 +692,18 @@ impl SyncEngine {
         let step = may_step
             && offset.abs() > self.config.step_threshold
             && self.stepped_total + offset.abs() <= self.config.panic_threshold;
-        if step {
+        let corrected = if step {
             // The slew in progress goes on: the offset was measured as if it were done.
             self.stepped_total += offset.abs();
             self.commands.push_back(ClockCommand::Step { offset });
+            offset
         } else {
             // A slew replaces the one in progress, so it carries what that one had left.
-            let slew = offset + self.pending_slew;
+            // One slew carries at most what the clock accepts; a larger offset (a
+            // missed leap second, a long outage) is slewed away over several updates
+            // rather than asked for, refused and measured afresh forever.
+            let limit = crate::clock::MAX_SLEW_OFFSET;
+            let slew = (offset + self.pending_slew).clamp(-limit, limit);
             let poll = 2f64.powi(i32::from(self.poll));
             let interval = self
                 .last_update
@@ -708,14 +713,15 @@ impl SyncEngine {
                 offset: slew,
                 duration: slew_duration(slew, sd, interval),
             });
-        }
+            slew - self.pending_slew
+        };
         if frequency != self.frequency_ppm {
             self.commands
                 .push_back(ClockCommand::SetFrequency { ppm: frequency });
         }
         self.frequency_ppm = frequency;
-        self.corrected_total += offset;
-        self.kalman.corrected(now, offset, applied_rate);
+        self.corrected_total += corrected;
+        self.kalman.corrected(now, corrected, applied_rate);
     }
 
     fn after_update(&mut self, truechimers: &[usize], now: f64) {
