@@ -62,7 +62,23 @@ pub struct LeapSection {
     /// The IERS/NIST `leap-seconds.list`, e.g. tzdata's
     /// `/usr/share/zoneinfo/leap-seconds.list`; its leaps are announced in served
     /// packets during the day before each.
-    pub file: PathBuf,
+    pub file: Option<PathBuf>,
+    /// How the local clock passes a leap second: `kernel` (default: the kernel
+    /// inserts or deletes it at midnight, a 1 s step back or forward) or `slew` (the
+    /// kernel is never told; the engine slews the second away after midnight, at most
+    /// 83 ms/s, so the clock never jumps but is up to 1 s off for about 12 s).
+    #[serde(default)]
+    pub mode: LeapMode,
+}
+
+/// How the local clock passes a leap second (`[leap] mode`).
+pub use crate::sync::LeapMode;
+
+impl Config {
+    /// The `[leap] file`, if one is configured.
+    pub fn leap_file(&self) -> Option<&Path> {
+        self.leap.as_ref()?.file.as_deref()
+    }
 }
 
 /// The control socket `ntimed ctl` talks to (see `crate::daemon::control`).

@@ -153,25 +153,42 @@ fn ntimed_synchronizes_under_clknetsim() {
     );
 }
 
-/// The leap second at the end of 2008 (`clknetsim/scenarios/911-leap-second`, after
-/// chrony's test 113): the server announces it, and ntimed's clock must be right (within
-/// 1 ms, the harness's limit) from before the leap to the end, four simulated days in.
-#[test]
-fn a_leap_second_is_inserted_under_clknetsim() {
+/// Runs one of `clknetsim/scenarios` and checks the client's clock was right (within
+/// 1 ms, the harness's limit) from `right_from` simulated seconds to the end.
+fn leap_scenario(name: &str, right_from: f64) {
     let script = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("clknetsim/scenarios/911-leap-second"),
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("clknetsim/scenarios")
+            .join(name),
     )
     .expect("the leap scenario");
-    let Some(run) = run_scenario("911-leap-second", &script, DEADLINE) else {
+    let Some(run) = run_scenario(name, &script, DEADLINE) else {
         return;
     };
     let context = &run.context;
-    let leap = 2.0 * 86_400.0;
     let sync = run.field(3);
     assert!(
-        sync <= leap,
-        "the clock was off after the leap (right only from {sync} s; leap at {leap}): {context}"
+        sync <= right_from,
+        "the clock was off after the leap (right only from {sync} s, not {right_from}): {context}"
     );
     let max_offset = run.field(4);
     assert!(max_offset < 1e-3, "max offset {max_offset} s: {context}");
+}
+
+/// Simulated seconds from the start to the leap second at the end of 2008.
+const LEAP: f64 = 2.0 * 86_400.0;
+
+/// The leap second at the end of 2008 (`clknetsim/scenarios/911-leap-second`, after
+/// chrony's test 113): the server announces it and the kernel inserts it; ntimed's
+/// clock must be right from the leap to the end, four simulated days in.
+#[test]
+fn a_leap_second_is_inserted_under_clknetsim() {
+    leap_scenario("911-leap-second", LEAP);
+}
+
+/// The same leap second with `[leap] mode = "slew"` (`913-leap-slew`): the kernel is
+/// never told, and the clock is right again within 15 s of the leap.
+#[test]
+fn a_leap_second_is_slewed_away_under_clknetsim() {
+    leap_scenario("913-leap-slew", LEAP + 15.0);
 }

@@ -62,7 +62,7 @@ use crate::proto::server::SyncState;
 use crate::proto::source::{Event as SourceEvent, Source, SourceAuth, SourceOptions};
 use crate::sync::leap_file::LeapFile;
 use crate::sync::{SourceId, SourceReport, SyncConfig, SyncEngine};
-use crate::wire::{NtpTimestamp, ReferenceId};
+use crate::wire::{Leap, NtpTimestamp, ReferenceId};
 
 pub use event::{Event, EventKind, Level};
 pub use local::LocalReference;
@@ -269,6 +269,8 @@ pub struct Coordinator {
     leap_file: Option<Arc<LeapFile>>,
     /// When it was created (`[local] wait` counts from here).
     started: f64,
+    /// The leap second announced, and the midnight (NTP seconds) it happens at.
+    leap_due: Option<(u64, Leap)>,
 }
 
 impl Coordinator {
@@ -289,6 +291,7 @@ impl Coordinator {
             buffer: Vec::new(),
             leap_file: None,
             started: now,
+            leap_due: None,
         }
     }
 
@@ -392,6 +395,7 @@ impl Coordinator {
     }
 
     pub fn handle_timeout(&mut self, now: f64, local: NtpTimestamp) {
+        self.pass_leap(now, local);
         let file_leap = self
             .leap_file
             .as_ref()
@@ -468,6 +472,24 @@ impl Coordinator {
             self.engine.handle_timeout(now);
             self.report_changes(now);
         }
+    }
+
+    /// Tells the engine when the leap second it announces is reached: the midnight
+    /// ending the day it was announced on (30 June or 31 December only).
+    fn pass_leap(&mut self, now: f64, local: NtpTimestamp) {
+        let seconds = crate::sync::leap_file::ntp_seconds(local);
+        if let Some((at, leap)) = self.leap_due
+            && seconds >= at
+        {
+            self.leap_due = None;
+            self.engine.handle_leap(leap, now);
+        }
+        self.leap_due = match self.engine.announced_leap() {
+            leap @ (Leap::AddSecond | Leap::DeleteSecond) => self
+                .leap_due
+                .or_else(|| Some((crate::sync::leap_file::leap_midnight_after(local)?, leap))),
+            Leap::NoWarning | Leap::Unsynchronized => None,
+        };
     }
 
     /// A datagram for `id` arrived at local time `received` (`now` in the caller's

@@ -247,9 +247,8 @@ pub fn prepare_all(
     }
     let now_ntp = crate::wire::NtpTimestamp::from_system_time(now);
     let leap_file = config
-        .leap
-        .as_ref()
-        .and_then(|l| super::leap::load(&loaded.path(&l.file), now_ntp, problems));
+        .leap_file()
+        .and_then(|file| super::leap::load(&loaded.path(file), now_ntp, problems));
     if problems.count(Severity::Error) > errors_before {
         return None;
     }

@@ -174,6 +174,13 @@ pub fn in_leap_month(now: NtpTimestamp) -> bool {
     matches!(civil_date(ntp_seconds(now)), Some((_, 6 | 12, _)))
 }
 
+/// The midnight (NTP seconds) at the end of the day of `now`, if a leap second may
+/// happen there: the day is 30 June or 31 December (UTC).
+pub fn leap_midnight_after(now: NtpTimestamp) -> Option<u64> {
+    let midnight = (ntp_seconds(now) / 86_400 + 1) * 86_400;
+    matches!(civil_date(midnight), Some((_, 1 | 7, 1))).then_some(midnight)
+}
+
 /// Seconds since 1900 as the file counts them (past 2036 too), reading `now` in the
 /// era around 2023.
 pub fn ntp_seconds(now: NtpTimestamp) -> u64 {
@@ -332,6 +339,19 @@ mod tests {
         assert!(!in_leap_month(at(1_435_708_800))); // 2015-07-01
         assert!(in_leap_month(at(1_483_228_799))); // 2016-12-31 23:59:59
         assert!(!in_leap_month(at(1_800_000_000))); // 2027-01-15
+    }
+
+    #[test]
+    fn a_leap_midnight_ends_30_june_or_31_december_only() {
+        let at = |ntp: u64| NtpTimestamp::from_unix(i64::try_from(ntp).unwrap() - NTP_TO_UNIX, 0);
+        assert_eq!(leap_midnight_after(at(JAN_2017 - 3600)), Some(JAN_2017));
+        assert_eq!(leap_midnight_after(at(JUL_2015 - 1)), Some(JUL_2015));
+        assert_eq!(
+            leap_midnight_after(at(JAN_2017 - 86_400 - 3600)),
+            None,
+            "30 December"
+        );
+        assert_eq!(leap_midnight_after(at(JAN_2017)), None, "1 January");
     }
 
     #[test]

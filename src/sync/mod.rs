@@ -28,6 +28,17 @@ use discipline::Discipline;
 use filter::{DISPERSION_RATE, FilteredSample, SourceFilter};
 use select::{Candidate, select};
 
+/// How the local clock passes a leap second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LeapMode {
+    /// The kernel inserts or deletes the second at midnight (told in advance).
+    #[default]
+    Kernel,
+    /// The kernel is never told; after midnight the second is slewed away.
+    Slew,
+}
+
 /// When the clock may be stepped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -61,6 +72,7 @@ pub struct SyncConfig {
     /// they are used only when nothing else is and their id is below ours (RFC 5905
     /// orphan mode, chrony's `local orphan`), so a site follows one of its servers.
     pub orphan_stratum: Option<u8>,
+    pub leap_mode: LeapMode,
 }
 
 impl Default for SyncConfig {
@@ -75,6 +87,7 @@ impl Default for SyncConfig {
             min_poll: 6,
             max_poll: 10,
             orphan_stratum: None,
+            leap_mode: LeapMode::Kernel,
         }
     }
 }
@@ -270,6 +283,8 @@ pub struct SyncEngine {
     poll: i8,
     /// The source our time comes from (the best of the agreeing ones).
     reference: Option<usize>,
+    /// When a slew cut to what one slew may carry ends, and the rest is due.
+    slew_rest_at: Option<f64>,
 }
 
 impl SyncEngine {
@@ -312,6 +327,7 @@ impl SyncEngine {
             leap_month: true,
             clock_leap: Some(Leap::NoWarning),
             reference: None,
+            slew_rest_at: None,
         }
     }
 
@@ -419,9 +435,55 @@ impl SyncEngine {
         };
         let leap = self.file_leap.unwrap_or(voted);
         self.leap = leap;
-        if Some(leap) != self.clock_leap {
-            self.clock_leap = Some(leap);
-            self.commands.push_back(ClockCommand::SetLeap(leap));
+        // In slew mode the kernel never hears of it: `handle_leap` does the work.
+        let for_clock = match self.config.leap_mode {
+            LeapMode::Kernel => leap,
+            LeapMode::Slew => Leap::NoWarning,
+        };
+        if Some(for_clock) != self.clock_leap {
+            self.clock_leap = Some(for_clock);
+            self.commands.push_back(ClockCommand::SetLeap(for_clock));
+        }
+    }
+
+    /// The leap second announced is now (UTC midnight has just passed): the
+    /// announcement ends (the kernel, in kernel mode, has already inserted or deleted
+    /// it); in slew mode UTC has just moved by a second against the clock, which the
+    /// engine's books take in at once and a slew starts to remove.
+    pub fn handle_leap(&mut self, leap: Leap, now: f64) {
+        let shift = match leap {
+            Leap::AddSecond => 1.0,
+            Leap::DeleteSecond => -1.0,
+            Leap::NoWarning | Leap::Unsynchronized => return,
+        };
+        self.voted_leap = Leap::NoWarning;
+        for source in &mut self.sources {
+            if let Some(last) = &mut source.last {
+                last.leap = Leap::NoWarning;
+            }
+        }
+        self.announce_leap();
+        if self.config.leap_mode == LeapMode::Slew && self.synchronized {
+            // As if the clock had been moved by `shift`: every stored sample stays
+            // comparable, and the estimate now says the clock is a second off.
+            self.corrected_total += shift;
+            self.kalman.corrected(now, shift, 0.0);
+            self.continue_slew(now);
+        }
+    }
+
+    /// The leap second announced now (to clients, and in kernel mode to the clock).
+    pub fn announced_leap(&self) -> Leap {
+        self.leap
+    }
+
+    /// Slews what the estimate says is left, once the slew before it is done.
+    fn continue_slew(&mut self, now: f64) {
+        self.pending_slew = 0.0;
+        self.slew_rest_at = None;
+        let (offset, _) = self.kalman.estimate(now);
+        if offset.is_finite() {
+            self.correct(offset, 0.0, false, now);
         }
     }
 
@@ -709,10 +771,14 @@ impl SyncEngine {
                 .last_update
                 .map_or(poll, |t| (now - t).clamp(1.0, poll));
             let sd = self.kalman.offset_sd(now);
+            let duration = slew_duration(slew, sd, interval);
             self.commands.push_back(ClockCommand::Slew {
                 offset: slew,
-                duration: slew_duration(slew, sd, interval),
+                duration,
             });
+            // A clamped slew goes on from where it ends, not only at the next update
+            // (which may be 17 minutes away).
+            self.slew_rest_at = (slew.abs() >= limit).then_some(now + duration);
             slew - self.pending_slew
         };
         if frequency != self.frequency_ppm {
@@ -785,6 +851,9 @@ impl SyncEngine {
     /// without an update the clock counts as unsynchronized again (and says so), and
     /// the next correction starts afresh (without a step, under the default policy).
     pub fn handle_timeout(&mut self, now: f64) {
+        if self.slew_rest_at.is_some_and(|at| now >= at) {
+            self.continue_slew(now);
+        }
         let limit = HOLDOVER_POLLS * 2f64.powi(i32::from(self.config.max_poll));
         if self.synchronized && self.last_update.is_some_and(|t| now - t > limit) {
             self.synchronized = false;
@@ -1531,6 +1600,65 @@ mod tests {
         assert_eq!(
             engine.handle_sample(ids[0], &follower, 0.0, 0.0),
             Err(Ignored::SynchronizedToUs)
+        );
+    }
+
+    /// `[leap] mode = "slew"`: the clock never hears of the leap second; at midnight
+    /// the engine takes it as a 1 s offset and slews it away, at most 0.512 s a slew,
+    /// the next starting when the one before ends.
+    #[test]
+    fn in_slew_mode_a_leap_second_is_slewed_away_after_midnight() {
+        let config = SyncConfig {
+            leap_mode: LeapMode::Slew,
+            ..SyncConfig::default()
+        };
+        let mut engine = SyncEngine::new(config, 0.0);
+        let id = engine.add_source("s", ReferenceId([10, 0, 0, 1]), true);
+        let announcing = Sample {
+            leap: Leap::AddSecond,
+            ..sample(0.0, 0.001)
+        };
+        let mut told = Vec::new();
+        for round in 0..6 {
+            let _ = engine.handle_sample(id, &announcing, f64::from(round) * 64.0, 0.0);
+            told.extend(commands(&mut engine));
+        }
+        assert_eq!(
+            engine.announced_leap(),
+            Leap::AddSecond,
+            "served to clients"
+        );
+        assert!(
+            !told.contains(&ClockCommand::SetLeap(Leap::AddSecond)),
+            "the kernel was told: {told:?}"
+        );
+        engine.handle_leap(Leap::AddSecond, 400.0);
+        let slews = |commands: Vec<ClockCommand>| -> Vec<(f64, f64)> {
+            commands
+                .into_iter()
+                .filter_map(|c| match c {
+                    ClockCommand::Slew { offset, duration } => Some((offset, duration)),
+                    _ => None,
+                })
+                .collect()
+        };
+        let first = slews(commands(&mut engine));
+        let [(offset, duration)] = first[..] else {
+            panic!("{first:?}");
+        };
+        assert!(
+            (offset + crate::clock::MAX_SLEW_OFFSET).abs() < 1e-9,
+            "{offset}"
+        );
+        assert_eq!(engine.announced_leap(), Leap::NoWarning);
+        engine.handle_timeout(400.0 + duration);
+        let rest = slews(commands(&mut engine));
+        let [(offset, _)] = rest[..] else {
+            panic!("{rest:?}");
+        };
+        assert!(
+            (offset + 1.0 - crate::clock::MAX_SLEW_OFFSET).abs() < 1e-3,
+            "{offset}"
         );
     }
 

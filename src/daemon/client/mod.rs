@@ -176,6 +176,12 @@ pub fn prepare(loaded: &Loaded) -> Result<Option<ClientRole>, String> {
             .as_ref()
             .filter(|l| l.orphan)
             .map(|l| *l.stratum.get_ref()),
+        leap_mode: loaded
+            .config
+            .leap
+            .as_ref()
+            .map(|l| l.mode)
+            .unwrap_or_default(),
     };
     Ok(Some(ClientRole {
         specs,

@@ -77,9 +77,8 @@ impl Material {
         // As at the start, a leap file that cannot be read is a warning (the old one
         // stays): it must not keep new keys and certificates out.
         let leap_file = config
-            .leap
-            .as_ref()
-            .map(|l| crate::daemon::leap::read(&loaded.path(&l.file)));
+            .leap_file()
+            .map(|file| crate::daemon::leap::read(&loaded.path(file)));
         if problems.count(Severity::Error) > 0 {
             return Err(errors(&problems));
         }
@@ -101,7 +100,7 @@ impl Material {
         if self.keys.is_some() != config.keys.is_some()
             || self.certificates.len() != config.nts_ke_servers.len()
             || self.fleet_secret.is_some() != fleet_configured(loaded)
-            || self.leap_file.is_some() != config.leap.is_some()
+            || self.leap_file.is_some() != config.leap_file().is_some()
         {
             return Err("the files sent do not match the configuration".into());
         }
@@ -130,9 +129,9 @@ impl Material {
         // A leap file that cannot be used is a warning and the old one stays, as at the
         // start: keys and certificates are reloaded all the same. An expired one is
         // taken, with a warning, and announces nothing.
-        let leap_file = match (&self.leap_file, &config.leap) {
-            (Some(read), Some(section)) => {
-                let path = loaded.path(&section.file);
+        let leap_file = match (&self.leap_file, config.leap_file()) {
+            (Some(read), Some(file)) => {
+                let path = loaded.path(file);
                 let now = crate::wire::NtpTimestamp::from_system_time(now);
                 // Parsed from the bytes as sent, not a copy of them.
                 let parsed = match read {
