@@ -9,6 +9,8 @@
 
 use crate::wire::{Leap, NtpTimestamp};
 
+pub mod phc;
+
 /// One reading of a reference clock.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RefclockSample {
