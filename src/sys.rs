@@ -845,10 +845,16 @@ impl PhcReader {
 
     /// One reading. Until a method has worked, tries precise, extended and plain in
     /// turn, moving on only when the device says it lacks one (`EOPNOTSUPP`, `ENOTTY`);
-    /// any other error is returned as is.
+    /// any other error is returned as is. A method that worked and then says it is
+    /// unsupported (a cross-timestamp needs PCIe PTM, which a link change can lose) is
+    /// forgotten, so the next reading looks again.
     pub fn read(&mut self, fd: BorrowedFd<'_>) -> io::Result<PhcReadings> {
         if let Some(method) = self.method {
-            return self.read_with(fd, method);
+            let result = self.read_with(fd, method);
+            if result.as_ref().is_err_and(is_unsupported) {
+                self.method = None;
+            }
+            return result;
         }
         let mut last = io::Error::from_raw_os_error(libc::EOPNOTSUPP);
         for method in [PhcMethod::Precise, PhcMethod::Extended, PhcMethod::Plain] {
@@ -857,9 +863,7 @@ impl PhcReader {
                     self.method = Some(method);
                     return Ok(readings);
                 }
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::ENOTTY)) => {
-                    last = e;
-                }
+                Err(e) if is_unsupported(&e) => last = e,
                 Err(e) => return Err(e),
             }
         }
@@ -907,6 +911,12 @@ impl PhcReader {
             }
         }
     }
+}
+
+/// The device lacks this ioctl: `EOPNOTSUPP` from the PTP core or driver, `ENOTTY`
+/// from a kernel that predates it.
+fn is_unsupported(error: &io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::EOPNOTSUPP | libc::ENOTTY))
 }
 
 /// `PTP_SYS_OFFSET`'s system, PHC, system, PHC, ..., system as triples: each PHC
@@ -1103,6 +1113,17 @@ mod tests {
         let mut reader = PhcReader::new(5);
         let error = reader.read(fd.as_fd()).unwrap_err();
         assert_eq!(error.raw_os_error(), Some(libc::ENOTTY));
+        assert_eq!(reader.method(), None);
+    }
+
+    #[test]
+    fn a_method_that_stops_working_is_looked_for_again() {
+        let fd = open_device(std::path::Path::new("/dev/null")).unwrap();
+        let mut reader = PhcReader {
+            method: Some(PhcMethod::Precise),
+            samples: 5,
+        };
+        assert!(reader.read(fd.as_fd()).is_err());
         assert_eq!(reader.method(), None);
     }
 
