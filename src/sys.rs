@@ -623,3 +623,523 @@ pub fn send_signal(pid: u32, signal: libc::c_int) -> io::Result<()> {
     // SAFETY: kill takes integers only.
     check(unsafe { libc::kill(pid, signal) })
 }
+
+// ---------------------------------------------------------------------------------
+// PTP hardware clocks and kernel PPS
+
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+// The `_IOC` encoding of asm-generic/ioctl.h: number, type, size and direction packed
+// into one word. Power, MIPS and SPARC use 13 size bits and other direction values.
+#[cfg(any(
+    target_arch = "powerpc",
+    target_arch = "powerpc64",
+    target_arch = "mips",
+    target_arch = "mips64",
+    target_arch = "sparc",
+    target_arch = "sparc64"
+))]
+mod ioc {
+    pub const SIZE_BITS: u32 = 13;
+    pub const WRITE: u32 = 4;
+    pub const READ: u32 = 2;
+}
+#[cfg(not(any(
+    target_arch = "powerpc",
+    target_arch = "powerpc64",
+    target_arch = "mips",
+    target_arch = "mips64",
+    target_arch = "sparc",
+    target_arch = "sparc64"
+)))]
+mod ioc {
+    pub const SIZE_BITS: u32 = 14;
+    pub const WRITE: u32 = 1;
+    pub const READ: u32 = 2;
+}
+
+/// The kernel's `_IOC(direction, type, number, size)`: the request number of an ioctl
+/// whose argument is `size` bytes. `direction` is [`IOC_WRITE`], [`IOC_READ`] or both.
+pub const fn ioctl_request(direction: u32, kind: u8, number: u8, size: usize) -> u32 {
+    // A size that does not fit its bits would silently change the direction; every
+    // size used here is a small struct or a pointer.
+    let size = size as u32 & ((1 << ioc::SIZE_BITS) - 1);
+    direction << (16 + ioc::SIZE_BITS) | size << 16 | (kind as u32) << 8 | number as u32
+}
+
+/// `_IOC_WRITE`: user space writes the argument (the kernel reads it).
+pub const IOC_WRITE: u32 = ioc::WRITE;
+/// `_IOC_READ`: the kernel writes the argument back.
+pub const IOC_READ: u32 = ioc::READ;
+
+/// A time as a PHC or PPS ioctl reports it, exactly as the kernel filled it in:
+/// nothing is checked yet (the refclock drivers do that, so recorded and fuzzed
+/// readings take the same path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DeviceTime {
+    pub seconds: i64,
+    /// Nanoseconds past `seconds`; valid readings are below 1e9.
+    pub nanos: i64,
+}
+
+/// `struct ptp_clock_time` (linux/ptp_clock.h).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct PtpClockTime {
+    sec: i64,
+    nsec: u32,
+    reserved: u32,
+}
+
+impl PtpClockTime {
+    fn device_time(self) -> DeviceTime {
+        DeviceTime {
+            seconds: self.sec,
+            nanos: i64::from(self.nsec),
+        }
+    }
+}
+
+/// `PTP_MAX_SAMPLES`: the most readings one offset ioctl takes.
+pub const PHC_MAX_SAMPLES: u32 = 25;
+const MAX_SAMPLES: usize = PHC_MAX_SAMPLES as usize;
+
+/// `struct ptp_sys_offset`: `2n + 1` interleaved system, PHC, system, ... readings.
+#[repr(C)]
+struct PtpSysOffset {
+    n_samples: u32,
+    rsv: [u32; 3],
+    ts: [PtpClockTime; 2 * MAX_SAMPLES + 1],
+}
+
+/// `struct ptp_sys_offset_extended`: `n` (system before, PHC, system after) readings.
+/// `rsv[0]` became `clockid` in Linux 6.12; zero, as here, is `CLOCK_REALTIME` (and
+/// clknetsim reads it the same way).
+#[repr(C)]
+struct PtpSysOffsetExtended {
+    n_samples: u32,
+    rsv: [u32; 3],
+    ts: [[PtpClockTime; 3]; MAX_SAMPLES],
+}
+
+/// `struct ptp_sys_offset_precise`: a hardware cross-timestamp.
+#[repr(C)]
+#[derive(Default)]
+struct PtpSysOffsetPrecise {
+    device: PtpClockTime,
+    sys_realtime: PtpClockTime,
+    sys_monoraw: PtpClockTime,
+    rsv: [u32; 4],
+}
+
+/// `PTP_CLK_MAGIC`.
+const PTP_MAGIC: u8 = b'=';
+/// `PTP_SYS_OFFSET`: `_IOW('=', 5, struct ptp_sys_offset)`.
+pub const PTP_SYS_OFFSET: u32 =
+    ioctl_request(IOC_WRITE, PTP_MAGIC, 5, std::mem::size_of::<PtpSysOffset>());
+/// `PTP_SYS_OFFSET_PRECISE`: `_IOWR('=', 8, struct ptp_sys_offset_precise)`.
+pub const PTP_SYS_OFFSET_PRECISE: u32 = ioctl_request(
+    IOC_READ | IOC_WRITE,
+    PTP_MAGIC,
+    8,
+    std::mem::size_of::<PtpSysOffsetPrecise>(),
+);
+/// `PTP_SYS_OFFSET_EXTENDED`: `_IOWR('=', 9, struct ptp_sys_offset_extended)`.
+pub const PTP_SYS_OFFSET_EXTENDED: u32 = ioctl_request(
+    IOC_READ | IOC_WRITE,
+    PTP_MAGIC,
+    9,
+    std::mem::size_of::<PtpSysOffsetExtended>(),
+);
+
+// The kernel's sizes on 64-bit targets (gcc on x86-64), so a field slip cannot compile.
+#[cfg(target_pointer_width = "64")]
+const _: () = {
+    assert!(std::mem::size_of::<PtpClockTime>() == 16);
+    assert!(std::mem::size_of::<PtpSysOffset>() == 832);
+    assert!(std::mem::size_of::<PtpSysOffsetExtended>() == 1216);
+    assert!(std::mem::size_of::<PtpSysOffsetPrecise>() == 64);
+    assert!(std::mem::size_of::<PpsKtime>() == 16);
+    assert!(std::mem::size_of::<PpsKinfo>() == 48);
+    assert!(std::mem::size_of::<PpsKparams>() == 40);
+    assert!(std::mem::size_of::<PpsFdata>() == 64);
+    assert!(std::mem::offset_of!(PpsFdata, timeout) == 48);
+};
+
+/// One ioctl whose argument is a pointer to `arg`.
+fn ioctl_with<T>(fd: BorrowedFd<'_>, request: u32, arg: &mut T) -> io::Result<()> {
+    // SAFETY: `arg` is a valid, exclusively borrowed `T` for the whole call, and every
+    // request passed here was built with `T`'s own size (or, for PPS, names a pointer
+    // to `T`), so the kernel reads and writes only inside it; the borrow keeps `fd`
+    // open. Nothing keeps the pointer after the call.
+    let rc = unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            request as libc::Ioctl,
+            std::ptr::from_mut(arg),
+        )
+    };
+    check(rc)
+}
+
+/// Opens a PHC or PPS device read-write (what their ioctls need), close-on-exec.
+/// Through libc's `open`, which clknetsim intercepts (`std::fs::File::open` calls
+/// `open64`, which it does not).
+pub fn open_device(path: &std::path::Path) -> io::Result<OwnedFd> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| invalid(format!("device path {path:?} contains a NUL byte")))?;
+    // SAFETY: a NUL-terminated path valid for the call; integers otherwise.
+    let fd = unsafe {
+        libc::open(
+            c_path.as_ptr(),
+            libc::O_RDWR | libc::O_CLOEXEC | libc::O_NOCTTY,
+        )
+    };
+    check(fd)?;
+    // SAFETY: `fd` was just opened here and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Which PTP offset ioctl a device answers, best first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PhcMethod {
+    /// `PTP_SYS_OFFSET_PRECISE`: the hardware timestamps both clocks at one instant.
+    Precise,
+    /// `PTP_SYS_OFFSET_EXTENDED`: the driver brackets each PHC read with system reads.
+    Extended,
+    /// `PTP_SYS_OFFSET`: the same, with the bracketing done less tightly by the core.
+    Plain,
+}
+
+/// What one offset ioctl returned, converted and not yet checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PhcReadings {
+    /// A cross-timestamp: the PHC and `CLOCK_REALTIME` at the same instant.
+    CrossTimestamp { phc: DeviceTime, system: DeviceTime },
+    /// `[system before, PHC, system after]` per sample, system = `CLOCK_REALTIME`.
+    Triples(Vec<[DeviceTime; 3]>),
+}
+
+/// Reads a PHC against `CLOCK_REALTIME` with the best ioctl the device answers,
+/// remembering it once found.
+#[derive(Debug, Clone)]
+pub struct PhcReader {
+    method: Option<PhcMethod>,
+    samples: u32,
+}
+
+impl PhcReader {
+    /// `samples` readings per call for the bracketing ioctls (1..=25, clamped).
+    pub fn new(samples: u32) -> Self {
+        Self {
+            method: None,
+            samples: samples.clamp(1, PHC_MAX_SAMPLES),
+        }
+    }
+
+    /// The ioctl that worked, once one has.
+    pub fn method(&self) -> Option<PhcMethod> {
+        self.method
+    }
+
+    /// One reading. Until a method has worked, tries precise, extended and plain in
+    /// turn, moving on only when the device says it lacks one (`EOPNOTSUPP`, `ENOTTY`);
+    /// any other error is returned as is. A method that worked and then says it is
+    /// unsupported (a cross-timestamp needs PCIe PTM, which a link change can lose) is
+    /// forgotten, so the next reading looks again.
+    pub fn read(&mut self, fd: BorrowedFd<'_>) -> io::Result<PhcReadings> {
+        if let Some(method) = self.method {
+            let result = self.read_with(fd, method);
+            if result.as_ref().is_err_and(is_unsupported) {
+                self.method = None;
+            }
+            return result;
+        }
+        let mut last = io::Error::from_raw_os_error(libc::EOPNOTSUPP);
+        for method in [PhcMethod::Precise, PhcMethod::Extended, PhcMethod::Plain] {
+            match self.read_with(fd, method) {
+                Ok(readings) => {
+                    self.method = Some(method);
+                    return Ok(readings);
+                }
+                Err(e) if is_unsupported(&e) => last = e,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
+    }
+
+    fn read_with(&self, fd: BorrowedFd<'_>, method: PhcMethod) -> io::Result<PhcReadings> {
+        match method {
+            PhcMethod::Precise => {
+                let mut arg = PtpSysOffsetPrecise::default();
+                ioctl_with(fd, PTP_SYS_OFFSET_PRECISE, &mut arg)?;
+                Ok(PhcReadings::CrossTimestamp {
+                    phc: arg.device.device_time(),
+                    system: arg.sys_realtime.device_time(),
+                })
+            }
+            PhcMethod::Extended => {
+                let mut arg = PtpSysOffsetExtended {
+                    n_samples: self.samples,
+                    rsv: [0; 3],
+                    ts: [[PtpClockTime::default(); 3]; MAX_SAMPLES],
+                };
+                ioctl_with(fd, PTP_SYS_OFFSET_EXTENDED, &mut arg)?;
+                let filled = (arg.n_samples.min(self.samples)) as usize;
+                let triples = arg.ts.iter().take(filled);
+                Ok(PhcReadings::Triples(
+                    triples.map(|t| t.map(PtpClockTime::device_time)).collect(),
+                ))
+            }
+            PhcMethod::Plain => {
+                let mut arg = PtpSysOffset {
+                    n_samples: self.samples,
+                    rsv: [0; 3],
+                    ts: [PtpClockTime::default(); 2 * MAX_SAMPLES + 1],
+                };
+                ioctl_with(fd, PTP_SYS_OFFSET, &mut arg)?;
+                let filled = 2 * (arg.n_samples.min(self.samples)) as usize + 1;
+                let times: Vec<DeviceTime> = arg
+                    .ts
+                    .iter()
+                    .take(filled)
+                    .map(|t| t.device_time())
+                    .collect();
+                Ok(PhcReadings::Triples(interleaved_triples(&times)))
+            }
+        }
+    }
+}
+
+/// The device lacks this ioctl: `EOPNOTSUPP` from the PTP core or driver, `ENOTTY`
+/// from a kernel that predates it.
+fn is_unsupported(error: &io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::EOPNOTSUPP | libc::ENOTTY))
+}
+
+/// `PTP_SYS_OFFSET`'s system, PHC, system, PHC, ..., system as triples: each PHC
+/// reading with the system readings either side (`ts[2i]`, `ts[2i+1]`, `ts[2i+2]`).
+fn interleaved_triples(times: &[DeviceTime]) -> Vec<[DeviceTime; 3]> {
+    times
+        .windows(3)
+        .step_by(2)
+        .filter_map(|w| <[DeviceTime; 3]>::try_from(w).ok())
+        .collect()
+}
+
+/// `struct pps_ktime` (linux/pps.h).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct PpsKtime {
+    sec: i64,
+    nsec: i32,
+    flags: u32,
+}
+
+impl PpsKtime {
+    fn device_time(self) -> DeviceTime {
+        DeviceTime {
+            seconds: self.sec,
+            nanos: i64::from(self.nsec),
+        }
+    }
+}
+
+/// `struct pps_kinfo`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct PpsKinfo {
+    assert_sequence: u32,
+    clear_sequence: u32,
+    assert_tu: PpsKtime,
+    clear_tu: PpsKtime,
+    current_mode: libc::c_int,
+}
+
+/// `struct pps_kparams`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct PpsKparams {
+    api_version: libc::c_int,
+    mode: libc::c_int,
+    assert_off_tu: PpsKtime,
+    clear_off_tu: PpsKtime,
+}
+
+/// `struct pps_fdata`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct PpsFdata {
+    info: PpsKinfo,
+    timeout: PpsKtime,
+}
+
+// The PPS ioctls are declared with a *pointer* type as their size (`struct pps_fdata *`),
+// so their numbers carry the pointer size, not the struct's.
+const POINTER_SIZE: usize = std::mem::size_of::<*mut u8>();
+/// `PPS_GETPARAMS`: `_IOR('p', 0xa1, struct pps_kparams *)`.
+pub const PPS_GETPARAMS: u32 = ioctl_request(IOC_READ, b'p', 0xa1, POINTER_SIZE);
+/// `PPS_SETPARAMS`: `_IOW('p', 0xa2, struct pps_kparams *)`.
+pub const PPS_SETPARAMS: u32 = ioctl_request(IOC_WRITE, b'p', 0xa2, POINTER_SIZE);
+/// `PPS_GETCAP`: `_IOR('p', 0xa3, int *)`.
+pub const PPS_GETCAP: u32 = ioctl_request(IOC_READ, b'p', 0xa3, POINTER_SIZE);
+/// `PPS_FETCH`: `_IOWR('p', 0xa4, struct pps_fdata *)`.
+pub const PPS_FETCH: u32 = ioctl_request(IOC_READ | IOC_WRITE, b'p', 0xa4, POINTER_SIZE);
+
+const PPS_CAPTUREASSERT: libc::c_int = 0x01;
+const PPS_CAPTURECLEAR: libc::c_int = 0x02;
+const PPS_TSFMT_TSPEC: libc::c_int = 0x1000;
+const PPS_API_VERS_1: libc::c_int = 1;
+
+/// The edge of the pulse that marks the second (RFC 2783's assert or clear).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PpsEdge {
+    #[default]
+    Assert,
+    Clear,
+}
+
+/// What `PPS_FETCH` returned: the latest event of each edge, unchecked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PpsFetch {
+    pub assert_sequence: u32,
+    pub clear_sequence: u32,
+    /// `CLOCK_REALTIME` at the latest assert edge.
+    pub assert: DeviceTime,
+    /// `CLOCK_REALTIME` at the latest clear edge.
+    pub clear: DeviceTime,
+}
+
+/// Makes the device capture `edge`, timestamps as `timespec`. Changes the parameters
+/// (`PPS_SETPARAMS`, which needs `CAP_SYS_TIME`) only when that edge is not captured
+/// already, so an unprivileged process can use a device set up as it needs.
+pub fn pps_capture(fd: BorrowedFd<'_>, edge: PpsEdge) -> io::Result<()> {
+    let wanted = match edge {
+        PpsEdge::Assert => PPS_CAPTUREASSERT,
+        PpsEdge::Clear => PPS_CAPTURECLEAR,
+    };
+    let mut capabilities: libc::c_int = 0;
+    ioctl_with(fd, PPS_GETCAP, &mut capabilities)?;
+    if capabilities & wanted == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("the PPS device cannot capture {edge:?} edges"),
+        ));
+    }
+    let mut params = PpsKparams::default();
+    ioctl_with(fd, PPS_GETPARAMS, &mut params)?;
+    if params.mode & wanted != 0 && params.mode & PPS_TSFMT_TSPEC != 0 {
+        return Ok(());
+    }
+    params.api_version = PPS_API_VERS_1;
+    params.mode |= wanted | PPS_TSFMT_TSPEC;
+    ioctl_with(fd, PPS_SETPARAMS, &mut params)
+}
+
+/// The device's latest events (`PPS_FETCH`), waiting up to `timeout` for a new one
+/// (zero: no wait). `None` when none came in time or a signal interrupted the wait.
+pub fn pps_fetch(fd: BorrowedFd<'_>, timeout: std::time::Duration) -> io::Result<Option<PpsFetch>> {
+    let mut arg = PpsFdata {
+        timeout: PpsKtime {
+            sec: i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX),
+            nsec: i32::try_from(timeout.subsec_nanos()).unwrap_or(0),
+            flags: 0,
+        },
+        ..PpsFdata::default()
+    };
+    match ioctl_with(fd, PPS_FETCH, &mut arg) {
+        Ok(()) => Ok(Some(PpsFetch {
+            assert_sequence: arg.info.assert_sequence,
+            clear_sequence: arg.info.clear_sequence,
+            assert: arg.info.assert_tu.device_time(),
+            clear: arg.info.clear_tu.device_time(),
+        })),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ETIMEDOUT | libc::EINTR)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn ioctl_requests_match_the_kernel_headers() {
+        // From a C program including linux/ptp_clock.h and linux/pps.h (gcc, x86-64).
+        assert_eq!(PTP_SYS_OFFSET, 0x4340_3d05);
+        assert_eq!(PTP_SYS_OFFSET_PRECISE, 0xc040_3d08);
+        assert_eq!(PTP_SYS_OFFSET_EXTENDED, 0xc4c0_3d09);
+        assert_eq!(PPS_GETPARAMS, 0x8008_70a1);
+        assert_eq!(PPS_SETPARAMS, 0x4008_70a2);
+        assert_eq!(PPS_GETCAP, 0x8008_70a3);
+        assert_eq!(PPS_FETCH, 0xc008_70a4);
+        // Numbers from other headers: RTC_RD_TIME (_IOR('p', 0x09, struct rtc_time),
+        // 36 bytes) and FIONREAD (0x541B, an _IO('T', 0x1b) in all but name).
+        assert_eq!(ioctl_request(IOC_READ, b'p', 0x09, 36), 0x8024_7009);
+        assert_eq!(ioctl_request(0, b'T', 0x1b, 0), 0x541b);
+    }
+
+    #[test]
+    fn ptp_requests_match_the_libc_crate_on_every_target() {
+        assert_eq!(PTP_SYS_OFFSET as libc::Ioctl, libc::PTP_SYS_OFFSET);
+        assert_eq!(
+            PTP_SYS_OFFSET_PRECISE as libc::Ioctl,
+            libc::PTP_SYS_OFFSET_PRECISE
+        );
+        assert_eq!(
+            PTP_SYS_OFFSET_EXTENDED as libc::Ioctl,
+            libc::PTP_SYS_OFFSET_EXTENDED
+        );
+    }
+
+    #[test]
+    fn plain_offsets_pair_each_phc_reading_with_the_system_readings_around_it() {
+        let t = |seconds| DeviceTime { seconds, nanos: 0 };
+        let times: Vec<DeviceTime> = (0..7).map(t).collect();
+        assert_eq!(
+            interleaved_triples(&times),
+            vec![[t(0), t(1), t(2)], [t(2), t(3), t(4)], [t(4), t(5), t(6)]]
+        );
+        assert!(interleaved_triples(&times[..2]).is_empty());
+    }
+
+    #[test]
+    fn a_file_that_is_no_phc_fails_every_method_and_none_is_remembered() {
+        let fd = open_device(std::path::Path::new("/dev/null")).unwrap();
+        let mut reader = PhcReader::new(5);
+        let error = reader.read(fd.as_fd()).unwrap_err();
+        assert_eq!(error.raw_os_error(), Some(libc::ENOTTY));
+        assert_eq!(reader.method(), None);
+    }
+
+    #[test]
+    fn a_method_that_stops_working_is_looked_for_again() {
+        let fd = open_device(std::path::Path::new("/dev/null")).unwrap();
+        let mut reader = PhcReader {
+            method: Some(PhcMethod::Precise),
+            samples: 5,
+        };
+        assert!(reader.read(fd.as_fd()).is_err());
+        assert_eq!(reader.method(), None);
+    }
+
+    #[test]
+    fn a_file_that_is_no_pps_device_is_an_error_not_a_timeout() {
+        let fd = open_device(std::path::Path::new("/dev/null")).unwrap();
+        let error = pps_fetch(fd.as_fd(), std::time::Duration::ZERO).unwrap_err();
+        assert_eq!(error.raw_os_error(), Some(libc::ENOTTY));
+        let error = pps_capture(fd.as_fd(), PpsEdge::Assert).unwrap_err();
+        assert_eq!(error.raw_os_error(), Some(libc::ENOTTY));
+    }
+
+    #[test]
+    fn a_missing_device_is_reported_by_name() {
+        let error = open_device(std::path::Path::new("/dev/ptp-none-here")).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::NotFound);
+        assert!(open_device(std::path::Path::new("/dev/\0ptp")).is_err());
+    }
+}

@@ -9,6 +9,9 @@
 
 use crate::wire::{Leap, NtpTimestamp};
 
+pub mod phc;
+pub mod pps;
+
 /// One reading of a reference clock.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RefclockSample {
