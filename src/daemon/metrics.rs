@@ -550,6 +550,8 @@ mod tests {
                 key_exchange_age: Some(10.0),
                 key_exchange_result: Some("ok".into()),
                 key_id: None,
+                drops: None,
+                last_drop: None,
                 state: "reference".into(),
                 why: None,
             }],
