@@ -191,6 +191,8 @@ async fn discipline_demo(servers: &Servers) -> Result<u32, String> {
         drift_file: None,
         state: Arc::new(RwLock::new(SyncState::unsynchronized(-20))),
         leap_file: Default::default(),
+        refclocks: Vec::new(),
+        refclock_sockets: Vec::new(),
     };
     let state = role.state.clone();
     let (stop, stopped) = tokio::sync::oneshot::channel();
@@ -470,6 +472,8 @@ impl Site {
             drift_file: None,
             state: state.clone(),
             leap_file: Default::default(),
+            refclocks: Vec::new(),
+            refclock_sockets: Vec::new(),
         };
         let link = PeerLink {
             routes,

@@ -31,7 +31,8 @@ pub const FIRST_PUBLIC_UNIT: u32 = 2;
 pub const MAX_UNIT: u32 = 255;
 
 const MODE: usize = 0;
-const COUNT: usize = 4;
+/// Where `count` is: read again after the copy (mode 1).
+pub const COUNT: usize = 4;
 const CLOCK_SEC: usize = 8;
 const CLOCK_USEC: usize = 16;
 const RECEIVE_SEC: usize = 24;
@@ -94,11 +95,6 @@ fn time_t(bytes: &[u8], at: usize) -> Result<i64, ShmDrop> {
     Ok(i64::from_ne_bytes(field))
 }
 
-/// The `count` field of a snapshot, for the reader's second look (mode 1).
-pub fn count(bytes: &[u8]) -> Result<i32, ShmDrop> {
-    int(bytes, COUNT)
-}
-
 /// One timestamp: seconds, and nanoseconds from the `NSec` field when it agrees with
 /// the `USec` one (old writers leave `NSec` zero or stale), else from `USec`.
 fn timestamp(
@@ -134,7 +130,7 @@ pub fn parse(bytes: &[u8], count_after: i32) -> Result<Option<ShmReading>, ShmDr
     if int(bytes, VALID)? == 0 {
         return Ok(None);
     }
-    if mode == 1 && count(bytes)? != count_after {
+    if mode == 1 && int(bytes, COUNT)? != count_after {
         return Err(ShmDrop::Torn);
     }
     let clock = timestamp(bytes, "clock time", (CLOCK_SEC, CLOCK_USEC, CLOCK_NSEC))?;
@@ -311,7 +307,7 @@ mod tests {
                 state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
                 *b = (state >> 24) as u8;
             }
-            let _ = parse(&bytes, count(&bytes).unwrap_or(0));
+            let _ = parse(&bytes, int(&bytes, COUNT).unwrap_or(0));
         }
     }
 }

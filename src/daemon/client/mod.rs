@@ -69,6 +69,11 @@ pub struct ClientRole {
     pub state: Arc<RwLock<SyncState>>,
     /// The `[leap] file` (a reload swaps it).
     pub leap_file: super::leap::SharedLeapFile,
+    /// `[[refclock]]`s, in config order (SHM segments attached by
+    /// [`super::refclock::attach_shm`]).
+    pub refclocks: Vec<super::refclock::RefclockSpec>,
+    /// The SOCK refclocks' bound sockets, in config order.
+    pub refclock_sockets: Vec<std::os::unix::net::UnixDatagram>,
 }
 
 /// Builds the client role from `[[source]]` and `[clock]` (`None` without sources).
@@ -78,7 +83,7 @@ pub fn prepare(loaded: &Loaded) -> Result<Option<ClientRole>, String> {
     let Some(clock) = config.clock.as_ref().map(|c| c.get_ref()) else {
         return Ok(None);
     };
-    if config.sources.is_empty() && config.peers.is_empty() {
+    if config.sources.is_empty() && config.peers.is_empty() && config.refclocks.is_empty() {
         return Ok(None);
     }
     let mut specs = Vec::new();
@@ -141,6 +146,20 @@ pub fn prepare(loaded: &Loaded) -> Result<Option<ClientRole>, String> {
             },
         });
     }
+    let mut refclocks = Vec::new();
+    for section in &config.refclocks {
+        let r = section.get_ref();
+        let mut kind = r.kind().ok_or_else(|| format!("{}: no device", r.name()))?;
+        if let crate::refclock::DriverKind::Sock { path } = &mut kind {
+            *path = loaded.path(path);
+        }
+        refclocks.push(super::refclock::RefclockSpec {
+            name: r.name(),
+            kind,
+            options: r.options(),
+            segment: None,
+        });
+    }
     let defaults = SyncConfig::default();
     let max_frequency_ppm = clock.max_frequency.unwrap_or(defaults.max_frequency_ppm);
     let drift_file = clock.drift_file.as_ref().map(|p| loaded.path(p));
@@ -173,6 +192,8 @@ pub fn prepare(loaded: &Loaded) -> Result<Option<ClientRole>, String> {
         drift_file,
         state: Arc::new(RwLock::new(SyncState::unsynchronized(-20))),
         leap_file: Default::default(),
+        refclocks,
+        refclock_sockets: Vec::new(),
     }))
 }
 
