@@ -2,10 +2,10 @@
 //! and keyed clients with the refclock's refid.
 //!
 //! * SHM: the test is gpsd, writing a private segment (unit ≥ 16, so no real gpsd's
-//!   0–7, removed at the end) four times a second, after a spell of garbage (a wrong
-//!   mode) that must show as counted drops in `ntimed ctl sources`. chronyd (`-x`,
-//!   never touching the clock) is one of the clients: `chronyc ntpdata` shows it sees
-//!   stratum 1 and reference id GPS.
+//!   0–7, removed at the end) four times a second, after two kinds of garbage (a
+//!   wrong mode, microseconds out of range), each counted once in `ntimed ctl
+//!   sources`. chronyd (`-x`, never touching the clock) is one of the clients:
+//!   `chronyc ntpdata` shows it sees stratum 1 and reference id GPS.
 //! * SOCK: the test is gpsd again, sending chrony's 40-byte samples to the socket
 //!   ntimed made (by the root supervisor when run as root), after a wrong-sized and a
 //!   wrong-magic datagram, both counted.
@@ -278,11 +278,18 @@ fn shm_refclock_makes_a_stratum_one_server_for_nts_keyed_and_chronyd_clients() {
     segment.write(0, &garbage.to_bytes());
     let dir = tempdir("refclock-shm");
     let master = start_master(dir, &format!("driver = \"shm\"\nunit = {unit}\n"));
-    let dropped = wait_until(Duration::from_secs(15), || {
-        master.refclock_row()["drops"].as_u64().unwrap_or(0) >= 2
-    });
+    let dropped = |count: u64| {
+        wait_until(Duration::from_secs(15), || {
+            master.refclock_row()["drops"].as_u64() == Some(count)
+        })
+    };
     let row = master.refclock_row();
-    assert!(dropped, "garbage not counted: {row}\n{}", master.run.log());
+    assert!(
+        dropped(1),
+        "garbage not counted: {row}\n{}",
+        master.run.log()
+    );
+    let row = master.refclock_row();
     assert_eq!(
         row["last_drop"],
         Value::from("SHM: mode 7 (only 0 and 1 exist)"),
@@ -292,6 +299,23 @@ fn shm_refclock_makes_a_stratum_one_server_for_nts_keyed_and_chronyd_clients() {
         row["name"],
         Value::from(format!("refclock GPS shm:{unit}")),
         "{row}"
+    );
+    // Read once and cleared, so counted once; then garbage of another kind.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(master.refclock_row()["drops"].as_u64(), Some(1));
+    let time = now_parts();
+    let garbage = shm::ShmFields {
+        mode: 1,
+        clock: (time.0, 1_000_000, 0),
+        receive: time,
+        valid: 1,
+        ..Default::default()
+    };
+    segment.write(0, &garbage.to_bytes());
+    assert!(dropped(2), "garbage not counted: {}", master.run.log());
+    assert_eq!(
+        master.refclock_row()["last_drop"],
+        Value::from("SHM: clock time: microseconds not in 0..1000000")
     );
     let _writer = Writer::spawn(move |n| {
         let time = now_parts();
@@ -310,9 +334,7 @@ fn shm_refclock_makes_a_stratum_one_server_for_nts_keyed_and_chronyd_clients() {
         segment.write(0, &fields.to_bytes());
     });
     master.assert_serves_stratum_one();
-    let row = master.refclock_row();
-    let drops = row["drops"].as_u64().expect("drops");
-    assert!(drops >= 2, "{row}");
+    assert_eq!(master.refclock_row()["drops"].as_u64(), Some(2));
 
     let chrony = ChronyClient::start(&master);
     let mut last = None;

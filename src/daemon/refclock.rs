@@ -209,3 +209,78 @@ pub fn spawn_sock(
         }
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::SoftwareClock;
+
+    /// A segment private to this test process, removed at the end.
+    struct Private(i32);
+
+    impl Drop for Private {
+        fn drop(&mut self) {
+            let _ = ShmSegment::remove(self.0);
+        }
+    }
+
+    /// `valid` 0 is nothing; a good sample is read once (valid cleared); garbage is a
+    /// drop, and cleared too. The clock is 0.5 s ahead of the system clock.
+    #[test]
+    fn shm_reads_follow_the_protocol() {
+        let key = 0x6e74_0000 | (std::process::id() as i32 & 0xffff);
+        let _ = ShmSegment::remove(key);
+        let _cleanup = Private(key);
+        let segment = ShmSegment::attach(key, shm::SEGMENT_LEN, 0o600, true).unwrap();
+        let clock = SoftwareClock::simulated(0.5, 0.0);
+        assert!(
+            read_shm(&segment, &clock).is_none(),
+            "a new segment is all zeros"
+        );
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap();
+        let time = (now.as_secs() as i64, 0, 0);
+        let fields = shm::ShmFields {
+            mode: 1,
+            count: 3,
+            clock: (time.0 + 1, 0, 0),
+            receive: time,
+            precision: -10,
+            valid: 1,
+            ..Default::default()
+        };
+        segment.write(0, &fields.to_bytes());
+        let sample = read_shm(&segment, &clock).unwrap().unwrap();
+        assert!((sample.offset - 0.5).abs() < 0.05, "{sample:?}");
+        assert_eq!(sample.dispersion, 2f64.powi(-10));
+        assert!(read_shm(&segment, &clock).is_none(), "valid was cleared");
+        segment.write(0, &shm::ShmFields { mode: 9, ..fields }.to_bytes());
+        let dropped = read_shm(&segment, &clock).unwrap();
+        assert_eq!(dropped, Err(RefclockDrop::Shm(shm::ShmDrop::Mode(9))));
+        assert!(
+            read_shm(&segment, &clock).is_none(),
+            "garbage is cleared too"
+        );
+    }
+
+    /// A socket left by an earlier run is replaced; a file, or a socket someone is
+    /// bound to, is refused and left alone.
+    #[test]
+    fn sock_sockets_replace_only_stale_sockets() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gps.sock");
+        drop(UnixDatagram::bind(&path).unwrap());
+        let socket = bind_sock(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, SOCK_MODE);
+        let error = bind_sock(&path).unwrap_err();
+        assert!(error.contains("another process is bound"), "{error}");
+        drop(socket);
+        let file = dir.path().join("file");
+        std::fs::write(&file, "x").unwrap();
+        let error = bind_sock(&file).unwrap_err();
+        assert!(error.contains("not a socket"), "{error}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "x");
+    }
+}

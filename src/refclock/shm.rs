@@ -123,12 +123,13 @@ pub fn parse(bytes: &[u8], count_after: i32) -> Result<Option<ShmReading>, ShmDr
     if bytes.len() < SEGMENT_LEN {
         return Err(ShmDrop::Short);
     }
+    // `valid` first: garbage the reader has already cleared is not counted again.
+    if int(bytes, VALID)? == 0 {
+        return Ok(None);
+    }
     let mode = int(bytes, MODE)?;
     if mode != 0 && mode != 1 {
         return Err(ShmDrop::Mode(mode));
-    }
-    if int(bytes, VALID)? == 0 {
-        return Ok(None);
     }
     if mode == 1 && int(bytes, COUNT)? != count_after {
         return Err(ShmDrop::Torn);
