@@ -422,7 +422,7 @@ impl Coordinator {
             return;
         };
         if !pending_slew.is_finite() {
-            refclock.drops = refclock.drops.saturating_add(1);
+            refclock.count_drop(RefclockDrop::NotFinite);
             return;
         }
         if refclock.is_due(now) {

@@ -81,7 +81,7 @@ impl RefclockState {
     pub fn add(&mut self, sample: &RefclockSample, pending_slew: f64) -> bool {
         let offset = sample.offset + self.options.offset - pending_slew;
         if !(offset.is_finite() && sample.dispersion.is_finite() && sample.dispersion >= 0.0) {
-            self.drops = self.drops.saturating_add(1);
+            self.count_drop(RefclockDrop::NotFinite);
             return false;
         }
         if self.samples.len() >= MAX_SAMPLES {

@@ -501,6 +501,14 @@ fn refclock_drops_are_counted() {
     let report = pair.coordinator.report(0.7);
     let (count, last) = report[0].drops.unwrap();
     assert_eq!(count, 3);
+    assert_eq!(last, Some(crate::refclock::RefclockDrop::NotFinite));
+    pair.coordinator.handle_refclock_drop(
+        id,
+        crate::refclock::RefclockDrop::Shm(crate::refclock::shm::ShmDrop::Torn),
+    );
+    let report = pair.coordinator.report(0.8);
+    let (count, last) = report[0].drops.unwrap();
+    assert_eq!(count, 4);
     assert_eq!(
         last.map(|l| l.to_string()).as_deref(),
         Some("SHM: torn read (count changed while copying)")

@@ -114,6 +114,7 @@ impl Listeners {
         self.check_network(&loaded.config)
     }
 
+    /// The network listeners: `[[server]]`, `[[nts-ke-server]]` and `[metrics]`.
     fn check_network(&self, config: &crate::config::Config) -> Result<(), String> {
         let wanted_udp: Vec<SocketAddr> =
             config.servers.iter().map(|s| *s.listen.get_ref()).collect();

@@ -81,6 +81,10 @@ pub enum RefclockDrop {
     Shm(#[from] shm::ShmDrop),
     #[error("SOCK: {0}")]
     Sock(#[from] sock::SockDrop),
+    /// A reading that parsed but cannot be used: an offset, error bound or pending
+    /// slew that is not a finite number.
+    #[error("not a finite number")]
+    NotFinite,
 }
 
 /// A device's reading turned into a sample of the disciplined clock. Devices state
