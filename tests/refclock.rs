@@ -10,8 +10,9 @@
 //!   ntimed made (by the root supervisor when run as root), after a wrong-sized and a
 //!   wrong-magic datagram, both counted.
 //!
-//! Under root (as in CI) ntimed separates privileges: the SHM segment is attached by
-//! the engine before it drops to `nobody`, the socket passed to it by the supervisor.
+//! Under root (as in CI) ntimed separates privileges: the SHM segment, root's and mode
+//! 0600 like units 0 and 1, is attached by the engine before it drops to `nobody`; the
+//! socket is made by the supervisor and passed to the engine.
 
 mod common;
 
@@ -267,7 +268,9 @@ fn shm_refclock_makes_a_stratum_one_server_for_nts_keyed_and_chronyd_clients() {
     let key = shm::KEY_BASE + unit as i32;
     let _ = ShmSegment::remove(key);
     let _cleanup = RemoveSegment(key);
-    let segment = ShmSegment::attach(key, shm::SEGMENT_LEN, 0o666, true).expect("shmget/shmat");
+    // Mode 0600, as units 0 and 1 are: as root, only an engine that attaches before
+    // it drops to `nobody` can read it.
+    let segment = ShmSegment::attach(key, shm::SEGMENT_LEN, 0o600, true).expect("shmget/shmat");
     // gpsd's writes: first garbage (a mode no writer uses), then good mode-1 samples
     // with the reference exactly on this machine's clock.
     let garbage = shm::ShmFields {
