@@ -10,6 +10,10 @@
 //!   ntimed made (by the root supervisor when run as root), after a wrong-sized and a
 //!   wrong-magic datagram, both counted.
 //!
+//! * Under clknetsim (one process, `NTIMED_CLKNETSIM=1`): the simulator's own SHM
+//!   refclock, 1 µs of jitter, steers the simulated clock to within a few µs, where
+//!   the network source alone leaves tens of µs.
+//!
 //! Under root (as in CI) ntimed separates privileges: the SHM segment, root's and mode
 //! 0600 like units 0 and 1, is attached by the engine before it drops to `nobody`; the
 //! socket is made by the supervisor and passed to the engine.
@@ -31,7 +35,7 @@ use common::ntimed_cli::{QueryArgs, ntimed_command, ntimed_query};
 use common::ntimed_run::{NtimedRun, give_to_sandbox_user, nts_server_toml, toml_path};
 use common::nts::TestCerts;
 use common::process::{run_with_deadline, wait_until};
-use common::require::require_chrony;
+use common::require::{require_chrony, require_clknetsim};
 use ntimed::refclock::{shm, sock};
 use ntimed::sys::ShmSegment;
 use serde_json::Value;
@@ -403,4 +407,76 @@ fn sock_refclock_makes_a_stratum_one_server_and_counts_bad_datagrams() {
     master.assert_serves_stratum_one();
     assert_eq!(master.refclock_row()["drops"].as_u64(), Some(2));
     assert!(Path::new(&path).exists());
+}
+
+/// The refclock scenario: clknetsim's refclock on the client node (1 µs of jitter),
+/// read as SHM unit 0 next to the scenario's one network source.
+const CLKNETSIM_SCENARIO: &str = "#!/usr/bin/env bash\n\
+    . ./test.common\n\
+    test_start \"ntimed refclock\"\n\
+    refclock_jitter=1e-6\n\
+    run_test || test_fail\n\
+    check_sync || true\n\
+    test_pass\n";
+
+#[test]
+fn shm_refclock_steers_the_clock_under_clknetsim() {
+    let Some(shared) = require_clknetsim() else {
+        return;
+    };
+    if !require_chrony() {
+        return;
+    }
+    let dir = tempdir("refclock-clknetsim");
+    let copy = dir.path().join("clknetsim");
+    let out = run_with_deadline(
+        {
+            let mut cp = std::process::Command::new("cp");
+            cp.arg("-r").arg(&shared).arg(&copy);
+            cp
+        },
+        Duration::from_secs(30),
+    )
+    .expect("cp -r");
+    assert!(out.status.success(), "cp: {}", out.describe());
+    let scenarios = copy.join("scenarios");
+    fs::set_permissions(
+        &scenarios,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod scenarios");
+    fs::write(scenarios.join("ntimed-refclock"), CLKNETSIM_SCENARIO).expect("write scenario");
+    let work = dir.path().join("work");
+    let mut cmd = common::process::safe_command(None, "bash");
+    cmd.arg(copy.join("run.sh"))
+        .arg(common::ntimed_cli::ntimed_bin())
+        .args(["-n", "1", "--ntimed-only", "ntimed-refclock"])
+        .env("CLKNETSIM_WORK", &work)
+        // Appended to the node's TOML by harness/ntimed.common (`printf %b`: `\\n`).
+        .env(
+            "NTIMED_EXTRA_CONF",
+            "[[refclock]]\\ndriver = \"shm\"\\nunit = 0\\nrefid = \"GPS\"\\nauthenticated = true",
+        );
+    let out = run_with_deadline(cmd, Duration::from_secs(300)).expect("run.sh");
+    let log = fs::read_to_string(work.join("test/simulation/tmp/log.2")).unwrap_or_default();
+    let context = format!("{}\n--- ntimed ---\n{log}", out.describe());
+    assert!(out.status.success(), "{context}");
+    // scenario daemon runs sync_s max_off rms_off rms_freq poll_s ss_rms
+    let row: Vec<f64> = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("ntimed-refclock"))
+        .unwrap_or_else(|| panic!("no result row: {context}"))
+        .split_whitespace()
+        .skip(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    assert_eq!(row.len(), 7, "{context}");
+    assert!(row[1] < 300.0, "sync time {} s: {context}", row[1]);
+    assert!(
+        row[6] < 5e-6,
+        "steady-state RMS offset {} s: {context}",
+        row[6]
+    );
+    assert!(log.contains("refclock GPS shm:0: reachable"), "{context}");
 }
