@@ -39,6 +39,8 @@ pub struct Config {
     pub sources: Vec<Spanned<SourceSection>>,
     #[serde(default, rename = "peer")]
     pub peers: Vec<Spanned<PeerSection>>,
+    #[serde(default, rename = "refclock")]
+    pub refclocks: Vec<Spanned<RefclockSection>>,
     pub sandbox: Option<SandboxSection>,
     pub control: Option<ControlSection>,
     pub leap: Option<LeapSection>,
@@ -206,6 +208,84 @@ pub struct PeerSection {
     /// Poll interval bounds, log2 seconds (6 and 10).
     pub min_poll: Option<i8>,
     pub max_poll: Option<i8>,
+}
+
+/// A reference clock (the stratum-1 "master" role): a device the daemon reads
+/// directly rather than a server it asks.
+///
+/// ```toml
+/// [[refclock]]
+/// driver = "shm"          # or "sock" with path = "/run/ntimed/gps.sock"
+/// unit = 2
+/// refid = "GPS"
+/// authenticated = true    # a device is trusted by configuration, said outright
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RefclockSection {
+    pub driver: RefclockDriver,
+    /// `shm`: the segment's unit (key 0x4e545030 + unit; 0 and 1 are root's).
+    pub unit: Option<u32>,
+    /// `sock`: where the daemon creates the socket the sender (gpsd) writes to.
+    pub path: Option<PathBuf>,
+    /// Announced as our reference id while this clock is the reference: 1 to 4 ASCII
+    /// characters ("GPS", "PPS").
+    pub refid: String,
+    /// Added to every sample, seconds (a receiver's known delay, say).
+    #[serde(default)]
+    pub offset: f64,
+    /// Counted as each sample's round-trip delay for the root distance, seconds.
+    #[serde(default)]
+    pub delay: f64,
+    /// The device's precision, seconds (1e-6).
+    pub precision: Option<f64>,
+    /// Samples are combined and used once per 2^poll seconds (4).
+    pub poll: Option<i8>,
+    /// Must be `true`: the device's word is taken without proof, and the config says so.
+    #[serde(default)]
+    pub authenticated: bool,
+}
+
+/// How a reference clock is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RefclockDriver {
+    /// The NTP shared-memory segment (gpsd, ntpd's SHM driver).
+    Shm,
+    /// chrony's refclock socket protocol (gpsd writes to it).
+    Sock,
+}
+
+impl RefclockSection {
+    /// The driver and its device, as the daemon and reports name it (`path` as
+    /// written; the daemon resolves it from the config's directory).
+    pub fn kind(&self) -> Option<crate::refclock::DriverKind> {
+        use crate::refclock::DriverKind;
+        match self.driver {
+            RefclockDriver::Shm => self.unit.map(|unit| DriverKind::Shm { unit }),
+            RefclockDriver::Sock => self.path.clone().map(|path| DriverKind::Sock { path }),
+        }
+    }
+
+    /// The options the coordinator takes (defaults filled in).
+    pub fn options(&self) -> crate::refclock::RefclockOptions {
+        let defaults = crate::refclock::RefclockOptions::default();
+        crate::refclock::RefclockOptions {
+            refid: crate::refclock::parse_refid(&self.refid).unwrap_or(defaults.refid),
+            offset: self.offset,
+            delay: self.delay,
+            precision: self.precision.unwrap_or(defaults.precision),
+            poll: self.poll.unwrap_or(defaults.poll),
+        }
+    }
+
+    /// `refclock GPS shm:2`, for messages and reports.
+    pub fn name(&self) -> String {
+        let device = self
+            .kind()
+            .map_or_else(|| format!("{:?}", self.driver), |k| k.describe());
+        format!("refclock {} {device}", self.refid)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -650,12 +730,12 @@ impl Config {
             {
                 fail("[clock] simulated-offset and simulated-frequency need mode = \"simulated\"");
             }
+            let associations = self.sources.len() + self.peers.len() + self.refclocks.len();
             if c.min_sources
-                .is_some_and(|n| n == 0 || n > (self.sources.len() + self.peers.len()).max(1))
+                .is_some_and(|n| n == 0 || n > associations.max(1))
             {
                 fail(&format!(
-                    "[clock] min-sources must be from 1 to the number of sources and peers ({})",
-                    self.sources.len() + self.peers.len()
+                    "[clock] min-sources must be from 1 to the number of sources, peers and refclocks ({associations})"
                 ));
             }
             if let (Some(step), Some(panic)) = (c.step_threshold, c.panic_threshold)
@@ -714,6 +794,74 @@ impl Config {
         }
     }
 
+    /// Reference clocks steer the clock, are trusted in so many words, and name their
+    /// device once.
+    fn check_refclocks(&self, faults: &mut Vec<Fault>) {
+        for (i, refclock) in self.refclocks.iter().enumerate() {
+            let span = Some(refclock.span());
+            let r = refclock.get_ref();
+            let name = r.name();
+            let mut fail = |what: String| faults.push((span.clone(), format!("{name}: {what}")));
+            if i == 0 && self.clock.is_none() {
+                fail(
+                    "[[refclock]] needs a [clock] section (a refclock's time steers the clock)"
+                        .into(),
+                );
+            }
+            if let Err(e) = crate::refclock::parse_refid(&r.refid) {
+                fail(e);
+            }
+            if !r.authenticated {
+                fail("a reference clock's samples carry no proof of origin: say authenticated = true to trust the device".into());
+            }
+            match (r.driver, r.unit, &r.path) {
+                (RefclockDriver::Shm, Some(unit), None) => {
+                    if unit > crate::refclock::shm::MAX_UNIT {
+                        fail(format!(
+                            "unit must be 0 to {}",
+                            crate::refclock::shm::MAX_UNIT
+                        ));
+                    }
+                }
+                (RefclockDriver::Shm, _, _) => {
+                    fail("driver = \"shm\" takes unit = N and no path".into())
+                }
+                (RefclockDriver::Sock, None, Some(path)) => {
+                    if path.as_os_str().is_empty() || path.file_name().is_none() {
+                        fail("path must name a socket file".into());
+                    }
+                }
+                (RefclockDriver::Sock, _, _) => {
+                    fail("driver = \"sock\" takes path = \"/run/...\" and no unit".into())
+                }
+            }
+            let finite_within =
+                |v: f64, low: f64, high: f64| v.is_finite() && (low..=high).contains(&v);
+            if !finite_within(r.offset, -10.0, 10.0) {
+                fail("offset must be -10 to 10 seconds".into());
+            }
+            if !finite_within(r.delay, 0.0, 1.0) {
+                fail("delay must be 0 to 1 second".into());
+            }
+            if r.precision.is_some_and(|p| !finite_within(p, 1e-9, 1.0)) {
+                fail("precision must be 1e-9 to 1 second".into());
+            }
+            if r.poll.is_some_and(|p| !(0..=10).contains(&p)) {
+                fail("poll must be 0 to 10 (log2 seconds)".into());
+            }
+            let kind = r.kind();
+            if kind.is_some()
+                && self
+                    .refclocks
+                    .iter()
+                    .take(i)
+                    .any(|o| o.get_ref().kind() == kind)
+            {
+                fail("listed twice".into());
+            }
+        }
+    }
+
     /// Checks what serde cannot, recording where in the text each fault is.
     fn check(&self, faults: &mut Vec<Fault>) {
         if let Some(local) = &self.local {
@@ -742,12 +890,14 @@ impl Config {
             && self.nts_ke_servers.is_empty()
             && self.sources.is_empty()
             && self.peers.is_empty()
+            && self.refclocks.is_empty()
         {
             let message = "nothing to run: add a [[source]], [[server]] or [[nts-ke-server]]";
             faults.push((None, message.into()));
         }
         self.check_sources(faults);
         self.check_peers(faults);
+        self.check_refclocks(faults);
         if let Some(metrics) = &self.metrics {
             let listen = metrics.listen.get_ref();
             let clash = self.nts_ke_servers.iter().any(|ke| {
@@ -1159,6 +1309,98 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.servers[0].unknown_peers, UnknownPeers::Drop);
+    }
+
+    /// `[[refclock]]`: defaults filled in, every bad value refused with its line, and
+    /// `authenticated = true` required in so many words.
+    #[test]
+    fn refclocks_are_checked() {
+        let base = "[clock]\nmode = \"observe\"\n[[server]]\nlisten = \"127.0.0.1:1\"\n";
+        let shm =
+            "[[refclock]]\ndriver = \"shm\"\nunit = 2\nrefid = \"GPS\"\nauthenticated = true\n";
+        let sock = "[[refclock]]\ndriver = \"sock\"\npath = \"/run/ntimed/gps.sock\"\nrefid = \"NMEA\"\n\
+                    offset = 0.1\ndelay = 0.2\nprecision = 1e-3\npoll = 3\nauthenticated = true\n";
+        let c = Config::parse("c.toml", &format!("{base}{shm}{sock}")).unwrap();
+        let (first, second) = (c.refclocks[0].get_ref(), c.refclocks[1].get_ref());
+        assert_eq!(first.name(), "refclock GPS shm:2");
+        assert_eq!(
+            first.options(),
+            crate::refclock::RefclockOptions {
+                refid: *b"GPS\0",
+                ..Default::default()
+            }
+        );
+        assert_eq!(second.name(), "refclock NMEA sock:/run/ntimed/gps.sock");
+        let options = second.options();
+        assert_eq!(
+            (
+                options.offset,
+                options.delay,
+                options.precision,
+                options.poll
+            ),
+            (0.1, 0.2, 1e-3, 3)
+        );
+        let only = format!("[clock]\nmode = \"observe\"\n{shm}");
+        assert!(
+            Config::parse("c.toml", &only).is_ok(),
+            "a refclock alone is something to run"
+        );
+        let cases = [
+            (
+                shm.replace("authenticated = true\n", ""),
+                "authenticated = true",
+            ),
+            (
+                shm.replace("authenticated = true", "authenticated = false"),
+                "authenticated = true",
+            ),
+            (
+                shm.replace("\"GPS\"", "\"GPSPPS\""),
+                "1 to 4 printable ASCII",
+            ),
+            (shm.replace("\"GPS\"", "\"\""), "1 to 4 printable ASCII"),
+            (shm.replace("unit = 2\n", ""), "takes unit = N"),
+            (
+                shm.replace("unit = 2\n", "unit = 2\npath = \"/x\"\n"),
+                "takes unit = N",
+            ),
+            (
+                shm.replace("unit = 2", "unit = 256"),
+                "unit must be 0 to 255",
+            ),
+            (
+                sock.replace("path = \"/run/ntimed/gps.sock\"\n", ""),
+                "takes path",
+            ),
+            (
+                sock.replace("path = \"/run/ntimed/gps.sock\"", "path = \"/\""),
+                "socket file",
+            ),
+            (
+                sock.replace("offset = 0.1", "offset = nan"),
+                "offset must be",
+            ),
+            (sock.replace("delay = 0.2", "delay = -1"), "delay must be"),
+            (
+                sock.replace("precision = 1e-3", "precision = 0"),
+                "precision must be",
+            ),
+            (sock.replace("poll = 3", "poll = 11"), "poll must be"),
+            (format!("{shm}{shm}"), "listed twice"),
+        ];
+        for (refclock, message) in cases {
+            let text = format!("{base}{refclock}");
+            let err = Config::parse("c.toml", &text).unwrap_err();
+            assert!(err.message.contains(message), "{text:?}: {err}");
+            assert!(err.line.is_some(), "{text:?}: {err}");
+        }
+        let no_clock = format!("[[server]]\nlisten = \"127.0.0.1:1\"\n{shm}");
+        let err = Config::parse("c.toml", &no_clock).unwrap_err();
+        assert!(err.message.contains("needs a [clock]"), "{err}");
+        assert_eq!(err.line, Some(3));
+        let wrong_driver = format!("{base}{}", shm.replace("\"shm\"", "\"nmea\""));
+        assert!(Config::parse("c.toml", &wrong_driver).is_err());
     }
 
     /// `load_all` goes on past the first problem: a bad value, a duplicate listener and

@@ -192,6 +192,8 @@ async fn discipline_demo(servers: &Servers) -> Result<u32, String> {
         state: Arc::new(RwLock::new(SyncState::unsynchronized(-20))),
         leap_file: Default::default(),
         own_addresses: Vec::new(),
+        refclocks: Vec::new(),
+        refclock_sockets: Vec::new(),
     };
     let state = role.state.clone();
     let (stop, stopped) = tokio::sync::oneshot::channel();
@@ -472,6 +474,8 @@ impl Site {
             state: state.clone(),
             leap_file: Default::default(),
             own_addresses: Vec::new(),
+            refclocks: Vec::new(),
+            refclock_sockets: Vec::new(),
         };
         let link = PeerLink {
             routes,

@@ -624,6 +624,106 @@ pub fn send_signal(pid: u32, signal: libc::c_int) -> io::Result<()> {
     check(unsafe { libc::kill(pid, signal) })
 }
 
+// SysV shared memory
+
+/// An attached SysV shared-memory segment (the NTP SHM refclock's), detached on drop.
+/// Another process writes it at any time, so every access is a volatile copy: no
+/// reference into it is ever handed out.
+#[derive(Debug)]
+pub struct ShmSegment {
+    base: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping belongs to the process, not the thread; every access goes
+// through `&self` methods that copy with volatile reads and writes, which are no less
+// valid from another thread.
+unsafe impl Send for ShmSegment {}
+
+impl ShmSegment {
+    /// Attaches the segment with `key`, at least `len` bytes, read-write (the reader
+    /// clears its `valid` word). With `create`, a missing one is made with `mode`
+    /// (the permission bits); an existing one keeps its own.
+    pub fn attach(key: i32, len: usize, mode: u32, create: bool) -> io::Result<Self> {
+        let permissions = narrow::<libc::c_int>(i64::from(mode & 0o777), "mode")?;
+        let flags = if create {
+            libc::IPC_CREAT | permissions
+        } else {
+            0
+        };
+        // SAFETY: shmget takes integers only.
+        let id = unsafe { libc::shmget(key, len, flags) };
+        if id == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a null address lets the kernel choose where to map it; flags 0 maps
+        // it read-write. The result is checked against (void *) -1 below.
+        let address = unsafe { libc::shmat(id, std::ptr::null(), 0) };
+        if address as isize == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        let base = std::ptr::NonNull::new(address.cast::<u8>())
+            .ok_or_else(|| io::Error::other("shmat returned null"))?;
+        Ok(Self { base, len })
+    }
+
+    /// Copies the first `N` bytes (at most the segment's length, zeros beyond), then
+    /// reads the `i32` at `recheck` once more: a writer using a change counter (NTP
+    /// SHM mode 1) can be caught mid-write by comparing it with the copy's.
+    pub fn snapshot<const N: usize>(&self, recheck: usize) -> ([u8; N], i32) {
+        let mut copy = [0u8; N];
+        for (i, byte) in copy.iter_mut().enumerate().take(self.len) {
+            // SAFETY: `i < self.len`, inside the mapping, which lives as long as
+            // `self`; a byte read has no alignment to keep.
+            *byte = unsafe { self.base.as_ptr().add(i).read_volatile() };
+        }
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
+        let mut again = [0u8; 4];
+        for (i, byte) in again.iter_mut().enumerate() {
+            let at = recheck.saturating_add(i);
+            if at < self.len {
+                // SAFETY: as above, `at < self.len`.
+                *byte = unsafe { self.base.as_ptr().add(at).read_volatile() };
+            }
+        }
+        (copy, i32::from_ne_bytes(again))
+    }
+
+    /// Writes `bytes` at `at` (what fits in the segment): the reader's clearing of
+    /// `valid`, and test writers.
+    pub fn write(&self, at: usize, bytes: &[u8]) {
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
+        for (i, &byte) in bytes.iter().enumerate() {
+            let offset = at.saturating_add(i);
+            if offset < self.len {
+                // SAFETY: `offset < self.len`, inside the read-write mapping.
+                unsafe { self.base.as_ptr().add(offset).write_volatile(byte) };
+            }
+        }
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
+    }
+
+    /// Marks the segment with `key` for removal once nobody is attached (tests clean
+    /// up their private segments with it).
+    pub fn remove(key: i32) -> io::Result<()> {
+        // SAFETY: shmget takes integers only; size 0 finds an existing segment.
+        let id = unsafe { libc::shmget(key, 0, 0) };
+        if id == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: IPC_RMID reads no buffer, so null is allowed.
+        check(unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) })
+    }
+}
+
+impl Drop for ShmSegment {
+    fn drop(&mut self) {
+        // SAFETY: `base` is what shmat returned, attached until now; nothing refers
+        // into the mapping (every access copied).
+        unsafe { libc::shmdt(self.base.as_ptr().cast()) };
+    }
+}
+
 // ---------------------------------------------------------------------------------
 // PTP hardware clocks and kernel PPS
 

@@ -43,6 +43,7 @@
 mod event;
 mod local;
 pub mod pair;
+mod refclock;
 mod refid;
 
 use std::collections::VecDeque;
@@ -55,17 +56,21 @@ use rand::rngs::StdRng;
 use crate::auth::KeyStore;
 use crate::auth::nts::ntp::NtsSession;
 use crate::clock::ClockCommand;
+use crate::proto::client::Authenticated;
 use crate::proto::client::Sample;
 use crate::proto::peer::{Peer, PeerAuth, PeerEvent, PeerOptions};
 use crate::proto::polling::Action;
 use crate::proto::server::SyncState;
 use crate::proto::source::{Event as SourceEvent, Source, SourceAuth, SourceOptions};
+use crate::refclock::{RefclockDrop, RefclockOptions, RefclockSample};
 use crate::sync::leap_file::LeapFile;
 use crate::sync::{SourceId, SourceReport, SyncConfig, SyncEngine};
 use crate::wire::{Leap, NtpTimestamp, ReferenceId};
 
 pub use event::{Event, EventKind, Level};
 pub use local::LocalReference;
+use refclock::RefclockState;
+pub use refclock::UNREACHABLE_POLLS;
 pub use refid::reference_id;
 
 /// How often the engine's holdover is checked and state changes are reported.
@@ -144,6 +149,8 @@ pub enum AuthReport {
         aead: Option<&'static str>,
         last_key_exchange: Option<KeyExchangeReport>,
     },
+    /// A reference clock: trusted because the config says so (`authenticated = true`).
+    Configured,
 }
 
 /// The last NTS key exchange of a source.
@@ -187,6 +194,7 @@ enum Kind {
         /// When to ask for its address again after a failure.
         retry_resolve_at: Option<f64>,
     },
+    Refclock(Box<RefclockState>),
 }
 
 struct Association {
@@ -204,11 +212,13 @@ impl Association {
         match &self.kind {
             Kind::Source { source, .. } => source.is_reachable(),
             Kind::Peer { peer, looped, .. } => peer.is_reachable() && !looped,
+            Kind::Refclock(refclock) => refclock.is_reachable(),
         }
     }
 
     fn poll_timeout(&self) -> Option<f64> {
         match (&self.kind, self.address) {
+            (Kind::Refclock(refclock), _) => Some(refclock.poll_timeout()),
             (
                 Kind::Source {
                     source, nts: true, ..
@@ -233,7 +243,11 @@ impl Association {
 
     /// Needs a resolution before it can poll.
     fn needs_address(&self) -> bool {
-        self.address.is_none() && !matches!(self.kind, Kind::Source { nts: true, .. })
+        self.address.is_none()
+            && !matches!(
+                self.kind,
+                Kind::Source { nts: true, .. } | Kind::Refclock(_)
+            )
     }
 }
 
@@ -251,6 +265,8 @@ pub struct AssociationReport {
     pub auth: AuthReport,
     /// The engine's view: samples, reachable, selected, offset, error bound and state.
     pub engine: SourceReport,
+    /// Reference clocks: readings dropped (bad input), and why the last one was.
+    pub drops: Option<(u64, Option<RefclockDrop>)>,
 }
 
 /// The client role's core (see the module's driver contract).
@@ -374,6 +390,104 @@ impl Coordinator {
         id
     }
 
+    /// Adds a reference clock (`[[refclock]]`) named `name` (`refclock GPS shm:2`):
+    /// its samples come in through [`Coordinator::handle_refclock_sample`],
+    /// and are combined and given to the engine once per poll.
+    pub fn add_refclock(
+        &mut self,
+        name: impl Into<String>,
+        options: RefclockOptions,
+        now: f64,
+    ) -> AssociationId {
+        let name = name.into();
+        let engine_id = self
+            .engine
+            .add_reference_clock(name.clone(), ReferenceId(options.refid));
+        let id = AssociationId(self.associations.len());
+        self.associations.push(Association {
+            name,
+            engine_id,
+            address: None,
+            kind: Kind::Refclock(Box::new(RefclockState::new(options, now))),
+            reported: (false, false),
+        });
+        id
+    }
+
+    /// A reading of reference clock `id` (see `crate::refclock::sample_from`), taken
+    /// while the clock still had `pending_slew` seconds of an earlier correction to
+    /// apply. A reading that starts a new poll interval first closes the one before:
+    /// its samples, combined, go to the engine.
+    pub fn handle_refclock_sample(
+        &mut self,
+        id: AssociationId,
+        sample: &RefclockSample,
+        now: f64,
+        pending_slew: f64,
+    ) {
+        let Some(Kind::Refclock(refclock)) = self.associations.get_mut(id.0).map(|a| &mut a.kind)
+        else {
+            return;
+        };
+        if !pending_slew.is_finite() {
+            refclock.count_drop(RefclockDrop::NotFinite);
+            return;
+        }
+        if refclock.is_due(now) {
+            self.close_refclock(id, now);
+        }
+        if let Some(Kind::Refclock(refclock)) = self.associations.get_mut(id.0).map(|a| &mut a.kind)
+        {
+            refclock.add(sample, pending_slew);
+        }
+    }
+
+    /// A reading of reference clock `id` that was not a sample (see
+    /// [`RefclockDrop`]): counted, and the last reason kept for reports.
+    pub fn handle_refclock_drop(&mut self, id: AssociationId, why: RefclockDrop) {
+        if let Some(Kind::Refclock(refclock)) = self.associations.get_mut(id.0).map(|a| &mut a.kind)
+        {
+            refclock.count_drop(why);
+        }
+    }
+
+    /// Ends a reference clock's poll interval: its combined sample (if any) goes to the
+    /// engine as a stratum-0 measurement, and its reachability is updated.
+    fn close_refclock(&mut self, id: AssociationId, now: f64) {
+        let Some(a) = self.associations.get_mut(id.0) else {
+            return;
+        };
+        let Kind::Refclock(refclock) = &mut a.kind else {
+            return;
+        };
+        let closed = refclock.close(now);
+        let options = refclock.options;
+        let usable = a.usable();
+        self.engine.handle_reachability(a.engine_id, usable);
+        let Some(closed) = closed else {
+            return;
+        };
+        // The precision's log2, as packets state it (1e-6 s is -20).
+        let precision = options.precision.log2().round().clamp(-30.0, 0.0) as i8;
+        let sample = Sample {
+            // Back to "as measured": the engine takes the pending slew out itself.
+            offset: closed.combined.offset + closed.pending_slew,
+            delay: options.delay,
+            leap: closed.combined.leap,
+            version: 4,
+            stratum: 0,
+            poll: options.poll,
+            precision,
+            reference_id: ReferenceId(options.refid),
+            root_delay: 0.0,
+            root_dispersion: closed.combined.dispersion,
+            received: closed.local,
+            // Trusted by configuration: the engine does not ask a refclock for proof.
+            authenticated: Authenticated::No,
+        };
+        self.take_sample(id, &sample, now, closed.pending_slew);
+    }
+
     /// The configured name of an association (`host:port`, `peer host:port`).
     pub fn name(&self, id: AssociationId) -> &str {
         self.associations.get(id.0).map_or("?", |a| a.name.as_str())
@@ -417,6 +531,12 @@ impl Coordinator {
                 continue;
             }
             let id = AssociationId(index);
+            if matches!(a.kind, Kind::Refclock(_)) {
+                // No sample came to close the interval on time: close it here, with
+                // the slew that was pending at its newest sample.
+                self.close_refclock(id, now);
+                continue;
+            }
             let address = a.address;
             if a.needs_address() {
                 match &mut a.kind {
@@ -431,6 +551,7 @@ impl Coordinator {
                     Kind::Peer {
                         retry_resolve_at, ..
                     } => *retry_resolve_at = None,
+                    Kind::Refclock(_) => {}
                 }
                 self.requests.push_back(Request::Resolve(id));
                 continue;
@@ -445,12 +566,13 @@ impl Coordinator {
                     }
                     None => None,
                 },
+                Kind::Refclock(_) => None,
             };
             match (action, address, &mut a.kind) {
                 (Some(Action::Transmit), Some(destination), kind) => {
                     let via = match kind {
-                        Kind::Source { .. } => Via::FreshSocket,
                         Kind::Peer { .. } => Via::ServerSocket,
+                        _ => Via::FreshSocket,
                     };
                     self.transmits.push_back(Transmit {
                         association: id,
@@ -553,6 +675,7 @@ impl Coordinator {
                     None
                 }
             },
+            Kind::Refclock(_) => return,
         };
         let usable = a.usable();
         let engine_id = a.engine_id;
@@ -575,6 +698,7 @@ impl Coordinator {
             return;
         };
         let kind = match (result, &mut a.kind) {
+            (_, Kind::Refclock(_)) => return,
             (Ok(resolved), kind) => {
                 a.address = Some(resolved.address);
                 self.engine
@@ -590,6 +714,7 @@ impl Coordinator {
                             peer.add_own_reference_id(reference_id(SocketAddr::new(ours, 0)));
                         }
                     }
+                    Kind::Refclock(_) => {}
                 }
                 EventKind::Resolved(resolved.address)
             }
@@ -685,6 +810,7 @@ impl Coordinator {
                 let taken = match &mut a.kind {
                     Kind::Source { source, .. } => source.replace_key(key),
                     Kind::Peer { peer, .. } => peer.replace_key(key),
+                    Kind::Refclock(_) => false,
                 };
                 replaced += usize::from(taken);
             }
@@ -759,6 +885,9 @@ impl Coordinator {
                         (false, source.reach(), source.poll(), source.nts_cookies())
                     }
                     Kind::Peer { peer, .. } => (true, peer.reach(), peer.poll(), None),
+                    Kind::Refclock(refclock) => {
+                        (false, refclock.reach(), refclock.options.poll, None)
+                    }
                 };
                 let auth = match &a.kind {
                     Kind::Source {
@@ -780,7 +909,12 @@ impl Coordinator {
                     | Kind::Peer {
                         key_id: Some(id), ..
                     } => AuthReport::Key { id: *id },
+                    Kind::Refclock(_) => AuthReport::Configured,
                     _ => AuthReport::None,
+                };
+                let drops = match &a.kind {
+                    Kind::Refclock(refclock) => Some((refclock.drops, refclock.last_drop)),
+                    _ => None,
                 };
                 AssociationReport {
                     association: AssociationId(i),
@@ -792,6 +926,7 @@ impl Coordinator {
                     nts_cookies,
                     auth,
                     engine,
+                    drops,
                 }
             })
             .collect()
@@ -824,6 +959,7 @@ impl Coordinator {
             match &mut a.kind {
                 Kind::Source { source, .. } => source.set_system_poll(poll),
                 Kind::Peer { peer, .. } => peer.set_system_poll(poll),
+                Kind::Refclock(_) => {}
             }
         }
     }

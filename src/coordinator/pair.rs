@@ -173,6 +173,9 @@ pub struct Pair {
     pub events: Vec<Event>,
     /// Every clock command applied.
     pub commands: Vec<ClockCommand>,
+    /// Reference clocks read once a second: association, and the device's own error
+    /// (its time minus the truth), seconds.
+    pub refclocks: Vec<(AssociationId, f64)>,
     /// Association → what its name resolves to.
     routes: Vec<Option<Route>>,
     in_flight: Vec<InFlight>,
@@ -203,6 +206,7 @@ impl Pair {
             key_exchanges: Vec::new(),
             events: Vec::new(),
             commands: Vec::new(),
+            refclocks: Vec::new(),
             routes: Vec::new(),
             in_flight: Vec::new(),
             resolving: Vec::new(),
@@ -310,6 +314,7 @@ impl Pair {
                 self.oscillator += self.wander * normal;
                 self.clock.set_oscillator(t, self.oscillator);
                 self.next_tick += 1.0;
+                self.read_refclocks(t);
                 each_second(self);
             } else if let Some((_, i)) = next_arrival.filter(|a| a.0 == t) {
                 let flight = self.in_flight.swap_remove(i);
@@ -347,6 +352,23 @@ impl Pair {
                 }
                 far.events.push(event);
             }
+        }
+    }
+
+    /// Each reference clock gives a reading of the truth (plus its own error) against
+    /// the client clock.
+    fn read_refclocks(&mut self, t: f64) {
+        let local = self.local(t);
+        let pending = self.clock.status(t).pending_slew;
+        for &(id, error) in &self.refclocks {
+            let sample = crate::refclock::RefclockSample {
+                local,
+                offset: epoch().add_seconds(t + error).seconds_since(local),
+                dispersion: 1e-7,
+                leap: crate::wire::Leap::NoWarning,
+            };
+            self.coordinator
+                .handle_refclock_sample(id, &sample, t, pending);
         }
     }
 

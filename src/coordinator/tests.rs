@@ -3,7 +3,7 @@
 use super::pair::{FarServer, Pair};
 use super::*;
 use crate::proto::server::{Server, ServerOptions};
-use crate::wire::KissCode;
+use crate::wire::{KissCode, Leap};
 use std::net::SocketAddr;
 
 fn keys() -> crate::auth::KeyStore {
@@ -404,4 +404,147 @@ fn a_keyed_source_takes_the_new_key_of_a_reload() {
     assert_eq!(pair.coordinator.replace_keys(&rotated), 1);
     pair.run_until(2600.0, |_| {});
     assert!(reachable(&pair), "the new key is used");
+}
+
+/// A pair whose only time source is a reference clock with `error` seconds of its own.
+fn refclock_pair(offset: f64, error: f64, delay: f64) -> (Pair, AssociationId) {
+    let mut pair = Pair::new(config(), offset, 20e-6, 11);
+    let options = crate::refclock::RefclockOptions {
+        refid: *b"GPS\0",
+        delay,
+        ..Default::default()
+    };
+    let id = pair
+        .coordinator
+        .add_refclock("refclock GPS shm:2", options, 0.0);
+    pair.refclocks.push((id, error));
+    (pair, id)
+}
+
+/// The master role: a reference clock steers the clock, and the server role answers
+/// at stratum 1 with its refid, root delay the configured delay; it needs no address,
+/// is trusted by configuration and shows as the reference.
+#[test]
+fn a_refclock_makes_a_stratum_one_server_with_its_refid() {
+    let (mut pair, id) = refclock_pair(0.05, 0.0, 2e-3);
+    pair.run_until(600.0, |_| {});
+    assert!(pair.coordinator.is_synchronized());
+    assert!(pair.phase().abs() < 1e-4, "still {} s off", pair.phase());
+    let state = pair.coordinator.sync_state(pair.now, pair.local(pair.now));
+    assert_eq!(state.stratum, 1);
+    assert_eq!(state.reference_id, ReferenceId(*b"GPS\0"));
+    assert_eq!(state.reference_id.describe(state.stratum), "GPS");
+    assert!((state.root_delay - 2e-3).abs() < 1e-9, "{state:?}");
+    assert!(state.root_dispersion < 1e-3, "{state:?}");
+    let report = pair.coordinator.report(pair.now);
+    let row = report.iter().find(|r| r.association == id).unwrap();
+    assert_eq!(row.name, "refclock GPS shm:2");
+    assert_eq!(row.auth, AuthReport::Configured);
+    assert_eq!(row.engine.state, crate::sync::SourceState::Reference);
+    assert_eq!(row.reach, 0xff);
+    assert_eq!(row.poll, 4);
+    assert_eq!(row.drops, Some((0, None)));
+    // One sample a poll reaches the engine, not one a second.
+    let samples = pair
+        .events
+        .iter()
+        .filter(|e| matches!(e.kind, EventKind::Sample { .. }))
+        .count();
+    assert!((30..=40).contains(&samples), "{samples} samples in 600 s");
+    assert!(
+        pair.requests.iter().all(|&n| n == 0),
+        "a refclock sends nothing"
+    );
+}
+
+/// A refclock that falls silent is unreachable after a few polls, and the server
+/// role stops claiming stratum 1 only through the engine's usual holdover.
+#[test]
+fn a_silent_refclock_becomes_unreachable() {
+    let (mut pair, id) = refclock_pair(0.0, 0.0, 0.0);
+    pair.run_until(200.0, |_| {});
+    assert!(pair.coordinator.is_synchronized());
+    pair.refclocks.clear();
+    pair.run_until(200.0 + 16.0 * f64::from(UNREACHABLE_POLLS) - 8.0, |_| {});
+    let reachable = |pair: &Pair| {
+        pair.coordinator
+            .report(pair.now)
+            .iter()
+            .find(|r| r.association == id)
+            .map(|r| r.engine.reachable)
+    };
+    assert_eq!(reachable(&pair), Some(true));
+    pair.run_until(200.0 + 16.0 * f64::from(UNREACHABLE_POLLS + 2), |_| {});
+    assert_eq!(reachable(&pair), Some(false));
+    let row = pair.coordinator.report(pair.now);
+    assert_eq!(row[0].reach & 0x0f, 0);
+}
+
+/// ADVERSARIAL 38: bad readings are counted against the refclock (the last reason
+/// kept), and never reach the engine; a non-finite reading is a drop too.
+#[test]
+fn refclock_drops_are_counted() {
+    let (mut pair, id) = refclock_pair(0.0, 0.0, 0.0);
+    pair.coordinator.handle_refclock_drop(
+        id,
+        crate::refclock::RefclockDrop::Shm(crate::refclock::shm::ShmDrop::Torn),
+    );
+    let bad = crate::refclock::RefclockSample {
+        local: pair.local(0.0),
+        offset: f64::NAN,
+        dispersion: 0.0,
+        leap: Leap::NoWarning,
+    };
+    pair.coordinator.handle_refclock_sample(id, &bad, 0.5, 0.0);
+    pair.coordinator
+        .handle_refclock_sample(id, &bad, 0.6, f64::INFINITY);
+    let report = pair.coordinator.report(0.7);
+    let (count, last) = report[0].drops.unwrap();
+    assert_eq!(count, 3);
+    assert_eq!(last, Some(crate::refclock::RefclockDrop::NotFinite));
+    pair.coordinator.handle_refclock_drop(
+        id,
+        crate::refclock::RefclockDrop::Shm(crate::refclock::shm::ShmDrop::Torn),
+    );
+    let report = pair.coordinator.report(0.8);
+    let (count, last) = report[0].drops.unwrap();
+    assert_eq!(count, 4);
+    assert_eq!(
+        last.map(|l| l.to_string()).as_deref(),
+        Some("SHM: torn read (count changed while copying)")
+    );
+    // Not an association of another kind: ignored.
+    let (mut other, _) = pair_with(&[0.0], 0.0, 1);
+    other
+        .coordinator
+        .handle_refclock_sample(AssociationId(0), &bad, 0.0, 0.0);
+    assert_eq!(other.coordinator.report(0.0)[0].drops, None);
+}
+
+/// A refclock that disagrees with two agreeing network sources is a falseticker:
+/// the configured trust does not outvote a majority.
+#[test]
+fn a_refclock_is_selected_like_any_source() {
+    let (mut pair, servers) = pair_with(&[0.0, 0.0], 0.0, 12);
+    let options = crate::refclock::RefclockOptions {
+        refid: *b"GPS\0",
+        ..Default::default()
+    };
+    let id = pair
+        .coordinator
+        .add_refclock("refclock GPS shm:2", options, 0.0);
+    pair.refclocks.push((id, 0.5));
+    pair.run_until(900.0, |_| {});
+    let report = pair.coordinator.report(pair.now);
+    let state = |a: AssociationId| {
+        report
+            .iter()
+            .find(|r| r.association == a)
+            .unwrap()
+            .engine
+            .state
+    };
+    assert_eq!(state(id), crate::sync::SourceState::Falseticker);
+    assert_ne!(state(servers[0]), crate::sync::SourceState::Falseticker);
+    assert!(pair.phase().abs() < 1e-3);
 }

@@ -98,6 +98,11 @@ pub struct SourceRow {
     /// Keyed: the key id (never the key).
     #[serde(default)]
     pub key_id: Option<u32>,
+    /// Reference clocks: readings dropped as bad input, and why the last one was.
+    #[serde(default)]
+    pub drops: Option<u64>,
+    #[serde(default)]
+    pub last_drop: Option<String>,
     /// `reference`, `selectable`, `falseticker`, `unreachable` or `refused`.
     #[serde(default)]
     pub state: String,
@@ -188,6 +193,7 @@ pub fn snapshot(coordinator: &Coordinator, now: f64, local: NtpTimestamp) -> Sna
         .map(|r| {
             let (auth, aead, key_exchange, key_id) = match r.auth {
                 AuthReport::None => ("none", None, None, None),
+                AuthReport::Configured => ("trusted", None, None, None),
                 AuthReport::Key { id } => ("key", None, None, Some(id)),
                 AuthReport::Nts {
                     aead,
@@ -213,6 +219,11 @@ pub fn snapshot(coordinator: &Coordinator, now: f64, local: NtpTimestamp) -> Sna
                 key_exchange_result: key_exchange
                     .map(|k| k.error.unwrap_or_else(|| "ok".to_string())),
                 key_id,
+                drops: r.drops.map(|(count, _)| count),
+                last_drop: r
+                    .drops
+                    .and_then(|(_, last)| last)
+                    .map(|why| why.to_string()),
                 state: r.engine.state.name().into(),
                 why: r.engine.why,
             }
@@ -702,6 +713,13 @@ fn notes(r: &SourceRow) -> String {
     match (r.key_exchange_age, r.key_exchange_result.as_deref()) {
         (Some(age), Some("ok")) => notes.push(format!("NTS-KE ok {age:.0} s ago")),
         (Some(age), Some(error)) => notes.push(format!("NTS-KE failed {age:.0} s ago: {error}")),
+        _ => {}
+    }
+    match (r.drops, &r.last_drop) {
+        (Some(count), Some(last)) if count > 0 => {
+            notes.push(format!("{count} readings dropped, last: {last}"));
+        }
+        (Some(count), _) if count > 0 => notes.push(format!("{count} readings dropped")),
         _ => {}
     }
     if notes.is_empty() {

@@ -400,6 +400,14 @@ fn register_client(r: &mut Registry, snapshot: &Snapshot) {
             Some((source(&s.name), ConstGauge::new(cookies)))
         }),
     );
+    ordered(
+        r,
+        "refclock_drops",
+        "Readings of a reference clock dropped as bad input (ADVERSARIAL 38)",
+        None,
+        rows.iter()
+            .filter_map(|s| Some((source(&s.name), ConstCounter::new(s.drops?)))),
+    );
 }
 
 fn register_server(r: &mut Registry, c: &ServerCounters) {
@@ -550,6 +558,8 @@ mod tests {
                 key_exchange_age: Some(10.0),
                 key_exchange_result: Some("ok".into()),
                 key_id: None,
+                drops: None,
+                last_drop: None,
                 state: "reference".into(),
                 why: None,
             }],
@@ -624,6 +634,26 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == expected), "{expected}:\n{text}");
         }
+    }
+
+    /// A reference clock's drop counter; other sources have none.
+    #[test]
+    fn refclocks_count_their_drops() {
+        let mut snapshot = snapshot();
+        let mut refclock = snapshot.sources[0].clone();
+        refclock.name = "refclock GPS shm:2".into();
+        refclock.drops = Some(3);
+        snapshot.sources.push(refclock);
+        let text = encode(Some(&snapshot), &counters()).expect("encodes");
+        let drops: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("ntimed_refclock_drops_total{"))
+            .collect();
+        assert_eq!(
+            drops,
+            ["ntimed_refclock_drops_total{source=\"refclock GPS shm:2\"} 3"],
+            "{text}"
+        );
     }
 
     /// Metrics come in a fixed order: the client role's, then the sources' in config

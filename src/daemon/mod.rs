@@ -8,6 +8,7 @@
 //! * [`net`]: address parsing and sockets with random source ports.
 //! * [`nts`]: NTS-KE over TLS, server and client, and the cookie master keys.
 //! * [`peer`]: routing `[[peer]]` packets between the server sockets and the client task.
+//! * [`refclock`]: reading `[[refclock]]` devices (SHM segments, SOCK sockets).
 //! * [`serve`]: the UDP server loop.
 //! * [`reload`]: SIGHUP and `ctl reload`: new keys, certificates and files, swapped in whole.
 //! * [`run`]: `ntimed run` put together: listeners, roles from the config, start and stop.
@@ -21,6 +22,7 @@ pub mod net;
 pub mod nts;
 pub mod peer;
 pub mod query;
+pub mod refclock;
 pub mod reload;
 pub mod run;
 pub mod serve;

@@ -3,6 +3,7 @@
 //! servers, the NTS-KE servers, key rotation and the client, and stops on a signal.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
@@ -25,12 +26,27 @@ use crate::util::{Problems, Severity};
 
 /// Sockets bound before anything runs, by the supervisor when privileges are
 /// separated: one per `[[server]]` and one per `[[nts-ke-server]]`, in config order,
-/// the control socket and the `[metrics]` listener.
+/// the control socket, the `[metrics]` listener, and one Unix datagram socket per SOCK
+/// `[[refclock]]` (in config order), made at its path outside any chroot.
 pub struct Listeners {
     pub udp: Vec<std::net::UdpSocket>,
     pub tcp: Vec<std::net::TcpListener>,
     pub control: Option<std::os::unix::net::UnixListener>,
     pub metrics: Option<std::net::TcpListener>,
+    pub refclocks: Vec<std::os::unix::net::UnixDatagram>,
+}
+
+/// The socket paths of the SOCK refclocks, in config order, as the config means them.
+fn refclock_socket_paths(loaded: &Loaded) -> Vec<std::path::PathBuf> {
+    loaded
+        .config
+        .refclocks
+        .iter()
+        .map(|r| r.get_ref())
+        .filter(|r| r.driver == crate::config::RefclockDriver::Sock)
+        .filter_map(|r| r.path.as_ref())
+        .map(|path| loaded.path(path))
+        .collect()
 }
 
 impl Listeners {
@@ -60,16 +76,46 @@ impl Listeners {
             .map(|m| m.listen.get_ref())
             .map(|listen| super::net::bind_tcp(*listen).map_err(|e| bind_err(listen, e)))
             .transpose()?;
+        let refclocks = refclock_socket_paths(loaded)
+            .iter()
+            .map(|path| super::refclock::bind_sock(path))
+            .collect::<Result<_, _>>()?;
         Ok(Self {
             udp,
             tcp,
             control,
             metrics,
+            refclocks,
         })
     }
 
-    /// Checks that inherited sockets are the ones `config` asks for, in its order.
-    pub fn check(&self, config: &crate::config::Config) -> Result<(), String> {
+    /// Checks that inherited sockets are the ones `loaded` asks for, in its order.
+    pub fn check(&self, loaded: &Loaded) -> Result<(), String> {
+        let wanted: Vec<std::path::PathBuf> = refclock_socket_paths(loaded);
+        let got: Vec<Option<std::path::PathBuf>> = self
+            .refclocks
+            .iter()
+            .map(|s| {
+                s.local_addr()
+                    .ok()
+                    .and_then(|a| a.as_pathname().map(Path::to_path_buf))
+            })
+            .collect();
+        let same = wanted.len() == got.len()
+            && wanted
+                .iter()
+                .zip(&got)
+                .all(|(w, g)| g.as_deref() == Some(w.as_path()));
+        if !same {
+            return Err(format!(
+                "the inherited refclock sockets {got:?} are not the configured {wanted:?}"
+            ));
+        }
+        self.check_network(&loaded.config)
+    }
+
+    /// The network listeners: `[[server]]`, `[[nts-ke-server]]` and `[metrics]`.
+    fn check_network(&self, config: &crate::config::Config) -> Result<(), String> {
         let wanted_udp: Vec<SocketAddr> =
             config.servers.iter().map(|s| *s.listen.get_ref()).collect();
         let wanted_tcp: Vec<SocketAddr> = config
@@ -174,11 +220,18 @@ pub enum Purpose {
 
 /// Loads and checks everything `[[server]]`, `[[nts-ke-server]]`, `[nts]` and
 /// `[[source]]` need, stopping at the first error; warnings are logged.
+///
+/// SHM refclocks' segments are attached here, so that the privsep engine, which
+/// prepares as root, holds them once it drops to its own user.
 pub fn prepare(loaded: Loaded) -> Result<Prepared, String> {
     let mut problems = Problems::default();
     let prepared = prepare_all(loaded, Purpose::Run, SystemTime::now(), &mut problems);
     problems.into_result(|warning| tracing::warn!("{warning}"))?;
-    prepared.ok_or_else(|| "cannot prepare the config".into())
+    let mut prepared = prepared.ok_or_else(|| "cannot prepare the config".to_string())?;
+    if let Some(client) = &mut prepared.client {
+        super::refclock::attach_shm(&mut client.refclocks)?;
+    }
+    Ok(prepared)
 }
 
 /// [`prepare`], recording every problem (and warning) rather than stopping at the
@@ -377,8 +430,10 @@ pub async fn serve(
         inbound,
         sockets: running.iter().map(|r| r.socket.clone()).collect(),
     });
+    let mut refclock_sockets = Some(listeners.refclocks);
     let mut client_task = client.map(|mut client| {
         client.leap_file = leap_file.clone();
+        client.refclock_sockets = refclock_sockets.take().unwrap_or_default();
         let precision = super::measure_precision();
         tokio::spawn(client.run(
             clock.clone(),

@@ -87,6 +87,10 @@ pub struct ChildArgs {
     /// Engine: the bound `[metrics]` listener.
     #[arg(long)]
     pub metrics_fd: Option<i32>,
+    /// Engine: the SOCK `[[refclock]]` sockets, in config order (made by the
+    /// supervisor at their paths, outside the chroot).
+    #[arg(long, value_delimiter = ',')]
+    pub refclock_fds: Vec<i32>,
     /// Engine: a pipe to write one byte to once serving.
     #[arg(long)]
     pub ready_fd: Option<i32>,
@@ -239,6 +243,12 @@ pub fn supervise(config: &std::path::Path, log_level: tracing::Level) -> Result<
             .arg("--metrics-fd")
             .arg(fd.as_raw_fd().to_string());
     }
+    let refclocks: Vec<BorrowedFd<'_>> = listeners.refclocks.iter().map(|s| s.as_fd()).collect();
+    if !refclocks.is_empty() {
+        engine_command
+            .arg("--refclock-fds")
+            .arg(fd_list(&refclocks));
+    }
     let fds: Vec<BorrowedFd<'_>> = [
         engine_end.as_fd(),
         ready_writer.as_fd(),
@@ -249,9 +259,10 @@ pub fn supervise(config: &std::path::Path, log_level: tracing::Level) -> Result<
     .chain(tcp.iter().copied())
     .chain(control)
     .chain(metrics)
+    .chain(refclocks.iter().copied())
     .collect();
     let engine = spawn_with_fds(&mut engine_command, &fds);
-    drop(fds);
+    drop((fds, refclocks));
     drop((engine_end, ready_writer, engine_reload_end, listeners));
     let mut engine = match engine {
         Ok(engine) => engine,
@@ -496,8 +507,13 @@ pub fn engine_main(args: ChildArgs) -> Result<ExitCode, String> {
             .metrics_fd
             .map(|fd| take(fd, "metrics socket").map(std::net::TcpListener::from))
             .transpose()?,
+        refclocks: args
+            .refclock_fds
+            .iter()
+            .map(|&fd| take(fd, "refclock socket").map(std::os::unix::net::UnixDatagram::from))
+            .collect::<Result<_, _>>()?,
     };
-    listeners.check(&loaded.config)?;
+    listeners.check(&loaded)?;
     let reload_link = args
         .reload_fd
         .map(|fd| take(fd, "reload link").map(std::os::unix::net::UnixStream::from))

@@ -25,3 +25,128 @@ pub struct RefclockSample {
     /// The leap second the device announces.
     pub leap: Leap,
 }
+
+pub mod filter;
+pub mod shm;
+pub mod sock;
+
+/// Which kind of device a `[[refclock]]` reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DriverKind {
+    /// An NTP shared-memory segment, by unit number (key `shm::KEY_BASE + unit`).
+    Shm { unit: u32 },
+    /// chrony's refclock socket protocol on a Unix datagram socket at this path.
+    Sock { path: std::path::PathBuf },
+}
+
+impl DriverKind {
+    /// How reports name it: `shm:2`, `sock:/run/ntimed/gps.sock`.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Shm { unit } => format!("shm:{unit}"),
+            Self::Sock { path } => format!("sock:{}", path.display()),
+        }
+    }
+}
+
+/// What the coordinator needs of a `[[refclock]]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RefclockOptions {
+    /// The reference id announced downstream while it is our reference ("GPS").
+    pub refid: [u8; 4],
+    /// Added to every sample (a receiver's known delay, say), seconds.
+    pub offset: f64,
+    /// Counted as each sample's round-trip delay, seconds (half of it goes into the
+    /// root distance).
+    pub delay: f64,
+    /// The device's precision, seconds: a floor under every sample's error bound.
+    pub precision: f64,
+    /// Samples are combined and fed once per 2^poll seconds.
+    pub poll: i8,
+}
+
+impl Default for RefclockOptions {
+    fn default() -> Self {
+        Self {
+            refid: *b"REF\0",
+            offset: 0.0,
+            delay: 0.0,
+            precision: 1e-6,
+            poll: 4,
+        }
+    }
+}
+
+/// Why a reading was not taken as a sample, for the counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RefclockDrop {
+    #[error("SHM: {0}")]
+    Shm(#[from] shm::ShmDrop),
+    #[error("SOCK: {0}")]
+    Sock(#[from] sock::SockDrop),
+    /// A reading that parsed but cannot be used: an offset, error bound or pending
+    /// slew that is not a finite number.
+    #[error("not a finite number")]
+    NotFinite,
+}
+
+/// A device's reading turned into a sample of the disciplined clock. Devices state
+/// `offset` (reference minus receive time) against the *system* clock; the disciplined
+/// clock may differ from it (the `observe` and `simulated` clocks), by `local_now`
+/// minus `system_now` read together, which is taken out. `precision` is the larger of
+/// the device's stated one and the configured one.
+pub fn sample_from(
+    offset: f64,
+    leap: Leap,
+    precision: f64,
+    local_now: NtpTimestamp,
+    system_now: NtpTimestamp,
+) -> RefclockSample {
+    RefclockSample {
+        local: local_now,
+        offset: offset - local_now.seconds_since(system_now),
+        dispersion: precision,
+        leap,
+    }
+}
+
+/// Checks a `refid` as the config gives it: 1 to 4 printable ASCII characters,
+/// padded with zero bytes.
+pub fn parse_refid(text: &str) -> Result<[u8; 4], String> {
+    if text.is_empty() || text.len() > 4 || !text.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "refid {text:?} must be 1 to 4 printable ASCII characters"
+        ));
+    }
+    let mut refid = [0u8; 4];
+    for (slot, byte) in refid.iter_mut().zip(text.bytes()) {
+        *slot = byte;
+    }
+    Ok(refid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refids_are_short_ascii() {
+        assert_eq!(parse_refid("GPS"), Ok(*b"GPS\0"));
+        assert_eq!(parse_refid("PPS1"), Ok(*b"PPS1"));
+        for bad in ["", "GPSPPS", "G S", "Ä"] {
+            assert!(parse_refid(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    /// The software clock reads 0.25 s ahead of the system clock: a device 1 ms ahead
+    /// of the system clock is 0.249 s behind the disciplined one.
+    #[test]
+    fn samples_are_against_the_disciplined_clock() {
+        let system = NtpTimestamp::from_unix(1_800_000_000, 0);
+        let local = system.add_seconds(0.25);
+        let sample = sample_from(0.001, Leap::NoWarning, 1e-6, local, system);
+        assert!((sample.offset + 0.249).abs() < 1e-9, "{sample:?}");
+        assert_eq!(sample.local, local);
+        assert_eq!(sample.dispersion, 1e-6);
+    }
+}

@@ -173,6 +173,8 @@ struct SourceEntry {
     /// unsynchronized holds up the start (two sites starting together would wait for
     /// each other).
     backup: bool,
+    /// A reference clock: its samples are stratum 0 (the device is the reference).
+    reference_clock: bool,
     filter: SourceFilter,
     last: Option<Sample>,
     reachable: bool,
@@ -344,6 +346,7 @@ impl SyncEngine {
             reference_id,
             requires_authentication,
             backup: false,
+            reference_clock: false,
             filter: SourceFilter::default(),
             last: None,
             reachable: false,
@@ -367,6 +370,21 @@ impl SyncEngine {
         let id = self.add_source(name, reference_id, requires_authentication);
         if let Some(source) = self.sources.get_mut(id.0) {
             source.backup = true;
+        }
+        id
+    }
+
+    /// Registers a reference clock: its samples come at stratum 0 (so we serve at
+    /// stratum 1), its reference id is the configured one, and its trust is the
+    /// configuration's (it carries no authentication to check).
+    pub fn add_reference_clock(
+        &mut self,
+        name: impl Into<String>,
+        reference_id: ReferenceId,
+    ) -> SourceId {
+        let id = self.add_source(name, reference_id, false);
+        if let Some(source) = self.sources.get_mut(id.0) {
+            source.reference_clock = true;
         }
         id
     }
@@ -512,7 +530,16 @@ impl SyncEngine {
     ) -> Result<(), Ignored> {
         let panic_threshold = self.config.panic_threshold;
         let source = self.sources.get_mut(id.0).ok_or(Ignored::UnknownSource)?;
-        if let Some(reason) = sample.unusable_reason() {
+        // Stratum 0 is a server's "unspecified", but a reference clock's very stratum;
+        // everything else (leap 3, root distance) is checked as for a server.
+        let checked = match source.reference_clock && sample.stratum == 0 {
+            true => Sample {
+                stratum: 1,
+                ..*sample
+            },
+            false => *sample,
+        };
+        if let Some(reason) = checked.unusable_reason() {
             return Err(Ignored::Unusable(reason));
         }
         if source.requires_authentication && sample.authenticated == Authenticated::No {

@@ -27,6 +27,7 @@ use crate::coordinator::{
 use crate::daemon::control::{self, SnapshotRequest};
 use crate::daemon::leap::SharedLeapFile;
 use crate::daemon::peer::{PeerDatagram, PeerLink, PeerRoutes, PeerSpec};
+use crate::daemon::refclock::{Reading, RefclockSpec};
 use crate::proto::client::echoes_request;
 use crate::proto::server::SyncState;
 use crate::proto::source::SourceAuth;
@@ -63,9 +64,24 @@ enum Input {
     },
 }
 
+/// Reference clocks' readings, and the tasks that make them (stopped with the loop).
+struct Refclocks {
+    readings: mpsc::Receiver<Reading>,
+    _tasks: Vec<AbortOnDrop>,
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// What the loop woke up for.
 enum Wake {
     Input(Input),
+    Refclock(Reading),
     Peer(PeerDatagram),
     Clock(Outcome),
     Control(SnapshotRequest),
@@ -114,6 +130,9 @@ pub struct Driver {
     new_keys: Option<mpsc::Receiver<KeyStore>>,
     leap_file: SharedLeapFile,
     own_addresses: Vec<IpAddr>,
+    /// Reference clocks to start reading once the loop runs (in a runtime).
+    refclock_specs: Vec<(AssociationId, RefclockSpec)>,
+    refclock_sockets: Vec<std::os::unix::net::UnixDatagram>,
     tx: mpsc::Sender<Input>,
     rx: mpsc::Receiver<Input>,
     state: Arc<RwLock<SyncState>>,
@@ -140,6 +159,8 @@ impl Driver {
             state,
             leap_file,
             own_addresses,
+            refclocks,
+            refclock_sockets,
         } = role;
         // Without a drift file, start from the frequency the clock already has rather
         // than throwing away what the kernel (or a previous run) learned. Exactly 0 is
@@ -177,6 +198,13 @@ impl Driver {
                 socket: None,
             });
         }
+        let refclock_specs = refclocks
+            .into_iter()
+            .map(|spec| {
+                let id = coordinator.add_refclock(spec.name.clone(), spec.options, 0.0);
+                (id, spec)
+            })
+            .collect();
         let (outcome_tx, outcomes) = mpsc::channel(64);
         let worker = ClockWorker::new(clock.clone(), outcome_tx)
             .unwrap_or_else(|_| ClockWorker::Inline(clock.clone()));
@@ -198,6 +226,8 @@ impl Driver {
             new_keys: control.new_keys,
             leap_file,
             own_addresses,
+            refclock_specs,
+            refclock_sockets,
             tx,
             rx,
             state,
@@ -219,6 +249,7 @@ impl Driver {
         mut self,
         mut shutdown: tokio::sync::oneshot::Receiver<()>,
     ) -> Result<(), String> {
+        let mut refclocks = self.start_refclocks()?;
         loop {
             let now = self.seconds(Instant::now());
             // A reload may have swapped the file; the coordinator asks it the time.
@@ -245,8 +276,15 @@ impl Driver {
                     None => std::future::pending().await,
                 }
             };
+            let from_refclocks = async {
+                match refclocks.as_mut() {
+                    Some(refclocks) => refclocks.readings.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             let wake = tokio::select! {
                 Some(input) = self.rx.recv() => Wake::Input(input),
+                Some(reading) = from_refclocks => Wake::Refclock(reading),
                 Some(datagram) = from_peers => Wake::Peer(datagram),
                 Some(outcome) = self.outcomes.recv() => Wake::Clock(outcome),
                 Some(reply) = from_control => Wake::Control(reply),
@@ -256,6 +294,7 @@ impl Driver {
             };
             match wake {
                 Wake::Input(input) => self.handle_input(input),
+                Wake::Refclock(reading) => self.handle_reading(reading),
                 Wake::Peer(datagram) => self.handle_peer_datagram(datagram),
                 Wake::Clock(outcome) => self.handle_outcome(outcome)?,
                 Wake::Control(reply) => {
@@ -271,6 +310,57 @@ impl Driver {
                     self.save_drift();
                     return Ok(());
                 }
+            }
+        }
+    }
+
+    /// Starts reading every reference clock: SHM segments on a timer, SOCK sockets as
+    /// datagrams come (the sockets pair with the SOCK refclocks in config order).
+    fn start_refclocks(&mut self) -> Result<Option<Refclocks>, String> {
+        if self.refclock_specs.is_empty() {
+            return Ok(None);
+        }
+        let (tx, readings) = mpsc::channel(256);
+        let mut tasks = Vec::new();
+        let mut sockets = std::mem::take(&mut self.refclock_sockets).into_iter();
+        for (id, spec) in std::mem::take(&mut self.refclock_specs) {
+            let clock = self.clock.clone();
+            let task = match (spec.kind, spec.segment) {
+                (crate::refclock::DriverKind::Shm { .. }, Some(segment)) => {
+                    crate::daemon::refclock::spawn_shm(id, segment, clock, tx.clone())
+                }
+                (crate::refclock::DriverKind::Sock { path }, _) => {
+                    let socket = sockets
+                        .next()
+                        .ok_or_else(|| format!("{}: no socket bound", spec.name))?;
+                    crate::daemon::refclock::spawn_sock(id, socket, clock, tx.clone())
+                        .map_err(|e| format!("{} ({}): {e}", spec.name, path.display()))?
+                }
+                (crate::refclock::DriverKind::Shm { .. }, None) => {
+                    return Err(format!("{}: its SHM segment is not attached", spec.name));
+                }
+            };
+            tasks.push(AbortOnDrop(task));
+        }
+        Ok(Some(Refclocks {
+            readings,
+            _tasks: tasks,
+        }))
+    }
+
+    /// A reference clock's reading (or why it was dropped) goes to the coordinator.
+    fn handle_reading(&mut self, reading: Reading) {
+        let Reading { id, result, at } = reading;
+        match result {
+            Ok(sample) => {
+                let pending = self.clock.status().pending_slew;
+                let at = self.seconds(at);
+                self.coordinator
+                    .handle_refclock_sample(id, &sample, at, pending);
+            }
+            Err(why) => {
+                tracing::debug!("{}: dropped: {why}", self.coordinator.name(id));
+                self.coordinator.handle_refclock_drop(id, why);
             }
         }
     }

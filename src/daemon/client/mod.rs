@@ -74,6 +74,11 @@ pub struct ClientRole {
     /// The specific addresses our `[[server]]`s listen on: how the site's other
     /// servers know us (our id in orphan mode, and in their reference ids).
     pub own_addresses: Vec<IpAddr>,
+    /// `[[refclock]]`s, in config order (SHM segments attached by
+    /// [`super::refclock::attach_shm`]).
+    pub refclocks: Vec<super::refclock::RefclockSpec>,
+    /// The SOCK refclocks' bound sockets, in config order.
+    pub refclock_sockets: Vec<std::os::unix::net::UnixDatagram>,
 }
 
 /// Builds the client role from `[[source]]` and `[clock]` (`None` without sources).
@@ -83,7 +88,7 @@ pub fn prepare(loaded: &Loaded) -> Result<Option<ClientRole>, String> {
     let Some(clock) = config.clock.as_ref().map(|c| c.get_ref()) else {
         return Ok(None);
     };
-    if config.sources.is_empty() && config.peers.is_empty() {
+    if config.sources.is_empty() && config.peers.is_empty() && config.refclocks.is_empty() {
         return Ok(None);
     }
     let mut specs = Vec::new();
@@ -146,6 +151,20 @@ pub fn prepare(loaded: &Loaded) -> Result<Option<ClientRole>, String> {
             },
         });
     }
+    let mut refclocks = Vec::new();
+    for section in &config.refclocks {
+        let r = section.get_ref();
+        let mut kind = r.kind().ok_or_else(|| format!("{}: no device", r.name()))?;
+        if let crate::refclock::DriverKind::Sock { path } = &mut kind {
+            *path = loaded.path(path);
+        }
+        refclocks.push(super::refclock::RefclockSpec {
+            name: r.name(),
+            kind,
+            options: r.options(),
+            segment: None,
+        });
+    }
     let defaults = SyncConfig::default();
     let max_frequency_ppm = clock.max_frequency.unwrap_or(defaults.max_frequency_ppm);
     let drift_file = clock.drift_file.as_ref().map(|p| loaded.path(p));
@@ -196,6 +215,8 @@ pub fn prepare(loaded: &Loaded) -> Result<Option<ClientRole>, String> {
             .map(|s| s.listen.get_ref().ip())
             .filter(|ip| !ip.is_unspecified())
             .collect(),
+        refclocks,
+        refclock_sockets: Vec::new(),
     }))
 }
 
