@@ -438,7 +438,7 @@ impl Coordinator {
         }
         if let Some(Kind::Refclock(refclock)) = self.associations.get_mut(id.0).map(|a| &mut a.kind)
         {
-            refclock.add(sample, pending_slew);
+            refclock.add(sample, pending_slew, now);
         }
     }
 
@@ -467,6 +467,8 @@ impl Coordinator {
         let Some(closed) = closed else {
             return;
         };
+        self.engine
+            .set_measurement_noise(a.engine_id, closed.combined.error);
         // The precision's log2, as packets state it (1e-6 s is -20).
         let precision = options.precision.log2().round().clamp(-30.0, 0.0) as i8;
         let sample = Sample {
@@ -485,7 +487,7 @@ impl Coordinator {
             // Trusted by configuration: the engine does not ask a refclock for proof.
             authenticated: Authenticated::No,
         };
-        self.take_sample(id, &sample, now, closed.pending_slew);
+        self.take_sample(id, &sample, closed.at.min(now), closed.pending_slew);
     }
 
     /// The configured name of an association (`host:port`, `peer host:port`).

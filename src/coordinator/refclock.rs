@@ -21,6 +21,10 @@ pub(super) struct Closed {
     /// The newest sample's local time and the slew pending then.
     pub local: NtpTimestamp,
     pub pending_slew: f64,
+    /// The mean time of the interval's samples (caller's seconds): what the combined
+    /// offset is a measurement of. Taken as of the interval's end, it would lag by half
+    /// an interval times the frequency error, and the loop would chase its own lag.
+    pub at: f64,
 }
 
 #[derive(Debug)]
@@ -28,6 +32,8 @@ pub(super) struct RefclockState {
     pub options: RefclockOptions,
     samples: Vec<FilterInput>,
     newest: Option<(NtpTimestamp, f64)>,
+    /// The sum of the interval's sample times, for their mean.
+    times: f64,
     interval_end: f64,
     reach: u8,
     pub drops: u64,
@@ -40,6 +46,7 @@ impl RefclockState {
             options,
             samples: Vec::new(),
             newest: None,
+            times: 0.0,
             interval_end: now,
             reach: 0,
             drops: 0,
@@ -78,7 +85,7 @@ impl RefclockState {
     }
 
     /// Takes one sample into the interval; a non-finite one is a counted drop.
-    pub fn add(&mut self, sample: &RefclockSample, pending_slew: f64) -> bool {
+    pub fn add(&mut self, sample: &RefclockSample, pending_slew: f64, now: f64) -> bool {
         let offset = sample.offset + self.options.offset - pending_slew;
         if !(offset.is_finite() && sample.dispersion.is_finite() && sample.dispersion >= 0.0) {
             self.count_drop(RefclockDrop::NotFinite);
@@ -93,6 +100,7 @@ impl RefclockState {
             leap: sample.leap,
         });
         self.newest = Some((sample.local, pending_slew));
+        self.times += now;
         true
     }
 
@@ -100,6 +108,8 @@ impl RefclockState {
     /// reach bit per interval, and the combined sample if there was any.
     pub fn close(&mut self, now: f64) -> Option<Closed> {
         let combined = filter::combine(&self.samples);
+        let at = self.times / self.samples.len().max(1) as f64;
+        self.times = 0.0;
         self.samples.clear();
         let newest = self.newest.take();
         let period = self.period();
@@ -120,6 +130,7 @@ impl RefclockState {
             combined,
             local,
             pending_slew,
+            at,
         })
     }
 }
@@ -150,7 +161,7 @@ mod tests {
         let mut state = RefclockState::new(options, 0.0);
         for i in 0..15 {
             assert!(!state.is_due(f64::from(i)));
-            assert!(state.add(&sample(0.001), 0.0005));
+            assert!(state.add(&sample(0.001), 0.0005, 0.0));
         }
         assert!(state.is_due(16.0));
         let closed = state.close(16.0).unwrap();
@@ -169,7 +180,7 @@ mod tests {
     #[test]
     fn silence_makes_it_unreachable() {
         let mut state = RefclockState::new(RefclockOptions::default(), 0.0);
-        state.add(&sample(0.0), 0.0);
+        state.add(&sample(0.0), 0.0, 0.0);
         assert!(state.close(16.0).is_some());
         for poll in 2..=4 {
             assert!(state.close(f64::from(poll) * 16.0).is_none());
@@ -177,9 +188,9 @@ mod tests {
         }
         assert!(state.close(80.0).is_none());
         assert!(!state.is_reachable());
-        assert!(!state.add(&sample(f64::NAN), 0.0));
+        assert!(!state.add(&sample(f64::NAN), 0.0, 0.0));
         assert_eq!(state.drops, 1);
-        state.add(&sample(0.0), 0.0);
+        state.add(&sample(0.0), 0.0, 0.0);
         assert!(state.close(96.0).is_some());
         assert!(state.is_reachable());
     }
@@ -188,7 +199,7 @@ mod tests {
     #[test]
     fn missed_intervals_shift_the_register() {
         let mut state = RefclockState::new(RefclockOptions::default(), 0.0);
-        state.add(&sample(0.0), 0.0);
+        state.add(&sample(0.0), 0.0, 0.0);
         assert!(state.close(16.0 * 3.5).is_some());
         assert_eq!(state.reach(), 0b100);
         assert!(!state.is_due(16.0 * 3.9) && state.is_due(64.0));

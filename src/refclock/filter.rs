@@ -28,6 +28,9 @@ pub struct Combined {
     pub offset: f64,
     /// The kept samples' standard deviation plus their mean error bound.
     pub dispersion: f64,
+    /// The standard error of `offset` (the kept samples' standard deviation over the
+    /// square root of their number): how much the result itself is expected to wander.
+    pub error: f64,
     /// The leap of the newest sample (an announcement, not a measurement to filter).
     pub leap: Leap,
     /// How many samples went in, and how many were kept.
@@ -71,6 +74,7 @@ pub fn combine(samples: &[FilterInput]) -> Option<Combined> {
     Some(Combined {
         offset: mean,
         dispersion: variance.sqrt() + bound,
+        error: (variance / n).sqrt(),
         leap: finite.last()?.leap,
         samples: samples.len(),
         kept: kept.len(),

@@ -184,6 +184,9 @@ struct SourceEntry {
     verdict: Verdict,
     /// Why its last sample was not used, until one is.
     ignored: Option<Ignored>,
+    /// How much each sample is expected to wander beyond what its delay says (s): a
+    /// reference clock's combined sample has no delay to judge it by.
+    noise: f64,
     /// Our own reference id as this source sees us (our address on its path): a
     /// source announcing it is synchronized to us, and in orphan mode the lower id wins.
     own_id: Option<ReferenceId>,
@@ -354,6 +357,7 @@ impl SyncEngine {
             outliers: 0,
             verdict: Verdict::None,
             ignored: None,
+            noise: 0.0,
             own_id: None,
         });
         SourceId(self.sources.len() - 1)
@@ -393,6 +397,14 @@ impl SyncEngine {
     pub fn set_reference_id(&mut self, id: SourceId, reference_id: ReferenceId) {
         if let Some(source) = self.sources.get_mut(id.0) {
             source.reference_id = reference_id;
+        }
+    }
+
+    /// The standard error of the samples source `id` gives next (a reference clock's
+    /// spread of readings), which weighs them against the others and the prediction.
+    pub fn set_measurement_noise(&mut self, id: SourceId, sd: f64) {
+        if let Some(source) = self.sources.get_mut(id.0) {
+            source.noise = if sd.is_finite() { sd.max(0.0) } else { 0.0 };
         }
     }
 
@@ -569,7 +581,7 @@ impl SyncEngine {
             offset + self.corrected_total,
             sample.delay.max(precision),
             server_distance,
-            precision,
+            precision + source.noise,
         );
         self.pending_slew = pending_slew;
         source.last = Some(*sample);
@@ -796,7 +808,7 @@ impl SyncEngine {
             let poll = 2f64.powi(i32::from(self.poll));
             let interval = self
                 .last_update
-                .map_or(poll, |t| (now - t).clamp(1.0, poll));
+                .map_or(poll, |t| (now - t).clamp(poll.min(1.0), poll));
             let sd = self.kalman.offset_sd(now);
             let duration = slew_duration(slew, sd, interval);
             self.commands.push_back(ClockCommand::Slew {
