@@ -89,7 +89,7 @@ enum State {
     KeyExchanging {
         deadline: f64,
     },
-    Polling(ClientExchange),
+    Polling(Box<ClientExchange>),
     /// Denied by the server (DENY/RSTR): never polled again.
     Stopped(KissCode),
 }
@@ -324,13 +324,13 @@ impl Source {
     }
 }
 
-fn exchange(auth: ClientAuth, options: SourceOptions) -> ClientExchange {
+fn exchange(auth: ClientAuth, options: SourceOptions) -> Box<ClientExchange> {
     let exchange = ClientExchange::new(auth, 0);
-    if options.xleave {
+    Box::new(if options.xleave {
         exchange.with_xleave()
     } else {
         exchange
-    }
+    })
 }
 
 #[cfg(test)]
