@@ -2,15 +2,21 @@
 //!
 //! * `chronyd -x` as a client with `xleave` polling `ntimed run` 16 times a second: its
 //!   measurements log marks the samples after the first exchanges interleaved ("I").
-//!
-//! Skipped when chronyd is missing, except under `CI=true`, where that fails.
+//!   Skipped when chronyd is missing, except under `CI=true`, where that fails.
+//! * `ntimed run` with `xleave = true` on a `[[source]]` (observing the clock only,
+//!   polling every second) polling another `ntimed run` through a relay in the test that reads every packet:
+//!   from the second request on the requests ask for interleaved mode, and the server's
+//!   replies are interleaved; the same against `chronyd -x` as the server (interleaved
+//!   from the third request, as chrony does).
 
 mod common;
 
-use std::time::Duration;
+use std::net::UdpSocket;
+use std::time::{Duration, Instant};
 
-use common::chrony::spawn_chronyd_x;
+use common::chrony::{ChronyServer, spawn_chronyd_x};
 use common::files::tempdir;
+use common::keys::TestKeys;
 use common::net::{free_port, loopback};
 use common::ntimed_run::NtimedRun;
 use common::process::wait_until;
@@ -83,5 +89,92 @@ fn chronyd_with_xleave_gets_interleaved_replies_from_ntimed() {
     assert!(
         interleaved.iter().all(|d| (0.0..0.03).contains(d)),
         "interleaved delays on loopback: {interleaved:?}\n{log}"
+    );
+}
+
+/// The 8 bytes of an NTP packet's field at `offset` (24 origin, 32 receive, 40 transmit).
+fn field(packet: &[u8], offset: usize) -> [u8; 8] {
+    packet
+        .get(offset..offset + 8)
+        .and_then(|b| b.try_into().ok())
+        .unwrap_or([0; 8])
+}
+
+/// Starts `ntimed run` with an `xleave` source polling (every second) a relay that
+/// forwards to 127.0.0.1:`upstream`, and returns for each of 8 exchanges whether the
+/// request asked for interleaving and whether the reply was interleaved.
+fn xleave_exchanges_through_a_relay(upstream: u16) -> Vec<(bool, bool)> {
+    let relay = UdpSocket::bind("127.0.0.1:0").expect("bind the relay");
+    let forward = UdpSocket::bind("127.0.0.1:0").expect("bind the relay's upstream side");
+    forward
+        .connect(loopback(upstream))
+        .expect("connect upstream");
+    relay
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    forward
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .expect("timeout");
+    let client = NtimedRun::config(format!(
+        "[clock]\nmode = \"observe\"\n\n[[source]]\naddress = \"{}\"\ninsecure = true\n\
+         xleave = true\nmin-poll = 0\nmax-poll = 0\n",
+        relay.local_addr().expect("relay address")
+    ))
+    .start();
+    let mut exchanges = Vec::new();
+    let mut buf = [0u8; 2048];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while exchanges.len() < 8 && Instant::now() < deadline {
+        let Ok((len, from)) = relay.recv_from(&mut buf) else {
+            continue;
+        };
+        let request = buf[..len].to_vec();
+        forward.send(&request).expect("forward the request");
+        let Ok(len) = forward.recv(&mut buf) else {
+            continue;
+        };
+        relay.send_to(&buf[..len], from).expect("return the reply");
+        let asked = field(&request, 24) != [0; 8];
+        let interleaved = field(&buf[..len], 24) == field(&request, 32);
+        exchanges.push((asked, interleaved));
+    }
+    assert!(
+        exchanges.len() >= 8,
+        "too few exchanges: {exchanges:?}\nclient log:\n{}",
+        client.log()
+    );
+    exchanges
+}
+
+#[test]
+fn an_xleave_source_gets_interleaved_replies_from_ntimed() {
+    let port = free_port();
+    let _server = NtimedRun::local_server(loopback(port), None)
+        .wait_for_ntp_answer(port)
+        .start();
+    let exchanges = xleave_exchanges_through_a_relay(port);
+    assert_eq!(exchanges[0], (false, false), "the first request is basic");
+    assert!(
+        exchanges.iter().skip(1).all(|&e| e == (true, true)),
+        "every later request asks for interleaving and gets it: {exchanges:?}"
+    );
+}
+
+#[test]
+fn an_xleave_source_gets_interleaved_replies_from_chronyd() {
+    if !require_chrony() {
+        return;
+    }
+    let keys = TestKeys::new();
+    let chronyd = ChronyServer::start(&keys.chrony);
+    let exchanges = xleave_exchanges_through_a_relay(chronyd.port());
+    assert_eq!(exchanges[0], (false, false), "the first request is basic");
+    // chronyd saves a client's receive timestamp once it asks for interleaving, so its
+    // second reply is basic and the rest interleaved.
+    assert_eq!(exchanges[1], (true, false), "{exchanges:?}");
+    assert!(
+        exchanges.iter().skip(2).all(|&e| e == (true, true)),
+        "from the third request on, interleaved: {exchanges:?}\n{}",
+        chronyd.log()
     );
 }

@@ -29,13 +29,17 @@ use crate::wire::{
 /// lower; this is the hard limit of docs/PROTOCOL.md, "Unusable servers").
 pub const MAX_ROOT_DISTANCE: f64 = 16.0;
 
-/// Whether `reply` echoes `request`'s transmit field in its origin field: a cheap
-/// first test for a driver that forwards datagrams, so that junk from off the path
-/// cannot crowd out the genuine reply. [`ClientExchange::handle_response`] still makes
-/// every check.
+/// Whether `reply` echoes `request`'s transmit field in its origin field, or for an
+/// interleaved request (non-zero origin) its receive field: a cheap first test for a
+/// driver that forwards datagrams, so that junk from off the path cannot crowd out the
+/// genuine reply. [`ClientExchange::handle_response`] still makes every check.
 pub fn echoes_request(request: &[u8], reply: &[u8]) -> bool {
-    match (request.get(40..48), reply.get(24..32)) {
-        (Some(transmit), Some(origin)) => transmit == origin,
+    fn field(packet: &[u8], at: usize) -> Option<&[u8]> {
+        packet.get(at..at + 8).filter(|f| f != &[0; 8])
+    }
+    match (field(reply, 24), field(request, 40)) {
+        (Some(origin), Some(transmit)) if origin == transmit => true,
+        (Some(origin), _) => field(request, 24).is_some() && field(request, 32) == Some(origin),
         _ => false,
     }
 }
@@ -786,6 +790,32 @@ mod tests {
         let (s, interleaved) = sample(&mut client, &reply, t4);
         assert!(!interleaved);
         assert!((s.offset - 0.249).abs() < 1e-6, "{}", s.offset);
+    }
+
+    /// The driver's first filter lets an interleaved reply through to an interleaved
+    /// request only, and never a zero origin.
+    #[test]
+    fn echoes_request_knows_interleaved_replies() {
+        let server = Server::new(keys(), ServerOptions::default()).with_interleave(16);
+        let mut client = ClientExchange::new(ClientAuth::None, 6).with_xleave();
+        let (reply, t4) = interleaved_exchange(&server, &mut client, T1);
+        sample(&mut client, &reply, t4);
+        let mut request = Vec::new();
+        client
+            .poll_request(T1, &mut rand::rng(), &mut request)
+            .unwrap();
+        let mut reply = request.clone();
+        for (origin_from, echoes) in [(40, true), (32, true), (24, false)] {
+            reply[24..32].copy_from_slice(&request[origin_from..origin_from + 8]);
+            assert_eq!(echoes_request(&request, &reply), echoes, "{origin_from}");
+        }
+        let mut basic = request.clone();
+        basic[24..32].fill(0);
+        reply[24..32].copy_from_slice(&basic[32..40]);
+        assert!(!echoes_request(&basic, &reply));
+        reply[24..32].fill(0);
+        basic[40..48].fill(0);
+        assert!(!echoes_request(&basic, &reply));
     }
 
     /// Interleaved replies are accepted only to interleaved requests: the first
