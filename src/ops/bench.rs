@@ -28,6 +28,9 @@ const FIRST_CLIENT: Ipv4Addr = Ipv4Addr::new(127, 101, 0, 1);
 pub const MAX_CLIENTS: usize = 65_536;
 /// Cookies each NTS client starts with (replies bring more).
 const NTS_COOKIES: usize = 8;
+/// Response times kept per step for the percentiles (a uniform sample of them, 32 MB),
+/// so that memory stays bounded whatever the rate and duration.
+const KEPT_TIMES: usize = 1 << 22;
 
 /// How the clients authenticate.
 #[derive(Debug, Clone)]
@@ -81,8 +84,38 @@ struct Tally {
     answered: u64,
     interleaved: u64,
     rejected: u64,
-    /// Seconds.
+    /// A uniform sample of the response times (seconds), at most `keep` of them.
     response_times: Vec<f64>,
+    keep: usize,
+    slowest: f64,
+}
+
+impl Tally {
+    fn new(keep: usize) -> Self {
+        Self {
+            keep,
+            ..Self::default()
+        }
+    }
+
+    /// Counts an answer after `seconds` (reservoir sampling: every answer is equally
+    /// likely to be among those kept).
+    fn answered_after(&mut self, seconds: f64, interleaved: bool) {
+        self.answered += 1;
+        self.interleaved += u64::from(interleaved);
+        self.slowest = self.slowest.max(seconds);
+        if self.response_times.len() < self.keep {
+            self.response_times.push(seconds);
+        } else {
+            let slot = rand::random_range(0..self.answered);
+            if let Some(kept) = usize::try_from(slot)
+                .ok()
+                .and_then(|i| self.response_times.get_mut(i))
+            {
+                *kept = seconds;
+            }
+        }
+    }
 }
 
 /// The AEAD algorithm whose keys are `len` bytes long (RFC 8915's three).
@@ -181,6 +214,7 @@ async fn step(
             first,
             interval,
             end,
+            (KEPT_TIMES / sockets.len()).max(1),
         )));
     }
     let mut total = Tally::default();
@@ -190,6 +224,7 @@ async fn step(
         total.answered += tally.answered;
         total.interleaved += tally.interleaved;
         total.rejected += tally.rejected;
+        total.slowest = total.slowest.max(tally.slowest);
         total.response_times.extend(tally.response_times);
     }
     Ok(report(rate, options.xleave, total))
@@ -217,7 +252,7 @@ fn report(rate: u32, xleave: bool, mut tally: Tally) -> StepReport {
         rejected: tally.rejected,
         p50_us: quantile(0.5),
         p99_us: quantile(0.99),
-        max_us: quantile(1.0),
+        max_us: tally.slowest * 1e6,
         interleaved_percent: xleave.then(|| percent(tally.interleaved)),
     }
 }
@@ -230,8 +265,9 @@ async fn client(
     first: Instant,
     interval: Duration,
     end: Instant,
+    keep: usize,
 ) -> Tally {
-    let mut tally = Tally::default();
+    let mut tally = Tally::new(keep);
     let mut request = Vec::with_capacity(1024);
     let mut buf = vec![0u8; 2048];
     let mut due = first;
@@ -259,14 +295,12 @@ async fn client(
             let reply = buf.get(..len).unwrap_or_default();
             match exchange.handle_response(reply, received) {
                 Ok(Response::Sample(_)) => {
-                    tally.answered += 1;
-                    tally.interleaved += u64::from(exchange.last_sample_interleaved());
-                    tally.response_times.push(sent.elapsed().as_secs_f64());
+                    let interleaved = exchange.last_sample_interleaved();
+                    tally.answered_after(sent.elapsed().as_secs_f64(), interleaved);
                     break;
                 }
                 Ok(Response::Kiss(_)) => {
-                    tally.answered += 1;
-                    tally.response_times.push(sent.elapsed().as_secs_f64());
+                    tally.answered_after(sent.elapsed().as_secs_f64(), false);
                     break;
                 }
                 Err(_) => tally.rejected += 1,
@@ -332,13 +366,12 @@ mod tests {
 
     #[test]
     fn the_report_counts_shares_of_requests_sent() {
-        let tally = Tally {
-            sent: 200,
-            answered: 150,
-            interleaved: 100,
-            rejected: 3,
-            response_times: (1..=150).map(|i| f64::from(i) * 1e-6).collect(),
-        };
+        let mut tally = Tally::new(1000);
+        tally.sent = 200;
+        tally.rejected = 3;
+        for i in 1..=150 {
+            tally.answered_after(f64::from(i) * 1e-6, i <= 100);
+        }
         let r = report(1000, true, tally);
         assert_eq!((r.answered_percent, r.lost_percent), (75.0, 25.0));
         assert_eq!(r.interleaved_percent, Some(50.0));
@@ -347,5 +380,21 @@ mod tests {
             report(1000, false, Tally::default()).interleaved_percent,
             None
         );
+    }
+
+    /// Memory stays bounded: past `keep` answers, a uniform sample is kept, and the
+    /// slowest answer is still reported exactly.
+    #[test]
+    fn response_times_kept_are_bounded_and_uniform() {
+        let mut tally = Tally::new(1000);
+        for i in 0..100_000 {
+            tally.answered_after(f64::from(i), false);
+        }
+        tally.sent = tally.answered;
+        assert_eq!(tally.response_times.len(), 1000);
+        let r = report(1, false, tally);
+        // The median of 1000 draws: its standard deviation is about 1600.
+        assert!((r.p50_us / 1e6 - 50_000.0).abs() < 8_000.0, "{}", r.p50_us);
+        assert_eq!(r.max_us, 99_999.0 * 1e6);
     }
 }
