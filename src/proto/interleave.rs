@@ -117,11 +117,13 @@ impl InterleaveTable {
             served: received,
             transmitted: transmit,
         };
-        let free = bucket
+        // The client's own entry, else a free one, else the next in turn.
+        let own_or_free = bucket
             .iter()
-            .position(|e| e.is_none_or(|e| e.client == client));
+            .position(|e| e.is_some_and(|e| e.client == client))
+            .or_else(|| bucket.iter().position(Option::is_none));
         let mut evicted = false;
-        let index = free.unwrap_or_else(|| {
+        let index = own_or_free.unwrap_or_else(|| {
             evicted = true;
             turn % WAYS
         });
