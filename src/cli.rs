@@ -47,6 +47,9 @@ enum Command {
     Demo,
     /// Run a simulated scenario (or `all`) and print its metrics.
     Sim(SimArgs),
+    /// Load an NTP server on loopback from many client addresses at fixed request
+    /// rates, and print what share it answered and how fast.
+    Bench(BenchArgs),
     /// For packagers: write man pages (DIR/man) and bash, zsh and fish completions
     /// (DIR/completions), all made from these very definitions.
     #[command(hide = true)]
@@ -94,6 +97,42 @@ struct SimArgs {
     /// Draw phase and frequency error over time (seed 0) into this SVG file.
     #[arg(long)]
     plot: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// The server, as HOST:PORT on loopback (port 123 by default).
+    server: String,
+    /// Requests per second, one step per rate: e.g. 1000,10000,50000.
+    #[arg(long, value_delimiter = ',', default_value = "1000", value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    rate: Vec<u32>,
+    /// Seconds per rate step.
+    #[arg(long, default_value_t = 5.0, value_parser = parse_seconds)]
+    duration: f64,
+    /// Clients, each from its own address from 127.101.0.1 on.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    clients: u32,
+    /// Key file (ntp.keys or chrony format) holding --key-id: keyed requests.
+    #[arg(long, requires = "key_id", conflicts_with = "nts_c2s")]
+    key: Option<PathBuf>,
+    /// The key to sign with.
+    #[arg(long, requires = "key")]
+    key_id: Option<u32>,
+    /// NTS requests: the C2S key in hex, as `ntimed ke --export` prints it.
+    #[arg(long, requires_all = ["nts_s2c", "nts_cookie"])]
+    nts_c2s: Option<String>,
+    /// The S2C key in hex.
+    #[arg(long, requires = "nts_c2s")]
+    nts_s2c: Option<String>,
+    /// A cookie in hex; every client starts with copies of it.
+    #[arg(long, requires = "nts_c2s")]
+    nts_cookie: Option<String>,
+    /// Ask for interleaved mode and report the share of interleaved answers.
+    #[arg(long)]
+    xleave: bool,
+    /// One JSON object per rate step, one per line.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -275,6 +314,7 @@ fn run_in_runtime(command: Command, simulator: bool) -> ExitCode {
             Command::Ke(args) => run_ke(args).await,
             Command::Demo => crate::demo::run().await,
             Command::Sim(args) => run_sim(args),
+            Command::Bench(args) => run_bench(args).await,
         }
     });
     match result {
@@ -437,6 +477,54 @@ fn run_sim(args: SimArgs) -> Result<ExitCode, String> {
                 if m.falseticker_selected { "YES" } else { "no" }
             );
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_bench(args: BenchArgs) -> Result<ExitCode, String> {
+    use crate::ops::bench::{BenchAuth, BenchOptions, format_table, parse_hex, run};
+    let auth = match (
+        args.key,
+        args.key_id,
+        args.nts_c2s,
+        args.nts_s2c,
+        args.nts_cookie,
+    ) {
+        (Some(file), Some(id), ..) => {
+            let store = KeyStore::load(&file, KeyFileFormat::Auto).map_err(|e| e.to_string())?;
+            let key = store
+                .get(id)
+                .ok_or_else(|| format!("{}: no key {id}", file.display()))?;
+            BenchAuth::Key(key.clone())
+        }
+        (_, _, Some(c2s), Some(s2c), Some(cookie)) => {
+            let hex =
+                |what: &str, text: &str| parse_hex(text).map_err(|e| format!("--nts-{what}: {e}"));
+            BenchAuth::Nts {
+                c2s: hex("c2s", &c2s)?,
+                s2c: hex("s2c", &s2c)?,
+                cookie: hex("cookie", &cookie)?,
+            }
+        }
+        _ => BenchAuth::None,
+    };
+    let (host, port) = net::split_host_port(&args.server, 123)?;
+    let server = net::resolve(&host, port).await?;
+    let options = BenchOptions {
+        server,
+        rates: args.rate,
+        duration: args.duration,
+        clients: args.clients as usize,
+        auth,
+        xleave: args.xleave,
+    };
+    let reports = run(&options).await?;
+    if args.json {
+        for r in &reports {
+            println!("{}", serde_json::to_string(r).map_err(|e| e.to_string())?);
+        }
+    } else {
+        print!("{}", format_table(&reports));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -185,6 +185,10 @@ pub struct SourceSection {
     pub insecure: bool,
     #[serde(default)]
     pub iburst: bool,
+    /// Ask the server for interleaved mode (RFC 9769): each sample then uses the
+    /// server's transmit time taken after its previous reply left (off by default).
+    #[serde(default)]
+    pub xleave: bool,
     /// Poll interval bounds, log2 seconds (6 and 10).
     pub min_poll: Option<i8>,
     pub max_poll: Option<i8>,
@@ -1031,6 +1035,19 @@ mod tests {
         assert_eq!(c.servers[1].listen.get_ref().port(), 11123);
         assert_eq!(*c.local.unwrap().stratum.get_ref(), 1);
         assert_eq!(c.keys.unwrap().format, KeyFileFormat::Auto);
+    }
+
+    /// `xleave` on a source is off unless set.
+    #[test]
+    fn xleave_is_off_unless_set() {
+        let c = Config::parse(
+            "c.toml",
+            "[clock]\nmode = \"observe\"\n[[source]]\naddress = \"127.0.0.1:1\"\ninsecure = true\nxleave = true\n\
+             [[source]]\naddress = \"127.0.0.1:2\"\ninsecure = true\n",
+        )
+        .unwrap();
+        let xleave: Vec<bool> = c.sources.iter().map(|s| s.get_ref().xleave).collect();
+        assert_eq!(xleave, [true, false]);
     }
 
     /// ADVERSARIAL 37: the access keys parse into the list the server checks.

@@ -175,6 +175,7 @@ async fn discipline_demo(servers: &Servers) -> Result<u32, String> {
                 min_poll: 1,
                 max_poll: 1,
                 iburst: true,
+                xleave: false,
             },
         });
         running.push((ntp, ke));
@@ -447,6 +448,7 @@ impl Site {
             min_poll,
             max_poll,
             iburst: true,
+            xleave: false,
         };
         let role = ClientRole {
             specs: vec![SourceSpec {

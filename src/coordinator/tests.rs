@@ -23,6 +23,7 @@ fn options() -> SourceOptions {
         min_poll: 4,
         max_poll: 6,
         iburst: true,
+        xleave: false,
     }
 }
 

@@ -1,6 +1,8 @@
 //! The UDP server loop: answers NTP requests on one socket, one task per core, with
 //! an optional access list and per-source rate limits; `[[peer]]` packets are handed to
-//! their association.
+//! their association. Clients may ask for interleaved mode (RFC 9769): the clock is
+//! read again right after each reply is sent, and the responder keeps that time for
+//! the client's next request.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
@@ -13,6 +15,7 @@ use super::leap::SharedLeapFile;
 use super::peer::PeerRoutes;
 use crate::clock::Clock;
 use crate::proto::access::AccessList;
+use crate::proto::interleave;
 use crate::proto::ratelimit::{KissThrottle, RateLimit, RateLimiter, Verdict};
 use crate::proto::server::{Answer, DropReason, Server, SyncState};
 use crate::wire::NtpTimestamp;
@@ -118,7 +121,8 @@ pub fn start_on(
     socket.set_nonblocking(true)?;
     let socket = Arc::new(UdpSocket::from_std(socket)?);
     let local_addr = socket.local_addr()?;
-    let server = Arc::new(server);
+    // Each client's last timestamps: about 48 bytes a client, 3 MiB per socket.
+    let server = Arc::new(server.with_interleave(interleave::DEFAULT_SLOTS));
     let precision = super::measure_precision();
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     let limiter = admission
@@ -209,7 +213,7 @@ impl Worker {
                 let result = self
                     .server
                     .handle_denied(bytes, kiss, received, now, &mut reply);
-                self.finish(result, &reply, peer, &mut drop_log).await;
+                self.finish(result, &reply, peer, None, &mut drop_log).await;
                 continue;
             }
             let verdict = match &self.limiter {
@@ -223,7 +227,8 @@ impl Worker {
                 Verdict::Allow => {
                     let mut state = self.reference.state(self.precision, received);
                     state.leap = super::leap::served(state.leap, &self.leap_file, received);
-                    self.server.handle_request(
+                    self.server.handle_request_from(
+                        peer.ip(),
                         bytes,
                         received,
                         &state,
@@ -240,24 +245,33 @@ impl Worker {
                     &mut reply,
                 ),
             };
-            self.finish(result, &reply, peer, &mut drop_log).await;
+            let answered = (verdict == Verdict::Allow).then_some(received);
+            self.finish(result, &reply, peer, answered, &mut drop_log)
+                .await;
         }
     }
 
-    /// Sends the reply, or logs the drop (at most once per interval).
+    /// Sends the reply, or logs the drop (at most once per interval). For a request
+    /// the responder answered (not a kiss), `received` is when it arrived: the time the
+    /// reply left goes back to the responder for interleaved mode.
     async fn finish(
         &self,
         result: Result<Answer, DropReason>,
         reply: &[u8],
         peer: SocketAddr,
+        received: Option<NtpTimestamp>,
         drop_log: &mut crate::util::LogLimit,
     ) {
         match result {
-            Ok(_) => {
-                if let Err(e) = self.socket.send_to(reply, peer).await {
-                    tracing::debug!("send to {peer}: {e}");
+            Ok(_) => match self.socket.send_to(reply, peer).await {
+                Ok(_) => {
+                    if let Some(received) = received {
+                        self.server
+                            .handle_sent(peer.ip(), received, self.clock.now());
+                    }
                 }
-            }
+                Err(e) => tracing::debug!("send to {peer}: {e}"),
+            },
             Err(reason) => {
                 if let Some(more) = drop_log.allow() {
                     tracing::info!(

@@ -8,6 +8,14 @@
 //! 4; transmit ≠ 0; transmit ≠ the last accepted one; origin == our transmit, all 64
 //! bits; receive ≠ 0; authenticated as configured. Only then does the exchange record
 //! it, so forged or replayed packets cannot clear or move the expected origin.
+//!
+//! With interleaved mode on (RFC 9769, docs/PROTOCOL.md#interleaved-mode), a request
+//! also names the server's receive timestamp of the last accepted reply as its origin,
+//! and carries a second random value in its receive field. A reply echoing that value
+//! is interleaved: its transmit time completes the previous exchange, which is the one
+//! measured. A reply echoing the transmit field is basic and measured as always. Only
+//! an accepted (so authenticated, where the source is) reply to an interleaved request
+//! can be interleaved, and only accepted replies move the state it builds on.
 
 use rand::CryptoRng;
 
@@ -21,13 +29,17 @@ use crate::wire::{
 /// lower; this is the hard limit of docs/PROTOCOL.md, "Unusable servers").
 pub const MAX_ROOT_DISTANCE: f64 = 16.0;
 
-/// Whether `reply` echoes `request`'s transmit field in its origin field: a cheap
-/// first test for a driver that forwards datagrams, so that junk from off the path
-/// cannot crowd out the genuine reply. [`ClientExchange::handle_response`] still makes
-/// every check.
+/// Whether `reply` echoes `request`'s transmit field in its origin field, or for an
+/// interleaved request (non-zero origin) its receive field: a cheap first test for a
+/// driver that forwards datagrams, so that junk from off the path cannot crowd out the
+/// genuine reply. [`ClientExchange::handle_response`] still makes every check.
 pub fn echoes_request(request: &[u8], reply: &[u8]) -> bool {
-    match (request.get(40..48), reply.get(24..32)) {
-        (Some(transmit), Some(origin)) => transmit == origin,
+    fn field(packet: &[u8], at: usize) -> Option<&[u8]> {
+        packet.get(at..at + 8).filter(|f| f != &[0; 8])
+    }
+    match (field(reply, 24), field(request, 40)) {
+        (Some(origin), Some(transmit)) if origin == transmit => true,
+        (Some(origin), _) => field(request, 24).is_some() && field(request, 32) == Some(origin),
         _ => false,
     }
 }
@@ -122,7 +134,18 @@ impl Sample {
         received: NtpTimestamp,
         authenticated: Authenticated,
     ) -> Self {
-        let (t1, t2, t3, t4) = (sent, header.receive_time, header.transmit_time, received);
+        let times = [sent, header.receive_time, header.transmit_time, received];
+        Self::from_timestamps(header, times, authenticated)
+    }
+
+    /// The measurement from the four timestamps T1..T4 of one exchange (which for an
+    /// interleaved reply are not all in `header`), with the server's other fields
+    /// from `header`.
+    pub fn from_timestamps(
+        header: &Header,
+        [t1, t2, t3, t4]: [NtpTimestamp; 4],
+        authenticated: Authenticated,
+    ) -> Self {
         Self {
             offset: (t2.seconds_since(t1) + t3.seconds_since(t4)) / 2.0,
             delay: t4.seconds_since(t1) - t3.seconds_since(t2),
@@ -134,7 +157,7 @@ impl Sample {
             reference_id: header.reference_id,
             root_delay: header.root_delay.to_seconds(),
             root_dispersion: header.root_dispersion.to_seconds(),
-            received,
+            received: t4,
             authenticated,
         }
     }
@@ -163,10 +186,24 @@ impl Sample {
 /// What a request is waiting for.
 #[derive(Debug, Clone, Copy)]
 struct Outstanding {
-    /// The random value we put in the transmit field; the reply's origin must match.
+    /// The random value we put in the transmit field; a basic reply's origin matches.
     transmit_field: NtpTimestamp,
     /// Our clock when the request left.
     sent_at: NtpTimestamp,
+    /// For an interleaved request: the random value in its receive field, which an
+    /// interleaved reply's origin matches, and the exchange such a reply completes.
+    interleaved: Option<(NtpTimestamp, Completed)>,
+}
+
+/// An accepted exchange, which an interleaved reply to the next request completes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Completed {
+    /// Our clock when the request left (T1).
+    sent_at: NtpTimestamp,
+    /// The server's receive timestamp (T2), which the next request names.
+    server_received: NtpTimestamp,
+    /// Our clock when the reply arrived (T4).
+    received: NtpTimestamp,
 }
 
 /// The client side of NTP exchanges with one server.
@@ -175,7 +212,14 @@ pub struct ClientExchange {
     auth: ClientAuth,
     poll: i8,
     outstanding: Option<Outstanding>,
-    last_accepted_transmit: Option<NtpTimestamp>,
+    /// The receive and transmit timestamps of the last accepted reply.
+    last_accepted: Option<(NtpTimestamp, NtpTimestamp)>,
+    /// Whether requests ask for interleaved mode.
+    xleave: bool,
+    /// The last accepted exchange that measured time, with interleaved mode on.
+    completed: Option<Completed>,
+    /// Whether the last sample was measured in interleaved mode.
+    last_interleaved: bool,
 }
 
 impl ClientExchange {
@@ -184,13 +228,28 @@ impl ClientExchange {
             auth,
             poll,
             outstanding: None,
-            last_accepted_transmit: None,
+            last_accepted: None,
+            xleave: false,
+            completed: None,
+            last_interleaved: false,
         }
+    }
+
+    /// Asks the server for interleaved mode from the second request on.
+    pub fn with_xleave(mut self) -> Self {
+        self.xleave = true;
+        self
     }
 
     /// The poll interval (log2 seconds) announced in requests.
     pub fn set_poll(&mut self, poll: i8) {
         self.poll = poll;
+    }
+
+    /// Whether the last sample came from an interleaved reply (and so measured the
+    /// exchange before it).
+    pub fn last_sample_interleaved(&self) -> bool {
+        self.last_interleaved
     }
 
     /// Signs with `key` from now on if this exchange is keyed under the same id (a
@@ -221,14 +280,23 @@ impl ClientExchange {
         rng: &mut (impl CryptoRng + ?Sized),
         out: &mut Vec<u8>,
     ) -> Result<(), RequestError> {
-        // Zero would match a reply with a zero origin; draw again (p = 2^-64).
-        let transmit_field = loop {
-            let t = NtpTimestamp::from_bits(rng.next_u64());
-            if !t.is_zero() {
-                break t;
+        let transmit_field = nonzero_random(rng);
+        let mut header = Header::client_request(self.poll, transmit_field);
+        let interleaved = match self.completed {
+            Some(completed) if self.xleave => {
+                // Differs from the transmit field, or the server must answer basic.
+                let receive_field = loop {
+                    let t = nonzero_random(rng);
+                    if t != transmit_field {
+                        break t;
+                    }
+                };
+                header.origin_time = completed.server_received;
+                header.receive_time = receive_field;
+                Some((receive_field, completed))
             }
+            _ => None,
         };
-        let header = Header::client_request(self.poll, transmit_field);
         out.clear();
         header.write(out);
         match &mut self.auth {
@@ -244,6 +312,7 @@ impl ClientExchange {
         self.outstanding = Some(Outstanding {
             transmit_field,
             sent_at: now,
+            interleaved,
         });
         Ok(())
     }
@@ -265,13 +334,22 @@ impl ClientExchange {
         if h.transmit_time.is_zero() {
             return Err(Reject::ZeroTransmit);
         }
-        if self.last_accepted_transmit == Some(h.transmit_time) {
+        // In interleaved mode a reply may rightly repeat the last transmit time (the
+        // server had no later one for it): then only both timestamps make a duplicate.
+        let duplicate = match self.last_accepted {
+            Some((rx, tx)) if self.xleave => (rx, tx) == (h.receive_time, h.transmit_time),
+            Some((_, tx)) => tx == h.transmit_time,
+            None => false,
+        };
+        if duplicate {
             return Err(Reject::Duplicate);
         }
         let outstanding = self.outstanding.ok_or(Reject::NotExpected)?;
-        if h.origin_time != outstanding.transmit_field {
-            return Err(Reject::BogusOrigin);
-        }
+        let completes = match outstanding.interleaved {
+            _ if h.origin_time == outstanding.transmit_field => None,
+            Some((receive_field, previous)) if h.origin_time == receive_field => Some(previous),
+            _ => return Err(Reject::BogusOrigin),
+        };
         if h.receive_time.is_zero() {
             return Err(Reject::ZeroReceive);
         }
@@ -305,18 +383,44 @@ impl ClientExchange {
 
         // Accepted: from here on the exchange may change.
         self.outstanding = None;
-        self.last_accepted_transmit = Some(h.transmit_time);
+        self.last_accepted = Some((h.receive_time, h.transmit_time));
         // Stratum 0 with an ASCII code is a kiss-o'-death; stratum 0 without one is how
         // chrony and ntpd say "unsynchronized", an ordinary (unusable) sample.
         if h.stratum == 0 && h.reference_id.0.iter().all(u8::is_ascii_uppercase) {
             return Ok(Response::Kiss(KissCode::from_reference_id(h.reference_id)));
         }
-        Ok(Response::Sample(Sample::from_exchange(
-            h,
-            outstanding.sent_at,
-            received,
-            authenticated,
-        )))
+        self.last_interleaved = completes.is_some();
+        if self.xleave {
+            self.completed = Some(Completed {
+                sent_at: outstanding.sent_at,
+                server_received: h.receive_time,
+                received,
+            });
+        }
+        Ok(Response::Sample(match completes {
+            None => Sample::from_exchange(h, outstanding.sent_at, received, authenticated),
+            // RFC 9769 §2: T1, T2 and T4 of the previous exchange, T3 from this reply.
+            Some(previous) => Sample::from_timestamps(
+                h,
+                [
+                    previous.sent_at,
+                    previous.server_received,
+                    h.transmit_time,
+                    previous.received,
+                ],
+                authenticated,
+            ),
+        }))
+    }
+}
+
+/// A random timestamp other than zero, which would match a zero origin (p = 2^-64).
+fn nonzero_random(rng: &mut (impl CryptoRng + ?Sized)) -> NtpTimestamp {
+    loop {
+        let t = NtpTimestamp::from_bits(rng.next_u64());
+        if !t.is_zero() {
+            break t;
+        }
     }
 }
 
@@ -615,5 +719,209 @@ mod tests {
         for (bit, count) in ones.iter().enumerate() {
             assert!((350..650).contains(count), "bit {bit} set {count} times");
         }
+    }
+
+    const PEER: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 9));
+
+    /// One exchange with an interleaving server whose clock is 0.25 s ahead: 10 ms in
+    /// flight each way, the reply written 1 ms after the request arrived but sent 3 ms
+    /// after (reported with `handle_sent`). The request leaves at `t1`; returns the reply
+    /// and when it arrives.
+    fn interleaved_exchange(
+        server: &Server,
+        client: &mut ClientExchange,
+        t1: NtpTimestamp,
+    ) -> (Vec<u8>, NtpTimestamp) {
+        let mut request = Vec::new();
+        client
+            .poll_request(t1, &mut rand::rng(), &mut request)
+            .unwrap();
+        let rx = t1.add_seconds(0.010 + 0.25);
+        let state = SyncState::local_reference(2, rx, -20);
+        let mut reply = Vec::new();
+        server
+            .handle_request_from(
+                PEER,
+                &request,
+                rx,
+                &state,
+                || rx.add_seconds(0.001),
+                &mut rand::rng(),
+                &mut reply,
+            )
+            .unwrap();
+        server.handle_sent(PEER, rx, rx.add_seconds(0.003));
+        (reply, t1.add_seconds(0.023))
+    }
+
+    /// The sample a reply gives, and whether it was interleaved.
+    fn sample(client: &mut ClientExchange, reply: &[u8], t4: NtpTimestamp) -> (Sample, bool) {
+        match client.handle_response(reply, t4) {
+            Ok(Response::Sample(s)) => (s, client.last_sample_interleaved()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// RFC 9769 §2 with a synthetic exchange: the first sample is basic and carries
+    /// the server's 2 ms send latency as error; every later one is interleaved and
+    /// measures the exchange before it with the precise transmit time, exactly.
+    #[test]
+    fn interleaved_samples_use_the_previous_exchange_and_the_precise_transmit_time() {
+        let server = Server::new(keys(), ServerOptions::default()).with_interleave(16);
+        let mut client = ClientExchange::new(ClientAuth::None, 6).with_xleave();
+        let (reply, t4) = interleaved_exchange(&server, &mut client, T1);
+        let (first, interleaved) = sample(&mut client, &reply, t4);
+        assert!(!interleaved);
+        assert!((first.offset - 0.249).abs() < 1e-6, "{}", first.offset);
+        assert!((first.delay - 0.022).abs() < 1e-6, "{}", first.delay);
+        for i in 1..4 {
+            let t1 = T1.add_seconds(f64::from(i));
+            let (reply, t4) = interleaved_exchange(&server, &mut client, t1);
+            let (s, interleaved) = sample(&mut client, &reply, t4);
+            assert!(interleaved, "exchange {i}");
+            assert!((s.offset - 0.25).abs() < 1e-6, "{}", s.offset);
+            assert!((s.delay - 0.020).abs() < 1e-6, "{}", s.delay);
+            // It measures the exchange before: that reply arrived a second earlier.
+            assert!((t4.seconds_since(s.received) - 1.0).abs() < 1e-6);
+        }
+        // A server that does not interleave: basic samples, measured as always.
+        let basic = Server::new(keys(), ServerOptions::default());
+        let (reply, t4) = interleaved_exchange(&basic, &mut client, T1.add_seconds(9.0));
+        let (s, interleaved) = sample(&mut client, &reply, t4);
+        assert!(!interleaved);
+        assert!((s.offset - 0.249).abs() < 1e-6, "{}", s.offset);
+    }
+
+    /// The driver's first filter lets an interleaved reply through to an interleaved
+    /// request only, and never a zero origin.
+    #[test]
+    fn echoes_request_knows_interleaved_replies() {
+        let server = Server::new(keys(), ServerOptions::default()).with_interleave(16);
+        let mut client = ClientExchange::new(ClientAuth::None, 6).with_xleave();
+        let (reply, t4) = interleaved_exchange(&server, &mut client, T1);
+        sample(&mut client, &reply, t4);
+        let mut request = Vec::new();
+        client
+            .poll_request(T1, &mut rand::rng(), &mut request)
+            .unwrap();
+        let mut reply = request.clone();
+        for (origin_from, echoes) in [(40, true), (32, true), (24, false)] {
+            reply[24..32].copy_from_slice(&request[origin_from..origin_from + 8]);
+            assert_eq!(echoes_request(&request, &reply), echoes, "{origin_from}");
+        }
+        let mut basic = request.clone();
+        basic[24..32].fill(0);
+        reply[24..32].copy_from_slice(&basic[32..40]);
+        assert!(!echoes_request(&basic, &reply));
+        reply[24..32].fill(0);
+        basic[40..48].fill(0);
+        assert!(!echoes_request(&basic, &reply));
+    }
+
+    /// Interleaved replies are accepted only to interleaved requests: the first
+    /// request (and any request without xleave) asks for none, so a reply echoing its
+    /// receive field is bogus; and an interleaved request's reply must echo one of its
+    /// two random fields.
+    #[test]
+    fn interleaved_replies_only_to_interleaved_requests() {
+        let server = Server::new(keys(), ServerOptions::default()).with_interleave(16);
+        for mut client in [
+            ClientExchange::new(ClientAuth::None, 6),
+            ClientExchange::new(ClientAuth::None, 6).with_xleave(),
+        ] {
+            let mut request = Vec::new();
+            client
+                .poll_request(T1, &mut rand::rng(), &mut request)
+                .unwrap();
+            assert_eq!(
+                Header::parse(&request).unwrap().origin_time,
+                NtpTimestamp::ZERO
+            );
+            let mut reply = serve(&server, &request);
+            reply[24..32].copy_from_slice(&request[32..40]);
+            assert_eq!(client.handle_response(&reply, T4), Err(Reject::BogusOrigin));
+        }
+        let mut client = ClientExchange::new(ClientAuth::None, 6).with_xleave();
+        let (reply, t4) = interleaved_exchange(&server, &mut client, T1);
+        sample(&mut client, &reply, t4);
+        let (reply, t4) = interleaved_exchange(&server, &mut client, T1.add_seconds(1.0));
+        let mut forged = reply.clone();
+        forged[24] ^= 1;
+        assert_eq!(
+            client.handle_response(&forged, t4),
+            Err(Reject::BogusOrigin)
+        );
+        assert!(sample(&mut client, &reply, t4).1);
+    }
+
+    /// ADVERSARIAL 36: for a keyed source, an unsigned reply (a forgery with the right
+    /// origin) is rejected and moves nothing: the next request is still basic. A forged
+    /// interleaved reply is rejected and the genuine one that follows is measured.
+    #[test]
+    fn an_unauthenticated_reply_never_switches_to_interleaved_mode() {
+        let server = Server::new(keys(), ServerOptions::default()).with_interleave(16);
+        let key = keys().get(1).cloned().unwrap();
+        let mut client = ClientExchange::new(ClientAuth::Key(key), 6).with_xleave();
+        let (reply, t4) = interleaved_exchange(&server, &mut client, T1);
+        let unsigned = reply[..48].to_vec();
+        assert!(matches!(
+            client.handle_response(&unsigned, t4),
+            Err(Reject::Authentication(_))
+        ));
+        let mut request = Vec::new();
+        client
+            .poll_request(T1, &mut rand::rng(), &mut request)
+            .unwrap();
+        assert_eq!(
+            Header::parse(&request).unwrap().origin_time,
+            NtpTimestamp::ZERO
+        );
+
+        let (reply, t4) = interleaved_exchange(&server, &mut client, T1);
+        assert_eq!(
+            sample(&mut client, &reply, t4).0.authenticated,
+            Authenticated::Key(1)
+        );
+        let (reply, t4) = interleaved_exchange(&server, &mut client, T1.add_seconds(1.0));
+        let mut forged = reply.clone();
+        forged[40..48].copy_from_slice(&T1.to_bits().to_be_bytes());
+        assert!(matches!(
+            client.handle_response(&forged, t4),
+            Err(Reject::Authentication(_))
+        ));
+        let (s, interleaved) = sample(&mut client, &reply, t4);
+        assert!(interleaved && (s.offset - 0.25).abs() < 1e-6, "{s:?}");
+    }
+
+    /// NTS requests are answered interleaved too, and the replies verify.
+    #[test]
+    fn nts_exchanges_interleave() {
+        use crate::auth::nts::aead::{AeadAlgorithm, AeadKey};
+        use crate::auth::nts::cookie::{CookieKeys, Rotation, SessionKeys};
+        use std::sync::{Arc, RwLock};
+
+        let session_keys = || {
+            let alg = AeadAlgorithm::AesSivCmac256;
+            SessionKeys {
+                c2s: AeadKey::new(alg, &[1; 32]).unwrap(),
+                s2c: AeadKey::new(alg, &[2; 32]).unwrap(),
+            }
+        };
+        let mut cookie_keys = CookieKeys::random(Rotation::default(), vec![]);
+        cookie_keys.update(1_800_000_000, &mut rand::rng());
+        let cookies = (0..8)
+            .map(|_| cookie_keys.seal(&session_keys(), &mut rand::rng()).unwrap())
+            .collect();
+        let server = Server::new(keys(), ServerOptions::default())
+            .with_nts(Arc::new(RwLock::new(cookie_keys)))
+            .with_interleave(16);
+        let session = NtsSession::new(session_keys(), cookies);
+        let mut client = ClientExchange::new(ClientAuth::Nts(session), 6).with_xleave();
+        let (reply, t4) = interleaved_exchange(&server, &mut client, T1);
+        assert!(!sample(&mut client, &reply, t4).1);
+        let (reply, t4) = interleaved_exchange(&server, &mut client, T1.add_seconds(1.0));
+        let (s, interleaved) = sample(&mut client, &reply, t4);
+        assert_eq!(s.authenticated, Authenticated::Nts);
+        assert!(interleaved && (s.offset - 0.25).abs() < 1e-6, "{s:?}");
     }
 }

@@ -7,11 +7,13 @@
 //! * [`source`]: an upstream source's association: polling, reachability, kisses,
 //!   NTS re-keying.
 //! * [`peer`]: a symmetric association (modes 1/2) with a configured peer.
+//! * [`interleave`]: the server's per-client timestamps for interleaved mode.
 //! * [`ratelimit`]: per-client request rate limits for the server.
 //! * [`access`]: the server's `allow`/`deny` lists and the decision for an address.
 
 pub mod access;
 pub mod client;
+pub mod interleave;
 pub mod peer;
 pub mod polling;
 pub mod ratelimit;

@@ -8,14 +8,19 @@
 //! A request with a MAC is answered under the same key if that key is in the store and
 //! the MAC verifies; otherwise it is dropped, or answered with a crypto-NAK if so
 //! configured. A reply is never larger than its request, so ntimed cannot amplify.
+//! With an [`InterleaveTable`], a client request that names the receive timestamp of
+//! the same client's last reply is answered in interleaved mode (RFC 9769), carrying
+//! that reply's transmit time as the caller reported it after the send.
 
 use arc_swap::ArcSwap;
 use rand::CryptoRng;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use crate::auth::nts::{self, cookie::CookieKeys, cookie::SessionKeys, ntp::ServerNts};
 use crate::auth::{KeyStore, SymmetricKey, mac};
+use crate::proto::interleave::InterleaveTable;
 use crate::wire::{
     Header, Leap, Mode, NtpShort, NtpTimestamp, Packet, PacketError, ReferenceId, Trailer,
 };
@@ -153,6 +158,8 @@ pub struct ServerStats {
     pub plain: AtomicU64,
     pub keyed: AtomicU64,
     pub nts: AtomicU64,
+    /// Of the `plain`, `keyed` and `nts` answers, those in interleaved mode.
+    pub interleaved: AtomicU64,
     /// Of the `plain` and `keyed` answers, those to symmetric-active packets (in
     /// symmetric-passive mode): unconfigured peers.
     pub peer: AtomicU64,
@@ -176,6 +183,8 @@ pub struct Server {
     /// Key ids of configured peers: never used for stateless symmetric answers.
     peer_keys: Vec<u32>,
     nts: Option<SharedCookieKeys>,
+    /// Per-client timestamps for interleaved mode; without it every reply is basic.
+    interleave: Option<Mutex<InterleaveTable>>,
     options: ServerOptions,
     pub stats: ServerStats,
 }
@@ -204,6 +213,7 @@ impl Server {
             keys: ArcSwap::from_pointee(keys),
             peer_keys: Vec::new(),
             nts: None,
+            interleave: None,
             options,
             stats: ServerStats::default(),
         }
@@ -228,10 +238,24 @@ impl Server {
         self
     }
 
-    /// Handles one request received at `received`. On success the reply is in `reply`
-    /// (cleared first). `now` is read as late as possible, just before the transmit
-    /// timestamp is written; `state` describes this server's clock; `rng` draws NTS
-    /// nonces (the caller's cryptographic generator).
+    /// Answers client requests in interleaved mode when they ask for it, remembering
+    /// up to `slots` clients (see [`InterleaveTable`]). Only
+    /// [`handle_request_from`](Self::handle_request_from) uses it.
+    pub fn with_interleave(mut self, slots: usize) -> Self {
+        self.interleave = Some(Mutex::new(InterleaveTable::new(slots)));
+        self
+    }
+
+    /// Whether replies may be interleaved, so that the caller should report when each
+    /// reply left ([`handle_sent`](Self::handle_sent)).
+    pub fn interleaves(&self) -> bool {
+        self.interleave.is_some()
+    }
+
+    /// Handles one request received at `received`, always in basic mode. On success
+    /// the reply is in `reply` (cleared first). `now` is read as late as possible, just
+    /// before the transmit timestamp is written; `state` describes this server's clock;
+    /// `rng` draws NTS nonces (the caller's cryptographic generator).
     pub fn handle_request(
         &self,
         request: &[u8],
@@ -241,8 +265,65 @@ impl Server {
         rng: &mut (impl CryptoRng + ?Sized),
         reply: &mut Vec<u8>,
     ) -> Result<Answer, DropReason> {
+        self.handle(None, request, received, state, now, rng, reply)
+    }
+
+    /// [`handle_request`](Self::handle_request) for a request from `client`: with
+    /// [`with_interleave`](Self::with_interleave), a plain, keyed or NTS client
+    /// request naming the receive timestamp of this client's last reply gets an
+    /// interleaved one. Report when the reply left with [`handle_sent`](Self::handle_sent).
+    #[allow(clippy::too_many_arguments)]
+    pub fn handle_request_from(
+        &self,
+        client: IpAddr,
+        request: &[u8],
+        received: NtpTimestamp,
+        state: &SyncState,
+        now: impl FnOnce() -> NtpTimestamp,
+        rng: &mut (impl CryptoRng + ?Sized),
+        reply: &mut Vec<u8>,
+    ) -> Result<Answer, DropReason> {
+        self.handle(Some(client), request, received, state, now, rng, reply)
+    }
+
+    /// The reply to `client`'s request received at `received` left at `transmitted`
+    /// (read right after the send returned): an interleaved reply to the client's next
+    /// request carries it.
+    pub fn handle_sent(&self, client: IpAddr, received: NtpTimestamp, transmitted: NtpTimestamp) {
+        if let Some(table) = &self.interleave {
+            table
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .handle_sent(client, received, transmitted);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn handle(
+        &self,
+        client: Option<IpAddr>,
+        request: &[u8],
+        received: NtpTimestamp,
+        state: &SyncState,
+        now: impl FnOnce() -> NtpTimestamp,
+        rng: &mut (impl CryptoRng + ?Sized),
+        reply: &mut Vec<u8>,
+    ) -> Result<Answer, DropReason> {
         reply.clear();
-        let result = self.respond(request, received, state, now, rng, reply);
+        let mut interleaved = false;
+        let result = self.respond(
+            client,
+            request,
+            received,
+            state,
+            now,
+            rng,
+            reply,
+            &mut interleaved,
+        );
+        if interleaved && result.is_ok() {
+            self.stats.interleaved.fetch_add(1, Ordering::Relaxed);
+        }
         let counter = match &result {
             Ok(Answer::Plain) => &self.stats.plain,
             Ok(Answer::Keyed(_)) => &self.stats.keyed,
@@ -360,14 +441,17 @@ impl Server {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn respond(
         &self,
+        client: Option<IpAddr>,
         request: &[u8],
         received: NtpTimestamp,
         state: &SyncState,
         now: impl FnOnce() -> NtpTimestamp,
         rng: &mut (impl CryptoRng + ?Sized),
         reply: &mut Vec<u8>,
+        interleaved: &mut bool,
     ) -> Result<Answer, DropReason> {
         let packet = Packet::parse(request).map_err(DropReason::Malformed)?;
         let symmetric_keys = self.keys.load();
@@ -455,7 +539,40 @@ impl Server {
             response.stratum = 0;
             response.reference_id = ReferenceId::from_ascii(b"NTSN");
         }
-        response.transmit_time = now();
+        let transmit = now();
+        response.transmit_time = transmit;
+        // Only a client request that passed every check reaches the table, and only
+        // answers that carry time (not NAKs) take part (docs/PROTOCOL.md#interleaved-mode).
+        let table = match (&auth, client, &self.interleave) {
+            (Auth::Plain | Auth::Mac(_) | Auth::Nts { .. }, Some(client), Some(table))
+                if !symmetric =>
+            {
+                Some((client, table))
+            }
+            _ => None,
+        };
+        if let Some((client, table)) = table {
+            let exchange = table
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .handle_request(
+                    client,
+                    header.origin_time,
+                    header.receive_time,
+                    header.transmit_time,
+                    received,
+                    transmit,
+                );
+            response.receive_time = exchange.received;
+            response.transmit_time = exchange.transmit;
+            if let Some(previous) = exchange.previous_transmit {
+                // RFC 9769 §2: the origin echoes the request's receive field, and the
+                // transmit field is the previous reply's.
+                response.origin_time = header.receive_time;
+                response.transmit_time = previous;
+                *interleaved = true;
+            }
+        }
         response.write(reply);
         let answer = match auth {
             Auth::Plain => Answer::Plain,
@@ -924,5 +1041,166 @@ mod tests {
             (Err(DropReason::BadNts("NTS is not enabled here")), vec![])
         );
         assert_eq!(server.stats.auth_failed.load(Ordering::Relaxed), 1);
+    }
+
+    /// A request with the given origin, receive and transmit fields.
+    fn request_fields(origin: NtpTimestamp, rx: NtpTimestamp, tx: NtpTimestamp) -> Vec<u8> {
+        let header = Header {
+            origin_time: origin,
+            receive_time: rx,
+            ..Header::client_request(6, tx)
+        };
+        let mut out = Vec::new();
+        header.write(&mut out);
+        out
+    }
+
+    fn answer_from(
+        server: &Server,
+        client: std::net::IpAddr,
+        req: &[u8],
+        rx: NtpTimestamp,
+        tx: NtpTimestamp,
+    ) -> (Result<Answer, DropReason>, Vec<u8>) {
+        let state = SyncState::local_reference(1, rx, -20);
+        let mut reply = Vec::new();
+        let result = server.handle_request_from(
+            client,
+            req,
+            rx,
+            &state,
+            || tx,
+            &mut rand::rng(),
+            &mut reply,
+        );
+        (result, reply)
+    }
+
+    const CLIENT: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7));
+    const OTHER: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 8));
+
+    fn ts(ms: u64) -> NtpTimestamp {
+        RX.add_seconds(ms as f64 / 1000.0)
+    }
+
+    /// RFC 9769 §2, the exchange of its figure: a basic request and reply, then a
+    /// request naming that reply's receive timestamp, answered with the origin echoing
+    /// the request's receive field, this request's receive time and the first reply's
+    /// transmit time as reported after the send. Plain, keyed and NTS alike.
+    #[test]
+    fn a_request_naming_the_last_receive_timestamp_gets_an_interleaved_reply() {
+        let keyed = |mut r: Vec<u8>| {
+            mac::append_mac(keys().get(2).unwrap(), &mut r);
+            r
+        };
+        let plain = |r: Vec<u8>| r;
+        for (sign, expected) in [
+            (&plain as &dyn Fn(Vec<u8>) -> Vec<u8>, Answer::Plain),
+            (&keyed, Answer::Keyed(2)),
+        ] {
+            let server = Server::new(keys(), ServerOptions::default()).with_interleave(64);
+            let first = sign(request_fields(
+                NtpTimestamp::ZERO,
+                NtpTimestamp::ZERO,
+                ts(1),
+            ));
+            let (result, reply) = answer_from(&server, CLIENT, &first, ts(10), ts(11));
+            assert_eq!(result, Ok(expected));
+            let basic = Packet::parse(&reply).unwrap().header;
+            assert_eq!(
+                (basic.origin_time, basic.receive_time, basic.transmit_time),
+                (ts(1), ts(10), ts(11))
+            );
+            server.handle_sent(CLIENT, ts(10), ts(12));
+            let second = sign(request_fields(basic.receive_time, ts(13), ts(14)));
+            let (result, reply) = answer_from(&server, CLIENT, &second, ts(20), ts(21));
+            assert_eq!(result, Ok(expected));
+            let p = Packet::parse(&reply).unwrap();
+            assert_eq!(
+                (
+                    p.header.origin_time,
+                    p.header.receive_time,
+                    p.header.transmit_time
+                ),
+                (ts(13), ts(20), ts(12))
+            );
+            if let Answer::Keyed(id) = expected {
+                assert_eq!(
+                    mac::check_packet(keys().get(id).unwrap(), &p, &reply),
+                    Ok(())
+                );
+            }
+            assert_eq!(server.stats.interleaved.load(Ordering::Relaxed), 1);
+            // The same request again: its receive timestamp was used; a basic reply.
+            let (_, reply) = answer_from(&server, CLIENT, &second, ts(30), ts(31));
+            assert_eq!(Packet::parse(&reply).unwrap().header.origin_time, ts(14));
+        }
+    }
+
+    /// ADVERSARIAL 36: another address naming a client's receive timestamp, a request
+    /// naming a timestamp never issued, a symmetric packet, a request without a client
+    /// address, and a request to a server without a table all get basic replies.
+    #[test]
+    fn interleaved_replies_go_only_to_the_client_that_asked_correctly() {
+        let server = Server::new(keys(), ServerOptions::default()).with_interleave(64);
+        let first = request_fields(NtpTimestamp::ZERO, NtpTimestamp::ZERO, ts(1));
+        assert!(
+            answer_from(&server, CLIENT, &first, ts(10), ts(11))
+                .0
+                .is_ok()
+        );
+        let basic = |reply: &[u8], tx| {
+            let h = Packet::parse(reply).unwrap().header;
+            h.origin_time == tx && h.transmit_time != ts(11)
+        };
+        let stolen = request_fields(ts(10), ts(13), ts(14));
+        let (_, reply) = answer_from(&server, OTHER, &stolen, ts(20), ts(21));
+        assert!(basic(&reply, ts(14)));
+        let unknown = request_fields(ts(9), ts(13), ts(15));
+        let (_, reply) = answer_from(&server, CLIENT, &unknown, ts(30), ts(31));
+        assert!(basic(&reply, ts(15)));
+        let mut symmetric = request_fields(ts(30), ts(13), ts(16));
+        symmetric[0] = (symmetric[0] & !7) | 1;
+        let (result, reply) = answer_from(&server, CLIENT, &symmetric, ts(40), ts(41));
+        assert_eq!(result, Ok(Answer::Plain));
+        assert!(basic(&reply, ts(16)));
+        // The symmetric packet was not recorded: the client's last request is still the
+        // one received at 30 ms.
+        let (_, reply) = answer(&server, &request_fields(ts(30), ts(13), ts(17)));
+        assert!(basic(&reply, ts(17)));
+        let without = Server::new(keys(), ServerOptions::default());
+        assert!(
+            answer_from(&without, CLIENT, &first, ts(10), ts(11))
+                .0
+                .is_ok()
+        );
+        let (_, reply) = answer_from(&without, CLIENT, &stolen, ts(20), ts(21));
+        assert!(basic(&reply, ts(14)));
+        assert_eq!(server.stats.interleaved.load(Ordering::Relaxed), 0);
+    }
+
+    /// A request that fails authentication changes nothing: the client's next genuine
+    /// interleaved request is still answered in interleaved mode.
+    #[test]
+    fn a_forged_request_does_not_touch_the_table() {
+        let server = Server::new(keys(), ServerOptions::default()).with_interleave(64);
+        let key = keys().get(1).cloned().unwrap();
+        let mut first = request_fields(NtpTimestamp::ZERO, NtpTimestamp::ZERO, ts(1));
+        mac::append_mac(&key, &mut first);
+        assert!(
+            answer_from(&server, CLIENT, &first, ts(10), ts(11))
+                .0
+                .is_ok()
+        );
+        let mut forged = request_fields(NtpTimestamp::ZERO, ts(2), ts(3));
+        mac::append_mac(&key, &mut forged);
+        *forged.last_mut().unwrap() ^= 1;
+        let (result, _) = answer_from(&server, CLIENT, &forged, ts(15), ts(16));
+        assert_eq!(result, Err(DropReason::BadMac(1)));
+        let mut second = request_fields(ts(10), ts(13), ts(14));
+        mac::append_mac(&key, &mut second);
+        let (_, reply) = answer_from(&server, CLIENT, &second, ts(20), ts(21));
+        let h = Packet::parse(&reply).unwrap().header;
+        assert_eq!((h.origin_time, h.transmit_time), (ts(13), ts(11)));
     }
 }

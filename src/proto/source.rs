@@ -53,6 +53,8 @@ pub struct SourceOptions {
     pub min_poll: i8,
     pub max_poll: i8,
     pub iburst: bool,
+    /// Ask for interleaved mode (RFC 9769).
+    pub xleave: bool,
 }
 
 impl Default for SourceOptions {
@@ -61,6 +63,7 @@ impl Default for SourceOptions {
             min_poll: 6,
             max_poll: 10,
             iburst: false,
+            xleave: false,
         }
     }
 }
@@ -86,7 +89,7 @@ enum State {
     KeyExchanging {
         deadline: f64,
     },
-    Polling(ClientExchange),
+    Polling(Box<ClientExchange>),
     /// Denied by the server (DENY/RSTR): never polled again.
     Stopped(KissCode),
 }
@@ -115,13 +118,10 @@ impl Source {
     pub fn new(auth: SourceAuth, options: SourceOptions, now: f64) -> Self {
         let (nts, state) = match auth {
             SourceAuth::Nts => (true, State::NeedsKeys { retry_at: now }),
-            SourceAuth::Insecure => (
-                false,
-                State::Polling(ClientExchange::new(ClientAuth::None, 0)),
-            ),
+            SourceAuth::Insecure => (false, State::Polling(exchange(ClientAuth::None, options))),
             SourceAuth::Key(key) => (
                 false,
-                State::Polling(ClientExchange::new(ClientAuth::Key(key), 0)),
+                State::Polling(exchange(ClientAuth::Key(key), options)),
             ),
         };
         Self {
@@ -267,7 +267,7 @@ impl Source {
                 self.last_nak_poll = None;
                 self.reach.clear_silence();
                 self.next_poll = now;
-                self.state = State::Polling(ClientExchange::new(ClientAuth::Nts(session), 0));
+                self.state = State::Polling(exchange(ClientAuth::Nts(session), self.options));
             }
             Err(_) => self.key_exchange_failed(now),
         }
@@ -322,6 +322,15 @@ impl Source {
     fn reached(&mut self) {
         self.reach.on_answer();
     }
+}
+
+fn exchange(auth: ClientAuth, options: SourceOptions) -> Box<ClientExchange> {
+    let exchange = ClientExchange::new(auth, 0);
+    Box::new(if options.xleave {
+        exchange.with_xleave()
+    } else {
+        exchange
+    })
 }
 
 #[cfg(test)]

@@ -122,6 +122,7 @@ pub fn prepare(loaded: &Loaded) -> Result<Option<ClientRole>, String> {
                 min_poll: s.min_poll.unwrap_or(defaults.min_poll),
                 max_poll: s.max_poll.unwrap_or(defaults.max_poll),
                 iburst: s.iburst,
+                xleave: s.xleave,
             },
         });
     }
