@@ -146,6 +146,9 @@ pub struct Answered {
     /// Of `plain` and `keyed`: answers to unconfigured symmetric peers.
     #[serde(default)]
     pub peer: u64,
+    /// Of all three: answers in interleaved mode (RFC 9769).
+    #[serde(default)]
+    pub interleaved: u64,
 }
 
 /// The counters of every `[[nts-ke-server]]`, summed.
@@ -585,6 +588,7 @@ impl Control {
             c.answered.keyed += get(&s.keyed);
             c.answered.nts += get(&s.nts);
             c.answered.peer += get(&s.peer);
+            c.answered.interleaved += get(&s.interleaved);
             c.nts_naks += get(&s.nts_naks_sent);
             c.crypto_naks += get(&s.crypto_naks_sent);
             c.rate_kisses += get(&s.rate_kisses_sent);
@@ -732,7 +736,7 @@ fn notes(r: &SourceRow) -> String {
 /// `server` as a person reads it.
 pub fn render_server(c: &ServerCounters) -> String {
     format!(
-        "answered        plain {} / keyed {} / NTS {} (peers {})\n\
+        "answered        plain {} / keyed {} / NTS {} (peers {}, interleaved {})\n\
          NTS NAKs (NTSN) {}\n\
          crypto-NAKs     {}\n\
          RATE kisses     {}\n\
@@ -745,6 +749,7 @@ pub fn render_server(c: &ServerCounters) -> String {
         c.answered.keyed,
         c.answered.nts,
         c.answered.peer,
+        c.answered.interleaved,
         c.nts_naks,
         c.crypto_naks,
         c.rate_kisses,

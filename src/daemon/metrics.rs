@@ -432,6 +432,13 @@ fn register_server(r: &mut Registry, c: &ServerCounters) {
         None,
         ConstCounter::new(c.answered.peer),
     );
+    single(
+        r,
+        "server_interleaved_responses",
+        "Of the requests answered, those answered in interleaved mode (RFC 9769)",
+        None,
+        ConstCounter::new(c.answered.interleaved),
+    );
     let d = &c.dropped;
     ordered(
         r,
