@@ -74,11 +74,31 @@ pub fn combine(samples: &[FilterInput]) -> Option<Combined> {
     Some(Combined {
         offset: mean,
         dispersion: variance.sqrt() + bound,
-        error: (variance / n).sqrt(),
+        error: spread(&offsets, median) / n.sqrt(),
         leap: finite.last()?.leap,
         samples: samples.len(),
         kept: kept.len(),
     })
+}
+
+/// The readings' standard deviation, estimated robustly from all of them (1.4826 times
+/// the median absolute deviation from the median, which is the standard deviation for
+/// normal noise): the kept ones' own spread would understate it by half, as only the
+/// middle 60 % are kept.
+fn spread(sorted: &[f64], median: f64) -> f64 {
+    let mut deviations: Vec<f64> = sorted.iter().map(|o| (o - median).abs()).collect();
+    deviations.sort_by(f64::total_cmp);
+    let n = deviations.len();
+    let mad = match n {
+        0 => return 0.0,
+        n if n % 2 == 1 => deviations.get(n / 2).copied().unwrap_or(0.0),
+        n => {
+            let low = deviations.get(n / 2 - 1).copied().unwrap_or(0.0);
+            let high = deviations.get(n / 2).copied().unwrap_or(0.0);
+            (low + high) / 2.0
+        }
+    };
+    1.4826 * mad
 }
 
 #[cfg(test)]
@@ -120,6 +140,20 @@ mod tests {
     }
 
     /// The spread of what is kept widens the bound.
+    /// Readings 0.1 ms either side of the truth: the result's standard error is
+    /// judged from all of them (1.4826 × 0.1 ms), over the square root of the 10 kept,
+    /// not from the kept ones' own (smaller) spread.
+    #[test]
+    fn the_error_is_judged_from_every_reading() {
+        let samples: Vec<FilterInput> = (0..16)
+            .map(|i| input(if i % 2 == 0 { 1e-4 } else { -1e-4 }))
+            .collect();
+        let c = combine(&samples).unwrap();
+        assert_eq!(c.kept, 10);
+        let expected = 1.4826e-4 / 10f64.sqrt();
+        assert!((c.error - expected).abs() < 1e-9, "{c:?}");
+    }
+
     #[test]
     fn spread_adds_to_dispersion() {
         let tight = combine(&[input(0.0), input(1e-6), input(2e-6)]).unwrap();
