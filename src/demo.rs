@@ -2,8 +2,9 @@
 //! as ntimed does; today: a keyed and NTS server, queried plainly, with keys, and with
 //! NTS after a key exchange over TLS 1.3 with a throwaway CA; then the sync engine
 //! pulling a simulated clock in from three NTS sources, and `ntimed ctl` asking it over
-//! its control socket; the clock process's policy; and two sites peering under a key,
-//! one following the other while its upstream is down.
+//! its control socket; the clock process's policy; two sites peering under a key,
+//! one following the other while its upstream is down; and a stratum-1 server fed by a
+//! reference clock on a SOCK socket.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -130,6 +131,7 @@ pub async fn run() -> Result<ExitCode, String> {
     failures += discipline_demo(&servers).await?;
     failures += privilege_boundary_demo()?;
     failures += peering_demo(&keys).await?;
+    failures += master_demo().await?;
 
     let stats = &running.server.stats;
     println!(
@@ -577,6 +579,99 @@ async fn peering_demo(keys: &KeyStore) -> Result<u32, String> {
     drop(upstream_a);
     a.stop().await;
     b.stop().await;
+    Ok(failures)
+}
+
+/// Step 11: the master role. A reference clock on a SOCK socket, fed as gpsd feeds
+/// chronyd (a sample a second saying the system clock is right), steers a simulated
+/// clock 0.25 s off; the server it runs then answers at stratum 1 with refid GPS.
+async fn master_demo() -> Result<u32, String> {
+    use crate::daemon::refclock::{RefclockSpec, bind_sock};
+    use crate::refclock::{DriverKind, RefclockOptions, sock};
+    const WAIT: Duration = Duration::from_secs(30);
+    println!(
+        "\n11. The master role: a GPS on a SOCK socket (chrony's refclock protocol, as gpsd\n    speaks it) steers a simulated clock 0.25 s off; the server then answers at stratum 1."
+    );
+    let path = std::env::temp_dir().join(format!("ntimed-demo-{}.sock", std::process::id()));
+    let socket = bind_sock(&path)?;
+    let clock: Arc<dyn Clock> = Arc::new(SoftwareClock::simulated(0.25, 0.0));
+    let state = Arc::new(RwLock::new(SyncState::unsynchronized(-20)));
+    let listen = std::net::UdpSocket::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .map_err(|e| format!("cannot bind a loopback port: {e}"))?;
+    let server = serve::start_on(
+        listen,
+        Server::new(KeyStore::default(), ServerOptions::default()),
+        serve::Reference::Engine(state.clone()),
+        serve::Admission::default(),
+        clock.clone(),
+        None,
+    )
+    .map_err(|e| format!("cannot serve: {e}"))?;
+    let role = ClientRole {
+        specs: Vec::new(),
+        peers: Vec::new(),
+        config: SyncConfig {
+            min_poll: 0,
+            max_poll: 0,
+            ..SyncConfig::default()
+        },
+        drift_file: None,
+        state: state.clone(),
+        leap_file: Default::default(),
+        own_addresses: Vec::new(),
+        refclocks: vec![RefclockSpec {
+            name: format!("refclock GPS sock:{}", path.display()),
+            kind: DriverKind::Sock { path: path.clone() },
+            options: RefclockOptions {
+                refid: *b"GPS\0",
+                poll: 0,
+                ..RefclockOptions::default()
+            },
+            segment: None,
+        }],
+        refclock_sockets: vec![socket],
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(role.run(clock, None, -20, None, Default::default(), stopped));
+    let gps = std::os::unix::net::UnixDatagram::unbound()
+        .map_err(|e| format!("cannot make the GPS's socket: {e}"))?;
+    let started = tokio::time::Instant::now();
+    let synchronized = || state.read().is_ok_and(|s| s.stratum == 1);
+    while !synchronized() && started.elapsed() < WAIT {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let receive = (now.as_secs() as i64, i64::from(now.subsec_micros()));
+        let _ = gps.send_to(&sock::encode(receive, 0.0, 0, 0), &path);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let port = server.local_addr.port();
+    let options = query::QueryOptions {
+        auth: query::QueryAuth::None,
+        count: 1,
+        timeout: Duration::from_secs(2),
+        interval: Duration::from_millis(100),
+    };
+    let mut failures = 0;
+    for result in query::query("127.0.0.1", port, options).await {
+        match result {
+            Ok(report) if report.stratum == 1 && report.refid == "GPS" => {
+                println!("   after {} s: {report}", started.elapsed().as_secs());
+            }
+            Ok(report) => {
+                failures += 1;
+                println!("   UNEXPECTED: {report}");
+            }
+            Err(message) => {
+                failures += 1;
+                println!("   UNEXPECTED: {message}");
+            }
+        }
+    }
+    let _ = stop.send(());
+    let _ = task.await;
+    drop(server);
+    let _ = std::fs::remove_file(&path);
     Ok(failures)
 }
 

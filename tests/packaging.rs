@@ -129,9 +129,10 @@ fn packaged_client_config_passes_check() {
 }
 
 /// `ntimed demo`'s step 8 asks its own running client role, over a control socket,
-/// what `ntimed ctl status` and `ntimed ctl sources` print.
+/// what `ntimed ctl status` and `ntimed ctl sources` print; its step 11 makes a
+/// stratum-1 server of a reference clock on a SOCK socket.
 #[test]
-fn demo_shows_ctl_status_and_sources_of_its_own_client() {
+fn demo_shows_ctl_of_its_own_client_and_a_refclock_master() {
     let out = ntimed(&["demo"], Duration::from_secs(300));
     let text = &out.stdout;
     let step: Vec<&str> = text
@@ -156,4 +157,17 @@ fn demo_shows_ctl_status_and_sources_of_its_own_client() {
         .count();
     assert_eq!(rows, 3, "{step}");
     assert!(!step.contains("UNEXPECTED"), "{step}");
+
+    let master: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("11. The master role"))
+        .take_while(|l| !l.starts_with("Server counters"))
+        .collect();
+    let master = master.join("\n");
+    assert!(
+        master.contains("stratum 1  refid GPS"),
+        "{}",
+        out.describe()
+    );
+    assert!(!master.contains("UNEXPECTED"), "{master}");
 }
