@@ -442,6 +442,18 @@ impl Coordinator {
         }
     }
 
+    /// Reference clock `id`'s latest combined offset and when it was measured: what a
+    /// PPS refclock locked to it takes to name each pulse's second.
+    pub fn refclock_estimate(
+        &self,
+        id: AssociationId,
+    ) -> Option<crate::refclock::pps::LockEstimate> {
+        match self.associations.get(id.0).map(|a| &a.kind) {
+            Some(Kind::Refclock(refclock)) => refclock.latest(),
+            _ => None,
+        }
+    }
+
     /// A reading of reference clock `id` that was not a sample (see
     /// [`RefclockDrop`]): counted, and the last reason kept for reports.
     pub fn handle_refclock_drop(&mut self, id: AssociationId, why: RefclockDrop) {
@@ -467,6 +479,9 @@ impl Coordinator {
         let Some(closed) = closed else {
             return;
         };
+        if options.noselect {
+            return;
+        }
         // The precision's log2, as packets state it (1e-6 s is -20).
         let precision = options.precision.log2().round().clamp(-30.0, 0.0) as i8;
         let sample = Sample {

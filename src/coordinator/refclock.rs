@@ -8,6 +8,7 @@
 //! went meanwhile.
 
 use crate::refclock::filter::{self, Combined, FilterInput, MAX_SAMPLES};
+use crate::refclock::pps::LockEstimate;
 use crate::refclock::{RefclockDrop, RefclockOptions, RefclockSample};
 use crate::wire::NtpTimestamp;
 
@@ -28,6 +29,8 @@ pub(super) struct RefclockState {
     pub options: RefclockOptions,
     samples: Vec<FilterInput>,
     newest: Option<(NtpTimestamp, f64)>,
+    /// The latest interval's combined offset (slew taken out) and newest sample's time.
+    latest: Option<LockEstimate>,
     interval_end: f64,
     reach: u8,
     pub drops: u64,
@@ -40,6 +43,7 @@ impl RefclockState {
             options,
             samples: Vec::new(),
             newest: None,
+            latest: None,
             interval_end: now,
             reach: 0,
             drops: 0,
@@ -61,6 +65,11 @@ impl RefclockState {
 
     pub fn reach(&self) -> u8 {
         self.reach
+    }
+
+    /// The latest interval's result, for a PPS refclock locked to this one.
+    pub fn latest(&self) -> Option<LockEstimate> {
+        self.latest
     }
 
     pub fn is_reachable(&self) -> bool {
@@ -116,6 +125,10 @@ impl RefclockState {
             self.interval_end = now + period;
         }
         let (combined, (local, pending_slew)) = (combined?, newest?);
+        self.latest = Some(LockEstimate {
+            offset: combined.offset,
+            when: local,
+        });
         Some(Closed {
             combined,
             local,
