@@ -400,9 +400,15 @@ impl Coordinator {
         now: f64,
     ) -> AssociationId {
         let name = name.into();
-        let engine_id = self
-            .engine
-            .add_reference_clock(name.clone(), ReferenceId(options.refid));
+        // A noselect refclock never gives the engine a sample: registered as a backup
+        // (as peers are), so the start-up majority does not wait for it.
+        let engine_id = if options.noselect {
+            self.engine
+                .add_peer(name.clone(), ReferenceId(options.refid), false)
+        } else {
+            self.engine
+                .add_reference_clock(name.clone(), ReferenceId(options.refid))
+        };
         let id = AssociationId(self.associations.len());
         self.associations.push(Association {
             name,
@@ -442,8 +448,8 @@ impl Coordinator {
         }
     }
 
-    /// Reference clock `id`'s latest combined offset and when it was measured: what a
-    /// PPS refclock locked to it takes to name each pulse's second.
+    /// Reference clock `id`'s newest usable reading (offset, slew taken out, and when):
+    /// what a PPS refclock locked to it takes to name each pulse's second.
     pub fn refclock_estimate(
         &self,
         id: AssociationId,

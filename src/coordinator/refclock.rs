@@ -29,7 +29,7 @@ pub(super) struct RefclockState {
     pub options: RefclockOptions,
     samples: Vec<FilterInput>,
     newest: Option<(NtpTimestamp, f64)>,
-    /// The latest interval's combined offset (slew taken out) and newest sample's time.
+    /// The newest usable reading's offset (slew taken out) and time.
     latest: Option<LockEstimate>,
     interval_end: f64,
     reach: u8,
@@ -67,7 +67,9 @@ impl RefclockState {
         self.reach
     }
 
-    /// The latest interval's result, for a PPS refclock locked to this one.
+    /// The newest usable reading, for a PPS refclock locked to this one: it only has to
+    /// name the second, and unlike a combined interval it follows a correction of the
+    /// clock within a reading.
     pub fn latest(&self) -> Option<LockEstimate> {
         self.latest
     }
@@ -102,6 +104,10 @@ impl RefclockState {
             leap: sample.leap,
         });
         self.newest = Some((sample.local, pending_slew));
+        self.latest = Some(LockEstimate {
+            offset,
+            when: sample.local,
+        });
         true
     }
 
@@ -125,10 +131,6 @@ impl RefclockState {
             self.interval_end = now + period;
         }
         let (combined, (local, pending_slew)) = (combined?, newest?);
-        self.latest = Some(LockEstimate {
-            offset: combined.offset,
-            when: local,
-        });
         Some(Closed {
             combined,
             local,
