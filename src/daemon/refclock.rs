@@ -1,7 +1,9 @@
-//! Reference clocks' I/O: the SHM segments polled once a second, and the SOCK sockets
-//! read as datagrams arrive. Each reading is parsed by the pure parsers of
-//! [`crate::refclock`] and handed, with the time it was read, to the driver loop,
-//! which gives it to the coordinator: the tasks here decide nothing.
+//! Reference clocks' I/O: the SHM segments polled once a second, the SOCK sockets
+//! read as datagrams arrive, PHCs read and PPS devices asked for their latest edge once
+//! a second. Each reading is parsed by the pure parsers of [`crate::refclock`] and
+//! handed, with the time it was read, to the driver loop, which gives it to the
+//! coordinator (a PPS edge after [`pulse_sample`] with its lock): the tasks here decide
+//! nothing.
 //!
 //! Who opens what (see the README's "master role" section):
 //! * SHM segments are attached by whichever process runs the engine, *before* it
