@@ -541,3 +541,28 @@ fn pps_refclock_locked_to_shm_steers_the_clock_under_clknetsim() {
         "{context}"
     );
 }
+
+/// A PPS without `lock` next to a network server: the system clock names the second
+/// once the server has synchronized it, and the pulses (1 µs of jitter) then steer the
+/// clock to about a microsecond, where the server alone leaves some 50 µs.
+#[test]
+fn pps_refclock_without_lock_takes_over_once_synchronized_under_clknetsim() {
+    let settings = "limit=1000\nrefclock_jitter=1e-6";
+    let conf = "[[refclock]]\ndriver = \"pps\"\ndevice = \"/dev/pps0\"\nrefid = \"PPS\"\n\
+                authenticated = true";
+    let Some((row, context)) = run_under_clknetsim("ntimed-pps-nolock", settings, conf) else {
+        return;
+    };
+    assert!(
+        row[6] < 1e-5,
+        "steady-state RMS offset {} s: {context}",
+        row[6]
+    );
+    let synchronized = context
+        .find("192.168.123.1:123: reachable, selected")
+        .expect("the server is selected first");
+    let pps = context
+        .find("refclock PPS pps:/dev/pps0: reachable, selected")
+        .expect("then the PPS");
+    assert!(synchronized < pps, "{context}");
+}
