@@ -219,8 +219,8 @@ pub struct PeerSection {
 ///
 /// ```toml
 /// [[refclock]]
-/// driver = "shm"          # or "sock" with path = "/run/ntimed/gps.sock"
-/// unit = 2
+/// driver = "shm"          # or "sock" with path = "/run/ntimed/gps.sock",
+/// unit = 2                # "phc" or "pps" with device = "/dev/ptp0"
 /// refid = "GPS"
 /// authenticated = true    # a device is trusted by configuration, said outright
 /// ```
@@ -232,6 +232,22 @@ pub struct RefclockSection {
     pub unit: Option<u32>,
     /// `sock`: where the daemon creates the socket the sender (gpsd) writes to.
     pub path: Option<PathBuf>,
+    /// `phc`, `pps`: the device (`/dev/ptp0`, `/dev/pps0`), opened before root is dropped.
+    pub device: Option<PathBuf>,
+    /// `phc`: seconds the PHC runs ahead of UTC (37 on TAI, as ptp4l keeps it; 0).
+    pub utc_offset: Option<i64>,
+    /// `phc`: the longest read trusted, seconds (1e-3).
+    pub max_delay: Option<f64>,
+    /// `pps`: the refid of the `[[refclock]]` that names each pulse's second; without
+    /// it, the system's own clock does, and only while it is synchronized.
+    pub lock: Option<String>,
+    /// `pps`: the edge that marks the second ("assert").
+    pub edge: Option<PpsEdgeName>,
+    /// `pps`: the oldest lock estimate used, seconds (60).
+    pub max_lock_age: Option<f64>,
+    /// Never selected: read only as another refclock's `lock`.
+    #[serde(default)]
+    pub noselect: bool,
     /// Announced as our reference id while this clock is the reference: 1 to 4 ASCII
     /// characters ("GPS", "PPS").
     pub refid: String,
@@ -258,6 +274,18 @@ pub enum RefclockDriver {
     Shm,
     /// chrony's refclock socket protocol (gpsd writes to it).
     Sock,
+    /// A PTP hardware clock (`/dev/ptpN`).
+    Phc,
+    /// A kernel PPS device (`/dev/ppsN`).
+    Pps,
+}
+
+/// `edge` of a PPS refclock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PpsEdgeName {
+    Assert,
+    Clear,
 }
 
 impl RefclockSection {
@@ -268,18 +296,55 @@ impl RefclockSection {
         match self.driver {
             RefclockDriver::Shm => self.unit.map(|unit| DriverKind::Shm { unit }),
             RefclockDriver::Sock => self.path.clone().map(|path| DriverKind::Sock { path }),
+            RefclockDriver::Phc => self.device.clone().map(|device| DriverKind::Phc { device }),
+            RefclockDriver::Pps => self.device.clone().map(|device| DriverKind::Pps { device }),
+        }
+    }
+
+    /// How a `phc` refclock's readings become samples (defaults filled in).
+    pub fn phc_settings(&self) -> crate::refclock::phc::PhcSettings {
+        let defaults = crate::refclock::phc::PhcSettings::default();
+        crate::refclock::phc::PhcSettings {
+            utc_offset: self.utc_offset.unwrap_or(defaults.utc_offset),
+            max_delay: self.max_delay.unwrap_or(defaults.max_delay),
+            precision: self.precision.unwrap_or(defaults.precision),
+        }
+    }
+
+    /// How a `pps` refclock's pulses become samples (defaults filled in). The
+    /// configured `offset` is applied here, to the pulse, not again to the sample.
+    pub fn pps_settings(&self) -> crate::refclock::pps::PpsSettings {
+        let defaults = crate::refclock::pps::PpsSettings::default();
+        crate::refclock::pps::PpsSettings {
+            edge: match self.edge {
+                Some(PpsEdgeName::Clear) => crate::sys::PpsEdge::Clear,
+                Some(PpsEdgeName::Assert) | None => crate::sys::PpsEdge::Assert,
+            },
+            offset: self.offset,
+            max_lock_age: self.max_lock_age.unwrap_or(defaults.max_lock_age),
+            precision: self.precision.unwrap_or(defaults.precision),
         }
     }
 
     /// The options the coordinator takes (defaults filled in).
     pub fn options(&self) -> crate::refclock::RefclockOptions {
         let defaults = crate::refclock::RefclockOptions::default();
+        let precision = match self.driver {
+            RefclockDriver::Phc => self.phc_settings().precision,
+            _ => self.precision.unwrap_or(defaults.precision),
+        };
         crate::refclock::RefclockOptions {
             refid: crate::refclock::parse_refid(&self.refid).unwrap_or(defaults.refid),
-            offset: self.offset,
+            // A pulse's offset is applied by the PPS combiner, before it picks the second.
+            offset: if self.driver == RefclockDriver::Pps {
+                0.0
+            } else {
+                self.offset
+            },
             delay: self.delay,
-            precision: self.precision.unwrap_or(defaults.precision),
+            precision,
             poll: self.poll.unwrap_or(defaults.poll),
+            noselect: self.noselect,
         }
     }
 
@@ -818,8 +883,14 @@ impl Config {
             if !r.authenticated {
                 fail("a reference clock's samples carry no proof of origin: say authenticated = true to trust the device".into());
             }
+            let device_only = r.unit.is_none() && r.path.is_none() && r.device.is_some();
             match (r.driver, r.unit, &r.path) {
-                (RefclockDriver::Shm, Some(unit), None) => {
+                (RefclockDriver::Phc | RefclockDriver::Pps, _, _) if !device_only => fail(
+                    "driver = \"phc\" or \"pps\" takes device = \"/dev/...\" and no unit or path"
+                        .into(),
+                ),
+                (RefclockDriver::Phc | RefclockDriver::Pps, _, _) => {}
+                (RefclockDriver::Shm, Some(unit), None) if r.device.is_none() => {
                     if unit > crate::refclock::shm::MAX_UNIT {
                         fail(format!(
                             "unit must be 0 to {}",
@@ -828,15 +899,15 @@ impl Config {
                     }
                 }
                 (RefclockDriver::Shm, _, _) => {
-                    fail("driver = \"shm\" takes unit = N and no path".into())
+                    fail("driver = \"shm\" takes unit = N and no path or device".into())
                 }
-                (RefclockDriver::Sock, None, Some(path)) => {
+                (RefclockDriver::Sock, None, Some(path)) if r.device.is_none() => {
                     if path.as_os_str().is_empty() || path.file_name().is_none() {
                         fail("path must name a socket file".into());
                     }
                 }
                 (RefclockDriver::Sock, _, _) => {
-                    fail("driver = \"sock\" takes path = \"/run/...\" and no unit".into())
+                    fail("driver = \"sock\" takes path = \"/run/...\" and no unit or device".into())
                 }
             }
             let finite_within =
@@ -853,6 +924,7 @@ impl Config {
             if r.poll.is_some_and(|p| !(0..=10).contains(&p)) {
                 fail("poll must be 0 to 10 (log2 seconds)".into());
             }
+            self.check_device_options(r, &mut fail);
             let kind = r.kind();
             if kind.is_some()
                 && self
@@ -863,6 +935,68 @@ impl Config {
             {
                 fail("listed twice".into());
             }
+        }
+    }
+
+    /// The PHC and PPS options: each only on its own driver, within range, and a PPS
+    /// `lock` naming another `[[refclock]]` (one that is not a PPS refclock itself).
+    fn check_device_options(&self, r: &RefclockSection, fail: &mut impl FnMut(String)) {
+        let phc = r.driver == RefclockDriver::Phc;
+        let pps = r.driver == RefclockDriver::Pps;
+        for (name, set, driver, allowed) in [
+            ("utc-offset", r.utc_offset.is_some(), "phc", phc),
+            ("max-delay", r.max_delay.is_some(), "phc", phc),
+            ("lock", r.lock.is_some(), "pps", pps),
+            ("edge", r.edge.is_some(), "pps", pps),
+            ("max-lock-age", r.max_lock_age.is_some(), "pps", pps),
+        ] {
+            if set && !allowed {
+                fail(format!("{name} is only for driver = \"{driver}\""));
+            }
+        }
+        if r.device.as_ref().is_some_and(|d| d.as_os_str().is_empty()) {
+            fail("device must name a device file".into());
+        }
+        if r.utc_offset.is_some_and(|o| !(0..=1000).contains(&o)) {
+            fail("utc-offset must be 0 to 1000 seconds (37 for a PHC on TAI)".into());
+        }
+        if r.max_delay
+            .is_some_and(|d| !(d.is_finite() && d > 0.0 && d <= 1.0))
+        {
+            fail("max-delay must be more than 0 and at most 1 second".into());
+        }
+        if r.max_lock_age
+            .is_some_and(|a| !(a.is_finite() && a > 0.0 && a <= 86_400.0))
+        {
+            fail("max-lock-age must be more than 0 and at most 86400 seconds".into());
+        }
+        if pps && !(-0.5..=0.5).contains(&r.offset) {
+            fail("a PPS refclock's offset must be within ±0.5 s".into());
+        }
+        let Some(lock) = &r.lock else {
+            return;
+        };
+        if *lock == r.refid {
+            fail(format!("lock = {lock:?} names this refclock itself"));
+            return;
+        }
+        let named: Vec<&RefclockSection> = self
+            .refclocks
+            .iter()
+            .map(|o| o.get_ref())
+            .filter(|o| o.refid == *lock)
+            .collect();
+        match named.as_slice() {
+            [] => fail(format!(
+                "lock = {lock:?} is not the refid of any [[refclock]]"
+            )),
+            [one] if one.driver == RefclockDriver::Pps => fail(format!(
+                "lock = {lock:?} is a PPS refclock, which cannot name a second either"
+            )),
+            [_] => {}
+            _ => fail(format!(
+                "lock = {lock:?} is the refid of more than one [[refclock]]"
+            )),
         }
     }
 
@@ -1418,6 +1552,115 @@ mod tests {
         assert_eq!(err.line, Some(3));
         let wrong_driver = format!("{base}{}", shm.replace("\"shm\"", "\"nmea\""));
         assert!(Config::parse("c.toml", &wrong_driver).is_err());
+    }
+
+    /// `[[refclock]]` with `driver = "phc"` and `"pps"`: their options reach the
+    /// settings, each option only on its driver, and a PPS `lock` must name another,
+    /// non-PPS refclock; every fault has its line.
+    #[test]
+    fn phc_and_pps_refclocks_are_checked() {
+        let base = "[clock]\nmode = \"observe\"\n";
+        let phc = "[[refclock]]\ndriver = \"phc\"\ndevice = \"/dev/ptp0\"\nrefid = \"PHC\"\n\
+                   utc-offset = 37\nmax-delay = 2e-4\nauthenticated = true\n";
+        let nmea = "[[refclock]]\ndriver = \"shm\"\nunit = 0\nrefid = \"NMEA\"\nnoselect = true\n\
+                    authenticated = true\n";
+        let pps = "[[refclock]]\ndriver = \"pps\"\ndevice = \"/dev/pps0\"\nrefid = \"PPS\"\n\
+                   lock = \"NMEA\"\nedge = \"clear\"\nmax-lock-age = 30\noffset = 0.01\n\
+                   authenticated = true\n";
+        let c = Config::parse("c.toml", &format!("{base}{phc}{nmea}{pps}")).unwrap();
+        let (p, n, q) = (
+            c.refclocks[0].get_ref(),
+            c.refclocks[1].get_ref(),
+            c.refclocks[2].get_ref(),
+        );
+        assert_eq!(p.name(), "refclock PHC phc:/dev/ptp0");
+        assert_eq!(
+            p.phc_settings(),
+            crate::refclock::phc::PhcSettings {
+                utc_offset: 37,
+                max_delay: 2e-4,
+                precision: 1e-9,
+            }
+        );
+        assert_eq!(p.options().precision, 1e-9, "a PHC is finer than 1 us");
+        assert!(n.options().noselect && !p.options().noselect);
+        assert_eq!(q.name(), "refclock PPS pps:/dev/pps0");
+        assert_eq!(
+            q.pps_settings(),
+            crate::refclock::pps::PpsSettings {
+                edge: crate::sys::PpsEdge::Clear,
+                offset: 0.01,
+                max_lock_age: 30.0,
+                precision: 1e-6,
+            }
+        );
+        assert_eq!(q.options().offset, 0.0, "the combiner applies it, once");
+        let lockless = pps.replace("lock = \"NMEA\"\n", "");
+        assert!(Config::parse("c.toml", &format!("{base}{lockless}")).is_ok());
+        let cases = [
+            (phc.replace("device = \"/dev/ptp0\"\n", ""), "takes device"),
+            (phc.replace("device", "path"), "takes device"),
+            (format!("{phc}unit = 0\n"), "takes device"),
+            (phc.replace("\"/dev/ptp0\"", "\"\""), "device must name"),
+            (
+                phc.replace("utc-offset = 37", "utc-offset = -1"),
+                "utc-offset must be",
+            ),
+            (
+                phc.replace("max-delay = 2e-4", "max-delay = 0"),
+                "max-delay must be",
+            ),
+            (
+                format!("{phc}lock = \"NMEA\"\n"),
+                "lock is only for driver = \"pps\"",
+            ),
+            (format!("{phc}{phc}"), "listed twice"),
+            (
+                format!("{nmea}edge = \"assert\"\n"),
+                "edge is only for driver = \"pps\"",
+            ),
+            (
+                format!("{pps}utc-offset = 37\n"),
+                "utc-offset is only for driver = \"phc\"",
+            ),
+            (pps.to_string(), "not the refid of any"),
+            (
+                format!("{nmea}{}", pps.replace("\"NMEA\"\nedge", "\"PPS\"\nedge")),
+                "names this refclock itself",
+            ),
+            (
+                format!(
+                    "{nmea}{pps}{}",
+                    pps.replace("pps0", "pps1")
+                        .replace("\"PPS\"", "\"PPS2\"")
+                        .replace("\"NMEA\"", "\"PPS\"")
+                ),
+                "is a PPS refclock",
+            ),
+            (
+                format!("{nmea}{}{pps}", nmea.replace("unit = 0", "unit = 1")),
+                "more than one",
+            ),
+            (
+                format!("{nmea}{}", pps.replace("offset = 0.01", "offset = 0.6")),
+                "within ±0.5",
+            ),
+            (
+                format!(
+                    "{nmea}{}",
+                    pps.replace("max-lock-age = 30", "max-lock-age = 0")
+                ),
+                "max-lock-age must be",
+            ),
+        ];
+        for (refclock, message) in cases {
+            let text = format!("{base}{refclock}");
+            let err = Config::parse("c.toml", &text).unwrap_err();
+            assert!(err.message.contains(message), "{text:?}: {err}");
+            assert!(err.line.is_some(), "{text:?}: {err}");
+        }
+        let bad_edge = format!("{base}{nmea}{}", pps.replace("\"clear\"", "\"both\""));
+        assert!(Config::parse("c.toml", &bad_edge).is_err());
     }
 
     /// `load_all` goes on past the first problem: a bad value, a duplicate listener and

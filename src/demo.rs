@@ -628,6 +628,10 @@ async fn master_demo() -> Result<u32, String> {
                 ..RefclockOptions::default()
             },
             segment: None,
+            device: None,
+            phc: Default::default(),
+            pps: Default::default(),
+            lock: None,
         }],
         refclock_sockets: vec![socket],
     };

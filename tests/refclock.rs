@@ -409,25 +409,16 @@ fn sock_refclock_makes_a_stratum_one_server_and_counts_bad_datagrams() {
     assert!(Path::new(&path).exists());
 }
 
-/// The refclock scenario: clknetsim's refclock on the client node (1 µs of jitter),
-/// read as SHM unit 0 next to the scenario's one network source.
-const CLKNETSIM_SCENARIO: &str = "#!/usr/bin/env bash\n\
-    . ./test.common\n\
-    test_start \"ntimed refclock\"\n\
-    refclock_jitter=1e-6\n\
-    run_test || test_fail\n\
-    check_sync || true\n\
-    test_pass\n";
-
-#[test]
-fn shm_refclock_steers_the_clock_under_clknetsim() {
-    let Some(shared) = require_clknetsim() else {
-        return;
-    };
+/// A result row of the shared `run.sh` (scenario daemon runs sync_s max_off rms_off
+/// rms_freq poll_s ss_rms, from sync_s on) and ntimed's log, for one seed of
+/// `scenario` (its settings, as shell lines) with `conf` appended to ntimed's TOML.
+/// `None` when clknetsim or chronyd is missing (and not required).
+fn run_under_clknetsim(name: &str, settings: &str, conf: &str) -> Option<(Vec<f64>, String)> {
+    let shared = require_clknetsim()?;
     if !require_chrony() {
-        return;
+        return None;
     }
-    let dir = tempdir("refclock-clknetsim");
+    let dir = tempdir(name);
     let copy = dir.path().join("clknetsim");
     let out = run_with_deadline(
         {
@@ -445,38 +436,133 @@ fn shm_refclock_steers_the_clock_under_clknetsim() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .expect("chmod scenarios");
-    fs::write(scenarios.join("ntimed-refclock"), CLKNETSIM_SCENARIO).expect("write scenario");
+    let scenario = format!(
+        "#!/usr/bin/env bash\n. ./test.common\ntest_start \"{name}\"\n{settings}\n\
+         run_test || test_fail\ncheck_sync || true\ntest_pass\n"
+    );
+    fs::write(scenarios.join(name), scenario).expect("write scenario");
     let work = dir.path().join("work");
     let mut cmd = common::process::safe_command(None, "bash");
     cmd.arg(copy.join("run.sh"))
         .arg(common::ntimed_cli::ntimed_bin())
-        .args(["-n", "1", "--ntimed-only", "ntimed-refclock"])
+        .args(["-n", "1", "--ntimed-only", name])
         .env("CLKNETSIM_WORK", &work)
         // Appended to the node's TOML by harness/ntimed.common (`printf %b`: `\\n`).
-        .env(
-            "NTIMED_EXTRA_CONF",
-            "[[refclock]]\\ndriver = \"shm\"\\nunit = 0\\nrefid = \"GPS\"\\nauthenticated = true",
-        );
+        .env("NTIMED_EXTRA_CONF", conf.replace('\n', "\\n"));
     let out = run_with_deadline(cmd, Duration::from_secs(300)).expect("run.sh");
-    let log = fs::read_to_string(work.join("test/simulation/tmp/log.2")).unwrap_or_default();
+    // The client is the node after the servers: log.1 without any, log.2 with one.
+    let log = ["log.1", "log.2"]
+        .map(|file| fs::read_to_string(work.join("test/simulation/tmp").join(file)))
+        .map(Result::unwrap_or_default)
+        .join("\n");
     let context = format!("{}\n--- ntimed ---\n{log}", out.describe());
     assert!(out.status.success(), "{context}");
-    // scenario daemon runs sync_s max_off rms_off rms_freq poll_s ss_rms
     let row: Vec<f64> = out
         .stdout
         .lines()
-        .find(|l| l.starts_with("ntimed-refclock"))
+        .find(|l| l.starts_with(name))
         .unwrap_or_else(|| panic!("no result row: {context}"))
         .split_whitespace()
         .skip(2)
         .filter_map(|v| v.parse().ok())
         .collect();
     assert_eq!(row.len(), 7, "{context}");
+    Some((row, context))
+}
+
+#[test]
+fn shm_refclock_steers_the_clock_under_clknetsim() {
+    let conf = "[[refclock]]\ndriver = \"shm\"\nunit = 0\nrefid = \"GPS\"\nauthenticated = true";
+    let Some((row, context)) = run_under_clknetsim("ntimed-refclock", "refclock_jitter=1e-6", conf)
+    else {
+        return;
+    };
     assert!(row[1] < 300.0, "sync time {} s: {context}", row[1]);
     assert!(
         row[6] < 5e-6,
         "steady-state RMS offset {} s: {context}",
         row[6]
     );
-    assert!(log.contains("refclock GPS shm:0: reachable"), "{context}");
+    assert!(
+        context.contains("refclock GPS shm:0: reachable"),
+        "{context}"
+    );
+}
+
+/// clknetsim's reference clock as `/dev/ptp0` (1 µs read delay, 0.1 µs jitter), the
+/// only source: read with the precise cross-timestamp ioctl each second, it steers the
+/// clock to well under a microsecond.
+#[test]
+fn phc_refclock_steers_the_clock_under_clknetsim() {
+    let settings = "export CLKNETSIM_PHC_DELAY=1e-6\nexport CLKNETSIM_PHC_JITTER=1e-7\n\
+                    servers=0\nlimit=1000\nrefclock_jitter=1e-7";
+    let conf = "[[refclock]]\ndriver = \"phc\"\ndevice = \"/dev/ptp0\"\nrefid = \"PHC\"\n\
+                authenticated = true";
+    let Some((row, context)) = run_under_clknetsim("ntimed-phc", settings, conf) else {
+        return;
+    };
+    assert!(row[1] < 200.0, "sync time {} s: {context}", row[1]);
+    assert!(
+        row[6] < 1e-6,
+        "steady-state RMS offset {} s: {context}",
+        row[6]
+    );
+    assert!(
+        context.contains("refclock PHC phc:/dev/ptp0: reachable"),
+        "{context}"
+    );
+}
+
+/// clknetsim's pulses on `/dev/pps0`, locked to its SHM segment (unit 0, `noselect`)
+/// whose time is 0.35 s off with 50 ms of jitter, as NMEA is (chrony's test 106): the
+/// lock only names the second, the pulses steer the clock, and the noselect lock never
+/// does. (How close they steer it is the engine's: its first frequency estimate, from
+/// two samples, stays some 20 ppm off, a 1 ms sawtooth; chronyd gets 0.2 µs.)
+#[test]
+fn pps_refclock_locked_to_shm_steers_the_clock_under_clknetsim() {
+    let settings = "servers=0\nlimit=1000\nrefclock_offset=0.35\nrefclock_jitter=0.05";
+    let conf = "[[refclock]]\ndriver = \"shm\"\nunit = 0\nrefid = \"NMEA\"\nnoselect = true\n\
+                authenticated = true\n[[refclock]]\ndriver = \"pps\"\ndevice = \"/dev/pps0\"\n\
+                refid = \"PPS\"\nlock = \"NMEA\"\nauthenticated = true";
+    let Some((row, context)) = run_under_clknetsim("ntimed-pps", settings, conf) else {
+        return;
+    };
+    assert!(
+        row[6] < 2e-3,
+        "steady-state RMS offset {} s: {context}",
+        row[6]
+    );
+    assert!(
+        context.contains("refclock PPS pps:/dev/pps0: reachable, selected"),
+        "{context}"
+    );
+    assert!(
+        !context.contains("refclock NMEA shm:0: reachable, selected"),
+        "{context}"
+    );
+}
+
+/// A PPS without `lock` next to a network server: the system clock names the second
+/// once the server has synchronized it, and the pulses (1 µs of jitter) then steer the
+/// clock to about a microsecond, where the server alone leaves some 50 µs.
+#[test]
+fn pps_refclock_without_lock_takes_over_once_synchronized_under_clknetsim() {
+    let settings = "limit=1000\nrefclock_jitter=1e-6";
+    let conf = "[[refclock]]\ndriver = \"pps\"\ndevice = \"/dev/pps0\"\nrefid = \"PPS\"\n\
+                authenticated = true";
+    let Some((row, context)) = run_under_clknetsim("ntimed-pps-nolock", settings, conf) else {
+        return;
+    };
+    assert!(
+        row[6] < 1e-5,
+        "steady-state RMS offset {} s: {context}",
+        row[6]
+    );
+    let synchronized = context
+        .find("192.168.123.1:123: reachable, selected")
+        .expect("the server is selected first");
+    let pps = context
+        .find("refclock PPS pps:/dev/pps0: reachable, selected")
+        .expect("then the PPS");
+    assert!(synchronized < pps, "{context}");
 }

@@ -400,9 +400,15 @@ impl Coordinator {
         now: f64,
     ) -> AssociationId {
         let name = name.into();
-        let engine_id = self
-            .engine
-            .add_reference_clock(name.clone(), ReferenceId(options.refid));
+        // A noselect refclock never gives the engine a sample: registered as a backup
+        // (as peers are), so the start-up majority does not wait for it.
+        let engine_id = if options.noselect {
+            self.engine
+                .add_peer(name.clone(), ReferenceId(options.refid), false)
+        } else {
+            self.engine
+                .add_reference_clock(name.clone(), ReferenceId(options.refid))
+        };
         let id = AssociationId(self.associations.len());
         self.associations.push(Association {
             name,
@@ -442,6 +448,18 @@ impl Coordinator {
         }
     }
 
+    /// Reference clock `id`'s newest usable reading (offset, slew taken out, and when):
+    /// what a PPS refclock locked to it takes to name each pulse's second.
+    pub fn refclock_estimate(
+        &self,
+        id: AssociationId,
+    ) -> Option<crate::refclock::pps::LockEstimate> {
+        match self.associations.get(id.0).map(|a| &a.kind) {
+            Some(Kind::Refclock(refclock)) => refclock.latest(),
+            _ => None,
+        }
+    }
+
     /// A reading of reference clock `id` that was not a sample (see
     /// [`RefclockDrop`]): counted, and the last reason kept for reports.
     pub fn handle_refclock_drop(&mut self, id: AssociationId, why: RefclockDrop) {
@@ -467,6 +485,9 @@ impl Coordinator {
         let Some(closed) = closed else {
             return;
         };
+        if options.noselect {
+            return;
+        }
         self.engine
             .set_measurement_noise(a.engine_id, closed.combined.error);
         // The precision's log2, as packets state it (1e-6 s is -20).

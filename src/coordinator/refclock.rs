@@ -8,6 +8,7 @@
 //! went meanwhile.
 
 use crate::refclock::filter::{self, Combined, FilterInput, MAX_SAMPLES};
+use crate::refclock::pps::LockEstimate;
 use crate::refclock::{RefclockDrop, RefclockOptions, RefclockSample};
 use crate::wire::NtpTimestamp;
 
@@ -34,6 +35,8 @@ pub(super) struct RefclockState {
     newest: Option<(NtpTimestamp, f64)>,
     /// The sum of the interval's sample times, for their mean.
     times: f64,
+    /// The newest usable reading's offset (slew taken out) and time.
+    latest: Option<LockEstimate>,
     interval_end: f64,
     reach: u8,
     pub drops: u64,
@@ -47,6 +50,7 @@ impl RefclockState {
             samples: Vec::new(),
             newest: None,
             times: 0.0,
+            latest: None,
             interval_end: now,
             reach: 0,
             drops: 0,
@@ -68,6 +72,13 @@ impl RefclockState {
 
     pub fn reach(&self) -> u8 {
         self.reach
+    }
+
+    /// The newest usable reading, for a PPS refclock locked to this one: it only has to
+    /// name the second, and unlike a combined interval it follows a correction of the
+    /// clock within a reading.
+    pub fn latest(&self) -> Option<LockEstimate> {
+        self.latest
     }
 
     pub fn is_reachable(&self) -> bool {
@@ -101,6 +112,10 @@ impl RefclockState {
         });
         self.newest = Some((sample.local, pending_slew));
         self.times += now;
+        self.latest = Some(LockEstimate {
+            offset,
+            when: sample.local,
+        });
         true
     }
 

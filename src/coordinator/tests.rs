@@ -524,6 +524,43 @@ fn refclock_drops_are_counted() {
 
 /// A refclock that disagrees with two agreeing network sources is a falseticker:
 /// the configured trust does not outvote a majority.
+/// A `noselect` refclock 0.5 s off never reaches selection (the servers steer, and
+/// it is no falseticker), yet its combined offset is there for a PPS lock.
+#[test]
+fn a_noselect_refclock_only_serves_as_a_lock() {
+    let (mut pair, servers) = pair_with(&[0.0, 0.0], 0.0, 12);
+    let options = crate::refclock::RefclockOptions {
+        refid: *b"NMEA",
+        noselect: true,
+        ..Default::default()
+    };
+    let id = pair
+        .coordinator
+        .add_refclock("refclock NMEA shm:0", options, 0.0);
+    pair.refclocks.push((id, 0.5));
+    pair.run_until(900.0, |_| {});
+    let report = pair.coordinator.report(pair.now);
+    let state = |a: AssociationId| {
+        report
+            .iter()
+            .find(|r| r.association == a)
+            .unwrap()
+            .engine
+            .state
+    };
+    assert!(!matches!(
+        state(id),
+        crate::sync::SourceState::Reference
+            | crate::sync::SourceState::Selectable
+            | crate::sync::SourceState::Falseticker
+    ));
+    assert_ne!(state(servers[0]), crate::sync::SourceState::Falseticker);
+    assert!(pair.phase().abs() < 1e-3);
+    let lock = pair.coordinator.refclock_estimate(id).unwrap();
+    assert!((lock.offset - 0.5).abs() < 0.01, "{lock:?}");
+    assert!(pair.coordinator.refclock_estimate(servers[0]).is_none());
+}
+
 #[test]
 fn a_refclock_is_selected_like_any_source() {
     let (mut pair, servers) = pair_with(&[0.0, 0.0], 0.0, 12);

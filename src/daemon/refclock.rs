@@ -1,7 +1,9 @@
-//! Reference clocks' I/O: the SHM segments polled once a second, and the SOCK sockets
-//! read as datagrams arrive. Each reading is parsed by the pure parsers of
-//! [`crate::refclock`] and handed, with the time it was read, to the driver loop,
-//! which gives it to the coordinator: the tasks here decide nothing.
+//! Reference clocks' I/O: the SHM segments polled once a second, the SOCK sockets
+//! read as datagrams arrive, PHCs read and PPS devices asked for their latest edge once
+//! a second. Each reading is parsed by the pure parsers of [`crate::refclock`] and
+//! handed, with the time it was read, to the driver loop, which gives it to the
+//! coordinator (a PPS edge after [`pulse_sample`] with its lock): the tasks here decide
+//! nothing.
 //!
 //! Who opens what (see the README's "master role" section):
 //! * SHM segments are attached by whichever process runs the engine, *before* it
@@ -13,7 +15,13 @@
 //! * SOCK sockets are created by the root supervisor at the configured path (outside
 //!   the chroot), mode 0660 and group `gpsd` when that group exists, and passed to the
 //!   engine as descriptors (`--refclock-fds`).
+//! * PHC and PPS devices are opened by the privileged process before the drop and
+//!   kept: like SHM, by the engine while it is still root, in `prepare`. The
+//!   descriptors stay open for the life of the process and are never reopened (a
+//!   device's node is root's, and outside the chroot). The PPS edge is chosen then
+//!   too (`PPS_SETPARAMS` needs `CAP_SYS_TIME`).
 
+use std::os::fd::BorrowedFd;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
@@ -25,12 +33,20 @@ use tokio::time::Instant;
 
 use crate::clock::Clock;
 use crate::coordinator::AssociationId;
-use crate::refclock::{RefclockDrop, RefclockOptions, RefclockSample, shm, sock};
-use crate::sys::ShmSegment;
+use crate::refclock::pps::{LockEstimate, PpsCombiner};
+use crate::refclock::{RefclockDrop, RefclockOptions, RefclockSample, phc, shm, sock};
+use crate::sys::{PhcReader, PpsFetch, ShmSegment};
 use crate::wire::NtpTimestamp;
 
 /// How often an SHM segment is looked at (gpsd writes once a second).
 pub const SHM_READ_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a PHC is read (chrony's default, dpoll 0).
+pub const PHC_READ_INTERVAL: Duration = Duration::from_secs(1);
+/// Bracketed reads per PHC reading, the fastest of which is used (chrony's 10).
+const PHC_SAMPLES: u32 = 10;
+/// How often a PPS device is asked for its latest edge, without waiting (as chrony
+/// does): once per pulse, so each is seen once, and a poll never blocks the runtime.
+pub const PPS_FETCH_INTERVAL: Duration = Duration::from_secs(1);
 /// Bytes read per datagram: more than a sample, so a longer one shows as too long.
 const DATAGRAM_BUFFER: usize = 2 * sock::SAMPLE_LEN;
 /// The group a SOCK socket is given, when it exists: the sender's.
@@ -45,13 +61,35 @@ pub struct RefclockSpec {
     pub options: RefclockOptions,
     /// SHM: the attached segment (see [`attach_shm`]).
     pub segment: Option<ShmSegment>,
+    /// PHC, PPS: the open device (see [`open_devices`]).
+    pub device: Option<BorrowedFd<'static>>,
+    pub phc: phc::PhcSettings,
+    pub pps: crate::refclock::pps::PpsSettings,
+    /// PPS: the refid of the refclock that names the second (`None`: the system clock).
+    pub lock: Option<[u8; 4]>,
 }
 
 /// One reading, as the tasks here hand it to the driver loop.
 pub struct Reading {
     pub id: AssociationId,
-    pub result: Result<RefclockSample, RefclockDrop>,
+    pub what: Read,
     pub at: Instant,
+}
+
+/// What a reading gave.
+pub enum Read {
+    /// A sample, or why there is none.
+    Sample(Result<RefclockSample, RefclockDrop>),
+    /// A PPS device's latest edges: the driver loop, which knows the lock, judges them.
+    Pulse(Pulse),
+}
+
+/// One `PPS_FETCH`, with the clock's and the system clock's readings just after it.
+#[derive(Debug, Clone, Copy)]
+pub struct Pulse {
+    pub fetched: PpsFetch,
+    pub local: NtpTimestamp,
+    pub system: NtpTimestamp,
 }
 
 /// The mode a missing SHM segment is created with: 0600 for units 0 and 1, 0666 above.
@@ -76,6 +114,28 @@ pub fn attach_shm(specs: &mut [RefclockSpec]) -> Result<(), String> {
         let segment = ShmSegment::attach(key, shm::SEGMENT_LEN, shm_mode(unit), true)
             .map_err(|e| format!("{}: cannot attach SHM key {key:#x}: {e}", spec.name))?;
         spec.segment = Some(segment);
+    }
+    Ok(())
+}
+
+/// Opens the device of every PHC and PPS refclock in `specs`, and makes a PPS device
+/// capture the configured edge. The descriptor is kept for the life of the process:
+/// the device is never reopened (only root could), and under clknetsim closing one of
+/// its fake descriptors trips std's I/O-safety check.
+pub fn open_devices(specs: &mut [RefclockSpec]) -> Result<(), String> {
+    for spec in specs {
+        let (crate::refclock::DriverKind::Phc { device }
+        | crate::refclock::DriverKind::Pps { device }) = &spec.kind
+        else {
+            continue;
+        };
+        let fail = |e: std::io::Error| format!("{}: {}: {e}", spec.name, device.display());
+        let fd = crate::sys::open_device(device).map_err(fail)?;
+        let fd: BorrowedFd<'static> = std::os::fd::AsFd::as_fd(Box::leak(Box::new(fd)));
+        if matches!(spec.kind, crate::refclock::DriverKind::Pps { .. }) {
+            crate::sys::pps_capture(fd, spec.pps.edge).map_err(fail)?;
+        }
+        spec.device = Some(fd);
     }
     Ok(())
 }
@@ -135,7 +195,7 @@ pub fn spawn_shm(
             };
             let reading = Reading {
                 id,
-                result,
+                what: Read::Sample(result),
                 at: Instant::now(),
             };
             if tx.send(reading).await.is_err() {
@@ -174,6 +234,112 @@ pub fn read_shm(
     }
 }
 
+/// Reads the PHC `fd` every [`PHC_READ_INTERVAL`] until the loop stops listening. The
+/// offset ioctls return at once, so they run on the runtime like the SHM reads.
+pub fn spawn_phc(
+    id: AssociationId,
+    fd: BorrowedFd<'static>,
+    settings: phc::PhcSettings,
+    clock: Arc<dyn Clock>,
+    tx: mpsc::Sender<Reading>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut reader = PhcReader::new(PHC_SAMPLES);
+        let mut ticks = tokio::time::interval(PHC_READ_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let result = read_phc(&mut reader, fd, &settings, &*clock);
+            let what = Read::Sample(result);
+            let at = Instant::now();
+            if tx.send(Reading { id, what, at }).await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// One PHC reading as a sample of the disciplined clock.
+fn read_phc(
+    reader: &mut PhcReader,
+    fd: BorrowedFd<'_>,
+    settings: &phc::PhcSettings,
+    clock: &dyn Clock,
+) -> Result<RefclockSample, RefclockDrop> {
+    let readings = reader
+        .read(fd)
+        .map_err(|e| RefclockDrop::Device(e.kind()))?;
+    let (local, system) = clocks(clock);
+    let sample = phc::sample_from_readings(&readings, settings)?;
+    Ok(to_disciplined(sample, local, system))
+}
+
+/// A sample against the system clock, moved to the disciplined clock: `local` minus
+/// `system`, read together, is how far the disciplined clock is ahead.
+fn to_disciplined(
+    sample: RefclockSample,
+    local: NtpTimestamp,
+    system: NtpTimestamp,
+) -> RefclockSample {
+    let ahead = local.seconds_since(system);
+    RefclockSample {
+        local: sample.local.add_seconds(ahead),
+        offset: sample.offset - ahead,
+        ..sample
+    }
+}
+
+/// Asks the PPS device `fd` for its latest edges every [`PPS_FETCH_INTERVAL`] until the
+/// loop stops listening.
+pub fn spawn_pps(
+    id: AssociationId,
+    fd: BorrowedFd<'static>,
+    clock: Arc<dyn Clock>,
+    tx: mpsc::Sender<Reading>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(PPS_FETCH_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let what = match crate::sys::pps_fetch(fd, Duration::ZERO) {
+                Ok(Some(fetched)) => {
+                    let (local, system) = clocks(&*clock);
+                    Read::Pulse(Pulse {
+                        fetched,
+                        local,
+                        system,
+                    })
+                }
+                // Interrupted: the next tick asks again.
+                Ok(None) => continue,
+                Err(e) => Read::Sample(Err(RefclockDrop::Device(e.kind()))),
+            };
+            let at = Instant::now();
+            if tx.send(Reading { id, what, at }).await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// One PPS fetch judged by `combiner` with the lock source's estimate (both against
+/// the disciplined clock): the edges are on the system clock, so the lock is moved
+/// there for the combiner, and the sample back.
+pub fn pulse_sample(
+    combiner: &mut PpsCombiner,
+    pulse: &Pulse,
+    lock: Option<LockEstimate>,
+) -> Result<RefclockSample, RefclockDrop> {
+    let ahead = pulse.local.seconds_since(pulse.system);
+    let lock = lock.map(|lock| LockEstimate {
+        offset: lock.offset + ahead,
+        when: lock.when.add_seconds(-ahead),
+    });
+    let sample = combiner.handle_edge(&pulse.fetched, lock)?;
+    Ok(to_disciplined(sample, pulse.local, pulse.system))
+}
+
 /// Reads `socket` until the loop stops listening.
 pub fn spawn_sock(
     id: AssociationId,
@@ -203,7 +369,8 @@ pub fn spawn_sock(
                     crate::refclock::sample_from(reading.offset, reading.leap, 0.0, local, system)
                 })
                 .map_err(RefclockDrop::from);
-            if tx.send(Reading { id, result, at }).await.is_err() {
+            let what = Read::Sample(result);
+            if tx.send(Reading { id, what, at }).await.is_err() {
                 return;
             }
         }
@@ -262,6 +429,56 @@ mod tests {
             read_shm(&segment, &clock).is_none(),
             "garbage is cleared too"
         );
+    }
+
+    /// The driver loop's PPS glue. The system clock reads 0.7 s ahead of the reference
+    /// and the disciplined clock 0.25 s ahead of the system clock; the lock (against the
+    /// disciplined clock) is 0.05 s off. The first edge only vouches for the next; the
+    /// next is a sample of the disciplined clock: -0.95 s at the edge's disciplined time.
+    /// Without a lock, or with one 0.45 s off, the pulse is a counted drop.
+    #[test]
+    fn pulses_are_judged_on_the_system_clock_and_given_on_the_disciplined_one() {
+        use crate::refclock::pps::{PpsDrop, PpsSettings};
+        use crate::sys::DeviceTime;
+        const T0: i64 = 1_800_000_000;
+        let pulse = |sequence: u32| {
+            let seconds = T0 + i64::from(sequence);
+            let system = NtpTimestamp::from_unix(seconds, 900_000_000);
+            Pulse {
+                fetched: PpsFetch {
+                    assert_sequence: sequence,
+                    assert: DeviceTime {
+                        seconds,
+                        nanos: 700_000_000,
+                    },
+                    ..Default::default()
+                },
+                local: system.add_seconds(0.25),
+                system,
+            }
+        };
+        let lock = |offset: f64, sequence: u32| LockEstimate {
+            offset,
+            when: pulse(sequence).local,
+        };
+        let mut combiner = PpsCombiner::new(PpsSettings::default()).unwrap();
+        assert_eq!(
+            pulse_sample(&mut combiner, &pulse(1), Some(lock(-0.9, 1))),
+            Err(RefclockDrop::Pps(PpsDrop::Unconfirmed))
+        );
+        let sample = pulse_sample(&mut combiner, &pulse(2), Some(lock(-0.9, 2))).unwrap();
+        assert!((sample.offset + 0.95).abs() < 1e-6, "{sample:?}");
+        let edge = NtpTimestamp::from_unix(T0 + 2, 950_000_000);
+        assert!(sample.local.seconds_since(edge).abs() < 1e-6, "{sample:?}");
+        assert_eq!(
+            pulse_sample(&mut combiner, &pulse(3), None),
+            Err(RefclockDrop::Pps(PpsDrop::NoLock))
+        );
+        assert_eq!(
+            pulse_sample(&mut combiner, &pulse(4), Some(lock(-0.5, 4))),
+            Err(RefclockDrop::Pps(PpsDrop::FarFromLock))
+        );
+        assert_eq!(combiner.counters().used, 1);
     }
 
     /// A socket left by an earlier run is replaced; a file, or a socket someone is

@@ -221,8 +221,8 @@ pub enum Purpose {
 /// Loads and checks everything `[[server]]`, `[[nts-ke-server]]`, `[nts]` and
 /// `[[source]]` need, stopping at the first error; warnings are logged.
 ///
-/// SHM refclocks' segments are attached here, so that the privsep engine, which
-/// prepares as root, holds them once it drops to its own user.
+/// SHM refclocks' segments are attached here, and PHC and PPS devices opened, so that
+/// the privsep engine, which prepares as root, holds them once it drops to its own user.
 pub fn prepare(loaded: Loaded) -> Result<Prepared, String> {
     let mut problems = Problems::default();
     let prepared = prepare_all(loaded, Purpose::Run, SystemTime::now(), &mut problems);
@@ -230,6 +230,7 @@ pub fn prepare(loaded: Loaded) -> Result<Prepared, String> {
     let mut prepared = prepared.ok_or_else(|| "cannot prepare the config".to_string())?;
     if let Some(client) = &mut prepared.client {
         super::refclock::attach_shm(&mut client.refclocks)?;
+        super::refclock::open_devices(&mut client.refclocks)?;
     }
     Ok(prepared)
 }

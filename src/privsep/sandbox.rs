@@ -617,10 +617,19 @@ fn install_seccomp(role: Role) -> Result<(), String> {
                 no_async,
             ],
         );
-        // Non-blocking and close-on-exec switches only.
+        // Non-blocking and close-on-exec switches, and the PHC and PPS refclocks'
+        // read-only queries on the devices opened before the drop (setting a PPS edge
+        // is done then too, so PPS_SETPARAMS stays out).
         rules.insert(
             libc::SYS_ioctl,
-            vec![arg_is(1, libc::FIONBIO)?, arg_is(1, libc::FIOCLEX)?],
+            vec![
+                arg_is(1, libc::FIONBIO)?,
+                arg_is(1, libc::FIOCLEX)?,
+                arg_is(1, u64::from(crate::sys::PTP_SYS_OFFSET))?,
+                arg_is(1, u64::from(crate::sys::PTP_SYS_OFFSET_EXTENDED))?,
+                arg_is(1, u64::from(crate::sys::PTP_SYS_OFFSET_PRECISE))?,
+                arg_is(1, u64::from(crate::sys::PPS_FETCH))?,
+            ],
         );
     }
     let mismatch = match role {

@@ -37,6 +37,10 @@ pub enum DriverKind {
     Shm { unit: u32 },
     /// chrony's refclock socket protocol on a Unix datagram socket at this path.
     Sock { path: std::path::PathBuf },
+    /// A PTP hardware clock device (`/dev/ptp0`).
+    Phc { device: std::path::PathBuf },
+    /// A kernel PPS device (`/dev/pps0`).
+    Pps { device: std::path::PathBuf },
 }
 
 impl DriverKind {
@@ -45,6 +49,8 @@ impl DriverKind {
         match self {
             Self::Shm { unit } => format!("shm:{unit}"),
             Self::Sock { path } => format!("sock:{}", path.display()),
+            Self::Phc { device } => format!("phc:{}", device.display()),
+            Self::Pps { device } => format!("pps:{}", device.display()),
         }
     }
 }
@@ -63,6 +69,8 @@ pub struct RefclockOptions {
     pub precision: f64,
     /// Samples are combined and fed once per 2^poll seconds.
     pub poll: i8,
+    /// Never given to selection: the clock only serves as another one's PPS lock.
+    pub noselect: bool,
 }
 
 impl Default for RefclockOptions {
@@ -73,6 +81,7 @@ impl Default for RefclockOptions {
             delay: 0.0,
             precision: 1e-6,
             poll: 4,
+            noselect: false,
         }
     }
 }
@@ -84,6 +93,13 @@ pub enum RefclockDrop {
     Shm(#[from] shm::ShmDrop),
     #[error("SOCK: {0}")]
     Sock(#[from] sock::SockDrop),
+    #[error("PHC: {0}")]
+    Phc(#[from] phc::PhcReject),
+    #[error("PPS: {0}")]
+    Pps(#[from] pps::PpsDrop),
+    /// The device refused the read (an ioctl's error).
+    #[error("device: {0}")]
+    Device(std::io::ErrorKind),
     /// A reading that parsed but cannot be used: an offset, error bound or pending
     /// slew that is not a finite number.
     #[error("not a finite number")]

@@ -27,10 +27,11 @@ use crate::coordinator::{
 use crate::daemon::control::{self, SnapshotRequest};
 use crate::daemon::leap::SharedLeapFile;
 use crate::daemon::peer::{PeerDatagram, PeerLink, PeerRoutes, PeerSpec};
-use crate::daemon::refclock::{Reading, RefclockSpec};
+use crate::daemon::refclock::{Pulse, Read, Reading, RefclockSpec};
 use crate::proto::client::echoes_request;
 use crate::proto::server::SyncState;
 use crate::proto::source::SourceAuth;
+use crate::refclock::pps::{LockEstimate, PpsCombiner};
 use crate::wire::NtpTimestamp;
 
 /// How long a request's socket stays open for the reply.
@@ -68,6 +69,9 @@ enum Input {
 struct Refclocks {
     readings: mpsc::Receiver<Reading>,
     _tasks: Vec<AbortOnDrop>,
+    /// Each PPS refclock's combiner and the refclock that names its seconds (`None`:
+    /// the system clock, while synchronized).
+    pulses: Vec<(AssociationId, PpsCombiner, Option<AssociationId>)>,
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -294,7 +298,7 @@ impl Driver {
             };
             match wake {
                 Wake::Input(input) => self.handle_input(input),
-                Wake::Refclock(reading) => self.handle_reading(reading),
+                Wake::Refclock(reading) => self.handle_reading(reading, refclocks.as_mut()),
                 Wake::Peer(datagram) => self.handle_peer_datagram(datagram),
                 Wake::Clock(outcome) => self.handle_outcome(outcome)?,
                 Wake::Control(reply) => {
@@ -322,10 +326,15 @@ impl Driver {
         }
         let (tx, readings) = mpsc::channel(256);
         let mut tasks = Vec::new();
+        let mut pulses = Vec::new();
+        let specs = std::mem::take(&mut self.refclock_specs);
+        let refids: Vec<(AssociationId, [u8; 4])> =
+            specs.iter().map(|(id, s)| (*id, s.options.refid)).collect();
         let mut sockets = std::mem::take(&mut self.refclock_sockets).into_iter();
-        for (id, spec) in std::mem::take(&mut self.refclock_specs) {
+        for (id, spec) in specs {
             let clock = self.clock.clone();
-            let task = match (spec.kind, spec.segment) {
+            let unopened = || format!("{}: its device is not open", spec.name);
+            let task = match (&spec.kind, spec.segment) {
                 (crate::refclock::DriverKind::Shm { .. }, Some(segment)) => {
                     crate::daemon::refclock::spawn_shm(id, segment, clock, tx.clone())
                 }
@@ -339,18 +348,49 @@ impl Driver {
                 (crate::refclock::DriverKind::Shm { .. }, None) => {
                     return Err(format!("{}: its SHM segment is not attached", spec.name));
                 }
+                (crate::refclock::DriverKind::Phc { .. }, _) => {
+                    let fd = spec.device.ok_or_else(unopened)?;
+                    crate::daemon::refclock::spawn_phc(id, fd, spec.phc, clock, tx.clone())
+                }
+                (crate::refclock::DriverKind::Pps { .. }, _) => {
+                    let fd = spec.device.ok_or_else(unopened)?;
+                    let combiner =
+                        PpsCombiner::new(spec.pps).map_err(|e| format!("{}: {e}", spec.name))?;
+                    // The config checked that the lock names another refclock.
+                    let lock = spec.lock.and_then(|refid| {
+                        refids
+                            .iter()
+                            .find(|(other, r)| *r == refid && *other != id)
+                            .map(|(other, _)| *other)
+                    });
+                    pulses.push((id, combiner, lock));
+                    crate::daemon::refclock::spawn_pps(id, fd, clock, tx.clone())
+                }
             };
             tasks.push(AbortOnDrop(task));
         }
         Ok(Some(Refclocks {
             readings,
             _tasks: tasks,
+            pulses,
         }))
     }
 
-    /// A reference clock's reading (or why it was dropped) goes to the coordinator.
-    fn handle_reading(&mut self, reading: Reading) {
-        let Reading { id, result, at } = reading;
+    /// A reference clock's reading (or why it was dropped) goes to the coordinator; a
+    /// PPS device's edges are first judged against their lock.
+    fn handle_reading(&mut self, reading: Reading, refclocks: Option<&mut Refclocks>) {
+        let Reading { id, what, at } = reading;
+        let result = match what {
+            Read::Sample(result) => result,
+            Read::Pulse(pulse) => {
+                let Some((_, combiner, lock)) =
+                    refclocks.and_then(|r| r.pulses.iter_mut().find(|(pps, _, _)| *pps == id))
+                else {
+                    return;
+                };
+                judge_pulse(&self.coordinator, combiner, *lock, &pulse)
+            }
+        };
         match result {
             Ok(sample) => {
                 let pending = self.clock.status().pending_slew;
@@ -589,6 +629,25 @@ impl Driver {
             tracing::warn!("cannot write drift file {}: {e}", path.display());
         }
     }
+}
+
+/// A PPS fetch judged against its lock: the lock refclock's latest combined offset, or
+/// with no lock configured the system clock's own time (offset 0, now), only while the
+/// engine is synchronized to something.
+fn judge_pulse(
+    coordinator: &Coordinator,
+    combiner: &mut PpsCombiner,
+    lock: Option<AssociationId>,
+    pulse: &Pulse,
+) -> Result<crate::refclock::RefclockSample, crate::refclock::RefclockDrop> {
+    let estimate = match lock {
+        Some(lock) => coordinator.refclock_estimate(lock),
+        None => coordinator.is_synchronized().then_some(LockEstimate {
+            offset: 0.0,
+            when: pulse.local,
+        }),
+    };
+    crate::daemon::refclock::pulse_sample(combiner, pulse, estimate)
 }
 
 fn log(event: &Event) {

@@ -75,7 +75,8 @@ pub struct ClientRole {
     /// servers know us (our id in orphan mode, and in their reference ids).
     pub own_addresses: Vec<IpAddr>,
     /// `[[refclock]]`s, in config order (SHM segments attached by
-    /// [`super::refclock::attach_shm`]).
+    /// [`super::refclock::attach_shm`], devices opened by
+    /// [`super::refclock::open_devices`]).
     pub refclocks: Vec<super::refclock::RefclockSpec>,
     /// The SOCK refclocks' bound sockets, in config order.
     pub refclock_sockets: Vec<std::os::unix::net::UnixDatagram>,
@@ -164,6 +165,13 @@ pub fn prepare(loaded: &Loaded) -> Result<Option<ClientRole>, String> {
             kind,
             options: r.options(),
             segment: None,
+            device: None,
+            phc: r.phc_settings(),
+            pps: r.pps_settings(),
+            lock: r
+                .lock
+                .as_deref()
+                .and_then(|lock| crate::refclock::parse_refid(lock).ok()),
         });
     }
     let defaults = SyncConfig::default();
