@@ -287,6 +287,8 @@ pub struct Coordinator {
     started: f64,
     /// The leap second announced, and the midnight (NTP seconds) it happens at.
     leap_due: Option<(u64, Leap)>,
+    /// The midnight of the last leap second passed.
+    leap_passed: Option<u64>,
 }
 
 impl Coordinator {
@@ -308,6 +310,7 @@ impl Coordinator {
             leap_file: None,
             started: now,
             leap_due: None,
+            leap_passed: None,
         }
     }
 
@@ -627,12 +630,19 @@ impl Coordinator {
             && seconds >= at
         {
             self.leap_due = None;
+            self.leap_passed = Some(at);
             self.engine.handle_leap(leap, now);
         }
+        // A clock set back over the midnight (a step) meets the same announcement
+        // again: that midnight is never booked twice.
+        let next = || {
+            crate::sync::leap_file::leap_midnight_after(local)
+                .filter(|&at| Some(at) != self.leap_passed)
+        };
         self.leap_due = match self.engine.announced_leap() {
-            leap @ (Leap::AddSecond | Leap::DeleteSecond) => self
-                .leap_due
-                .or_else(|| Some((crate::sync::leap_file::leap_midnight_after(local)?, leap))),
+            leap @ (Leap::AddSecond | Leap::DeleteSecond) => {
+                self.leap_due.or_else(|| Some((next()?, leap)))
+            }
             Leap::NoWarning | Leap::Unsynchronized => None,
         };
     }
@@ -774,6 +784,16 @@ impl Coordinator {
             &mut self.events_dropped,
             Event::new(id, &a.name, kind),
         );
+    }
+
+    /// Our own address as source `id` (an NTS source, whose address comes from its key
+    /// exchange) sees us: for loop detection and orphan mode, as
+    /// [`Resolved::local_ip`] is for the others.
+    pub fn set_own_address(&mut self, id: AssociationId, ours: IpAddr) {
+        if let Some(a) = self.associations.get(id.0) {
+            let ours = reference_id(SocketAddr::new(ours, 0));
+            self.engine.set_own_reference_id(a.engine_id, ours);
+        }
     }
 
     /// The answer to [`Request::KeyExchange`]: a session and the NTP server's address,

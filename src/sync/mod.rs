@@ -498,7 +498,7 @@ impl SyncEngine {
             // comparable, and the estimate now says the clock is a second off.
             self.corrected_total += shift;
             self.kalman.corrected(now, shift, 0.0);
-            self.continue_slew(now);
+            self.continue_slew(now, false);
         }
     }
 
@@ -508,8 +508,11 @@ impl SyncEngine {
     }
 
     /// Slews what the estimate says is left, once the slew before it is done.
-    fn continue_slew(&mut self, now: f64) {
-        self.pending_slew = 0.0;
+    /// `finished`: the slew before it has run its course (nothing of it is pending).
+    fn continue_slew(&mut self, now: f64, finished: bool) {
+        if finished {
+            self.pending_slew = 0.0;
+        }
         self.slew_rest_at = None;
         let (offset, _) = self.kalman.estimate(now);
         if offset.is_finite() {
@@ -558,7 +561,10 @@ impl SyncEngine {
             return Err(Ignored::NotAuthenticated);
         }
         // Following a source that follows us would only add each other's errors.
+        // Its earlier samples go too: they may be from before it followed us.
         if source.own_id == Some(sample.reference_id) && sample.stratum > 1 {
+            source.filter = SourceFilter::default();
+            source.last = Some(*sample);
             return Err(Ignored::SynchronizedToUs);
         }
         let numbers = [sample.offset, sample.delay, pending_slew, now];
@@ -723,9 +729,14 @@ impl SyncEngine {
     }
 
     /// In orphan mode, a source serving its local clock at the orphan stratum.
+    /// At the orphan stratum or below it (a site server following another site
+    /// server is no more real time than the one it follows), as ntpd and chrony count
+    /// it: a site then only ever follows lower ids, which cannot loop.
     fn is_orphan(&self, source: &SourceEntry) -> bool {
-        self.config.orphan_stratum.is_some()
-            && source.last.map(|l| l.stratum) == self.config.orphan_stratum
+        match (self.config.orphan_stratum, source.last) {
+            (Some(orphan), Some(last)) => last.stratum >= orphan,
+            _ => false,
+        }
     }
 
     /// Whether an orphan source's id is below ours (ids compare as numbers, as in
@@ -790,7 +801,10 @@ impl SyncEngine {
         let limit = self.config.max_frequency_ppm;
         let frequency = (self.frequency_ppm + rate * 1e6).clamp(-limit, limit);
         let applied_rate = (frequency - self.frequency_ppm) * 1e-6;
+        // Not while a slew cut to one slew's worth is being worked off (a leap second
+        // slewed away, `[leap] mode = "slew"`, is never stepped).
         let step = may_step
+            && self.slew_rest_at.is_none()
             && offset.abs() > self.config.step_threshold
             && self.stepped_total + offset.abs() <= self.config.panic_threshold;
         let corrected = if step {
@@ -891,7 +905,7 @@ impl SyncEngine {
     /// the next correction starts afresh (without a step, under the default policy).
     pub fn handle_timeout(&mut self, now: f64) {
         if self.slew_rest_at.is_some_and(|at| now >= at) {
-            self.continue_slew(now);
+            self.continue_slew(now, true);
         }
         let limit = HOLDOVER_POLLS * 2f64.powi(i32::from(self.config.max_poll));
         if self.synchronized && self.last_update.is_some_and(|t| now - t > limit) {
@@ -1599,7 +1613,7 @@ mod tests {
             reference_id: ReferenceId(*b"LOCL"),
             ..sample(offset, 0.001)
         };
-        let run = |ours: [u8; 4], upstream: bool| -> Vec<SourceState> {
+        let run_with = |ours: [u8; 4], upstream: bool, site_sample: Sample| -> Vec<SourceState> {
             let config = SyncConfig {
                 orphan_stratum: Some(10),
                 ..SyncConfig::default()
@@ -1612,17 +1626,33 @@ mod tests {
             // Past the start-up grace: one of two configured sources is no majority.
             for round in 0..8 {
                 let at = f64::from(round) * 64.0;
-                let _ = engine.handle_sample(site, &orphan(0.3), at, 0.0);
+                let _ = engine.handle_sample(site, &site_sample, at, 0.0);
                 if upstream {
                     let _ = engine.handle_sample(real, &sample(0.0, 0.002), at + 1.0, 0.0);
                 }
             }
             engine.report(460.0).iter().map(|r| r.state).collect()
         };
+        let run = |ours: [u8; 4], upstream: bool| run_with(ours, upstream, orphan(0.3));
         use SourceState::{Reference, Refused, Unreachable};
         assert_eq!(run([10, 0, 0, 9], false), [Reference, Unreachable]);
         assert_eq!(run([10, 0, 0, 2], false), [Refused, Unreachable]);
         assert_eq!(run([10, 0, 0, 9], true), [Refused, Reference]);
+        // A site server following another (stratum 11) is no real time either: the
+        // lowest of three never follows its followers, so the site cannot loop.
+        let follower = Sample {
+            stratum: 11,
+            reference_id: ReferenceId([10, 0, 0, 1]),
+            ..sample(0.3, 0.001)
+        };
+        assert_eq!(
+            run_with([10, 0, 0, 2], false, follower),
+            [Refused, Unreachable]
+        );
+        assert_eq!(
+            run_with([10, 0, 0, 9], false, follower),
+            [Reference, Unreachable]
+        );
     }
 
     /// A source whose reference id is our own address is synchronized to us:
@@ -1699,6 +1729,32 @@ mod tests {
             (offset + 1.0 - crate::clock::MAX_SLEW_OFFSET).abs() < 1e-3,
             "{offset}"
         );
+    }
+
+    /// With `steps = "always"` too, what is left of a leap second being slewed away is
+    /// never stepped when a sample measures it before the next slew starts.
+    #[test]
+    fn a_leap_second_being_slewed_is_never_stepped() {
+        let config = SyncConfig {
+            leap_mode: LeapMode::Slew,
+            steps: StepPolicy::Always,
+            ..SyncConfig::default()
+        };
+        let mut engine = SyncEngine::new(config, 0.0);
+        let id = engine.add_source("s", ReferenceId([10, 0, 0, 1]), true);
+        let announcing = Sample {
+            leap: Leap::AddSecond,
+            ..sample(0.0, 0.001)
+        };
+        for round in 0..6 {
+            let _ = engine.handle_sample(id, &announcing, f64::from(round) * 64.0, 0.0);
+        }
+        engine.handle_leap(Leap::AddSecond, 400.0);
+        let _ = commands(&mut engine);
+        let rest = -(1.0 - crate::clock::MAX_SLEW_OFFSET);
+        let _ = engine.handle_sample(id, &sample(rest, 0.001), 401.0, 0.0);
+        let after = commands(&mut engine);
+        assert!(steps(&after).is_empty(), "{after:?}");
     }
 
     /// Outside June and December the sources' announcement is for a date that cannot

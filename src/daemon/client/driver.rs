@@ -548,6 +548,11 @@ impl Driver {
                 self.coordinator.handle_resolved(id, result, now);
             }
             Input::Keys { id, result } => {
+                if let Ok((_, address)) = &result
+                    && let Some(ours) = self.own_address_towards(*address)
+                {
+                    self.coordinator.set_own_address(id, ours);
+                }
                 let now = self.seconds(Instant::now());
                 self.coordinator.handle_key_exchange(id, result, now);
             }
