@@ -185,6 +185,9 @@ enum Kind {
         resolving: bool,
         /// When to ask for its address again after a failure.
         retry_resolve_at: Option<f64>,
+        /// Where the books stood when its last reply was taken: an interleaved sample
+        /// measures that exchange, not this one.
+        books: Option<Books>,
     },
     Peer {
         peer: Box<Peer>,
@@ -195,6 +198,17 @@ enum Kind {
         retry_resolve_at: Option<f64>,
     },
     Refclock(Box<RefclockState>),
+}
+
+/// Where the engine's books stood when a reply was taken.
+#[derive(Debug, Clone, Copy)]
+struct Books {
+    /// [`SyncEngine::corrections`] then.
+    corrections: f64,
+    /// The clock's slew still to apply then.
+    pending_slew: f64,
+    /// The caller's seconds then.
+    at: f64,
 }
 
 struct Association {
@@ -349,6 +363,7 @@ impl Coordinator {
                 nts,
                 resolving: !nts,
                 retry_resolve_at: None,
+                books: None,
             },
             reported: (false, false),
         });
@@ -511,7 +526,7 @@ impl Coordinator {
             // Trusted by configuration: the engine does not ask a refclock for proof.
             authenticated: Authenticated::No,
         };
-        self.take_sample(id, &sample, closed.at.min(now), closed.pending_slew);
+        self.take_sample(id, &sample, closed.at.min(now), now, closed.pending_slew);
     }
 
     /// The configured name of an association (`host:port`, `peer host:port`).
@@ -663,29 +678,51 @@ impl Coordinator {
             return;
         };
         let sample = match &mut a.kind {
-            Kind::Source { source, .. } => match source.handle_response(bytes, received, now) {
-                SourceEvent::Sample(sample) => Some(sample),
-                SourceEvent::Kiss(code) => {
-                    push_event(
-                        &mut self.events,
-                        &mut self.events_dropped,
-                        Event::new(id, &a.name, EventKind::Kiss(code)),
-                    );
-                    None
+            Kind::Source { source, books, .. } => {
+                match source.handle_response(bytes, received, now) {
+                    SourceEvent::Sample(mut sample) => {
+                        let these = Books {
+                            corrections: self.engine.corrections(),
+                            pending_slew,
+                            at: now,
+                        };
+                        // An interleaved sample measures the exchange before: it is given
+                        // as of then, without the corrections commanded since (they are in
+                        // the engine's books but not in that exchange's clock readings).
+                        let at = match *books {
+                            Some(then) if source.last_sample_interleaved() => {
+                                sample.offset += then.corrections - these.corrections
+                                    + these.pending_slew
+                                    - then.pending_slew;
+                                then.at
+                            }
+                            _ => now,
+                        };
+                        *books = Some(these);
+                        Some((sample, at))
+                    }
+                    SourceEvent::Kiss(code) => {
+                        push_event(
+                            &mut self.events,
+                            &mut self.events_dropped,
+                            Event::new(id, &a.name, EventKind::Kiss(code)),
+                        );
+                        None
+                    }
+                    SourceEvent::Rejected(why) => {
+                        push_event(
+                            &mut self.events,
+                            &mut self.events_dropped,
+                            Event::new(id, &a.name, EventKind::Dropped(why.to_string())),
+                        );
+                        None
+                    }
                 }
-                SourceEvent::Rejected(why) => {
-                    push_event(
-                        &mut self.events,
-                        &mut self.events_dropped,
-                        Event::new(id, &a.name, EventKind::Dropped(why.to_string())),
-                    );
-                    None
-                }
-            },
+            }
             Kind::Peer { peer, looped, .. } => match peer.handle_packet(bytes, received, now) {
                 PeerEvent::Sample(sample) => {
                     *looped = false;
-                    Some(sample)
+                    Some((sample, now))
                 }
                 PeerEvent::Loop(reference_id) => {
                     if !*looped {
@@ -713,8 +750,8 @@ impl Coordinator {
         let usable = a.usable();
         let engine_id = a.engine_id;
         self.engine.handle_reachability(engine_id, usable);
-        if let Some(sample) = sample {
-            self.take_sample(id, &sample, now, pending_slew);
+        if let Some((sample, at)) = sample {
+            self.take_sample(id, &sample, at, now, pending_slew);
         }
     }
 
@@ -976,13 +1013,22 @@ impl Coordinator {
     }
 
     /// Gives a measurement to the engine, and the engine's poll interval to everyone.
-    fn take_sample(&mut self, id: AssociationId, sample: &Sample, now: f64, pending_slew: f64) {
+    /// Gives the engine `sample`, a measurement of the clock as it was at
+    /// `measured_at` (`now` but for interleaved samples).
+    fn take_sample(
+        &mut self,
+        id: AssociationId,
+        sample: &Sample,
+        measured_at: f64,
+        now: f64,
+        pending_slew: f64,
+    ) {
         let Some(a) = self.associations.get(id.0) else {
             return;
         };
         let ignored = self
             .engine
-            .handle_sample(a.engine_id, sample, now, pending_slew)
+            .handle_sample_of(a.engine_id, sample, measured_at, now, pending_slew)
             .err();
         push_event(
             &mut self.events,

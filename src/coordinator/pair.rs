@@ -510,8 +510,12 @@ impl Pair {
                 .handle_rate_limited(request, true, at_server, || at_server, &mut self.reply)
                 .is_ok()
         } else {
-            far.server
-                .handle_request(
+            // As the daemon answers: a server with an interleave table (RFC 9769)
+            // answers an interleaved request with the previous reply's transmit time.
+            let answered = far
+                .server
+                .handle_request_from(
+                    OUR_ADDRESS,
                     request,
                     at_server,
                     &state,
@@ -519,7 +523,11 @@ impl Pair {
                     &mut self.rng,
                     &mut self.reply,
                 )
-                .is_ok()
+                .is_ok();
+            if answered {
+                far.server.handle_sent(OUR_ADDRESS, at_server, at_server);
+            }
+            answered
         };
         if answered && !self.lost() {
             self.in_flight.push(InFlight {

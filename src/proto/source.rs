@@ -175,6 +175,15 @@ impl Source {
     }
 
     /// NTS cookies left (`None` without NTS or before keys).
+    /// Whether the last sample measured the exchange before the last reply (an
+    /// interleaved reply, `xleave`): the caller takes it as of that exchange.
+    pub fn last_sample_interleaved(&self) -> bool {
+        match &self.state {
+            State::Polling(exchange) => exchange.last_sample_interleaved(),
+            _ => false,
+        }
+    }
+
     pub fn nts_cookies(&self) -> Option<usize> {
         match &self.state {
             State::Polling(exchange) => exchange.nts_cookies(),

@@ -141,8 +141,13 @@ impl Kalman {
     }
 
     /// Propagates the covariance to `at`: a random-walk frequency integrated into phase.
+    /// Time never goes back: a measurement from before `self.at` is taken as one of the
+    /// past (see [`Kalman::update`]).
     fn predict(&mut self, at: f64) {
-        let dt = (at - self.at).max(0.0);
+        if at <= self.at {
+            return;
+        }
+        let dt = at - self.at;
         let [[p00, p01], [p10, p11]] = self.p;
         let q = self.wander;
         self.x[0] += self.x[1] * dt;
@@ -160,17 +165,27 @@ impl Kalman {
     pub fn innovation(&self, at: f64, offset: f64, variance: f64) -> Innovation {
         let mut copy = self.clone();
         copy.predict(at);
+        let (h, ph) = copy.measurement(at);
         Innovation {
-            value: offset - copy.x[0],
-            sd: (copy.p[0][0] + variance).sqrt(),
+            value: offset - (copy.x[0] + h * copy.x[1]),
+            sd: (ph[0] + h * ph[1] + variance).sqrt(),
         }
+    }
+
+    /// How a measurement at `at` sees the state (after [`Self::predict`]): the offset
+    /// then is `x0 + h·x1`, `h` zero unless `at` is in the past (an interleaved exchange
+    /// measures the one a poll before); and `P·Hᵀ` for that `H = [1, h]`.
+    fn measurement(&self, at: f64) -> (f64, [f64; 2]) {
+        let h = (at - self.at).min(0.0);
+        let [[p00, p01], [p10, p11]] = self.p;
+        (h, [p00 + h * p01, p10 + h * p11])
     }
 
     /// Takes a measurement `offset` (true minus ours, on the clock as corrected so
     /// far) of variance `variance` at time `at`.
     pub fn update(&mut self, at: f64, offset: f64, variance: f64) {
         self.predict(at);
-        let [[p00, p01], [p10, p11]] = self.p;
+        let [[p00, p01], [_, p11]] = self.p;
         if !p00.is_finite() {
             // The first measurement: the offset is what it says.
             self.x[0] = offset;
@@ -178,16 +193,18 @@ impl Kalman {
             self.typical_variance = variance;
             return;
         }
-        let nu = offset - self.x[0];
-        let s = p00 + variance;
-        let (k0, k1) = (p00 / s, p10 / s);
+        let (h, ph) = self.measurement(at);
+        let nu = offset - (self.x[0] + h * self.x[1]);
+        let s = ph[0] + h * ph[1] + variance;
+        let (k0, k1) = (ph[0] / s, ph[1] / s);
         self.x[0] += k0 * nu;
         self.x[1] += k1 * nu;
-        // Symmetric, with a non-negative diagonal, whatever rounding does.
-        let cross = (1.0 - k0) * p01;
+        // P − K·H·P (H·P is P·Hᵀ transposed, P being symmetric); kept symmetric, with a
+        // non-negative diagonal, whatever rounding does.
+        let cross = p01 - k0 * ph[1];
         self.p = [
-            [((1.0 - k0) * p00).max(0.0), cross],
-            [cross, (p11 - k1 * p01).max(0.0)],
+            [(p00 - k0 * ph[0]).max(0.0), cross],
+            [cross, (p11 - k1 * ph[1]).max(0.0)],
         ];
         self.typical_variance = if self.typical_variance.is_finite() {
             1.0 / (0.9 / self.typical_variance + 0.1 / variance)

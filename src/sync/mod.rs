@@ -502,6 +502,12 @@ impl SyncEngine {
         }
     }
 
+    /// Everything commanded so far (steps and slews), seconds: a caller holding a
+    /// measurement from before the latest corrections takes them out of it.
+    pub fn corrections(&self) -> f64 {
+        self.corrected_total
+    }
+
     /// The leap second announced now (to clients, and in kernel mode to the clock).
     pub fn announced_leap(&self) -> Leap {
         self.leap
@@ -529,7 +535,21 @@ impl SyncEngine {
         now: f64,
         pending_slew: f64,
     ) -> Result<(), Ignored> {
-        let result = self.take_sample(id, sample, now, pending_slew);
+        self.handle_sample_of(id, sample, now, now, pending_slew)
+    }
+
+    /// [`Self::handle_sample`] for a sample that measures the clock as it was at
+    /// `measured_at`, before `now` (an interleaved exchange completed a poll later),
+    /// with the corrections made since already taken out of its offset.
+    pub fn handle_sample_of(
+        &mut self,
+        id: SourceId,
+        sample: &Sample,
+        measured_at: f64,
+        now: f64,
+        pending_slew: f64,
+    ) -> Result<(), Ignored> {
+        let result = self.take_sample(id, sample, measured_at.min(now), now, pending_slew);
         if let Some(source) = self.sources.get_mut(id.0) {
             source.ignored = result.err();
         }
@@ -540,6 +560,7 @@ impl SyncEngine {
         &mut self,
         id: SourceId,
         sample: &Sample,
+        measured_at: f64,
         now: f64,
         pending_slew: f64,
     ) -> Result<(), Ignored> {
@@ -583,7 +604,7 @@ impl SyncEngine {
         }
         let server_distance = sample.root_delay / 2.0 + sample.root_dispersion + precision;
         let filtered = source.filter.add(
-            now,
+            measured_at,
             offset + self.corrected_total,
             sample.delay.max(precision),
             server_distance,
