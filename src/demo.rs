@@ -484,7 +484,7 @@ impl Site {
         let link = PeerLink {
             routes,
             inbound,
-            sockets: vec![server.socket.clone()],
+            sockets: server.socket.clone().into_iter().collect(),
         };
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let task =

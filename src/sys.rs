@@ -1243,3 +1243,470 @@ mod tests {
         assert!(open_device(std::path::Path::new("/dev/\0ptp")).is_err());
     }
 }
+
+// ---------------------------------------------------------------------------------
+// Datagrams in batches: `recvmmsg(2)` with the kernel's receive time of each
+// (`SO_TIMESTAMPNS`), `sendmmsg(2)`, and `poll(2)` to wait on a non-blocking socket. The
+// server answers a whole batch with one system call each way.
+
+/// Room for one `SCM_TIMESTAMPNS` control message, in `u64`s so that it is aligned as
+/// `cmsghdr` needs.
+const TIMESTAMP_CONTROL_WORDS: usize = 8;
+
+/// Asks the kernel to attach its receive time (`CLOCK_REALTIME`, ns) to each datagram.
+pub fn enable_receive_timestamps(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: the option value is a live c_int and its exact size is passed.
+    check(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&raw const on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })
+}
+
+/// Waits until `fd` is readable or `timeout` has passed; false on a timeout. A signal
+/// counts as a timeout (the caller loops anyway).
+pub fn wait_readable(fd: BorrowedFd<'_>, timeout: std::time::Duration) -> io::Result<bool> {
+    let mut poll_fd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let millis = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: one live pollfd, and the count says one.
+    let rc = unsafe { libc::poll(&mut poll_fd, 1, millis) };
+    if rc < 0 {
+        let error = io::Error::last_os_error();
+        return if error.kind() == io::ErrorKind::Interrupted {
+            Ok(false)
+        } else {
+            Err(error)
+        };
+    }
+    Ok(rc > 0)
+}
+
+/// One datagram of a [`ReceiveBatch`].
+#[derive(Debug, Clone, Copy)]
+pub struct Datagram<'a> {
+    pub data: &'a [u8],
+    pub from: std::net::SocketAddr,
+    /// The kernel's receive time, Unix seconds and nanoseconds, if it gave one.
+    pub kernel_time: Option<(i64, u32)>,
+    /// Larger than the buffer: `data` is only its beginning (`MSG_TRUNC`).
+    pub truncated: bool,
+}
+
+/// Buffers for up to `capacity` datagrams of `slot_len` bytes, allocated once.
+pub struct ReceiveBatch {
+    slot_len: usize,
+    buffers: Vec<u8>,
+    addresses: Vec<libc::sockaddr_storage>,
+    controls: Vec<[u64; TIMESTAMP_CONTROL_WORDS]>,
+    headers: Vec<libc::mmsghdr>,
+    iovecs: Vec<libc::iovec>,
+    received: usize,
+}
+
+// SAFETY: the raw pointers in `headers` and `iovecs` point only into this batch's own
+// vectors, are rewritten before every call and are never dereferenced by Rust code.
+unsafe impl Send for ReceiveBatch {}
+
+impl ReceiveBatch {
+    pub fn new(capacity: usize, slot_len: usize) -> Self {
+        let capacity = capacity.max(1);
+        let slot_len = slot_len.max(1);
+        Self {
+            slot_len,
+            buffers: vec![0; capacity * slot_len],
+            // SAFETY: all-zero is a valid sockaddr_storage, mmsghdr and iovec (null
+            // pointers, zero lengths).
+            addresses: vec![unsafe { std::mem::zeroed() }; capacity],
+            controls: vec![[0; TIMESTAMP_CONTROL_WORDS]; capacity],
+            headers: (0..capacity)
+                // SAFETY: as above.
+                .map(|_| unsafe { std::mem::zeroed() })
+                .collect(),
+            iovecs: (0..capacity)
+                .map(|_| libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                })
+                .collect(),
+            received: 0,
+        }
+    }
+
+    /// Reads what is queued on `fd`, up to the capacity, without waiting
+    /// (`MSG_DONTWAIT`): `WouldBlock` when nothing is. Returns how many came.
+    pub fn receive(&mut self, fd: BorrowedFd<'_>) -> io::Result<usize> {
+        self.received = 0;
+        let slots = self.buffers.chunks_exact_mut(self.slot_len);
+        let parts = self
+            .headers
+            .iter_mut()
+            .zip(self.iovecs.iter_mut())
+            .zip(self.addresses.iter_mut())
+            .zip(self.controls.iter_mut())
+            .zip(slots);
+        for ((((header, iovec), address), control), slot) in parts {
+            iovec.iov_base = slot.as_mut_ptr().cast();
+            iovec.iov_len = slot.len();
+            header.msg_hdr.msg_name = (&raw mut *address).cast();
+            header.msg_hdr.msg_namelen =
+                std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            header.msg_hdr.msg_iov = &raw mut *iovec;
+            header.msg_hdr.msg_iovlen = 1;
+            header.msg_hdr.msg_control = control.as_mut_ptr().cast();
+            header.msg_hdr.msg_controllen = std::mem::size_of_val(control) as _;
+            header.msg_hdr.msg_flags = 0;
+            header.msg_len = 0;
+        }
+        let count = libc::c_uint::try_from(self.headers.len()).unwrap_or(libc::c_uint::MAX);
+        // SAFETY: every header points at an iovec, address and control buffer of this
+        // batch with their true lengths, all alive and unaliased during the call; the
+        // count is at most the number of headers.
+        let rc = unsafe {
+            libc::recvmmsg(
+                fd.as_raw_fd(),
+                self.headers.as_mut_ptr(),
+                count,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.received = usize::try_from(rc).unwrap_or(0).min(self.headers.len());
+        Ok(self.received)
+    }
+
+    /// The datagrams the last [`receive`](Self::receive) read; one whose sender is no
+    /// IP address (which a UDP socket never reports) is left out.
+    pub fn datagrams(&self) -> impl Iterator<Item = Datagram<'_>> {
+        self.headers
+            .iter()
+            .zip(&self.addresses)
+            .zip(self.buffers.chunks_exact(self.slot_len))
+            .take(self.received)
+            .filter_map(|((header, address), slot)| {
+                let len = (header.msg_len as usize).min(slot.len());
+                Some(Datagram {
+                    data: slot.get(..len)?,
+                    from: socket_address(address, header.msg_hdr.msg_namelen)?,
+                    kernel_time: receive_time(&header.msg_hdr),
+                    truncated: header.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+                })
+            })
+    }
+}
+
+/// The IPv4 or IPv6 address the kernel wrote into `storage`.
+fn socket_address(
+    storage: &libc::sockaddr_storage,
+    len: libc::socklen_t,
+) -> Option<std::net::SocketAddr> {
+    let family = libc::c_int::from(storage.ss_family);
+    let fits = |size: usize| usize::try_from(len).is_ok_and(|len| len >= size);
+    if family == libc::AF_INET && fits(std::mem::size_of::<libc::sockaddr_in>()) {
+        // SAFETY: the kernel wrote a sockaddr_in (its family and length say so) into
+        // this storage, which is larger and at least as aligned.
+        let v4 = unsafe { &*(&raw const *storage).cast::<libc::sockaddr_in>() };
+        let ip = std::net::Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr));
+        Some(std::net::SocketAddr::from((ip, u16::from_be(v4.sin_port))))
+    } else if family == libc::AF_INET6 && fits(std::mem::size_of::<libc::sockaddr_in6>()) {
+        // SAFETY: as above, for a sockaddr_in6.
+        let v6 = unsafe { &*(&raw const *storage).cast::<libc::sockaddr_in6>() };
+        let ip = std::net::Ipv6Addr::from(v6.sin6_addr.s6_addr);
+        Some(std::net::SocketAddr::V6(std::net::SocketAddrV6::new(
+            ip,
+            u16::from_be(v6.sin6_port),
+            v6.sin6_flowinfo,
+            v6.sin6_scope_id,
+        )))
+    } else {
+        None
+    }
+}
+
+/// The `SCM_TIMESTAMPNS` in a received message's control data, if any.
+fn receive_time(header: &libc::msghdr) -> Option<(i64, u32)> {
+    if header.msg_controllen == 0 || header.msg_flags & libc::MSG_CTRUNC != 0 {
+        return None;
+    }
+    // SAFETY: the header's control pointer and length are those the kernel filled in
+    // (its own control buffer, still alive); the CMSG macros stay within that length.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(header);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET
+                && (*cmsg).cmsg_type == libc::SCM_TIMESTAMPNS
+                && (*cmsg).cmsg_len as usize
+                    >= libc::CMSG_LEN(std::mem::size_of::<libc::timespec>() as u32) as usize
+            {
+                let time: libc::timespec = libc::CMSG_DATA(cmsg)
+                    .cast::<libc::timespec>()
+                    .read_unaligned();
+                let nanos = u32::try_from(time.tv_nsec)
+                    .ok()
+                    .filter(|n| *n < 1_000_000_000)?;
+                return Some((wide(time.tv_sec), nanos));
+            }
+            cmsg = libc::CMSG_NXTHDR(header, cmsg);
+        }
+    }
+    None
+}
+
+/// Replies to send with one `sendmmsg`: up to `capacity`, each in a buffer of its own
+/// that keeps its allocation from batch to batch.
+pub struct SendBatch {
+    replies: Vec<Vec<u8>>,
+    destinations: Vec<socket2::SockAddr>,
+    queued: usize,
+    headers: Vec<libc::mmsghdr>,
+    iovecs: Vec<libc::iovec>,
+}
+
+// SAFETY: as for ReceiveBatch: the pointers point into the batch itself and are
+// rewritten before each call.
+unsafe impl Send for SendBatch {}
+
+impl SendBatch {
+    pub fn new(capacity: usize, reply_capacity: usize) -> Self {
+        let capacity = capacity.max(1);
+        let unspecified = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
+        Self {
+            replies: (0..capacity)
+                .map(|_| Vec::with_capacity(reply_capacity))
+                .collect(),
+            destinations: vec![socket2::SockAddr::from(unspecified); capacity],
+            queued: 0,
+            // SAFETY: all-zero is a valid mmsghdr (null pointers, zero lengths).
+            headers: (0..capacity)
+                .map(|_| unsafe { std::mem::zeroed() })
+                .collect(),
+            iovecs: (0..capacity)
+                .map(|_| libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                })
+                .collect(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.queued
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queued == 0
+    }
+
+    /// An empty buffer for the next reply, or None when the batch is full. The reply
+    /// is sent only once [`queue`](Self::queue) names its destination.
+    pub fn next_reply(&mut self) -> Option<&mut Vec<u8>> {
+        let reply = self.replies.get_mut(self.queued)?;
+        reply.clear();
+        Some(reply)
+    }
+
+    /// Queues the reply written into [`next_reply`](Self::next_reply)'s buffer.
+    pub fn queue(&mut self, to: std::net::SocketAddr) {
+        if let Some(destination) = self.destinations.get_mut(self.queued) {
+            *destination = socket2::SockAddr::from(to);
+            self.queued += 1;
+        }
+    }
+
+    /// The destination of each queued reply, in order.
+    pub fn destinations(&self) -> impl Iterator<Item = std::net::SocketAddr> + '_ {
+        self.destinations
+            .iter()
+            .take(self.queued)
+            .filter_map(|d| d.as_socket())
+    }
+
+    /// Sends every queued reply and empties the batch. A reply the kernel refuses
+    /// (say, an unreachable destination) is skipped, not retried; returns how many were
+    /// sent and the first error.
+    pub fn send(&mut self, fd: BorrowedFd<'_>) -> (usize, Option<io::Error>) {
+        let queued = std::mem::take(&mut self.queued);
+        let parts = self
+            .headers
+            .iter_mut()
+            .zip(self.iovecs.iter_mut())
+            .zip(self.replies.iter_mut())
+            .zip(&self.destinations)
+            .take(queued);
+        for (((header, iovec), reply), destination) in parts {
+            iovec.iov_base = reply.as_mut_ptr().cast();
+            iovec.iov_len = reply.len();
+            header.msg_hdr.msg_name = destination.as_ptr().cast_mut().cast();
+            header.msg_hdr.msg_namelen = destination.len();
+            header.msg_hdr.msg_iov = &raw mut *iovec;
+            header.msg_hdr.msg_iovlen = 1;
+            header.msg_hdr.msg_control = std::ptr::null_mut();
+            header.msg_hdr.msg_controllen = 0;
+            header.msg_hdr.msg_flags = 0;
+            header.msg_len = 0;
+        }
+        let (mut sent, mut first_error, mut next) = (0, None, 0);
+        while next < queued {
+            let Some(rest) = self.headers.get_mut(next..queued) else {
+                break;
+            };
+            let count = libc::c_uint::try_from(rest.len()).unwrap_or(libc::c_uint::MAX);
+            // SAFETY: each header in `rest` points at its reply and destination, alive
+            // and unchanged during the call; the count is the length of `rest`.
+            let rc = unsafe { libc::sendmmsg(fd.as_raw_fd(), rest.as_mut_ptr(), count, 0) };
+            if rc > 0 {
+                let done = usize::try_from(rc).unwrap_or(0);
+                sent += done;
+                next += done;
+                continue;
+            }
+            let error = io::Error::last_os_error();
+            if error.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            first_error.get_or_insert(error);
+            // The first of `rest` failed: skip it.
+            next += 1;
+        }
+        (sent, first_error)
+    }
+}
+
+#[cfg(test)]
+mod datagram_tests {
+    use super::*;
+    use std::net::UdpSocket;
+    use std::os::fd::AsFd;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    fn loopback_pair() -> (UdpSocket, UdpSocket) {
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        server.set_nonblocking(true).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        (server, client)
+    }
+
+    fn receive_all(server: &UdpSocket, batch: &mut ReceiveBatch, expected: usize) -> usize {
+        let mut total = 0;
+        let mut seen = 0;
+        while seen < expected {
+            assert!(wait_readable(server.as_fd(), Duration::from_secs(5)).unwrap());
+            let n = batch.receive(server.as_fd()).unwrap();
+            total += n;
+            seen += n;
+        }
+        total
+    }
+
+    #[test]
+    fn a_batch_reads_many_datagrams_with_their_kernel_receive_times() {
+        let (server, client) = loopback_pair();
+        enable_receive_timestamps(server.as_fd()).unwrap();
+        let before = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+        for i in 0..10u8 {
+            client
+                .send_to(&[i; 48], server.local_addr().unwrap())
+                .unwrap();
+        }
+        let mut batch = ReceiveBatch::new(32, 64);
+        assert!(wait_readable(server.as_fd(), Duration::from_secs(5)).unwrap());
+        // Loopback delivers synchronously: all ten are queued already.
+        assert_eq!(batch.receive(server.as_fd()).unwrap(), 10);
+        let after = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+        for (i, datagram) in batch.datagrams().enumerate() {
+            assert_eq!(datagram.data, &[i as u8; 48]);
+            assert_eq!(datagram.from, client.local_addr().unwrap());
+            assert!(!datagram.truncated);
+            let (seconds, nanos) = datagram.kernel_time.unwrap();
+            let at = Duration::new(seconds as u64, nanos);
+            assert!(before <= at && at <= after, "{before:?} {at:?} {after:?}");
+        }
+        let error = batch.receive(server.as_fd()).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::WouldBlock);
+        assert_eq!(batch.datagrams().count(), 0);
+    }
+
+    #[test]
+    fn without_timestamps_enabled_there_is_no_kernel_time() {
+        let (server, client) = loopback_pair();
+        client
+            .send_to(&[1; 48], server.local_addr().unwrap())
+            .unwrap();
+        let mut batch = ReceiveBatch::new(4, 64);
+        receive_all(&server, &mut batch, 1);
+        assert_eq!(batch.datagrams().next().unwrap().kernel_time, None);
+    }
+
+    #[test]
+    fn an_oversized_datagram_is_marked_truncated_and_the_batch_goes_on() {
+        let (server, client) = loopback_pair();
+        let to = server.local_addr().unwrap();
+        client.send_to(&[7; 48], to).unwrap();
+        client.send_to(&[8; 200], to).unwrap();
+        client.send_to(&[9; 48], to).unwrap();
+        let mut batch = ReceiveBatch::new(8, 64);
+        receive_all(&server, &mut batch, 3);
+        let got: Vec<(u8, usize, bool)> = batch
+            .datagrams()
+            .map(|d| (d.data[0], d.data.len(), d.truncated))
+            .collect();
+        assert_eq!(got, vec![(7, 48, false), (8, 64, true), (9, 48, false)]);
+    }
+
+    #[test]
+    fn a_send_batch_delivers_every_reply_to_its_destination() {
+        let (server, client) = loopback_pair();
+        let other = UdpSocket::bind("127.0.0.1:0").unwrap();
+        other
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut batch = SendBatch::new(4, 64);
+        for (byte, to) in [(1u8, &client), (2, &other), (3, &client)] {
+            batch.next_reply().unwrap().extend_from_slice(&[byte; 48]);
+            batch.queue(to.local_addr().unwrap());
+        }
+        assert_eq!(batch.len(), 3);
+        let (sent, error) = batch.send(server.as_fd());
+        assert_eq!((sent, error.is_none()), (3, true));
+        assert!(batch.is_empty());
+        let mut buf = [0u8; 64];
+        let read = |socket: &UdpSocket, buf: &mut [u8]| {
+            let (n, from) = socket.recv_from(buf).unwrap();
+            assert_eq!(from, server.local_addr().unwrap());
+            (buf[0], n)
+        };
+        assert_eq!(read(&client, &mut buf), (1, 48));
+        assert_eq!(read(&client, &mut buf), (3, 48));
+        assert_eq!(read(&other, &mut buf), (2, 48));
+    }
+
+    #[test]
+    fn a_full_send_batch_takes_no_more_replies() {
+        let mut batch = SendBatch::new(1, 64);
+        batch.next_reply().unwrap().push(1);
+        batch.queue("127.0.0.1:9".parse().unwrap());
+        assert!(batch.next_reply().is_none());
+        batch.queue("127.0.0.1:9".parse().unwrap());
+        assert_eq!(batch.len(), 1);
+    }
+
+    #[test]
+    fn an_idle_socket_times_out() {
+        let (server, _client) = loopback_pair();
+        assert!(!wait_readable(server.as_fd(), Duration::from_millis(10)).unwrap());
+    }
+}

@@ -429,7 +429,7 @@ pub async fn serve(
     let link = routes.zip(inbound).map(|(routes, inbound)| PeerLink {
         routes,
         inbound,
-        sockets: running.iter().map(|r| r.socket.clone()).collect(),
+        sockets: running.iter().filter_map(|r| r.socket.clone()).collect(),
     });
     let mut refclock_sockets = Some(listeners.refclocks);
     let mut client_task = client.map(|mut client| {

@@ -1,15 +1,19 @@
-//! The UDP server loop: answers NTP requests on one socket, one task per core, with
-//! an optional access list and per-source rate limits; `[[peer]]` packets are handed to
-//! their association. Clients may ask for interleaved mode (RFC 9769): the clock is
-//! read again right after each reply is sent, and the responder keeps that time for
-//! the client's next request.
+//! The UDP server loop: answers NTP requests on one socket, one OS thread per core,
+//! with an optional access list and per-source rate limits; `[[peer]]` packets are
+//! handed to their association. Each thread reads a batch of requests with one
+//! `recvmmsg`, each stamped by the kernel on arrival, and sends the batch's replies with
+//! one `sendmmsg`. Clients may ask for interleaved mode (RFC 9769): the clock is read
+//! again right after a batch is sent, and the responder keeps that time for each
+//! client's next request.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::net::UdpSocket;
-use tokio::task::JoinHandle;
 
 use super::leap::SharedLeapFile;
 use super::peer::PeerRoutes;
@@ -18,13 +22,21 @@ use crate::proto::access::AccessList;
 use crate::proto::interleave;
 use crate::proto::ratelimit::{KissThrottle, RateLimit, RateLimiter, Verdict};
 use crate::proto::server::{Answer, DropReason, Server, SyncState};
+use crate::sys::{ReceiveBatch, SendBatch};
 use crate::wire::NtpTimestamp;
 
 /// Largest datagram read: all of any UDP payload, so that even an NTS request with 100
 /// cookie placeholders is seen whole (and answered with at most 8 cookies).
 const MAX_REQUEST_LEN: usize = 65_536;
+/// Requests read (and replies sent) with one system call: enough to amortise the call
+/// at full load, few enough that the first reply of a batch is not held up for long.
+const BATCH: usize = 32;
+/// Room kept for each reply; an NTS reply with 8 cookies fits.
+const REPLY_CAPACITY: usize = 2048;
 /// Pause after a receive error before trying again.
 const RECV_ERROR_PAUSE: Duration = Duration::from_millis(10);
+/// How long an idle worker waits before it looks whether the server was stopped.
+const STOP_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 /// At most one log line about dropped requests per socket and interval.
 const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -48,6 +60,7 @@ impl Reference {
         }
     }
 
+    /// The state to serve now: read once per batch, not per request.
     fn state(&self, precision: i8, now: NtpTimestamp) -> SyncState {
         match self {
             Self::Unsynchronized => SyncState::unsynchronized(precision),
@@ -57,19 +70,23 @@ impl Reference {
     }
 }
 
-/// A server answering on one socket. Dropping it stops the server.
+/// A server answering on one socket. Dropping it stops the server (its threads end
+/// within [`STOP_CHECK_INTERVAL`]).
 pub struct RunningServer {
     pub local_addr: SocketAddr,
     pub server: Arc<Server>,
-    /// Peers send from it too.
-    pub socket: Arc<UdpSocket>,
-    tasks: Vec<JoinHandle<()>>,
+    /// A tokio copy of the socket for `[[peer]]`s to send from; only with peers, as a
+    /// socket registered with tokio wakes its reactor on every datagram.
+    pub socket: Option<Arc<UdpSocket>>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl Drop for RunningServer {
     fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
         }
     }
 }
@@ -94,7 +111,7 @@ pub struct Admission {
     pub leap_file: SharedLeapFile,
 }
 
-/// Binds `listen` and answers requests on it with one task per core, as `admission`
+/// Binds `listen` and answers requests on it with one thread per core, as `admission`
 /// allows. Timestamps come from `clock`.
 pub async fn start(
     listen: SocketAddr,
@@ -119,7 +136,13 @@ pub fn start_on(
     peers: Option<Arc<PeerRoutes>>,
 ) -> std::io::Result<RunningServer> {
     socket.set_nonblocking(true)?;
-    let socket = Arc::new(UdpSocket::from_std(socket)?);
+    crate::sys::enable_receive_timestamps(socket.as_fd())?;
+    let socket = Arc::new(socket);
+    // The workers read on their own threads; tokio's copy only sends (for peers).
+    let tokio_socket = match peers {
+        Some(_) => Some(Arc::new(UdpSocket::from_std(socket.try_clone()?)?)),
+        None => None,
+    };
     let local_addr = socket.local_addr()?;
     // Each client's last timestamps: about 48 bytes a client, 3 MiB per socket.
     let server = Arc::new(server.with_interleave(interleave::DEFAULT_SLOTS));
@@ -136,34 +159,48 @@ pub fn start_on(
     });
     let access = Arc::new(admission.access);
     let leap_file = admission.leap_file;
-    let tasks = (0..workers)
-        .map(|_| {
-            let worker = Worker {
-                socket: socket.clone(),
-                server: server.clone(),
-                limiter: limiter.clone(),
-                access: access.clone(),
-                deny_kisses: deny_kisses.clone(),
-                reference: reference.clone(),
-                precision,
-                clock: clock.clone(),
-                peers: peers.clone(),
-                leap_file: leap_file.clone(),
-            };
-            tokio::spawn(worker.answer_requests())
-        })
-        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::with_capacity(workers);
+    for index in 0..workers {
+        let worker = Worker {
+            socket: socket.clone(),
+            server: server.clone(),
+            limiter: limiter.clone(),
+            access: access.clone(),
+            deny_kisses: deny_kisses.clone(),
+            reference: reference.clone(),
+            precision,
+            clock: clock.clone(),
+            peers: peers.clone(),
+            leap_file: leap_file.clone(),
+            stop: stop.clone(),
+        };
+        let spawned = std::thread::Builder::new()
+            .name(format!("ntp-serve-{index}"))
+            .spawn(move || worker.answer_requests());
+        match spawned {
+            Ok(thread) => threads.push(thread),
+            Err(e) => {
+                stop.store(true, Ordering::Relaxed);
+                for thread in threads {
+                    let _ = thread.join();
+                }
+                return Err(e);
+            }
+        }
+    }
     Ok(RunningServer {
         local_addr,
         server,
-        socket,
-        tasks,
+        socket: tokio_socket,
+        stop,
+        threads,
     })
 }
 
-/// One task answering requests on a shared socket.
+/// One thread answering requests on a shared socket.
 struct Worker {
-    socket: Arc<UdpSocket>,
+    socket: Arc<std::net::UdpSocket>,
     server: Arc<Server>,
     limiter: Option<Arc<Mutex<RateLimiter>>>,
     access: Arc<AccessList>,
@@ -174,111 +211,321 @@ struct Worker {
     clock: Arc<dyn Clock>,
     peers: Option<Arc<PeerRoutes>>,
     leap_file: SharedLeapFile,
+    stop: Arc<AtomicBool>,
+}
+
+/// What one batch needs to know about the clock, read once for all its requests.
+struct BatchClock {
+    /// The disciplined clock minus the system clock, as a 32.32 difference: turns the
+    /// kernel's receive times (system clock) into the disciplined clock's.
+    offset: u64,
+    /// The disciplined clock when the batch was read: the receive time of a request
+    /// the kernel did not stamp.
+    now: NtpTimestamp,
+    state: SyncState,
 }
 
 impl Worker {
-    async fn answer_requests(self) {
-        let mut request = vec![0u8; MAX_REQUEST_LEN];
-        let mut reply = Vec::with_capacity(2048);
+    fn answer_requests(self) {
+        let mut requests = ReceiveBatch::new(BATCH, MAX_REQUEST_LEN);
+        let mut replies = SendBatch::new(BATCH, REPLY_CAPACITY);
+        // For each queued reply the responder answered (not a kiss): who and when its
+        // request arrived, for interleaved mode.
+        let mut answered: Vec<Option<(IpAddr, NtpTimestamp)>> = Vec::with_capacity(BATCH);
         let mut drop_log = crate::util::LogLimit::new(DROP_LOG_INTERVAL);
         let started = Instant::now();
-        loop {
-            let (len, peer) = match self.socket.recv_from(&mut request).await {
-                Ok(received) => received,
+        let fd = self.socket.as_fd();
+        while !self.stop.load(Ordering::Relaxed) {
+            match requests.receive(fd) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if let Err(e) = crate::sys::wait_readable(fd, STOP_CHECK_INTERVAL) {
+                        tracing::debug!("poll: {e}");
+                        std::thread::sleep(RECV_ERROR_PAUSE);
+                    }
+                    continue;
+                }
                 Err(e) => {
                     // ICMP errors from earlier replies surface here; a persistent error
                     // must not spin the CPU.
                     tracing::debug!("recv: {e}");
-                    tokio::time::sleep(RECV_ERROR_PAUSE).await;
+                    std::thread::sleep(RECV_ERROR_PAUSE);
                     continue;
                 }
-            };
-            let received = self.clock.now();
-            let bytes = request.get(..len).unwrap_or_default();
-            // A configured peer's packets go to its association, not to the responder.
-            if let Some(routes) = &self.peers
-                && routes.route(peer, bytes, received)
-            {
-                continue;
             }
-            let now = || self.clock.now();
-            // The access list first (ADVERSARIAL 37): a refused source spends no tokens.
-            if !self.access.allows_all() && !self.access.allows(peer.ip()) {
-                let kiss = self.deny_kisses.as_ref().is_some_and(|throttle| {
-                    throttle
-                        .lock()
-                        .unwrap_or_else(|poisoned| poisoned.into_inner())
-                        .allow(peer.ip(), started.elapsed().as_secs_f64())
+            let clock = self.batch_clock();
+            answered.clear();
+            for request in requests.datagrams() {
+                let received = request.kernel_time.map_or(clock.now, |(seconds, nanos)| {
+                    let system = NtpTimestamp::from_unix(seconds, nanos);
+                    NtpTimestamp::from_bits(system.to_bits().wrapping_add(clock.offset))
                 });
-                let result = self
-                    .server
-                    .handle_denied(bytes, kiss, received, now, &mut reply);
-                self.finish(result, &reply, peer, None, &mut drop_log).await;
+                if request.truncated {
+                    // Larger than any request we answer (ADVERSARIAL 36).
+                    self.server.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                    self.log_drop(&mut drop_log, request.from, "truncated datagram");
+                    continue;
+                }
+                let Some(reply) = replies.next_reply() else {
+                    break;
+                };
+                let (result, answered_at) = self.answer(
+                    request.from,
+                    request.data,
+                    received,
+                    &clock.state,
+                    started,
+                    reply,
+                );
+                match result {
+                    Ok(_) => {
+                        replies.queue(request.from);
+                        answered.push(answered_at.map(|at| (request.from.ip(), at)));
+                    }
+                    Err(Some(reason)) => {
+                        self.log_drop(&mut drop_log, request.from, &reason.to_string());
+                    }
+                    Err(None) => {}
+                }
+            }
+            if replies.is_empty() {
                 continue;
             }
-            let verdict = match &self.limiter {
-                Some(limiter) => limiter
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .check(peer.ip(), started.elapsed().as_secs_f64()),
-                None => Verdict::Allow,
-            };
-            let result = match verdict {
-                Verdict::Allow => {
-                    let mut state = self.reference.state(self.precision, received);
-                    state.leap = super::leap::served(state.leap, &self.leap_file, received);
-                    self.server.handle_request_from(
-                        peer.ip(),
-                        bytes,
-                        received,
-                        &state,
-                        now,
-                        &mut rand::rng(),
-                        &mut reply,
-                    )
-                }
-                over => self.server.handle_rate_limited(
-                    bytes,
-                    over == Verdict::Kiss,
-                    received,
-                    now,
-                    &mut reply,
-                ),
-            };
-            let answered = (verdict == Verdict::Allow).then_some(received);
-            self.finish(result, &reply, peer, answered, &mut drop_log)
-                .await;
+            let (_, error) = replies.send(fd);
+            if let Some(e) = error {
+                tracing::debug!("send: {e}");
+            }
+            // The late transmit time: when the batch left, for each answered client.
+            let transmitted = self.clock.now();
+            for (client, received) in answered.iter().flatten() {
+                self.server.handle_sent(*client, *received, transmitted);
+            }
         }
     }
 
-    /// Sends the reply, or logs the drop (at most once per interval). For a request
-    /// the responder answered (not a kiss), `received` is when it arrived: the time the
-    /// reply left goes back to the responder for interleaved mode.
-    async fn finish(
-        &self,
-        result: Result<Answer, DropReason>,
-        reply: &[u8],
-        peer: SocketAddr,
-        received: Option<NtpTimestamp>,
-        drop_log: &mut crate::util::LogLimit,
-    ) {
-        match result {
-            Ok(_) => match self.socket.send_to(reply, peer).await {
-                Ok(_) => {
-                    if let Some(received) = received {
-                        self.server
-                            .handle_sent(peer.ip(), received, self.clock.now());
-                    }
-                }
-                Err(e) => tracing::debug!("send to {peer}: {e}"),
-            },
-            Err(reason) => {
-                if let Some(more) = drop_log.allow() {
-                    tracing::info!(
-                        "dropped request from {peer}: {reason} ({more} more dropped since the last report)"
-                    );
-                }
-            }
+    fn batch_clock(&self) -> BatchClock {
+        let system = NtpTimestamp::from_system_time(SystemTime::now());
+        let now = self.clock.now();
+        let mut state = self.reference.state(self.precision, now);
+        state.leap = super::leap::served(state.leap, &self.leap_file, now);
+        BatchClock {
+            offset: now.to_bits().wrapping_sub(system.to_bits()),
+            now,
+            state,
         }
+    }
+
+    /// Decides one request: the reply is in `reply` on success. Alongside, when the
+    /// responder answered it (not a kiss), its receive time for interleaved mode. An
+    /// error is a drop to log, or none for a packet routed to a peer.
+    fn answer(
+        &self,
+        peer: SocketAddr,
+        bytes: &[u8],
+        received: NtpTimestamp,
+        state: &SyncState,
+        started: Instant,
+        reply: &mut Vec<u8>,
+    ) -> (Result<Answer, Option<DropReason>>, Option<NtpTimestamp>) {
+        // A configured peer's packets go to its association, not to the responder.
+        if let Some(routes) = &self.peers
+            && routes.route(peer, bytes, received)
+        {
+            return (Err(None), None);
+        }
+        let now = || self.clock.now();
+        // The access list first (ADVERSARIAL 37): a refused source spends no tokens.
+        if !self.access.allows_all() && !self.access.allows(peer.ip()) {
+            let kiss = self.deny_kisses.as_ref().is_some_and(|throttle| {
+                throttle
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .allow(peer.ip(), started.elapsed().as_secs_f64())
+            });
+            let result = self.server.handle_denied(bytes, kiss, received, now, reply);
+            return (result.map_err(Some), None);
+        }
+        let verdict = match &self.limiter {
+            Some(limiter) => limiter
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .check(peer.ip(), started.elapsed().as_secs_f64()),
+            None => Verdict::Allow,
+        };
+        let result = match verdict {
+            Verdict::Allow => self.server.handle_request_from(
+                peer.ip(),
+                bytes,
+                received,
+                state,
+                now,
+                &mut rand::rng(),
+                reply,
+            ),
+            over => {
+                self.server
+                    .handle_rate_limited(bytes, over == Verdict::Kiss, received, now, reply)
+            }
+        };
+        let answered = (verdict == Verdict::Allow).then_some(received);
+        (result.map_err(Some), answered)
+    }
+
+    /// Logs a dropped request, at most once per interval.
+    fn log_drop(&self, drop_log: &mut crate::util::LogLimit, peer: SocketAddr, reason: &str) {
+        if let Some(more) = drop_log.allow() {
+            tracing::info!(
+                "dropped request from {peer}: {reason} ({more} more dropped since the last report)"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::keys::KeyStore;
+    use crate::clock::SoftwareClock;
+    use crate::proto::server::ServerOptions;
+    use crate::wire::packet::Header;
+
+    /// A server whose clock runs `offset` seconds ahead of the system clock.
+    async fn server(offset: f64, admission: Admission) -> RunningServer {
+        let clock = Arc::new(SoftwareClock::simulated(offset, 0.0));
+        let server = Server::new(KeyStore::default(), ServerOptions::default());
+        let listen = "127.0.0.1:0".parse().unwrap();
+        start(
+            listen,
+            server,
+            Reference::Local { stratum: 1 },
+            admission,
+            clock,
+        )
+        .await
+        .unwrap()
+    }
+
+    fn request(transmit: u64) -> Vec<u8> {
+        let mut request = Vec::new();
+        Header::client_request(6, NtpTimestamp::from_bits(transmit)).write(&mut request);
+        request
+    }
+
+    fn client() -> std::net::UdpSocket {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        socket
+    }
+
+    fn reply(socket: &std::net::UdpSocket) -> Option<Header> {
+        let mut buffer = [0u8; 1024];
+        let len = socket.recv(&mut buffer).ok()?;
+        Header::parse(buffer.get(..len)?).ok()
+    }
+
+    fn system_now() -> NtpTimestamp {
+        NtpTimestamp::from_system_time(SystemTime::now())
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn many_clients_get_kernel_receive_times_on_the_servers_clock() {
+        let offset = 1000.0;
+        let running = server(offset, Admission::default()).await;
+        let clients: Vec<_> = (0..50).map(|_| client()).collect();
+        let sent = system_now().add_seconds(offset);
+        for (i, socket) in clients.iter().enumerate() {
+            socket
+                .send_to(&request(i as u64 + 1), running.local_addr)
+                .unwrap();
+        }
+        for (i, socket) in clients.iter().enumerate() {
+            let header = reply(socket).expect("an answer");
+            assert_eq!(header.origin_time.to_bits(), i as u64 + 1);
+            let received = header.receive_time.seconds_since(sent);
+            assert!(
+                (0.0..1.0).contains(&received),
+                "receive {received} s after sending"
+            );
+            assert!(header.transmit_time.seconds_since(header.receive_time) >= 0.0);
+        }
+        assert_eq!(running.server.stats.plain.load(Ordering::Relaxed), 50);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn malformed_datagrams_in_a_batch_are_counted_and_the_rest_answered() {
+        let running = server(0.0, Admission::default()).await;
+        let socket = client();
+        socket.send_to(&[0x23; 20], running.local_addr).unwrap();
+        socket.send_to(&request(1), running.local_addr).unwrap();
+        socket.send_to(&[0x24; 48], running.local_addr).unwrap();
+        socket.send_to(&request(2), running.local_addr).unwrap();
+        assert_eq!(reply(&socket).unwrap().origin_time.to_bits(), 1);
+        assert_eq!(reply(&socket).unwrap().origin_time.to_bits(), 2);
+        let stats = &running.server.stats;
+        let dropped = [&stats.malformed, &stats.refused, &stats.auth_failed];
+        let dropped: u64 = dropped.iter().map(|c| c.load(Ordering::Relaxed)).sum();
+        assert_eq!((stats.plain.load(Ordering::Relaxed), dropped), (2, 2));
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_limiter_counts_a_source_across_ports_and_workers() {
+        let admission = Admission {
+            rate_limit: Some(RateLimit {
+                interval: 1000.0,
+                burst: 3,
+                kiss_one_in: 0,
+            }),
+            ..Admission::default()
+        };
+        let running = server(0.0, admission).await;
+        // A new source port per request, as chrony's clients use.
+        let answered = (0..10u64)
+            .filter(|&i| {
+                let socket = client();
+                socket
+                    .set_read_timeout(Some(Duration::from_millis(300)))
+                    .unwrap();
+                socket.send_to(&request(i + 1), running.local_addr).unwrap();
+                reply(&socket).is_some()
+            })
+            .count();
+        assert_eq!(answered, 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn interleaved_mode_follows_a_client_whose_port_changes() {
+        let running = server(0.0, Admission::default()).await;
+        let first = client();
+        first.send_to(&request(1), running.local_addr).unwrap();
+        let basic = reply(&first).unwrap();
+        // Interleaved: the origin names the last receive time, receive and transmit
+        // differ (RFC 9769).
+        let mut header = Header::parse(&request(2)).unwrap();
+        header.origin_time = basic.receive_time;
+        header.receive_time = NtpTimestamp::from_bits(7);
+        let mut bytes = Vec::new();
+        header.write(&mut bytes);
+        let second = client();
+        second.send_to(&bytes, running.local_addr).unwrap();
+        let interleaved = reply(&second).unwrap();
+        assert_eq!(interleaved.origin_time, NtpTimestamp::from_bits(7));
+        assert_eq!(running.server.stats.interleaved.load(Ordering::Relaxed), 1);
+        // The transmit time is the one read after the first reply left.
+        assert!(interleaved.transmit_time.seconds_since(basic.transmit_time) >= 0.0);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn dropping_the_server_stops_its_threads() {
+        let running = server(0.0, Admission::default()).await;
+        let address = running.local_addr;
+        drop(running);
+        let socket = client();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        socket.send_to(&request(1), address).unwrap();
+        assert!(reply(&socket).is_none());
     }
 }

@@ -1,0 +1,161 @@
+#!/bin/bash
+# Server CPU per answered request, ntimed next to chronyd 4.3 in the same run: ntpperf
+# at a fixed rate from 127.18.0.0/16 in a network namespace of its own, the server
+# pinned to core 0 and ntpperf to core 1. CPU is utime+stime of every process of the
+# server (all threads, privsep children too) over the requests answered.
+#
+# Usage (root; ntpperf built by /work/shared/ntpperf/build.sh target/ntpperf):
+#   benches/serve-vs-chronyd.sh [REPEATS]
+# Environment: NTIMED, CHRONYD, NTPPERF (binaries), SECONDS_PER_RUN, PLAIN_RATE,
+# NTS_RATE, SWEEP=1 to also find the highest rate answered with < 1 % loss, BASELINE
+# (another ntimed binary, measured in the same run as "ntimed-baseline").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPEATS=${1:-3}
+NTIMED=${NTIMED:-$PWD/target/release/ntimed}
+CHRONYD=${CHRONYD:-/usr/sbin/chronyd}
+NTPPERF=${NTPPERF:-$PWD/target/ntpperf/ntpperf}
+RUN_SECONDS=${SECONDS_PER_RUN:-5}
+PLAIN_RATE=${PLAIN_RATE:-100000}
+NTS_RATE=${NTS_RATE:-50000}
+NS=ntimed-bench-$$
+DIR=$(mktemp -d /tmp/ntimed-bench.XXXXXX)
+chmod 755 "$DIR"
+SERVER_PID=
+
+stop_server() {
+    if [ -n "$SERVER_PID" ]; then
+        kill "$SERVER_PID" 2>/dev/null || true
+        wait "$SERVER_PID" 2>/dev/null || true
+        SERVER_PID=
+    fi
+}
+cleanup() {
+    stop_server
+    ip netns del "$NS" 2>/dev/null || true
+    rm -rf "$DIR"
+}
+trap cleanup EXIT
+[ -n "${KEEP_LOGS:-}" ] && trap "cp $DIR/*.log /tmp/ 2>/dev/null; cleanup" EXIT
+
+ip netns add "$NS"
+in_ns() { ip netns exec "$NS" "$@"; }
+in_ns ip link set lo up
+in_ns sysctl -qw net.ipv4.conf.lo.route_localnet=1 net.ipv4.conf.all.route_localnet=1 \
+    net.ipv4.conf.lo.accept_local=1 net.ipv4.conf.all.accept_local=1 \
+    net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.lo.rp_filter=0
+in_ns iptables -t raw -A PREROUTING -d 127.18.0.0/16 -j DROP
+
+CERTS=$PWD/certs
+# Both servers refuse a private key others may read.
+install -m 600 "$CERTS/srv.key" "$DIR/srv.key"
+cat > "$DIR/ntimed.toml" <<CONF
+[local]
+stratum = 1
+[[server]]
+listen = "127.0.0.1:123"
+[[nts-ke-server]]
+listen = "127.0.0.1:4460"
+certificate-chain = "$CERTS/srv-chain.pem"
+private-key = "$DIR/srv.key"
+name = "localhost"
+ntp-port = 123
+[nts]
+key-dir = "$DIR/ntimed-jail/nts"
+[control]
+enabled = false
+[sandbox]
+user = "nobody"
+state-dir = "$DIR/ntimed-jail"
+CONF
+cat > "$DIR/chrony.conf" <<CONF
+local stratum 1
+allow
+port 123
+cmdport 0
+ntsserverkey $DIR/srv.key
+ntsservercert $CERTS/srv-chain.pem
+ntsprocesses 1
+ntsdumpdir $DIR/chrony-nts
+pidfile $DIR/chronyd.pid
+CONF
+
+start_server() {
+    case $1 in
+        ntimed-baseline) ip netns exec "$NS" taskset -c 0 setpriv --bounding-set -sys_time -- \
+            "$BASELINE" run --config "$DIR/ntimed.toml" >"$DIR/ntimed.log" 2>&1 &;;
+        ntimed) ip netns exec "$NS" taskset -c 0 setpriv --bounding-set -sys_time -- \
+            "$NTIMED" run --config "$DIR/ntimed.toml" >"$DIR/ntimed.log" 2>&1 &;;
+        chronyd) ip netns exec "$NS" taskset -c 0 setpriv --bounding-set -sys_time -- \
+            "$CHRONYD" -x -d -u root -f "$DIR/chrony.conf" >"$DIR/chronyd.log" 2>&1 &;;
+    esac
+    SERVER_PID=$!
+    sleep 2
+}
+
+# Ticks of CPU (user + system) used so far by the server and all its descendants.
+server_ticks() {
+    local pids=$SERVER_PID more
+    more=$(pgrep -P "$SERVER_PID" || true)
+    while [ -n "$more" ]; do
+        pids="$pids $more"
+        more=$(for p in $more; do pgrep -P "$p" || true; done)
+    done
+    for p in $pids; do
+        # Fields 14 and 15 after the command name, which may contain spaces.
+        sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12 + $13}'
+    done | awk '{s += $1} END {print s + 0}'
+}
+
+# Runs ntpperf at one rate; prints "answered lost%" from its line.
+load() {
+    local mode=$1 rate=$2 seconds=$3
+    in_ns taskset -c 1 "$NTPPERF" -i lo -m 00:00:00:00:00:00 -d 127.0.0.1 \
+        -s 127.18.0.0/16 $mode -r "$rate-$rate" -t "$seconds" -l 2>/dev/null |
+        awk '$1 ~ /^[0-9]+$/ {print}' | tail -1
+}
+
+nts_option() {
+    local out c2s cookie
+    out=$(in_ns "$NTIMED" ke --ca "$CERTS/ca.pem" --export 127.0.0.1:4460 2>&1) || return 1
+    c2s=$(echo "$out" | awk '$1 == "C2S" {print $3; exit}')
+    cookie=$(echo "$out" | awk '$1 == "cookie" && $2 == "0" {print $3; exit}')
+    [ -n "$c2s" ] && [ -n "$cookie" ] || return 1
+    echo "-B -S $c2s,$cookie"
+}
+
+# CPU µs per answered request at a fixed rate.
+cpu_per_request() {
+    local mode=$1 rate=$2 before after line sent lost answered
+    before=$(server_ticks)
+    line=$(load "$mode" "$rate" "$RUN_SECONDS")
+    after=$(server_ticks)
+    # ntpperf: rate clients lost invalid ...; lost and invalid in %.
+    lost=$(echo "$line" | awk '{print $3}')
+    answered=$(awk -v r="$rate" -v s="$RUN_SECONDS" -v l="$lost" 'BEGIN {print r * s * (1 - l / 100)}')
+    awk -v t=$((after - before)) -v a="$answered" -v hz="$(getconf CLK_TCK)" -v l="$lost" \
+        'BEGIN {printf "%.1f µs (%.2f %% lost)", t / hz * 1e6 / a, l}'
+}
+
+max_rate() {
+    local mode=$1
+    in_ns taskset -c 1 "$NTPPERF" -i lo -m 00:00:00:00:00:00 -d 127.0.0.1 \
+        -s 127.18.0.0/16 $mode -r 20000-1000000 -x 1.15 -t 1 -l 2>/dev/null |
+        awk '$1 ~ /^[0-9]+$/ && $3 + $4 < 1 {best = $1} END {print best + 0}'
+}
+
+echo "| run | server | plain @ $PLAIN_RATE/s | NTS @ $NTS_RATE/s |${SWEEP:+ max plain | max NTS |}"
+echo "|---|---|---|---|${SWEEP:+---|---|}"
+for run in $(seq "$REPEATS"); do
+    for server in ntimed ${BASELINE:+ntimed-baseline} chronyd; do
+        start_server "$server"
+        plain=$(cpu_per_request -B "$PLAIN_RATE")
+        nts=$(nts_option) && nts=$(cpu_per_request "$nts" "$NTS_RATE") || nts="no NTS-KE"
+        extra=
+        if [ -n "${SWEEP:-}" ]; then
+            extra=" $(max_rate -B) | $(nts_option >/dev/null && max_rate "$(nts_option)") |"
+        fi
+        echo "| $run | $server | $plain | $nts |$extra"
+        stop_server
+    done
+done
