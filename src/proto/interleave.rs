@@ -20,7 +20,7 @@ pub const WAYS: usize = 4;
 /// Clients remembered by the daemon's server sockets (each socket has its own table).
 pub const DEFAULT_SLOTS: usize = 1 << 16;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Entry {
     client: IpAddr,
     /// The caller's receive time of the last request, which [`InterleaveTable::handle_sent`] names.
@@ -41,6 +41,8 @@ pub struct Exchange {
     pub received: NtpTimestamp,
     /// The transmit timestamp to put in a basic reply.
     pub transmit: NtpTimestamp,
+    /// What [`InterleaveTable::commit`] stores once the reply is known to go out.
+    entry: Entry,
 }
 
 #[derive(Debug)]
@@ -67,19 +69,18 @@ impl InterleaveTable {
         self.entries.len() * std::mem::size_of::<Option<Entry>>()
     }
 
-    fn bucket(&mut self, client: IpAddr) -> &mut [Option<Entry>] {
+    fn bucket_range(&self, client: IpAddr) -> std::ops::Range<usize> {
         let buckets = self.entries.len() / WAYS;
         let index = (self.hasher.hash_one(client) as usize) & (buckets - 1);
-        self.entries
-            .get_mut(index * WAYS..(index + 1) * WAYS)
-            .unwrap_or_default()
+        index * WAYS..(index + 1) * WAYS
     }
 
-    /// Records a request from `client` that arrived at `arrived` and names `origin`,
-    /// `receive_field` and `transmit_field`, to be answered at `now`. The request is
-    /// interleaved if its origin is the receive timestamp of the client's last reply
-    /// and its receive and transmit fields differ (RFC 9769 §2); either way it becomes
-    /// the client's last request. Call only for a request that passed every check.
+    fn bucket(&mut self, client: IpAddr) -> &mut [Option<Entry>] {
+        let range = self.bucket_range(client);
+        self.entries.get_mut(range).unwrap_or_default()
+    }
+
+    /// [`Self::plan`] and [`Self::commit`] at once.
     pub fn handle_request(
         &mut self,
         client: IpAddr,
@@ -89,9 +90,32 @@ impl InterleaveTable {
         arrived: NtpTimestamp,
         now: NtpTimestamp,
     ) -> Exchange {
+        let exchange = self.plan(client, origin, receive_field, transmit_field, arrived, now);
+        self.commit(&exchange);
+        exchange
+    }
+
+    /// Records a request from `client` that arrived at `arrived` and names `origin`,
+    /// `receive_field` and `transmit_field`, to be answered at `now`. The request is
+    /// interleaved if its origin is the receive timestamp of the client's last reply
+    /// and its receive and transmit fields differ (RFC 9769 §2); either way it becomes
+    /// the client's last request. Call only for a request that passed every check.
+    /// Nothing changes until [`Self::commit`], which the caller does once the reply is
+    /// built and goes out (a reply dropped after all leaves the table as it was).
+    pub fn plan(
+        &self,
+        client: IpAddr,
+        origin: NtpTimestamp,
+        receive_field: NtpTimestamp,
+        transmit_field: NtpTimestamp,
+        arrived: NtpTimestamp,
+        now: NtpTimestamp,
+    ) -> Exchange {
         let client = client.to_canonical();
-        let turn = self.evictions;
-        let bucket = self.bucket(client);
+        let bucket = self
+            .entries
+            .get(self.bucket_range(client))
+            .unwrap_or_default();
         let known = bucket
             .iter()
             .flatten()
@@ -117,6 +141,20 @@ impl InterleaveTable {
             served: received,
             transmitted: transmit,
         };
+        Exchange {
+            previous_transmit,
+            received,
+            transmit,
+            entry,
+        }
+    }
+
+    /// Makes `exchange` (from [`Self::plan`]) the client's last request.
+    pub fn commit(&mut self, exchange: &Exchange) {
+        let entry = exchange.entry;
+        let client = entry.client;
+        let turn = self.evictions;
+        let bucket = self.bucket(client);
         // The client's own entry, else a free one, else the next in turn.
         let own_or_free = bucket
             .iter()
@@ -132,11 +170,6 @@ impl InterleaveTable {
         }
         if evicted {
             self.evictions = self.evictions.wrapping_add(1);
-        }
-        Exchange {
-            previous_transmit,
-            received,
-            transmit,
         }
     }
 
@@ -176,6 +209,19 @@ mod tests {
 
     /// A basic request (origin zero), then one naming the first reply's receive
     /// timestamp: the second gets the first reply's precise transmit time.
+    #[test]
+    fn a_planned_reply_that_never_went_out_changes_nothing() {
+        let mut table = InterleaveTable::new(16);
+        table.handle_request(A, NtpTimestamp::ZERO, t(0), t(1), t(10), t(11));
+        // Planned, then dropped (too long to send, say): not committed.
+        let dropped = table.plan(A, t(10), t(5), t(6), t(20), t(21));
+        assert_eq!(dropped.previous_transmit, Some(t(11)));
+        let named_dropped = table.plan(A, t(20), t(7), t(8), t(30), t(31));
+        assert_eq!(named_dropped.previous_transmit, None);
+        let named_sent = table.plan(A, t(10), t(7), t(8), t(30), t(31));
+        assert_eq!(named_sent.previous_transmit, Some(t(11)));
+    }
+
     #[test]
     fn a_request_naming_the_last_receive_timestamp_is_interleaved() {
         let mut table = InterleaveTable::new(16);

@@ -551,11 +551,12 @@ impl Server {
             }
             _ => None,
         };
+        let mut planned = None;
         if let Some((client, table)) = table {
             let exchange = table
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .handle_request(
+                .plan(
                     client,
                     header.origin_time,
                     header.receive_time,
@@ -572,6 +573,7 @@ impl Server {
                 response.transmit_time = previous;
                 *interleaved = true;
             }
+            planned = Some((table, exchange));
         }
         response.write(reply);
         let answer = match auth {
@@ -596,6 +598,13 @@ impl Server {
         };
         if reply.len() > request.len() {
             return Err(DropReason::WouldAmplify);
+        }
+        // The reply goes out: only now is it the client's last (ADVERSARIAL 36).
+        if let Some((table, exchange)) = planned {
+            table
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .commit(&exchange);
         }
         Ok(answer)
     }
