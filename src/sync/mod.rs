@@ -582,8 +582,12 @@ impl SyncEngine {
             return Err(Ignored::NotAuthenticated);
         }
         // Following a source that follows us would only add each other's errors.
-        // Its earlier samples go too: they may be from before it followed us.
-        if source.own_id == Some(sample.reference_id) && sample.stratum > 1 {
+        // Its earlier samples go too: they may be from before it followed us. ntpd's
+        // orphan and local clocks announce 127.0.0.1, which names no address.
+        if source.own_id == Some(sample.reference_id)
+            && sample.reference_id != ReferenceId([127, 0, 0, 1])
+            && sample.stratum > 1
+        {
             source.filter = SourceFilter::default();
             source.last = Some(*sample);
             return Err(Ignored::SynchronizedToUs);
@@ -1691,6 +1695,15 @@ mod tests {
             engine.handle_sample(ids[0], &follower, 0.0, 0.0),
             Err(Ignored::SynchronizedToUs)
         );
+        // ntpd in orphan mode announces 127.0.0.1 whoever it is: no loop, even on a
+        // machine whose own address towards it is 127.0.0.1.
+        engine.set_own_reference_id(ids[0], ReferenceId([127, 0, 0, 1]));
+        let orphan_ntpd = Sample {
+            stratum: 5,
+            reference_id: ReferenceId([127, 0, 0, 1]),
+            ..sample(0.0, 0.001)
+        };
+        assert_eq!(engine.handle_sample(ids[0], &orphan_ntpd, 1.0, 0.0), Ok(()));
     }
 
     /// `[leap] mode = "slew"`: the clock never hears of the leap second; at midnight
