@@ -71,6 +71,11 @@ pub struct LeapSection {
     /// 83 ms/s, so the clock never jumps but is up to 1 s off for about 12 s).
     #[serde(default)]
     pub mode: LeapMode,
+    /// Smear each leap second of the `file` over this many seconds (2000 to 86400,
+    /// centred on the leap) in served time only; off by default. Smeared time is up to
+    /// 0.5 s from UTC: only for sites whose clients all use smearing servers, never a
+    /// public server (see `crate::proto::smear`).
+    pub smear_window: Option<Spanned<u32>>,
 }
 
 /// How the local clock passes a leap second (`[leap] mode`).
@@ -80,6 +85,12 @@ impl Config {
     /// The `[leap] file`, if one is configured.
     pub fn leap_file(&self) -> Option<&Path> {
         self.leap.as_ref()?.file.as_deref()
+    }
+
+    /// The `[leap] smear-window` in seconds, if served time is smeared.
+    pub fn smear_window(&self) -> Option<f64> {
+        let window = self.leap.as_ref()?.smear_window.as_ref()?;
+        Some(f64::from(*window.get_ref()))
     }
 }
 
@@ -1001,6 +1012,32 @@ impl Config {
     }
 
     /// Checks what serde cannot, recording where in the text each fault is.
+    fn check_leap(&self, faults: &mut Vec<Fault>) {
+        let Some(leap) = &self.leap else {
+            return;
+        };
+        let Some(window) = &leap.smear_window else {
+            return;
+        };
+        use crate::proto::smear::{MAX_WINDOW, MIN_WINDOW};
+        let mut fail = |message: String| faults.push((Some(window.span()), message));
+        if !(MIN_WINDOW..=MAX_WINDOW).contains(&f64::from(*window.get_ref())) {
+            fail(format!(
+                "[leap] smear-window must be {MIN_WINDOW} to {MAX_WINDOW} seconds \
+                 (at most 500 ppm, as every client can follow)"
+            ));
+        }
+        if leap.file.is_none() {
+            fail("[leap] smear-window needs the leap file: each leap is smeared from it".into());
+        }
+        if leap.mode != LeapMode::Kernel {
+            fail(
+                "[leap] smear-window needs mode = \"kernel\": the local clock must stay right"
+                    .into(),
+            );
+        }
+    }
+
     fn check(&self, faults: &mut Vec<Fault>) {
         if let Some(local) = &self.local {
             let stratum = *local.stratum.get_ref();
@@ -1036,6 +1073,7 @@ impl Config {
         self.check_sources(faults);
         self.check_peers(faults);
         self.check_refclocks(faults);
+        self.check_leap(faults);
         if let Some(metrics) = &self.metrics {
             let listen = metrics.listen.get_ref();
             let clash = self.nts_ke_servers.iter().any(|ke| {
@@ -1242,6 +1280,42 @@ mod tests {
             &format!("{base}{ke}[metrics]\nlisten = \"127.0.0.1:9975\"\n"),
         );
         assert!(apart.is_ok(), "{:?}", apart.err());
+    }
+
+    #[test]
+    fn leap_smearing_is_checked() {
+        let base = "[[server]]\nlisten = \"127.0.0.1:123\"\n[local]\nstratum = 1\n";
+        let parse = |leap: &str| Config::parse("c.toml", &format!("{base}[leap]\n{leap}"));
+        let good = parse("file = \"l\"\nsmear-window = 86400\n").unwrap();
+        assert_eq!(good.smear_window(), Some(86_400.0));
+        assert_eq!(
+            parse("file = \"l\"\n").unwrap().smear_window(),
+            None,
+            "off by default"
+        );
+        for (leap, expected) in [
+            (
+                "file = \"l\"\nsmear-window = 1000\n",
+                "2000 to 86400 seconds",
+            ),
+            (
+                "file = \"l\"\nsmear-window = 86401\n",
+                "2000 to 86400 seconds",
+            ),
+            ("smear-window = 86400\n", "needs the leap file"),
+            (
+                "file = \"l\"\nmode = \"slew\"\nsmear-window = 86400\n",
+                "needs mode = \"kernel\"",
+            ),
+        ] {
+            let error = parse(leap).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(error.contains(expected), "{leap}: {error}");
+            let line = 5 + leap.lines().count();
+            assert!(
+                error.contains(&format!("c.toml:{line}:")),
+                "names the line: {error}"
+            );
+        }
     }
 
     #[test]

@@ -92,17 +92,23 @@ mod tests {
         }
     }
 
-    /// The leap indicator a local stratum-1 server answers with, its clock set 12 h
-    /// before 2030's new year, with `leap_file` in use.
-    async fn served_leap_bits(leap_file: Option<LeapFile>) -> u8 {
+    /// The reply a local stratum-1 server gives, its clock set to `clock_at` (NTP
+    /// seconds), with `leap_file` in use and leaps smeared over `smear_window`; and the
+    /// time its clock read when the reply was sent.
+    async fn served_reply(
+        leap_file: Option<LeapFile>,
+        smear_window: Option<f64>,
+        clock_at: u64,
+    ) -> (Header, NtpTimestamp) {
         let now_unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs_f64();
-        let target = (JAN_2030 - 43_200) as f64 - crate::wire::timestamp::NTP_UNIX_OFFSET as f64;
+        let target = clock_at as f64 - crate::wire::timestamp::NTP_UNIX_OFFSET as f64;
         let clock = Arc::new(SoftwareClock::simulated(target - now_unix, 0.0));
         let admission = Admission {
             leap_file: Arc::new(ArcSwapOption::from_pointee(leap_file)),
+            smear_window,
             ..Admission::default()
         };
         let server = Server::new(KeyStore::default(), ServerOptions::default());
@@ -112,7 +118,7 @@ mod tests {
             server,
             Reference::Local { stratum: 1 },
             admission,
-            clock,
+            clock.clone(),
         )
         .await
         .unwrap();
@@ -125,8 +131,13 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        assert!(len >= 48);
-        reply[0] >> 6
+        let read = crate::clock::Clock::now(&*clock);
+        (Header::parse(&reply[..len]).unwrap(), read)
+    }
+
+    async fn served_leap_bits(leap_file: Option<LeapFile>) -> u8 {
+        let (header, _) = served_reply(leap_file, None, JAN_2030 - 43_200).await;
+        header.leap.to_bits()
     }
 
     #[tokio::test]
@@ -135,5 +146,22 @@ mod tests {
         assert_eq!(served_leap_bits(Some(file(JAN_2030 + 86_400))).await, 1);
         let expired = file(JAN_2030 - 86_400);
         assert_eq!(served_leap_bits(Some(expired)).await, 0, "an expired file");
+    }
+
+    #[tokio::test]
+    async fn a_smearing_server_serves_smeared_time_and_announces_no_leap() {
+        // An hour before the leap, 11/24 of the second is smeared away.
+        let file = Some(file(JAN_2030 + 86_400));
+        let (header, read) = served_reply(file.clone(), Some(86_400.0), JAN_2030 - 3_600).await;
+        assert_eq!(header.leap.to_bits(), 0, "no leap announced");
+        let behind = read.seconds_since(header.transmit_time);
+        assert!(
+            (behind - 39_600.0 / 86_400.0).abs() < 0.05,
+            "{behind} s behind"
+        );
+        assert!(header.transmit_time.seconds_since(header.receive_time) >= 0.0);
+        // Outside the window, time is served as read.
+        let (header, read) = served_reply(file, Some(86_400.0), JAN_2030 - 50_000).await;
+        assert!(read.seconds_since(header.transmit_time).abs() < 0.05);
     }
 }

@@ -303,6 +303,12 @@ pub fn prepare_all(
     let leap_file = config
         .leap_file()
         .and_then(|file| super::leap::load(&loaded.path(file), now_ntp, problems));
+    if let Some(window) = config.smear_window() {
+        problems.warning(format!(
+            "leap seconds are smeared over {window} s in served time, up to 0.5 s from UTC: \
+             never on a public server, nor where clients mix smearing and other servers"
+        ));
+    }
     if problems.count(Severity::Error) > errors_before {
         return None;
     }
@@ -519,6 +525,7 @@ fn start_servers(
             deny_kiss: section.deny_action == DenyAction::Kiss,
             rate_limit,
             leap_file: leap_file.clone(),
+            smear_window: loaded.config.smear_window(),
         };
         let r = start_on(
             socket,

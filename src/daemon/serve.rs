@@ -22,8 +22,9 @@ use crate::proto::access::AccessList;
 use crate::proto::interleave;
 use crate::proto::ratelimit::{KissThrottle, RateLimit, RateLimiter, Verdict};
 use crate::proto::server::{Answer, DropReason, Server, SyncState};
+use crate::proto::smear::{LeapSmear, ScheduledLeap, SmearView};
 use crate::sys::{ReceiveBatch, SendBatch};
-use crate::wire::NtpTimestamp;
+use crate::wire::{Leap, NtpTimestamp};
 
 /// Largest datagram read: all of any UDP payload, so that even an NTS request with 100
 /// cookie placeholders is seen whole (and answered with at most 8 cookies).
@@ -109,6 +110,9 @@ pub struct Admission {
     pub rate_limit: Option<RateLimit>,
     /// The `[leap] file`: its leaps are announced as well as the clock's own.
     pub leap_file: SharedLeapFile,
+    /// `[leap] smear-window`: the file's leaps are smeared over this many seconds in
+    /// served time, and never announced.
+    pub smear_window: Option<f64>,
 }
 
 /// Binds `listen` and answers requests on it with one thread per core, as `admission`
@@ -159,6 +163,7 @@ pub fn start_on(
     });
     let access = Arc::new(admission.access);
     let leap_file = admission.leap_file;
+    let smear_window = admission.smear_window;
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::with_capacity(workers);
     for index in 0..workers {
@@ -173,6 +178,7 @@ pub fn start_on(
             clock: clock.clone(),
             peers: peers.clone(),
             leap_file: leap_file.clone(),
+            smear_window,
             stop: stop.clone(),
         };
         let spawned = std::thread::Builder::new()
@@ -211,6 +217,7 @@ struct Worker {
     clock: Arc<dyn Clock>,
     peers: Option<Arc<PeerRoutes>>,
     leap_file: SharedLeapFile,
+    smear_window: Option<f64>,
     stop: Arc<AtomicBool>,
 }
 
@@ -223,6 +230,16 @@ struct BatchClock {
     /// the kernel did not stamp.
     now: NtpTimestamp,
     state: SyncState,
+    /// How to smear this batch's times, when a leap is being smeared.
+    smear: Option<SmearView>,
+}
+
+impl BatchClock {
+    /// The time to serve for `reading`, a receive time taken before the batch's.
+    fn served_before(&self, reading: NtpTimestamp) -> NtpTimestamp {
+        self.smear
+            .map_or(reading, |smear| smear.served_before(reading))
+    }
 }
 
 impl Worker {
@@ -234,6 +251,7 @@ impl Worker {
         let mut answered: Vec<Option<(IpAddr, NtpTimestamp)>> = Vec::with_capacity(BATCH);
         let mut drop_log = crate::util::LogLimit::new(DROP_LOG_INTERVAL);
         let started = Instant::now();
+        let mut smear = self.smear_window.map(LeapSmear::new);
         let fd = self.socket.as_fd();
         while !self.stop.load(Ordering::Relaxed) {
             match requests.receive(fd) {
@@ -253,7 +271,7 @@ impl Worker {
                     continue;
                 }
             }
-            let clock = self.batch_clock();
+            let clock = self.batch_clock(smear.as_mut(), started);
             answered.clear();
             for request in requests.datagrams() {
                 let received = request.kernel_time.map_or(clock.now, |(seconds, nanos)| {
@@ -269,14 +287,8 @@ impl Worker {
                 let Some(reply) = replies.next_reply() else {
                     break;
                 };
-                let (result, answered_at) = self.answer(
-                    request.from,
-                    request.data,
-                    received,
-                    &clock.state,
-                    started,
-                    reply,
-                );
+                let (result, answered_at) =
+                    self.answer(request.from, request.data, received, &clock, started, reply);
                 match result {
                     Ok(_) => {
                         replies.queue(request.from);
@@ -296,22 +308,50 @@ impl Worker {
                 tracing::debug!("send: {e}");
             }
             // The late transmit time: when the batch left, for each answered client.
-            let transmitted = self.clock.now();
+            let transmitted = self.served_now(&clock, started);
             for (client, received) in answered.iter().flatten() {
                 self.server.handle_sent(*client, *received, transmitted);
             }
         }
     }
 
-    fn batch_clock(&self) -> BatchClock {
+    /// Reads the clocks for a batch; `smear` is this thread's, if leaps are smeared.
+    fn batch_clock(&self, smear: Option<&mut LeapSmear>, started: Instant) -> BatchClock {
         let system = NtpTimestamp::from_system_time(SystemTime::now());
         let now = self.clock.now();
+        let monotonic = started.elapsed().as_secs_f64();
         let mut state = self.reference.state(self.precision, now);
         state.leap = super::leap::served(state.leap, &self.leap_file, now);
+        let smear = smear.and_then(|smear| {
+            let file = self.leap_file.load();
+            let reach = smear.reach() as u64 + 2;
+            let seconds = crate::sync::leap_file::ntp_seconds(now);
+            let leap = file.as_deref().and_then(|f| f.leap_near(seconds, reach));
+            let leap = leap.map(|(at, insert)| ScheduledLeap { at, insert });
+            smear.view(leap, now, monotonic)
+        });
+        if self.smear_window.is_some() && state.leap != Leap::Unsynchronized {
+            // A smearing server never announces a leap: its clients would take the
+            // second a second time.
+            state.leap = Leap::NoWarning;
+        }
+        if let Some(smear) = smear {
+            state.reference_time = smear.served_before(state.reference_time);
+        }
         BatchClock {
             offset: now.to_bits().wrapping_sub(system.to_bits()),
             now,
             state,
+            smear,
+        }
+    }
+
+    /// The time to serve now: the clock, smeared as `clock` says.
+    fn served_now(&self, clock: &BatchClock, started: Instant) -> NtpTimestamp {
+        let now = self.clock.now();
+        match clock.smear {
+            Some(smear) => smear.served_now(now, started.elapsed().as_secs_f64()),
+            None => now,
         }
     }
 
@@ -323,17 +363,20 @@ impl Worker {
         peer: SocketAddr,
         bytes: &[u8],
         received: NtpTimestamp,
-        state: &SyncState,
+        clock: &BatchClock,
         started: Instant,
         reply: &mut Vec<u8>,
     ) -> (Result<Answer, Option<DropReason>>, Option<NtpTimestamp>) {
-        // A configured peer's packets go to its association, not to the responder.
+        // A configured peer's packets go to its association, not to the responder, and
+        // with the clock's own time: smearing is for clients only.
         if let Some(routes) = &self.peers
             && routes.route(peer, bytes, received)
         {
             return (Err(None), None);
         }
-        let now = || self.clock.now();
+        let received = clock.served_before(received);
+        let state = &clock.state;
+        let now = || self.served_now(clock, started);
         // The access list first (ADVERSARIAL 37): a refused source spends no tokens.
         if !self.access.allows_all() && !self.access.allows(peer.ip()) {
             let kiss = self.deny_kisses.as_ref().is_some_and(|throttle| {

@@ -10,6 +10,7 @@
 //! * [`interleave`]: the server's per-client timestamps for interleaved mode.
 //! * [`ratelimit`]: per-client request rate limits for the server.
 //! * [`access`]: the server's `allow`/`deny` lists and the decision for an address.
+//! * [`smear`]: served time around a leap second, when it is smeared.
 
 pub mod access;
 pub mod client;
@@ -18,6 +19,7 @@ pub mod peer;
 pub mod polling;
 pub mod ratelimit;
 pub mod server;
+pub mod smear;
 pub mod source;
 
 /// The keys the protocol tests share (fake secrets): SHA256, AES128, MD5 and SHA1 as

@@ -160,6 +160,28 @@ impl LeapFile {
             .map(|&(_, tai)| tai)
     }
 
+    /// The leap second within `reach` seconds of `now` (NTP seconds), nearest first:
+    /// its midnight and whether it inserts a second. Nothing from an expired file, and
+    /// only leaps at the end of June or December (as [`announcement`](Self::announcement)).
+    pub fn leap_near(&self, now: u64, reach: u64) -> Option<(u64, bool)> {
+        if self.is_expired(now) {
+            return None;
+        }
+        let next = self.entries.partition_point(|&(at, _)| at <= now);
+        // The entry at or before `now` and the one after it; the first is no leap.
+        let candidates = [next.checked_sub(1), Some(next)];
+        candidates
+            .into_iter()
+            .flatten()
+            .filter(|&i| i > 0)
+            .filter_map(|i| Some((self.entries.get(i - 1)?.1, *self.entries.get(i)?)))
+            .filter(|&(_, (at, _))| {
+                at.abs_diff(now) <= reach && matches!(civil_date(at), Some((_, 1 | 7, 1)))
+            })
+            .min_by_key(|&(_, (at, _))| at.abs_diff(now))
+            .map(|(before, (at, tai))| (at, tai > before))
+    }
+
     /// The latest leap second the file knows of, NTP seconds (the first entry is the
     /// start of the table, not a leap).
     pub fn last_leap(&self) -> Option<u64> {
@@ -299,6 +321,41 @@ mod tests {
         let negative = file(&[(JUL_2015, 36), (JAN_2017, 35)], 1, JAN_2017 + 1);
         let f = LeapFile::parse(&negative).unwrap();
         assert_eq!(f.announcement(JAN_2017 - 5), Some(Leap::DeleteSecond));
+    }
+
+    #[test]
+    fn the_leap_near_a_time_is_found_on_both_sides_of_it() {
+        const JUN_2012: u64 = 3_550_089_600;
+        let text = file(
+            &[(JUN_2012, 35), (JUL_2015, 36), (JAN_2017, 37)],
+            1,
+            JAN_2017 + 86_400 * 100,
+        );
+        let f = LeapFile::parse(&text).unwrap();
+        assert_eq!(
+            f.leap_near(JAN_2017 - 43_200, 43_200),
+            Some((JAN_2017, true))
+        );
+        assert_eq!(
+            f.leap_near(JAN_2017 + 43_200, 43_200),
+            Some((JAN_2017, true))
+        );
+        assert_eq!(f.leap_near(JAN_2017 + 43_201, 43_200), None);
+        assert_eq!(f.leap_near(JAN_2017 - 43_201, 43_200), None);
+        assert_eq!(f.leap_near(JUL_2015 + 5, 43_200), Some((JUL_2015, true)));
+        assert_eq!(
+            f.leap_near(JUN_2012, 43_200),
+            None,
+            "the first entry is no leap"
+        );
+        assert_eq!(
+            f.leap_near(JAN_2017 + 86_400 * 100, 1 << 40),
+            None,
+            "expired"
+        );
+        let negative = file(&[(JUL_2015, 36), (JAN_2017, 35)], 1, JAN_2017 + 1);
+        let f = LeapFile::parse(&negative).unwrap();
+        assert_eq!(f.leap_near(JAN_2017 - 5, 10), Some((JAN_2017, false)));
     }
 
     #[test]
