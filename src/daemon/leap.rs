@@ -164,4 +164,66 @@ mod tests {
         let (header, read) = served_reply(file, Some(86_400.0), JAN_2030 - 50_000).await;
         assert!(read.seconds_since(header.transmit_time).abs() < 0.05);
     }
+
+    #[tokio::test]
+    async fn served_time_runs_on_through_the_repeated_second() {
+        use crate::clock::{Clock, ClockCommand};
+        // The clock 1.5 s before the leap; the test steps it back a second at midnight,
+        // as the kernel does, while a client asks every 20 ms.
+        let leap = NtpTimestamp::from_bits(JAN_2030 << 32);
+        let now_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        let target = JAN_2030 as f64 - 1.5 - crate::wire::timestamp::NTP_UNIX_OFFSET as f64;
+        let clock = Arc::new(SoftwareClock::simulated(target - now_unix, 0.0));
+        let admission = Admission {
+            leap_file: Arc::new(ArcSwapOption::from_pointee(Some(file(JAN_2030 + 86_400)))),
+            smear_window: Some(86_400.0),
+            ..Admission::default()
+        };
+        let server = Server::new(KeyStore::default(), ServerOptions::default());
+        let running = crate::daemon::serve::start(
+            "127.0.0.1:0".parse().unwrap(),
+            server,
+            Reference::Local { stratum: 1 },
+            admission,
+            clock.clone(),
+        )
+        .await
+        .unwrap();
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .unwrap();
+        let mut request = Vec::new();
+        Header::client_request(6, NtpTimestamp::from_bits(42)).write(&mut request);
+        let mut stepped = false;
+        let mut served = Vec::new();
+        while served.len() < 150 {
+            if !stepped && clock.now().seconds_since(leap) >= 0.0 {
+                clock.apply(ClockCommand::Step { offset: -1.0 }).unwrap();
+                stepped = true;
+            }
+            socket.send_to(&request, running.local_addr).unwrap();
+            let mut reply = [0u8; 128];
+            let len = socket.recv(&mut reply).unwrap();
+            let header = Header::parse(&reply[..len]).unwrap();
+            // Real time from the leap: the clock reads a second less once stepped.
+            let real = clock.now().seconds_since(leap) + if stepped { 1.0 } else { 0.0 };
+            served.push((real, header.transmit_time.seconds_since(leap)));
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(stepped, "the clock passed the leap");
+        for &(real, shown) in &served {
+            let share = (real + 43_200.0) / 86_400.0;
+            assert!(
+                (shown - (real - share)).abs() < 0.02,
+                "{real}: served {shown}"
+            );
+        }
+        for pair in served.windows(2) {
+            assert!(pair[1].1 > pair[0].1, "served time went back: {pair:?}");
+        }
+    }
 }
