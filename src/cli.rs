@@ -278,12 +278,13 @@ pub fn main() -> ExitCode {
 
 /// Set to `1` by the clknetsim harness, which replaces the clock and network calls of
 /// the process it starts (LD_PRELOAD) and can follow one thread in one process only.
-/// For `ntimed run` it switches exactly three things: a current-thread runtime, no
-/// privilege separation although `geteuid()` reads 0 there, and `[clock] mode =
-/// "system"` steered in this one process (the simulated kernel clock).
+/// For `ntimed run` it switches exactly four things: a current-thread runtime, no
+/// privilege separation although `geteuid()` reads 0 there, `[clock] mode =
+/// "system"` steered in this one process (the simulated kernel clock), and no owner
+/// check on SHM units 0 and 1 (the simulator's segments are not the kernel's).
 const CLKNETSIM_ENV: &str = "NTIMED_CLKNETSIM";
 
-fn under_clknetsim() -> bool {
+pub(crate) fn under_clknetsim() -> bool {
     std::env::var_os(CLKNETSIM_ENV).is_some_and(|v| v == "1")
 }
 

@@ -631,8 +631,19 @@ pub fn send_signal(pid: u32, signal: libc::c_int) -> io::Result<()> {
 /// reference into it is ever handed out.
 #[derive(Debug)]
 pub struct ShmSegment {
+    id: libc::c_int,
     base: std::ptr::NonNull<u8>,
     len: usize,
+}
+
+/// Who owns a SysV shared-memory segment, and who may use it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShmOwner {
+    pub uid: u32,
+    /// The creator, who keeps the right to change its owner and mode.
+    pub creator_uid: u32,
+    /// The permission bits.
+    pub mode: u32,
 }
 
 // SAFETY: the mapping belongs to the process, not the thread; every access goes
@@ -664,7 +675,20 @@ impl ShmSegment {
         }
         let base = std::ptr::NonNull::new(address.cast::<u8>())
             .ok_or_else(|| io::Error::other("shmat returned null"))?;
-        Ok(Self { base, len })
+        Ok(Self { id, base, len })
+    }
+
+    /// The segment's owner, creator and mode, as the kernel keeps them.
+    pub fn owner(&self) -> io::Result<ShmOwner> {
+        // SAFETY: an all-zero shmid_ds is a valid value of the plain C struct.
+        let mut status: libc::shmid_ds = unsafe { std::mem::zeroed() };
+        // SAFETY: IPC_STAT writes one shmid_ds to the pointer, which is to ours.
+        check(unsafe { libc::shmctl(self.id, libc::IPC_STAT, &mut status) })?;
+        Ok(ShmOwner {
+            uid: status.shm_perm.uid,
+            creator_uid: status.shm_perm.cuid,
+            mode: u32::from(status.shm_perm.mode) & 0o777,
+        })
     }
 
     /// Copies the first `N` bytes (at most the segment's length, zeros beyond), then

@@ -35,7 +35,7 @@ use crate::clock::Clock;
 use crate::coordinator::AssociationId;
 use crate::refclock::pps::{LockEstimate, PpsCombiner};
 use crate::refclock::{RefclockDrop, RefclockOptions, RefclockSample, phc, shm, sock};
-use crate::sys::{PhcReader, PpsFetch, ShmSegment};
+use crate::sys::{PhcReader, PpsFetch, ShmOwner, ShmSegment};
 use crate::wire::NtpTimestamp;
 
 /// How often an SHM segment is looked at (gpsd writes once a second).
@@ -102,7 +102,9 @@ pub fn shm_mode(unit: u32) -> u32 {
 }
 
 /// Attaches the segment of every SHM refclock in `specs` (creating a missing one).
-pub fn attach_shm(specs: &mut [RefclockSpec]) -> Result<(), String> {
+/// With `check_owners`, a root-only unit (0 or 1) that someone else made, or that
+/// others may write, is refused: whoever can write it sets the time we serve.
+pub fn attach_shm(specs: &mut [RefclockSpec], check_owners: bool) -> Result<(), String> {
     for spec in specs {
         let crate::refclock::DriverKind::Shm { unit } = spec.kind else {
             continue;
@@ -113,7 +115,34 @@ pub fn attach_shm(specs: &mut [RefclockSpec]) -> Result<(), String> {
             .ok_or_else(|| format!("{}: unit {unit} out of range", spec.name))?;
         let segment = ShmSegment::attach(key, shm::SEGMENT_LEN, shm_mode(unit), true)
             .map_err(|e| format!("{}: cannot attach SHM key {key:#x}: {e}", spec.name))?;
+        if check_owners && unit < shm::FIRST_PUBLIC_UNIT {
+            let owner = segment
+                .owner()
+                .map_err(|e| format!("{}: SHM key {key:#x}: {e}", spec.name))?;
+            check_private_owner(key, owner, crate::sys::effective_uid())
+                .map_err(|why| format!("{}: SHM key {key:#x} {why}", spec.name))?;
+        }
         spec.segment = Some(segment);
+    }
+    Ok(())
+}
+
+/// Whether a root-only unit's segment is safe to take time from when running as
+/// `us`: made and owned by root or by us, and writable by no one else.
+fn check_private_owner(key: i32, owner: ShmOwner, us: u32) -> Result<(), String> {
+    let trusted = |uid: u32| uid == 0 || uid == us;
+    if !trusted(owner.uid) || !trusted(owner.creator_uid) {
+        return Err(format!(
+            "was made by uid {} and is owned by uid {}, not root: remove it (ipcrm -M {key:#x}) \
+             and restart its writer as root, or use unit 2 or above",
+            owner.creator_uid, owner.uid
+        ));
+    }
+    if owner.mode & 0o022 != 0 {
+        return Err(format!(
+            "has mode {:o}: others may write it; remove it (ipcrm -M {key:#x}) and restart its writer",
+            owner.mode
+        ));
     }
     Ok(())
 }
@@ -221,6 +250,9 @@ pub fn read_shm(
     match parsed {
         Ok(None) => None,
         Ok(Some(reading)) => {
+            if let Err(why) = crate::refclock::check_fresh(reading.receive, system) {
+                return Some(Err(why));
+            }
             let precision = 2f64.powi(i32::from(reading.precision));
             Some(Ok(crate::refclock::sample_from(
                 reading.offset,
@@ -365,10 +397,17 @@ pub fn spawn_sock(
             let at = Instant::now();
             let bytes = buf.get(..len).unwrap_or_default();
             let result = sock::parse(bytes)
-                .map(|reading| {
-                    crate::refclock::sample_from(reading.offset, reading.leap, 0.0, local, system)
-                })
-                .map_err(RefclockDrop::from);
+                .map_err(RefclockDrop::from)
+                .and_then(|reading| {
+                    crate::refclock::check_fresh(reading.receive, system)?;
+                    Ok(crate::refclock::sample_from(
+                        reading.offset,
+                        reading.leap,
+                        0.0,
+                        local,
+                        system,
+                    ))
+                });
             let what = Read::Sample(result);
             if tx.send(Reading { id, what, at }).await.is_err() {
                 return;
@@ -389,6 +428,41 @@ mod tests {
         fn drop(&mut self) {
             let _ = ShmSegment::remove(self.0);
         }
+    }
+
+    #[test]
+    fn root_only_units_must_be_made_and_owned_by_root_or_us_and_kept_private() {
+        let owner = |uid, creator_uid, mode| ShmOwner {
+            uid,
+            creator_uid,
+            mode,
+        };
+        assert!(check_private_owner(1, owner(0, 0, 0o600), 0).is_ok());
+        assert!(
+            check_private_owner(1, owner(0, 0, 0o644), 0).is_ok(),
+            "others may read"
+        );
+        assert!(
+            check_private_owner(1, owner(1000, 1000, 0o600), 1000).is_ok(),
+            "ours"
+        );
+        let theirs = check_private_owner(0x4e54_5030, owner(1000, 1000, 0o600), 0);
+        assert!(theirs.unwrap_err().contains("ipcrm -M 0x4e545030"));
+        assert!(
+            check_private_owner(1, owner(0, 1000, 0o600), 0).is_err(),
+            "given away"
+        );
+        assert!(check_private_owner(1, owner(0, 0, 0o666), 0).is_err());
+        assert!(check_private_owner(1, owner(0, 0, 0o620), 0).is_err());
+        // The kernel's view of a segment we make.
+        let key = 0x6e75_0000 | (std::process::id() as i32 & 0xffff);
+        let _ = ShmSegment::remove(key);
+        let _cleanup = Private(key);
+        let segment = ShmSegment::attach(key, shm::SEGMENT_LEN, 0o640, true).unwrap();
+        let seen = segment.owner().unwrap();
+        let us = crate::sys::effective_uid();
+        assert_eq!(seen, owner(us, us, 0o640));
+        assert!(check_private_owner(key, seen, us).is_ok());
     }
 
     /// `valid` 0 is nothing; a good sample is read once (valid cleared); garbage is a
@@ -429,6 +503,14 @@ mod tests {
             read_shm(&segment, &clock).is_none(),
             "garbage is cleared too"
         );
+        // A sample left by a writer that stalled 20 s ago.
+        let stale = shm::ShmFields {
+            clock: (time.0 - 19, 0, 0),
+            receive: (time.0 - 20, 0, 0),
+            ..fields
+        };
+        segment.write(0, &stale.to_bytes());
+        assert_eq!(read_shm(&segment, &clock), Some(Err(RefclockDrop::Stale)));
     }
 
     /// The driver loop's PPS glue. The system clock reads 0.7 s ahead of the reference

@@ -229,7 +229,9 @@ pub fn prepare(loaded: Loaded) -> Result<Prepared, String> {
     problems.into_result(|warning| tracing::warn!("{warning}"))?;
     let mut prepared = prepared.ok_or_else(|| "cannot prepare the config".to_string())?;
     if let Some(client) = &mut prepared.client {
-        super::refclock::attach_shm(&mut client.refclocks)?;
+        // The simulator's segments are its own, not the kernel's: no owner to check.
+        let simulated = crate::cli::under_clknetsim();
+        super::refclock::attach_shm(&mut client.refclocks, !simulated)?;
         super::refclock::open_devices(&mut client.refclocks)?;
     }
     Ok(prepared)

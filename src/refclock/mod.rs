@@ -104,6 +104,37 @@ pub enum RefclockDrop {
     /// slew that is not a finite number.
     #[error("not a finite number")]
     NotFinite,
+    /// A sample received more than [`MAX_SAMPLE_AGE`] before it was read: its writer
+    /// stalled, or it sat in a queue.
+    #[error("received more than {MAX_SAMPLE_AGE} s before it was read")]
+    Stale,
+    /// A sample received after it was read, by the system clock.
+    #[error("received after it was read")]
+    Ahead,
+}
+
+/// The oldest an SHM or SOCK sample's receive time may be when it is read. Writers
+/// such as gpsd update once a second; a sample much older is left from one that
+/// stalled (chrony allows twice its poll, 32 s by default; we read every second).
+pub const MAX_SAMPLE_AGE: f64 = 8.0;
+/// How far past the system clock's reading a receive time may be, for the writer's
+/// rounding: it was taken on the same clock, earlier.
+const MAX_SAMPLE_LEAD: f64 = 0.001;
+
+/// Checks a sample's receive time (Unix seconds and nanoseconds on the system clock)
+/// against `system_now`, the system clock read after the sample was.
+pub fn check_fresh(receive: (i64, u32), system_now: NtpTimestamp) -> Result<(), RefclockDrop> {
+    // The system clock's era is the one around 2023; so is any honest receive time.
+    let (now_seconds, now_nanos) = system_now.to_unix(1_700_000_000);
+    let whole = i128::from(now_seconds) - i128::from(receive.0);
+    let age = whole as f64 + (f64::from(now_nanos) - f64::from(receive.1)) * 1e-9;
+    if age > MAX_SAMPLE_AGE {
+        Err(RefclockDrop::Stale)
+    } else if age < -MAX_SAMPLE_LEAD {
+        Err(RefclockDrop::Ahead)
+    } else {
+        Ok(())
+    }
 }
 
 /// A device's reading turned into a sample of the disciplined clock. Devices state
@@ -164,5 +195,34 @@ mod tests {
         assert!((sample.offset + 0.249).abs() < 1e-9, "{sample:?}");
         assert_eq!(sample.local, local);
         assert_eq!(sample.dispersion, 1e-6);
+    }
+
+    #[test]
+    fn samples_received_long_before_or_after_the_read_are_dropped() {
+        let now = NtpTimestamp::from_unix(1_800_000_000, 500_000_000);
+        assert_eq!(check_fresh((1_800_000_000, 0), now), Ok(()));
+        assert_eq!(check_fresh((1_799_999_992, 600_000_000), now), Ok(()));
+        assert_eq!(
+            check_fresh((1_799_999_992, 400_000_000), now),
+            Err(RefclockDrop::Stale)
+        );
+        assert_eq!(
+            check_fresh((1_800_000_000, 502_000_000), now),
+            Err(RefclockDrop::Ahead)
+        );
+        // Another era, or nonsense, is stale or ahead: never taken.
+        assert_eq!(
+            check_fresh((1_800_000_000 - (1 << 32), 0), now),
+            Err(RefclockDrop::Stale)
+        );
+        assert_eq!(
+            check_fresh((1_800_000_000 + (1 << 32), 0), now),
+            Err(RefclockDrop::Ahead)
+        );
+        assert_eq!(check_fresh((i64::MIN, 0), now), Err(RefclockDrop::Stale));
+        assert_eq!(
+            check_fresh((i64::MAX, 999_999_999), now),
+            Err(RefclockDrop::Ahead)
+        );
     }
 }
