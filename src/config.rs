@@ -1011,7 +1011,7 @@ impl Config {
         }
     }
 
-    /// Checks what serde cannot, recording where in the text each fault is.
+    /// Smearing needs the file, the kernel's leap and the system clock.
     fn check_leap(&self, faults: &mut Vec<Fault>) {
         let Some(leap) = &self.leap else {
             return;
@@ -1036,8 +1036,20 @@ impl Config {
                     .into(),
             );
         }
+        if self
+            .clock
+            .as_ref()
+            .is_some_and(|clock| clock.get_ref().mode != ClockMode::System)
+        {
+            fail(
+                "[leap] smear-window needs the system clock ([clock] mode = \"system\"): \
+                  the smear follows the kernel's leap"
+                    .into(),
+            );
+        }
     }
 
+    /// Checks what serde cannot, recording where in the text each fault is.
     fn check(&self, faults: &mut Vec<Fault>) {
         if let Some(local) = &self.local {
             let stratum = *local.stratum.get_ref();
@@ -1316,6 +1328,13 @@ mod tests {
                 "names the line: {error}"
             );
         }
+        let observe = format!(
+            "{base}[clock]\nmode = \"observe\"\n[leap]\nfile = \"l\"\nsmear-window = 86400\n"
+        );
+        let error = Config::parse("c.toml", &observe)
+            .err()
+            .map(|e| e.to_string());
+        assert!(error.unwrap_or_default().contains("needs the system clock"));
     }
 
     #[test]

@@ -96,6 +96,7 @@ mod tests {
     /// seconds), with `leap_file` in use and leaps smeared over `smear_window`; and the
     /// time its clock read when the reply was sent.
     async fn served_reply(
+        reference: Reference,
         leap_file: Option<LeapFile>,
         smear_window: Option<f64>,
         clock_at: u64,
@@ -113,15 +114,10 @@ mod tests {
         };
         let server = Server::new(KeyStore::default(), ServerOptions::default());
         let listen = "127.0.0.1:0".parse().unwrap();
-        let running = crate::daemon::serve::start(
-            listen,
-            server,
-            Reference::Local { stratum: 1 },
-            admission,
-            clock.clone(),
-        )
-        .await
-        .unwrap();
+        let running =
+            crate::daemon::serve::start(listen, server, reference, admission, clock.clone())
+                .await
+                .unwrap();
         let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let mut request = Vec::new();
         Header::client_request(6, NtpTimestamp::from_bits(42)).write(&mut request);
@@ -135,8 +131,10 @@ mod tests {
         (Header::parse(&reply[..len]).unwrap(), read)
     }
 
+    const LOCAL: Reference = Reference::Local { stratum: 1 };
+
     async fn served_leap_bits(leap_file: Option<LeapFile>) -> u8 {
-        let (header, _) = served_reply(leap_file, None, JAN_2030 - 43_200).await;
+        let (header, _) = served_reply(LOCAL, leap_file, None, JAN_2030 - 43_200).await;
         header.leap.to_bits()
     }
 
@@ -152,7 +150,8 @@ mod tests {
     async fn a_smearing_server_serves_smeared_time_and_announces_no_leap() {
         // An hour before the leap, 11/24 of the second is smeared away.
         let file = Some(file(JAN_2030 + 86_400));
-        let (header, read) = served_reply(file.clone(), Some(86_400.0), JAN_2030 - 3_600).await;
+        let (header, read) =
+            served_reply(LOCAL, file.clone(), Some(86_400.0), JAN_2030 - 3_600).await;
         assert_eq!(header.leap.to_bits(), 0, "no leap announced");
         let behind = read.seconds_since(header.transmit_time);
         assert!(
@@ -161,8 +160,19 @@ mod tests {
         );
         assert!(header.transmit_time.seconds_since(header.receive_time) >= 0.0);
         // Outside the window, time is served as read.
-        let (header, read) = served_reply(file, Some(86_400.0), JAN_2030 - 50_000).await;
+        let (header, read) =
+            served_reply(LOCAL, file.clone(), Some(86_400.0), JAN_2030 - 50_000).await;
         assert!(read.seconds_since(header.transmit_time).abs() < 0.05);
+        // Unsynchronized, the reference time stays zero and LI stays 3.
+        let (header, _) = served_reply(
+            Reference::Unsynchronized,
+            file,
+            Some(86_400.0),
+            JAN_2030 - 3_600,
+        )
+        .await;
+        assert!(header.reference_time.is_zero());
+        assert_eq!(header.leap, crate::wire::Leap::Unsynchronized);
     }
 
     #[tokio::test]
@@ -211,11 +221,17 @@ mod tests {
             let header = Header::parse(&reply[..len]).unwrap();
             // Real time from the leap: the clock reads a second less once stepped.
             let real = clock.now().seconds_since(leap) + if stepped { 1.0 } else { 0.0 };
-            served.push((real, header.transmit_time.seconds_since(leap)));
+            let received = header.receive_time.seconds_since(leap);
+            let transmitted = header.transmit_time.seconds_since(leap);
+            assert!(
+                received <= transmitted,
+                "{real}: received {received}, sent {transmitted}"
+            );
+            served.push((real, transmitted, received));
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         assert!(stepped, "the clock passed the leap");
-        for &(real, shown) in &served {
+        for &(real, shown, _) in &served {
             let share = (real + 43_200.0) / 86_400.0;
             assert!(
                 (shown - (real - share)).abs() < 0.02,
@@ -224,6 +240,7 @@ mod tests {
         }
         for pair in served.windows(2) {
             assert!(pair[1].1 > pair[0].1, "served time went back: {pair:?}");
+            assert!(pair[1].2 > pair[0].2, "receive times went back: {pair:?}");
         }
     }
 }

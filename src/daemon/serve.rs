@@ -163,7 +163,12 @@ pub fn start_on(
     });
     let access = Arc::new(admission.access);
     let leap_file = admission.leap_file;
-    let smear_window = admission.smear_window;
+    let smear = admission.smear_window.map(|window| {
+        Arc::new(SharedSmear {
+            epoch: Instant::now(),
+            state: Mutex::new(LeapSmear::new(window)),
+        })
+    });
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::with_capacity(workers);
     for index in 0..workers {
@@ -178,7 +183,7 @@ pub fn start_on(
             clock: clock.clone(),
             peers: peers.clone(),
             leap_file: leap_file.clone(),
-            smear_window,
+            smear: smear.clone(),
             stop: stop.clone(),
         };
         let spawned = std::thread::Builder::new()
@@ -217,8 +222,16 @@ struct Worker {
     clock: Arc<dyn Clock>,
     peers: Option<Arc<PeerRoutes>>,
     leap_file: SharedLeapFile,
-    smear_window: Option<f64>,
+    /// Set when leaps are smeared in served time.
+    smear: Option<Arc<SharedSmear>>,
     stop: Arc<AtomicBool>,
+}
+
+/// A server's smearing state, shared by its threads so that each sees what any of them
+/// read (see `crate::proto::smear`), with the origin of the monotonic time they share.
+struct SharedSmear {
+    epoch: Instant,
+    state: Mutex<LeapSmear>,
 }
 
 /// What one batch needs to know about the clock, read once for all its requests.
@@ -251,7 +264,6 @@ impl Worker {
         let mut answered: Vec<Option<(IpAddr, NtpTimestamp)>> = Vec::with_capacity(BATCH);
         let mut drop_log = crate::util::LogLimit::new(DROP_LOG_INTERVAL);
         let started = Instant::now();
-        let mut smear = self.smear_window.map(LeapSmear::new);
         let fd = self.socket.as_fd();
         while !self.stop.load(Ordering::Relaxed) {
             match requests.receive(fd) {
@@ -261,6 +273,8 @@ impl Worker {
                         tracing::debug!("poll: {e}");
                         std::thread::sleep(RECV_ERROR_PAUSE);
                     }
+                    // Idle too, the smear must see the clock step at the leap.
+                    self.smear_view(self.clock.now());
                     continue;
                 }
                 Err(e) => {
@@ -271,7 +285,7 @@ impl Worker {
                     continue;
                 }
             }
-            let clock = self.batch_clock(smear.as_mut(), started);
+            let clock = self.batch_clock();
             answered.clear();
             for request in requests.datagrams() {
                 let received = request.kernel_time.map_or(clock.now, |(seconds, nanos)| {
@@ -308,34 +322,27 @@ impl Worker {
                 tracing::debug!("send: {e}");
             }
             // The late transmit time: when the batch left, for each answered client.
-            let transmitted = self.served_now(&clock, started);
+            let transmitted = self.served_now(&clock);
             for (client, received) in answered.iter().flatten() {
                 self.server.handle_sent(*client, *received, transmitted);
             }
         }
     }
 
-    /// Reads the clocks for a batch; `smear` is this thread's, if leaps are smeared.
-    fn batch_clock(&self, smear: Option<&mut LeapSmear>, started: Instant) -> BatchClock {
+    /// Reads the clocks for a batch.
+    fn batch_clock(&self) -> BatchClock {
         let system = NtpTimestamp::from_system_time(SystemTime::now());
         let now = self.clock.now();
-        let monotonic = started.elapsed().as_secs_f64();
+        let smear = self.smear_view(now);
         let mut state = self.reference.state(self.precision, now);
         state.leap = super::leap::served(state.leap, &self.leap_file, now);
-        let smear = smear.and_then(|smear| {
-            let file = self.leap_file.load();
-            let reach = smear.reach() as u64 + 2;
-            let seconds = crate::sync::leap_file::ntp_seconds(now);
-            let leap = file.as_deref().and_then(|f| f.leap_near(seconds, reach));
-            let leap = leap.map(|(at, insert)| ScheduledLeap { at, insert });
-            smear.view(leap, now, monotonic)
-        });
-        if self.smear_window.is_some() && state.leap != Leap::Unsynchronized {
-            // A smearing server never announces a leap: its clients would take the
-            // second a second time.
+        if self.smears_announced_leap(now) && state.leap != Leap::Unsynchronized {
+            // The leap is smeared: announced, clients would take the second again.
             state.leap = Leap::NoWarning;
         }
-        if let Some(smear) = smear {
+        if let Some(smear) = smear
+            && !state.reference_time.is_zero()
+        {
             state.reference_time = smear.served_before(state.reference_time);
         }
         BatchClock {
@@ -346,12 +353,50 @@ impl Worker {
         }
     }
 
+    /// The smear for a clock reading `now` (taken just before), if leaps are smeared
+    /// and one is near.
+    fn smear_view(&self, now: NtpTimestamp) -> Option<SmearView> {
+        let smear = self.smear.as_ref()?;
+        let monotonic = smear.epoch.elapsed().as_secs_f64();
+        let mut state = smear.state.lock().unwrap_or_else(|p| p.into_inner());
+        let reach = state.reach() as u64 + 2;
+        let leap = self.smeared_leap(now, reach);
+        state.view(leap, now, monotonic)
+    }
+
+    /// The file's leap within `reach` seconds of `now`, when leaps are smeared.
+    fn smeared_leap(&self, now: NtpTimestamp, reach: u64) -> Option<ScheduledLeap> {
+        self.smear.as_ref()?;
+        let seconds = crate::sync::leap_file::ntp_seconds(now);
+        let (at, insert) = self
+            .leap_file
+            .load()
+            .as_deref()?
+            .leap_near(seconds, reach)?;
+        Some(ScheduledLeap { at, insert })
+    }
+
+    /// Whether the leap announced now is one this server smears: from the day before
+    /// it to the end of its window. Other leaps (from sources, without a usable file)
+    /// are announced as usual, since the clock will step for them.
+    fn smears_announced_leap(&self, now: NtpTimestamp) -> bool {
+        self.smear.as_ref().is_some_and(|smear| {
+            let reach = smear
+                .state
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .reach();
+            let announced = crate::sync::leap_file::ANNOUNCE_BEFORE;
+            self.smeared_leap(now, reach as u64 + announced).is_some()
+        })
+    }
+
     /// The time to serve now: the clock, smeared as `clock` says.
-    fn served_now(&self, clock: &BatchClock, started: Instant) -> NtpTimestamp {
+    fn served_now(&self, clock: &BatchClock) -> NtpTimestamp {
         let now = self.clock.now();
-        match clock.smear {
-            Some(smear) => smear.served_now(now, started.elapsed().as_secs_f64()),
-            None => now,
+        match (clock.smear, &self.smear) {
+            (Some(view), Some(smear)) => view.served_now(now, smear.epoch.elapsed().as_secs_f64()),
+            _ => now,
         }
     }
 
@@ -376,7 +421,7 @@ impl Worker {
         }
         let received = clock.served_before(received);
         let state = &clock.state;
-        let now = || self.served_now(clock, started);
+        let now = || self.served_now(clock);
         // The access list first (ADVERSARIAL 37): a refused source spends no tokens.
         if !self.access.allows_all() && !self.access.allows(peer.ip()) {
             let kiss = self.deny_kisses.as_ref().is_some_and(|throttle| {

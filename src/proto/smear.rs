@@ -9,11 +9,13 @@
 //!
 //! During the repeated second the clock reads the same as in the second before it, so a
 //! reading alone cannot say how far into the smear it is. A leap steps the clock but
-//! not a monotonic one, so each server thread keeps the clock minus the monotonic clock
-//! as seen up to a second before the leap: when that drops by a second, the clock has
-//! passed the leap. A clock that never does (no one told its kernel) is smeared as it
-//! reads, ending the window a second behind it. A thread with no reading from before
-//! the leap takes the clock to have passed it at midnight.
+//! not a monotonic one, so the server keeps the clock minus the monotonic clock at
+//! every reading near the leap: a drop of a second as the clock reaches midnight means
+//! it has passed the leap, and that is kept for the rest of the window (later steps
+//! are the sync engine's, not the leap's). A clock that crosses midnight without the
+//! step (no one told its kernel) is smeared as it reads: it ends the window a second
+//! from it, and is served as read after. A server first reading the clock after
+//! midnight takes the kernel to have passed the leap.
 
 use crate::wire::NtpTimestamp;
 
@@ -30,12 +32,34 @@ pub struct ScheduledLeap {
     pub insert: bool,
 }
 
-/// One server thread's smearing state: the window, and the clock minus the monotonic
-/// clock as last seen before the ambiguous second.
+/// Where the clock stands against the leap being smeared, as seen so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Passage {
+    /// Not passed yet, as far as the readings show.
+    Before,
+    /// The clock stepped by the leap as it crossed midnight (or was first read after
+    /// midnight, when the kernel is taken to have done so).
+    Passed,
+    /// The clock crossed midnight without stepping: no one told its kernel.
+    NotPassed,
+}
+
+/// What the smear has seen of one leap: the clock minus the monotonic clock at the last
+/// reading, and the passage it shows.
+#[derive(Debug, Clone, Copy)]
+struct Watch {
+    leap: ScheduledLeap,
+    last: f64,
+    passage: Passage,
+}
+
+/// A server's smearing state, shared by its threads: the window, and what the readings
+/// have shown of the leap in it. Every reading in the window should go through
+/// [`view`](Self::view), idle ones too, so that the step is seen as it happens.
 #[derive(Debug, Clone)]
 pub struct LeapSmear {
     window: f64,
-    baseline: Option<(ScheduledLeap, f64)>,
+    watch: Option<Watch>,
 }
 
 impl LeapSmear {
@@ -43,7 +67,7 @@ impl LeapSmear {
     pub fn new(window: f64) -> Self {
         Self {
             window: window.clamp(MIN_WINDOW, MAX_WINDOW),
-            baseline: None,
+            watch: None,
         }
     }
 
@@ -53,36 +77,66 @@ impl LeapSmear {
     }
 
     /// Reads the clock for a batch of requests: `leap` is the leap nearest to
-    /// `reading`, if any, and `monotonic` seconds on a clock leaps do not step. `None`
-    /// when no smear is under way: time is served as read.
+    /// `reading`, if any, and `monotonic` seconds on a clock leaps do not step (one
+    /// origin for every caller). `None` when no smear is under way: time is served as
+    /// read.
     pub fn view(
         &mut self,
         leap: Option<ScheduledLeap>,
         reading: NtpTimestamp,
         monotonic: f64,
     ) -> Option<SmearView> {
-        let leap = leap?;
+        let Some(leap) = leap else {
+            self.watch = None;
+            return None;
+        };
         let since = since_leap(reading, leap);
         // One second of slack past the reach: the clock reads a second less for a
         // second's worth of real time after an inserted leap.
         if since.abs() > self.reach() + 1.0 {
+            self.watch = None;
             return None;
         }
-        if self.baseline.is_some_and(|(known, _)| known != leap) {
-            self.baseline = None;
-        }
-        if since < -1.0 {
-            self.baseline = Some((leap, since - monotonic));
-        }
-        let view = SmearView {
+        let offset = since - monotonic;
+        let passage = match self.watch.filter(|watch| watch.leap == leap) {
+            None if since >= 0.0 => Passage::Passed,
+            None => Passage::Before,
+            Some(watch) => watch.next(since, offset),
+        };
+        self.watch = Some(Watch {
+            leap,
+            last: offset,
+            passage,
+        });
+        Some(SmearView {
             leap,
             window: self.window,
-            baseline: self.baseline.map(|(_, b)| b),
             since,
-            passed: false,
+            last: offset,
+            passage,
+        })
+    }
+}
+
+impl Watch {
+    /// The passage after a reading `since` seconds from the leap, the clock then
+    /// `offset` seconds from the monotonic clock. Once decided, it stays.
+    fn next(&self, since: f64, offset: f64) -> Passage {
+        if self.passage != Passage::Before {
+            return self.passage;
+        }
+        let (earliest, stepped) = if self.leap.insert {
+            (-1.0, offset < self.last - 0.5)
+        } else {
+            (0.0, offset > self.last + 0.5)
         };
-        let passed = view.passed(since, monotonic);
-        Some(SmearView { passed, ..view })
+        if stepped && since >= earliest {
+            Passage::Passed
+        } else if since >= 0.0 {
+            Passage::NotPassed
+        } else {
+            Passage::Before
+        }
     }
 }
 
@@ -91,18 +145,19 @@ impl LeapSmear {
 pub struct SmearView {
     leap: ScheduledLeap,
     window: f64,
-    baseline: Option<f64>,
     /// The batch's reading, seconds from the leap.
     since: f64,
-    /// Whether the clock had passed the leap at the batch's reading.
-    passed: bool,
+    /// The clock minus the monotonic clock at the batch's reading.
+    last: f64,
+    passage: Passage,
 }
 
 impl SmearView {
-    /// Served time for a reading taken no later than the batch's: a receive time.
+    /// Served time for a reading taken no later than the batch's: a receive time. A
+    /// request is taken to have waited less than a second in the socket's queue.
     pub fn served_before(&self, reading: NtpTimestamp) -> NtpTimestamp {
         let since = since_leap(reading, self.leap);
-        let passed = self.passed
+        let passed = self.passage == Passage::Passed
             && if self.leap.insert {
                 // A reading in the repeated second but later than the batch's, though
                 // taken before it, was taken before the clock went back.
@@ -114,28 +169,27 @@ impl SmearView {
     }
 
     /// Served time for a reading taken now, after the batch's (a transmit time), with
-    /// the monotonic clock read with it.
+    /// the monotonic clock read with it: the clock may have stepped since.
     pub fn served_now(&self, reading: NtpTimestamp, monotonic: f64) -> NtpTimestamp {
         let since = since_leap(reading, self.leap);
-        reading.add_seconds(self.correction(since, self.passed(since, monotonic)))
+        let watch = Watch {
+            leap: self.leap,
+            last: self.last,
+            passage: self.passage,
+        };
+        let passed = watch.next(since, since - monotonic) == Passage::Passed;
+        reading.add_seconds(self.correction(since, passed && since >= self.earliest()))
     }
 
     /// Served minus read time at the batch's reading, seconds.
     pub fn offset(&self) -> f64 {
-        self.correction(self.since, self.passed)
+        let passed = self.passage == Passage::Passed && self.since >= self.earliest();
+        self.correction(self.since, passed)
     }
 
-    /// Whether a reading `since` seconds from the leap, with the monotonic clock at
-    /// `monotonic`, was taken after the clock passed the leap: the clock has stepped by
-    /// the leap against the monotonic clock since the baseline. Without a baseline,
-    /// whether it reads past midnight (the repeated second counts as the first).
-    fn passed(&self, since: f64, monotonic: f64) -> bool {
-        let (earliest, stepped) = match self.baseline {
-            None => return since >= 0.0,
-            Some(baseline) if self.leap.insert => (-1.0, since - monotonic < baseline - 0.5),
-            Some(baseline) => (0.0, since - monotonic > baseline + 0.5),
-        };
-        since >= earliest && stepped
+    /// The earliest reading after the leap: the repeated second's start, or midnight.
+    fn earliest(&self) -> f64 {
+        if self.leap.insert { -1.0 } else { 0.0 }
     }
 
     /// What to add to a reading `since` seconds from the leap: the second the clock
@@ -290,6 +344,61 @@ mod tests {
             assert!((view.offset() + share).abs() < 1e-6, "at {t}");
             t += 0.25;
         }
+    }
+
+    #[test]
+    fn the_passage_is_kept_whatever_the_clock_does_later() {
+        let leap = Some(ScheduledLeap {
+            at: LEAP,
+            insert: true,
+        });
+        let mut smear = LeapSmear::new(DAY);
+        smear.view(leap, at(-2.0), 100.0);
+        let view = smear.view(leap, at(-0.9), 102.1).unwrap();
+        assert!(
+            (view.offset() - 0.5).abs() < 1e-4,
+            "passed: {}",
+            view.offset()
+        );
+        // An hour later the sync engine steps the clock 0.7 s forward: still passed.
+        let view = smear.view(leap, at(3600.7), 3702.0).unwrap();
+        let share = (3601.7 + DAY / 2.0) / DAY;
+        assert!((view.offset() - (1.0 - share)).abs() < 1e-6);
+        // A clock seen crossing midnight without the step is not taken to pass later.
+        let mut smear = LeapSmear::new(DAY);
+        smear.view(leap, at(-0.2), 100.0);
+        smear.view(leap, at(0.3), 100.5);
+        let view = smear.view(leap, at(5.0), 104.2).unwrap();
+        assert!((view.offset() + (5.0 + DAY / 2.0) / DAY).abs() < 1e-6);
+        // Nor is a deleted second.
+        let leap = Some(ScheduledLeap {
+            at: LEAP,
+            insert: false,
+        });
+        let mut smear = LeapSmear::new(DAY);
+        smear.view(leap, at(-1.5), 0.0);
+        let view = smear.view(leap, at(0.5), 2.0).unwrap();
+        assert!(
+            (view.offset() - (1.5 + DAY / 2.0) / DAY).abs() < 1e-6,
+            "not deleted"
+        );
+    }
+
+    #[test]
+    fn a_transmit_time_after_the_step_is_seen_as_after_it() {
+        let leap = Some(ScheduledLeap {
+            at: LEAP,
+            insert: true,
+        });
+        let mut smear = LeapSmear::new(DAY);
+        smear.view(leap, at(-3.0), 0.0);
+        // A request arrives 3 ms before midnight, the batch reads 2 ms before it, and
+        // the reply leaves 1 ms after: 4 ms from arrival to reply.
+        let view = smear.view(leap, at(-0.002), 2.998).unwrap();
+        let received = view.served_before(at(-0.003));
+        let transmitted = view.served_now(at(-0.999), 3.001);
+        let sent = transmitted.seconds_since(received);
+        assert!((sent - 0.004).abs() < 1e-5, "{sent}");
     }
 
     #[test]

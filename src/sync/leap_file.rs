@@ -161,12 +161,11 @@ impl LeapFile {
     }
 
     /// The leap second within `reach` seconds of `now` (NTP seconds), nearest first:
-    /// its midnight and whether it inserts a second. Nothing from an expired file, and
-    /// only leaps at the end of June or December (as [`announcement`](Self::announcement)).
+    /// its midnight and whether it inserts a second. Only leaps at the end of June or
+    /// December (as [`announcement`](Self::announcement)). Unlike an announcement, this
+    /// holds after the file expires: a leap it lists was announced by the IERS, and a
+    /// smear under way must not end halfway because the file expired.
     pub fn leap_near(&self, now: u64, reach: u64) -> Option<(u64, bool)> {
-        if self.is_expired(now) {
-            return None;
-        }
         let next = self.entries.partition_point(|&(at, _)| at <= now);
         // The entry at or before `now` and the one after it; the first is no leap.
         let candidates = [next.checked_sub(1), Some(next)];
@@ -348,10 +347,11 @@ mod tests {
             None,
             "the first entry is no leap"
         );
+        let expired = JAN_2017 + 86_400 * 100;
         assert_eq!(
-            f.leap_near(JAN_2017 + 86_400 * 100, 1 << 40),
-            None,
-            "expired"
+            f.leap_near(expired, 1 << 40),
+            Some((JAN_2017, true)),
+            "still listed"
         );
         let negative = file(&[(JUL_2015, 36), (JAN_2017, 35)], 1, JAN_2017 + 1);
         let f = LeapFile::parse(&negative).unwrap();

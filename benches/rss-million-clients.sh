@@ -1,0 +1,116 @@
+#!/bin/bash
+# Peak memory of a server asked once by each of 2^20 distinct client addresses (all of
+# 127.16.0.0/12), ntimed next to chronyd 4.3 in the same run, both with their per-client
+# rate limits on (ntimed `rate-limit`, chronyd `ratelimit`). Requests are raw packets
+# with spoofed sources, sent from a network namespace of the script's own, where the
+# replies to those addresses are dropped. Memory is VmHWM (peak resident set) summed
+# over every process of the server (privsep children too), from /proc.
+#
+# Usage (root; python3): benches/rss-million-clients.sh
+# Environment: NTIMED, CHRONYD (binaries), RATE (requests/s, default 50000).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+NTIMED=${NTIMED:-$PWD/target/release/ntimed}
+CHRONYD=${CHRONYD:-/usr/sbin/chronyd}
+RATE=${RATE:-50000}
+NS=ntimed-rss-$$
+DIR=$(mktemp -d /tmp/ntimed-rss.XXXXXX)
+chmod 755 "$DIR"
+SERVER_PID=
+
+stop_server() {
+    if [ -n "$SERVER_PID" ]; then
+        kill "$SERVER_PID" 2>/dev/null || true
+        wait "$SERVER_PID" 2>/dev/null || true
+        SERVER_PID=
+    fi
+}
+cleanup() {
+    stop_server
+    ip netns del "$NS" 2>/dev/null || true
+    rm -rf "$DIR"
+}
+trap cleanup EXIT
+
+ip netns add "$NS"
+in_ns() { ip netns exec "$NS" "$@"; }
+in_ns ip link set lo up
+in_ns sysctl -qw net.ipv4.conf.lo.route_localnet=1 net.ipv4.conf.all.route_localnet=1 \
+    net.ipv4.conf.lo.accept_local=1 net.ipv4.conf.all.accept_local=1 \
+    net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.lo.rp_filter=0
+in_ns iptables -t raw -A OUTPUT -s 127.0.0.1 -d 127.16.0.0/12 -j DROP
+
+cat > "$DIR/ntimed.toml" <<CONF
+[local]
+stratum = 1
+[[server]]
+listen = "127.0.0.1:123"
+rate-limit = { interval = 2, burst = 16 }
+[control]
+enabled = false
+[sandbox]
+user = "nobody"
+state-dir = "$DIR/ntimed-jail"
+CONF
+cat > "$DIR/chrony.conf" <<CONF
+local stratum 1
+allow
+port 123
+cmdport 0
+ratelimit interval 1 burst 16
+pidfile $DIR/chronyd.pid
+CONF
+
+# One NTP client request from each address of 127.16.0.0/12, at RATE per second.
+cat > "$DIR/flood.py" <<'PY'
+import socket, struct, sys, time
+rate = int(sys.argv[1])
+raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+request = bytes([0x23]) + bytes(39) + struct.pack("!Q", 42)
+udp_len = 8 + len(request)
+start = time.monotonic()
+for i in range(1 << 20):
+    source = (127 << 24) | (16 << 16) | i
+    ip = struct.pack("!BBHHHBBHII", 0x45, 0, 20 + udp_len, 0, 0, 64, 17, 0,
+                     source, 0x7F000001)
+    udp = struct.pack("!HHHH", 10000 + (i & 0x3FFF), 123, udp_len, 0)
+    raw.sendto(ip + udp + request, ("127.0.0.1", 0))
+    if i % 1000 == 999:
+        ahead = (i + 1) / rate - (time.monotonic() - start)
+        if ahead > 0:
+            time.sleep(ahead)
+PY
+
+pids_of() {
+    local pids=$1 more
+    more=$(pgrep -P "$1" || true)
+    while [ -n "$more" ]; do
+        pids="$pids $more"
+        more=$(for p in $more; do pgrep -P "$p" || true; done)
+    done
+    echo "$pids"
+}
+# Sum of a /proc/PID/status field (kB) over the server's processes.
+memory() {
+    for p in $(pids_of "$SERVER_PID"); do
+        awk -v f="$1:" '$1 == f {print $2}' "/proc/$p/status" 2>/dev/null
+    done | awk '{s += $1} END {printf "%.1f MiB", s / 1024}'
+}
+
+echo "| server | resident before | peak after 2^20 clients |"
+echo "|---|---|---|"
+for server in ntimed chronyd; do
+    case $server in
+        ntimed) in_ns setpriv --bounding-set -sys_time -- \
+            "$NTIMED" run --config "$DIR/ntimed.toml" >"$DIR/ntimed.log" 2>&1 &;;
+        chronyd) in_ns setpriv --bounding-set -sys_time -- \
+            "$CHRONYD" -x -d -u root -f "$DIR/chrony.conf" >"$DIR/chronyd.log" 2>&1 &;;
+    esac
+    SERVER_PID=$!
+    sleep 2
+    before=$(memory VmRSS)
+    in_ns python3 "$DIR/flood.py" "$RATE"
+    sleep 1
+    echo "| $server | $before | $(memory VmHWM) |"
+    stop_server
+done
