@@ -245,10 +245,11 @@ pub fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(colour)
         .init();
-    let simulator = matches!(cli.command, Command::Run { .. }) && under_clknetsim();
+    let simulator = matches!(cli.command, Command::Run { .. }) && crate::util::under_clknetsim();
     if simulator {
         tracing::warn!(
-            "{CLKNETSIM_ENV} set: one thread, no privilege separation — for the simulator only"
+            "{} set: one thread, no privilege separation — for the simulator only",
+            crate::util::CLKNETSIM_ENV
         );
     }
     // These fork, drop privileges or sandbox themselves before any runtime (and its
@@ -274,18 +275,6 @@ pub fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-/// Set to `1` by the clknetsim harness, which replaces the clock and network calls of
-/// the process it starts (LD_PRELOAD) and can follow one thread in one process only.
-/// For `ntimed run` it switches exactly four things: a current-thread runtime, no
-/// privilege separation although `geteuid()` reads 0 there, `[clock] mode =
-/// "system"` steered in this one process (the simulated kernel clock), and no owner
-/// check on SHM units 0 and 1 (the simulator's segments are not the kernel's).
-const CLKNETSIM_ENV: &str = "NTIMED_CLKNETSIM";
-
-pub(crate) fn under_clknetsim() -> bool {
-    std::env::var_os(CLKNETSIM_ENV).is_some_and(|v| v == "1")
 }
 
 /// Runs `command` on a multi-thread runtime, or on one thread under the simulator.

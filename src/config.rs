@@ -475,6 +475,9 @@ pub struct ServerSection {
     /// Drop requests with neither a MAC nor NTS.
     #[serde(default)]
     pub require_auth: bool,
+    /// Threads answering on this address, each reading a socket of its own (1 to 256;
+    /// default: one per core).
+    pub workers: Option<Spanned<u16>>,
 }
 
 /// What a client the access list refuses gets.
@@ -487,6 +490,11 @@ pub enum DenyAction {
 }
 
 impl ServerSection {
+    /// Threads (and sockets) answering on this address, if configured.
+    pub fn workers(&self) -> Option<usize> {
+        self.workers.as_ref().map(|w| usize::from(*w.get_ref()))
+    }
+
     /// The access list from `allow` and `deny`, or the bad entry's span and why.
     pub fn access(&self) -> Result<AccessList, Fault> {
         let mut total = 0;
@@ -1166,6 +1174,11 @@ impl Config {
         for server in &self.servers {
             if let Err(fault) = server.access() {
                 faults.push(fault);
+            }
+            if let Some(workers) = &server.workers
+                && !(1..=256).contains(workers.get_ref())
+            {
+                faults.push((Some(workers.span()), "workers must be 1 to 256".into()));
             }
             if let Some(limit) = &server.rate_limit {
                 let r = limit.get_ref();

@@ -438,7 +438,7 @@ impl Site {
         let socket = std::net::UdpSocket::bind(listen)
             .map_err(|e| format!("cannot bind {listen} (a loopback address): {e}"))?;
         let server = serve::start_on(
-            socket,
+            vec![socket],
             Server::new(KeyStore::default(), ServerOptions::default()).with_peer_keys([key.id()]),
             serve::Reference::Engine(state.clone()),
             serve::Admission::default(),
@@ -599,7 +599,7 @@ async fn master_demo() -> Result<u32, String> {
     let listen = std::net::UdpSocket::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
         .map_err(|e| format!("cannot bind a loopback port: {e}"))?;
     let server = serve::start_on(
-        listen,
+        vec![listen],
         Server::new(KeyStore::default(), ServerOptions::default()),
         serve::Reference::Engine(state.clone()),
         serve::Admission::default(),

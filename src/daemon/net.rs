@@ -29,11 +29,48 @@ fn server_socket(listen: SocketAddr, kind: Type, protocol: Protocol) -> std::io:
     Ok(socket)
 }
 
-/// A UDP server socket bound to `listen` (IPv6 only if `listen` is IPv6).
-pub fn bind_udp(listen: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
-    let socket = server_socket(listen, Type::DGRAM, Protocol::UDP)?;
-    socket.bind(&SockAddr::from(listen))?;
-    Ok(socket.into())
+/// `count` UDP server sockets on `listen` (at least one; IPv6 only if `listen` is
+/// IPv6), sharing its port with SO_REUSEPORT: the kernel spreads clients over them,
+/// each client (by its address and port) always to the same one, so each server thread
+/// reads a queue of its own. The address must be free: a second daemon on it is
+/// refused ("Address already in use") rather than silently given half the clients.
+/// When `listen`'s port is 0, a free one is chosen for the group.
+pub fn bind_udp_group(
+    listen: SocketAddr,
+    count: usize,
+) -> std::io::Result<Vec<std::net::UdpSocket>> {
+    // A socket without SO_REUSEPORT binds only to an address no one holds.
+    let probe = server_socket(listen, Type::DGRAM, Protocol::UDP)?;
+    probe.bind(&SockAddr::from(listen))?;
+    let address = probe
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| std::io::Error::other("not an IP socket"))?;
+    drop(probe);
+    (0..count.max(1))
+        .map(|_| {
+            let socket = server_socket(address, Type::DGRAM, Protocol::UDP)?;
+            socket.set_reuse_port(true)?;
+            socket.bind(&SockAddr::from(address))?;
+            Ok(socket.into())
+        })
+        .collect()
+}
+
+/// Sockets handed over in a row, grouped as [`bind_udp_group`] made them: each run of
+/// sockets with the same local address is one group.
+pub fn group_by_address(sockets: Vec<std::net::UdpSocket>) -> Vec<Vec<std::net::UdpSocket>> {
+    let mut groups: Vec<Vec<std::net::UdpSocket>> = Vec::new();
+    for socket in sockets {
+        let address = socket.local_addr().ok();
+        match groups.last_mut() {
+            Some(group) if group.first().and_then(|s| s.local_addr().ok()) == address => {
+                group.push(socket)
+            }
+            _ => groups.push(vec![socket]),
+        }
+    }
+    groups
 }
 
 /// A TCP listener on `listen` (IPv6 only if `listen` is IPv6), with SO_REUSEADDR as
@@ -108,14 +145,29 @@ mod tests {
     /// is IPv6 only, and sees IPv6 clients alone.
     #[test]
     fn ipv6_wildcard_and_ipv4_wildcard_bind_the_same_port() {
-        let v4 = bind_udp("0.0.0.0:0".parse().unwrap()).unwrap();
-        let port = v4.local_addr().unwrap().port();
-        let v6 = bind_udp(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))).unwrap();
-        assert!(socket2::SockRef::from(&v6).only_v6().unwrap());
+        let v4 = bind_udp_group("0.0.0.0:0".parse().unwrap(), 2).unwrap();
+        let port = v4[0].local_addr().unwrap().port();
+        let v6 = bind_udp_group(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)), 2).unwrap();
+        assert!(socket2::SockRef::from(&v6[1]).only_v6().unwrap());
         let v4 = bind_tcp("0.0.0.0:0".parse().unwrap()).unwrap();
         let port = v4.local_addr().unwrap().port();
         let v6 = bind_tcp(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))).unwrap();
         assert!(socket2::SockRef::from(&v6).only_v6().unwrap());
+    }
+
+    /// A group shares one address; a second group on it is refused, and sockets
+    /// handed over in a row are regrouped by address.
+    #[test]
+    fn worker_sockets_share_an_address_that_no_one_else_gets() {
+        let group = bind_udp_group("127.0.0.1:0".parse().unwrap(), 3).unwrap();
+        let address = group[0].local_addr().unwrap();
+        assert!(group.iter().all(|s| s.local_addr().unwrap() == address));
+        let again = bind_udp_group(address, 2).map(|_| ()).unwrap_err();
+        assert_eq!(again.kind(), std::io::ErrorKind::AddrInUse);
+        let other = bind_udp_group("127.0.0.1:0".parse().unwrap(), 1).unwrap();
+        let flat: Vec<_> = group.into_iter().chain(other).collect();
+        let sizes: Vec<usize> = group_by_address(flat).iter().map(Vec::len).collect();
+        assert_eq!(sizes, [3, 1]);
     }
 
     /// ADVERSARIAL 23: source ports of ~1000 requests show no usable pattern.

@@ -29,7 +29,8 @@ use crate::util::{Problems, Severity};
 /// the control socket, the `[metrics]` listener, and one Unix datagram socket per SOCK
 /// `[[refclock]]` (in config order), made at its path outside any chroot.
 pub struct Listeners {
-    pub udp: Vec<std::net::UdpSocket>,
+    /// Per `[[server]]`, its sockets: one per worker thread, sharing the address.
+    pub udp: Vec<Vec<std::net::UdpSocket>>,
     pub tcp: Vec<std::net::TcpListener>,
     pub control: Option<std::os::unix::net::UnixListener>,
     pub metrics: Option<std::net::TcpListener>,
@@ -60,8 +61,11 @@ impl Listeners {
         let udp = config
             .servers
             .iter()
-            .map(|s| s.listen.get_ref())
-            .map(|listen| super::net::bind_udp(*listen).map_err(|e| bind_err(listen, e)))
+            .map(|s| {
+                let listen = s.listen.get_ref();
+                let workers = s.workers().unwrap_or_else(super::serve::default_workers);
+                super::net::bind_udp_group(*listen, workers).map_err(|e| bind_err(listen, e))
+            })
             .collect::<Result<_, _>>()?;
         let tcp = config
             .nts_ke_servers
@@ -126,6 +130,7 @@ impl Listeners {
         let udp: Vec<_> = self
             .udp
             .iter()
+            .filter_map(|group| group.first())
             .map(|s| s.local_addr())
             .collect::<Result<_, _>>()
             .map_err(|e| e.to_string())?;
@@ -230,7 +235,7 @@ pub fn prepare(loaded: Loaded) -> Result<Prepared, String> {
     let mut prepared = prepared.ok_or_else(|| "cannot prepare the config".to_string())?;
     if let Some(client) = &mut prepared.client {
         // The simulator's segments are its own, not the kernel's: no owner to check.
-        let simulated = crate::cli::under_clknetsim();
+        let simulated = crate::util::under_clknetsim();
         super::refclock::attach_shm(&mut client.refclocks, !simulated)?;
         super::refclock::open_devices(&mut client.refclocks)?;
     }
@@ -487,7 +492,7 @@ pub async fn serve(
 /// Starts one UDP server per `[[server]]` on its bound socket.
 fn start_servers(
     loaded: &Loaded,
-    sockets: Vec<std::net::UdpSocket>,
+    sockets: Vec<Vec<std::net::UdpSocket>>,
     cookie_keys: Option<&SharedCookieKeys>,
     reference: &Reference,
     clock: &Arc<dyn Clock>,
@@ -539,8 +544,9 @@ fn start_servers(
         )
         .map_err(|e| format!("cannot serve on {listen}: {e}"))?;
         tracing::info!(
-            "serving NTP on {} ({}, {} keys, NTS {})",
+            "serving NTP on {} ({} threads; {}, {} keys, NTS {})",
             r.local_addr,
+            r.workers(),
             reference.describe(),
             loaded.keys.len(),
             if cookie_keys.is_some() { "on" } else { "off" }

@@ -83,6 +83,13 @@ pub struct RunningServer {
     threads: Vec<JoinHandle<()>>,
 }
 
+impl RunningServer {
+    /// Threads answering requests, one per socket.
+    pub fn workers(&self) -> usize {
+        self.threads.len()
+    }
+}
+
 impl Drop for RunningServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
@@ -115,8 +122,13 @@ pub struct Admission {
     pub smear_window: Option<f64>,
 }
 
-/// Binds `listen` and answers requests on it with one thread per core, as `admission`
-/// allows. Timestamps come from `clock`.
+/// Threads (and sockets) per `[[server]]` unless configured: one per core.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Binds `listen` and answers requests on it with one thread per core, each on a
+/// socket of its own, as `admission` allows. Timestamps come from `clock`.
 pub async fn start(
     listen: SocketAddr,
     server: Server,
@@ -124,34 +136,38 @@ pub async fn start(
     admission: Admission,
     clock: Arc<dyn Clock>,
 ) -> std::io::Result<RunningServer> {
-    let socket = super::net::bind_udp(listen)?;
-    start_on(socket, server, reference, admission, clock, None)
+    let sockets = super::net::bind_udp_group(listen, default_workers())?;
+    start_on(sockets, server, reference, admission, clock, None)
 }
 
-/// [`start`] on a socket bound already (by the supervisor, before privileges were
-/// dropped), handing symmetric packets from configured peers to `peers`. Must be
-/// called within the runtime.
+/// [`start`] on sockets bound already (by the supervisor, before privileges were
+/// dropped; one thread reads each, so they should share one address through
+/// SO_REUSEPORT), handing symmetric packets from configured peers to `peers`. Must
+/// be called within the runtime.
 pub fn start_on(
-    socket: std::net::UdpSocket,
+    sockets: Vec<std::net::UdpSocket>,
     server: Server,
     reference: Reference,
     admission: Admission,
     clock: Arc<dyn Clock>,
     peers: Option<Arc<PeerRoutes>>,
 ) -> std::io::Result<RunningServer> {
-    socket.set_nonblocking(true)?;
-    crate::sys::enable_receive_timestamps(socket.as_fd())?;
-    let socket = Arc::new(socket);
+    let Some(first) = sockets.first() else {
+        return Err(std::io::Error::other("no socket to serve on"));
+    };
+    let local_addr = first.local_addr()?;
     // The workers read on their own threads; tokio's copy only sends (for peers).
     let tokio_socket = match peers {
-        Some(_) => Some(Arc::new(UdpSocket::from_std(socket.try_clone()?)?)),
+        Some(_) => Some(Arc::new(UdpSocket::from_std(first.try_clone()?)?)),
         None => None,
     };
-    let local_addr = socket.local_addr()?;
+    for socket in &sockets {
+        socket.set_nonblocking(true)?;
+        crate::sys::enable_receive_timestamps(socket.as_fd())?;
+    }
     // Each client's last timestamps: about 48 bytes a client, 3 MiB per socket.
     let server = Arc::new(server.with_interleave(interleave::DEFAULT_SLOTS));
     let precision = super::measure_precision();
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     let limiter = admission
         .rate_limit
         .map(|limit| Arc::new(Mutex::new(RateLimiter::new(limit, RATE_LIMIT_SLOTS))));
@@ -170,10 +186,10 @@ pub fn start_on(
         })
     });
     let stop = Arc::new(AtomicBool::new(false));
-    let mut threads = Vec::with_capacity(workers);
-    for index in 0..workers {
+    let mut threads = Vec::with_capacity(sockets.len());
+    for (index, socket) in sockets.into_iter().enumerate() {
         let worker = Worker {
-            socket: socket.clone(),
+            socket,
             server: server.clone(),
             limiter: limiter.clone(),
             access: access.clone(),
@@ -211,7 +227,7 @@ pub fn start_on(
 
 /// One thread answering requests on a shared socket.
 struct Worker {
-    socket: Arc<std::net::UdpSocket>,
+    socket: std::net::UdpSocket,
     server: Arc<Server>,
     limiter: Option<Arc<Mutex<RateLimiter>>>,
     access: Arc<AccessList>,

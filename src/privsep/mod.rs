@@ -213,7 +213,7 @@ pub fn supervise(config: &std::path::Path, log_level: tracing::Level) -> Result<
     )
     .map_err(io("starting the clock process"))?;
     drop(clock_end);
-    let udp: Vec<BorrowedFd<'_>> = listeners.udp.iter().map(|s| s.as_fd()).collect();
+    let udp: Vec<BorrowedFd<'_>> = listeners.udp.iter().flatten().map(|s| s.as_fd()).collect();
     let tcp: Vec<BorrowedFd<'_>> = listeners.tcp.iter().map(|s| s.as_fd()).collect();
     let mut engine_command = child_command(ENGINE_COMMAND, &config, &log);
     engine_command
@@ -489,11 +489,12 @@ pub fn engine_main(args: ChildArgs) -> Result<ExitCode, String> {
     let take = |fd: i32, what: &str| sys::take_inherited_fd(fd).map_err(|e| format!("{what}: {e}"));
     let link = UnixDatagram::from(take(args.ipc_fd, "IPC socket")?);
     let listeners = Listeners {
-        udp: args
-            .udp_fds
-            .iter()
-            .map(|&fd| take(fd, "NTP socket").map(std::net::UdpSocket::from))
-            .collect::<Result<_, _>>()?,
+        udp: crate::daemon::net::group_by_address(
+            args.udp_fds
+                .iter()
+                .map(|&fd| take(fd, "NTP socket").map(std::net::UdpSocket::from))
+                .collect::<Result<_, _>>()?,
+        ),
         tcp: args
             .tcp_fds
             .iter()

@@ -32,6 +32,11 @@ pub struct ScheduledLeap {
     pub insert: bool,
 }
 
+/// How long after midnight a clock that has not stepped is taken never to: the kernel
+/// steps at its first tick after midnight, so a reading may show a few milliseconds
+/// past it first.
+const SETTLED: f64 = 1.0;
+
 /// Where the clock stands against the leap being smeared, as seen so far.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Passage {
@@ -40,7 +45,8 @@ enum Passage {
     /// The clock stepped by the leap as it crossed midnight (or was first read after
     /// midnight, when the kernel is taken to have done so).
     Passed,
-    /// The clock crossed midnight without stepping: no one told its kernel.
+    /// The clock went on a second past midnight without stepping: no one told its
+    /// kernel.
     NotPassed,
 }
 
@@ -132,7 +138,7 @@ impl Watch {
         };
         if stepped && since >= earliest {
             Passage::Passed
-        } else if since >= 0.0 {
+        } else if since >= SETTLED {
             Passage::NotPassed
         } else {
             Passage::Before
@@ -382,6 +388,17 @@ mod tests {
             (view.offset() - (1.5 + DAY / 2.0) / DAY).abs() < 1e-6,
             "not deleted"
         );
+    }
+
+    #[test]
+    fn a_reading_just_past_midnight_before_the_kernel_steps_is_no_verdict() {
+        let leap = Some(ScheduledLeap { at: LEAP, insert: true });
+        let mut smear = LeapSmear::new(DAY);
+        smear.view(leap, at(-0.5), 10.0);
+        let early = smear.view(leap, at(0.004), 10.504).unwrap();
+        assert!((early.offset() + 0.5).abs() < 1e-4, "as read: not stepped yet");
+        let view = smear.view(leap, at(-0.99), 10.51).unwrap();
+        assert!((view.offset() - 0.5).abs() < 1e-4, "then the step: passed");
     }
 
     #[test]
