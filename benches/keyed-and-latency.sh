@@ -19,20 +19,8 @@ RUN_SECONDS=${SECONDS_PER_RUN:-5}
 PORT=12323
 DIR=$(mktemp -d /tmp/ntimed-keyed.XXXXXX)
 chmod 755 "$DIR"
-SERVER_PID=
-
-stop_server() {
-    if [ -n "$SERVER_PID" ]; then
-        kill "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
-        SERVER_PID=
-    fi
-}
-cleanup() {
-    stop_server
-    rm -rf "$DIR"
-}
-trap cleanup EXIT
+NS=
+. benches/common.sh
 
 # Fake secrets, for this benchmark only.
 cat > "$DIR/keys" <<KEYS
@@ -72,19 +60,6 @@ start_server() {
     esac
     SERVER_PID=$!
     sleep 2
-}
-
-# Ticks of CPU (user + system) used so far by the server and all its descendants.
-server_ticks() {
-    local pids=$SERVER_PID more
-    more=$(pgrep -P "$SERVER_PID" || true)
-    while [ -n "$more" ]; do
-        pids="$pids $more"
-        more=$(for p in $more; do pgrep -P "$p" || true; done)
-    done
-    for p in $pids; do
-        sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12 + $13}'
-    done | awk '{s += $1} END {print s + 0}'
 }
 
 # One fixed-rate step: "CPU µs/answer, p50, p99, answered %".

@@ -4,7 +4,8 @@
 # rate limits on (ntimed `rate-limit`, chronyd `ratelimit`). Requests are raw packets
 # with spoofed sources, sent from a network namespace of the script's own, where the
 # replies to those addresses are dropped. Memory is VmHWM (peak resident set) summed
-# over every process of the server (privsep children too), from /proc.
+# over every process of the server (privsep children too), from /proc, and the
+# proportional set size after (Pss: pages the processes share counted once).
 #
 # Usage (root; python3): benches/rss-million-clients.sh
 # Environment: NTIMED, CHRONYD (binaries), RATE (requests/s, default 50000).
@@ -16,28 +17,9 @@ RATE=${RATE:-50000}
 NS=ntimed-rss-$$
 DIR=$(mktemp -d /tmp/ntimed-rss.XXXXXX)
 chmod 755 "$DIR"
-SERVER_PID=
+. benches/common.sh
 
-stop_server() {
-    if [ -n "$SERVER_PID" ]; then
-        kill "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
-        SERVER_PID=
-    fi
-}
-cleanup() {
-    stop_server
-    ip netns del "$NS" 2>/dev/null || true
-    rm -rf "$DIR"
-}
-trap cleanup EXIT
-
-ip netns add "$NS"
-in_ns() { ip netns exec "$NS" "$@"; }
-in_ns ip link set lo up
-in_ns sysctl -qw net.ipv4.conf.lo.route_localnet=1 net.ipv4.conf.all.route_localnet=1 \
-    net.ipv4.conf.lo.accept_local=1 net.ipv4.conf.all.accept_local=1 \
-    net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.lo.rp_filter=0
+make_namespace
 in_ns iptables -t raw -A OUTPUT -s 127.0.0.1 -d 127.16.0.0/12 -j DROP
 
 cat > "$DIR/ntimed.toml" <<CONF
@@ -81,24 +63,20 @@ for i in range(1 << 20):
             time.sleep(ahead)
 PY
 
-pids_of() {
-    local pids=$1 more
-    more=$(pgrep -P "$1" || true)
-    while [ -n "$more" ]; do
-        pids="$pids $more"
-        more=$(for p in $more; do pgrep -P "$p" || true; done)
-    done
-    echo "$pids"
+# Replies the server sent to the flood's addresses (dropped on the way out), counted.
+replies() {
+    in_ns iptables -t raw -L OUTPUT -v -x -n | awk '$3 == "DROP" {print $1}'
 }
-# Sum of a /proc/PID/status field (kB) over the server's processes.
-memory() {
-    for p in $(pids_of "$SERVER_PID"); do
-        awk -v f="$1:" '$1 == f {print $2}' "/proc/$p/status" 2>/dev/null
+
+# The server's proportional set size (each shared page split among its sharers), MiB.
+server_pss() {
+    for p in $(server_pids); do
+        awk '$1 == "Pss:" {print $2}' "/proc/$p/smaps_rollup" 2>/dev/null
     done | awk '{s += $1} END {printf "%.1f MiB", s / 1024}'
 }
 
-echo "| server | resident before | peak after 2^20 clients |"
-echo "|---|---|---|"
+echo "| server | resident before | peak after 2^20 clients (VmHWM) | proportional after (Pss) | replies |"
+echo "|---|---|---|---|---|"
 for server in ntimed chronyd; do
     case $server in
         ntimed) in_ns setpriv --bounding-set -sys_time -- \
@@ -108,9 +86,10 @@ for server in ntimed chronyd; do
     esac
     SERVER_PID=$!
     sleep 2
-    before=$(memory VmRSS)
+    before=$(server_memory VmRSS)
+    in_ns iptables -t raw -Z OUTPUT
     in_ns python3 "$DIR/flood.py" "$RATE"
     sleep 1
-    echo "| $server | $before | $(memory VmHWM) |"
+    echo "| $server | $before | $(server_memory VmHWM) | $(server_pss) | $(replies) |"
     stop_server
 done

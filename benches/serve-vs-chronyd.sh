@@ -21,29 +21,10 @@ NTS_RATE=${NTS_RATE:-50000}
 NS=ntimed-bench-$$
 DIR=$(mktemp -d /tmp/ntimed-bench.XXXXXX)
 chmod 755 "$DIR"
-SERVER_PID=
-
-stop_server() {
-    if [ -n "$SERVER_PID" ]; then
-        kill "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
-        SERVER_PID=
-    fi
-}
-cleanup() {
-    stop_server
-    ip netns del "$NS" 2>/dev/null || true
-    rm -rf "$DIR"
-}
-trap cleanup EXIT
+. benches/common.sh
 [ -n "${KEEP_LOGS:-}" ] && trap "cp $DIR/*.log /tmp/ 2>/dev/null; cleanup" EXIT
 
-ip netns add "$NS"
-in_ns() { ip netns exec "$NS" "$@"; }
-in_ns ip link set lo up
-in_ns sysctl -qw net.ipv4.conf.lo.route_localnet=1 net.ipv4.conf.all.route_localnet=1 \
-    net.ipv4.conf.lo.accept_local=1 net.ipv4.conf.all.accept_local=1 \
-    net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.lo.rp_filter=0
+make_namespace
 in_ns iptables -t raw -A PREROUTING -d 127.18.0.0/16 -j DROP
 
 CERTS=$PWD/certs
@@ -91,20 +72,6 @@ start_server() {
     esac
     SERVER_PID=$!
     sleep 2
-}
-
-# Ticks of CPU (user + system) used so far by the server and all its descendants.
-server_ticks() {
-    local pids=$SERVER_PID more
-    more=$(pgrep -P "$SERVER_PID" || true)
-    while [ -n "$more" ]; do
-        pids="$pids $more"
-        more=$(for p in $more; do pgrep -P "$p" || true; done)
-    done
-    for p in $pids; do
-        # Fields 14 and 15 after the command name, which may contain spaces.
-        sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12 + $13}'
-    done | awk '{s += $1} END {print s + 0}'
 }
 
 # Runs ntpperf at one rate; prints "answered lost%" from its line.

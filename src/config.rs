@@ -478,6 +478,9 @@ pub struct ServerSection {
     /// Threads answering on this address, each reading a socket of its own (1 to 256;
     /// default: one per core).
     pub workers: Option<Spanned<u16>>,
+    /// Clients remembered for interleaved mode and the rate limit (256 to 4194304;
+    /// default 65536, about 5.5 MiB with a rate limit).
+    pub clients: Option<Spanned<u32>>,
 }
 
 /// What a client the access list refuses gets.
@@ -493,6 +496,12 @@ impl ServerSection {
     /// Threads (and sockets) answering on this address, if configured.
     pub fn workers(&self) -> Option<usize> {
         self.workers.as_ref().map(|w| usize::from(*w.get_ref()))
+    }
+
+    /// Clients remembered, if configured.
+    pub fn clients(&self) -> Option<usize> {
+        let clients = self.clients.as_ref()?;
+        usize::try_from(*clients.get_ref()).ok()
     }
 
     /// The access list from `allow` and `deny`, or the bad entry's span and why.
@@ -1180,6 +1189,12 @@ impl Config {
             {
                 faults.push((Some(workers.span()), "workers must be 1 to 256".into()));
             }
+            if let Some(clients) = &server.clients
+                && !(256..=1 << 22).contains(clients.get_ref())
+            {
+                let message = "clients must be 256 to 4194304";
+                faults.push((Some(clients.span()), message.into()));
+            }
             if let Some(limit) = &server.rate_limit {
                 let r = limit.get_ref();
                 if !(0.001..=3600.0).contains(&r.interval) || !(1..=10_000).contains(&r.burst) {
@@ -1305,6 +1320,32 @@ mod tests {
             &format!("{base}{ke}[metrics]\nlisten = \"127.0.0.1:9975\"\n"),
         );
         assert!(apart.is_ok(), "{:?}", apart.err());
+    }
+
+    #[test]
+    fn server_threads_and_clients_are_checked() {
+        let parse = |extra: &str| {
+            let text = format!("[[server]]\nlisten = \"127.0.0.1:123\"\n{extra}");
+            Config::parse("c.toml", &text).map_err(|e| e.to_string())
+        };
+        let set = parse("workers = 3\nclients = 4096\n").unwrap();
+        let server = &set.servers[0];
+        assert_eq!((server.workers(), server.clients()), (Some(3), Some(4096)));
+        let unset = parse("").unwrap();
+        let server = &unset.servers[0];
+        assert_eq!((server.workers(), server.clients()), (None, None));
+        for (extra, expected) in [
+            ("workers = 0\n", "workers must be 1 to 256"),
+            ("workers = 257\n", "workers must be 1 to 256"),
+            ("clients = 255\n", "clients must be 256 to 4194304"),
+            ("clients = 4194305\n", "clients must be 256 to 4194304"),
+        ] {
+            let error = parse(extra).unwrap_err();
+            assert!(
+                error.contains(expected) && error.contains("c.toml:3"),
+                "{error}"
+            );
+        }
     }
 
     #[test]

@@ -531,6 +531,7 @@ fn start_servers(
             access,
             deny_kiss: section.deny_action == DenyAction::Kiss,
             rate_limit,
+            clients: section.clients(),
             leap_file: leap_file.clone(),
             smear_window: loaded.config.smear_window(),
         };

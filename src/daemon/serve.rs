@@ -19,7 +19,6 @@ use super::leap::SharedLeapFile;
 use super::peer::PeerRoutes;
 use crate::clock::Clock;
 use crate::proto::access::AccessList;
-use crate::proto::interleave;
 use crate::proto::ratelimit::{KissThrottle, RateLimit, RateLimiter, Verdict};
 use crate::proto::server::{Answer, DropReason, Server, SyncState};
 use crate::proto::smear::{LeapSmear, ScheduledLeap, SmearView};
@@ -99,10 +98,10 @@ impl Drop for RunningServer {
     }
 }
 
-/// Sources whose request rates are tracked at once (about 40 bytes each).
-const RATE_LIMIT_SLOTS: usize = 1 << 16;
-/// Sources whose last DENY kiss is remembered (about 24 bytes each).
-const DENY_KISS_SLOTS: usize = 1 << 14;
+/// Clients a `[[server]]` remembers unless configured: each client's last timestamps
+/// for interleaved mode (about 48 bytes each) and, with a rate limit, its request rate
+/// (about 40 bytes each); a quarter as many refused sources' last DENY kiss.
+pub const DEFAULT_CLIENTS: usize = 1 << 16;
 /// A denied source gets at most one DENY kiss per this many seconds.
 const DENY_KISS_INTERVAL: f64 = 1.0;
 
@@ -115,6 +114,9 @@ pub struct Admission {
     /// otherwise refused requests get nothing.
     pub deny_kiss: bool,
     pub rate_limit: Option<RateLimit>,
+    /// Clients remembered (see [`DEFAULT_CLIENTS`], the default); the tables are
+    /// allocated whole at the start, so memory does not grow with a flood.
+    pub clients: Option<usize>,
     /// The `[leap] file`: its leaps are announced as well as the clock's own.
     pub leap_file: SharedLeapFile,
     /// `[leap] smear-window`: the file's leaps are smeared over this many seconds in
@@ -165,16 +167,16 @@ pub fn start_on(
         socket.set_nonblocking(true)?;
         crate::sys::enable_receive_timestamps(socket.as_fd())?;
     }
-    // Each client's last timestamps: about 48 bytes a client, 3 MiB per socket.
-    let server = Arc::new(server.with_interleave(interleave::DEFAULT_SLOTS));
+    let clients = admission.clients.unwrap_or(DEFAULT_CLIENTS).max(1);
+    let server = Arc::new(server.with_interleave(clients));
     let precision = super::measure_precision();
     let limiter = admission
         .rate_limit
-        .map(|limit| Arc::new(Mutex::new(RateLimiter::new(limit, RATE_LIMIT_SLOTS))));
+        .map(|limit| Arc::new(Mutex::new(RateLimiter::new(limit, clients))));
     let deny_kisses = admission.deny_kiss.then(|| {
         Arc::new(Mutex::new(KissThrottle::new(
             DENY_KISS_INTERVAL,
-            DENY_KISS_SLOTS,
+            (clients / 4).max(1),
         )))
     });
     let access = Arc::new(admission.access);

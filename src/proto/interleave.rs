@@ -17,9 +17,6 @@ use crate::wire::NtpTimestamp;
 /// Entries per bucket: a client is displaced only when four others share its bucket.
 pub const WAYS: usize = 4;
 
-/// Clients remembered by the daemon's server sockets (each socket has its own table).
-pub const DEFAULT_SLOTS: usize = 1 << 16;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Entry {
     client: IpAddr,

@@ -392,11 +392,17 @@ mod tests {
 
     #[test]
     fn a_reading_just_past_midnight_before_the_kernel_steps_is_no_verdict() {
-        let leap = Some(ScheduledLeap { at: LEAP, insert: true });
+        let leap = Some(ScheduledLeap {
+            at: LEAP,
+            insert: true,
+        });
         let mut smear = LeapSmear::new(DAY);
         smear.view(leap, at(-0.5), 10.0);
         let early = smear.view(leap, at(0.004), 10.504).unwrap();
-        assert!((early.offset() + 0.5).abs() < 1e-4, "as read: not stepped yet");
+        assert!(
+            (early.offset() + 0.5).abs() < 1e-4,
+            "as read: not stepped yet"
+        );
         let view = smear.view(leap, at(-0.99), 10.51).unwrap();
         assert!((view.offset() - 0.5).abs() < 1e-4, "then the step: passed");
     }
