@@ -9,7 +9,8 @@
 //! itself under `taskset -c 1` so client and servers do not share cores).
 //!
 //! Each exchange comes from a loopback address of its own (127.1.x.y), since ntimed
-//! limits the handshake rate of each address (16/s after a burst of 64).
+//! limits the handshake rate of each address (16/s after a burst of 64); with
+//! `KE_ONE_ADDRESS` set, all come from 127.1.0.1 (clients behind one NAT).
 //!
 //! Run as root, ntimed would separate privileges and do its work in a child; the bench
 //! starts it as `nobody` instead (one process, as measured), in a directory it owns.
@@ -172,7 +173,10 @@ fn start_chronyd(dir: &Path, ke_port: u16) -> Option<(Proc, u32)> {
 /// address 127.1.x.y; Ok if the server answered.
 async fn key_exchange(port: u16, tls: Arc<rustls::ClientConfig>) -> Result<(), String> {
     static NEXT_SOURCE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = NEXT_SOURCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let n = match std::env::var_os("KE_ONE_ADDRESS") {
+        Some(_) => 1,
+        None => NEXT_SOURCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+    };
     let from = Ipv4Addr::from(0x7f01_0000 | (n & 0xffff));
     let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
     socket

@@ -8,7 +8,8 @@
 # proportional set size after (Pss: pages the processes share counted once).
 #
 # Usage (root; python3): benches/rss-million-clients.sh
-# Environment: NTIMED, CHRONYD (binaries), RATE (requests/s, default 50000).
+# Environment: NTIMED, CHRONYD (binaries), RATE (requests/s, default 50000), CLIENTS
+# (ntimed's `clients`, default its own).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NTIMED=${NTIMED:-$PWD/target/release/ntimed}
@@ -28,6 +29,7 @@ stratum = 1
 [[server]]
 listen = "127.0.0.1:123"
 rate-limit = { interval = 2, burst = 16 }
+${CLIENTS:+clients = $CLIENTS}
 [control]
 enabled = false
 [sandbox]
@@ -79,9 +81,10 @@ echo "| server | resident before | peak after 2^20 clients (VmHWM) | proportiona
 echo "|---|---|---|---|---|"
 for server in ntimed chronyd; do
     case $server in
-        ntimed) in_ns setpriv --bounding-set -sys_time -- \
+        # ip execs setpriv, which execs the server: SERVER_PID is the server's own.
+        ntimed) ip netns exec "$NS" setpriv --bounding-set -sys_time -- \
             "$NTIMED" run --config "$DIR/ntimed.toml" >"$DIR/ntimed.log" 2>&1 &;;
-        chronyd) in_ns setpriv --bounding-set -sys_time -- \
+        chronyd) ip netns exec "$NS" setpriv --bounding-set -sys_time -- \
             "$CHRONYD" -x -d -u root -f "$DIR/chrony.conf" >"$DIR/chronyd.log" 2>&1 &;;
     esac
     SERVER_PID=$!

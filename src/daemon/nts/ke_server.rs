@@ -35,7 +35,9 @@ pub struct KeLimits {
     /// for many clients behind one NAT, not for one source to take every slot.
     pub max_per_source: usize,
     /// New connections per source: `burst` at once, then one per `interval` seconds;
-    /// more are closed unanswered.
+    /// more are closed unanswered while another source's exchange is in progress
+    /// (fairness among sources, not a cap on a crowd behind one address that no one
+    /// else is waiting behind).
     pub handshakes: RateLimit,
     /// An exchange that has not reached its next stage (TLS handshake done, request
     /// read) for this long has stalled, and may be ended to make room. An honest client
@@ -183,16 +185,17 @@ impl InFlight {
     }
 
     /// Decides on a new connection from `peer` at `now`. Over its source's handshake
-    /// rate it is refused. If its source is at `max_per_source`, or the server at
+    /// rate it is refused if another source has an exchange in progress. If its source is at `max_per_source`, or the server at
     /// `max_concurrent`, the exchange (of that source, or of any) that has gone
     /// longest without progress is evicted, provided it has stalled; if none has, the
     /// newcomer is refused: a working exchange is never ended for it.
     fn admit(&mut self, peer: IpAddr, now: Instant) -> Result<Admitted, Refusal> {
         let seconds = now.saturating_duration_since(self.epoch).as_secs_f64();
-        if self.handshakes.check(peer, seconds) != Verdict::Allow {
+        let over_rate = self.handshakes.check(peer, seconds) != Verdict::Allow;
+        let source = source_key(peer);
+        if over_rate && self.connections.iter().any(|c| c.source != source) {
             return Err(Refusal::Rate);
         }
-        let source = source_key(peer);
         let from_source = self
             .connections
             .iter()
@@ -554,8 +557,8 @@ mod tests {
         assert_eq!(in_flight.connections.len(), 3);
     }
 
-    /// Each source may start `burst` handshakes at once, then one per `interval`;
-    /// others are not held back by it.
+    /// Each source may start `burst` handshakes at once, then one per `interval` while
+    /// another source's exchange is in progress; others are not held back by it.
     #[test]
     fn a_source_over_its_handshake_rate_is_refused_until_tokens_come_back() {
         let t0 = Instant::now();
@@ -571,9 +574,12 @@ mod tests {
             in_flight.finish(admitted.id);
             assert_eq!(admitted.id, id + 1);
         }
-        let refused = in_flight.admit(ip(1), ms(t0, 10)).map(|a| a.id);
-        assert_eq!(refused, Err(Refusal::Rate));
+        // Alone, the source is not held to its rate: no one else is waiting.
+        let alone = in_flight.admit(ip(1), ms(t0, 5)).unwrap();
+        in_flight.finish(alone.id);
         assert!(in_flight.admit(ip(2), ms(t0, 10)).is_ok(), "another source");
+        let refused = in_flight.admit(ip(1), ms(t0, 10)).map(|a| a.id);
+        assert_eq!(refused, Err(Refusal::Rate), "while another source is served");
         assert!(
             in_flight.admit(ip(1), ms(t0, 260)).is_ok(),
             "a token came back"
