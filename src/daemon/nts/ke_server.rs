@@ -579,7 +579,11 @@ mod tests {
         in_flight.finish(alone.id);
         assert!(in_flight.admit(ip(2), ms(t0, 10)).is_ok(), "another source");
         let refused = in_flight.admit(ip(1), ms(t0, 10)).map(|a| a.id);
-        assert_eq!(refused, Err(Refusal::Rate), "while another source is served");
+        assert_eq!(
+            refused,
+            Err(Refusal::Rate),
+            "while another source is served"
+        );
         assert!(
             in_flight.admit(ip(1), ms(t0, 260)).is_ok(),
             "a token came back"
