@@ -1,10 +1,12 @@
-//! The UDP server loop: answers NTP requests on one socket, one OS thread per core,
-//! with an optional access list and per-source rate limits; `[[peer]]` packets are
-//! handed to their association. Each thread reads a batch of requests with one
-//! `recvmmsg`, each stamped by the kernel on arrival, and sends the batch's replies with
-//! one `sendmmsg`. Clients may ask for interleaved mode (RFC 9769): the clock is read
-//! again right after a batch is sent, and the responder keeps that time for each
-//! client's next request.
+//! The UDP server loop: answers NTP requests on one address, one OS thread per core
+//! (or as configured), each reading a socket of its own that shares the address
+//! through SO_REUSEPORT, with an optional access list and per-source rate limits;
+//! `[[peer]]` packets are handed to their association. Each thread reads a batch of
+//! requests with one `recvmmsg`, each stamped by the kernel on arrival, and sends the
+//! batch's replies with one `sendmmsg`. Clients may ask for interleaved mode (RFC
+//! 9769): the clock is read again right after a batch is sent, and the responder keeps
+//! that time for each client's next request. Around a leap second, served times may be
+//! smeared (`crate::proto::smear`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
