@@ -126,10 +126,15 @@ pub struct Admission {
     pub smear_window: Option<f64>,
 }
 
-/// Threads (and sockets) per `[[server]]` unless configured: one per core.
+/// Threads (and sockets) per `[[server]]` unless configured: one per core, at most
+/// [`MAX_DEFAULT_WORKERS`].
 pub fn default_workers() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_DEFAULT_WORKERS))
 }
+
+/// Beyond this many cores, more threads are asked for with `workers`: each costs a
+/// descriptor, and a large host rarely serves NTP on all its cores.
+const MAX_DEFAULT_WORKERS: usize = 16;
 
 /// Binds `listen` and answers requests on it with one thread per core, each on a
 /// socket of its own, as `admission` allows. Timestamps come from `clock`.
@@ -160,15 +165,15 @@ pub fn start_on(
         return Err(std::io::Error::other("no socket to serve on"));
     };
     let local_addr = first.local_addr()?;
+    for socket in &sockets {
+        socket.set_nonblocking(true)?;
+        crate::sys::enable_receive_timestamps(socket.as_fd())?;
+    }
     // The workers read on their own threads; tokio's copy only sends (for peers).
     let tokio_socket = match peers {
         Some(_) => Some(Arc::new(UdpSocket::from_std(first.try_clone()?)?)),
         None => None,
     };
-    for socket in &sockets {
-        socket.set_nonblocking(true)?;
-        crate::sys::enable_receive_timestamps(socket.as_fd())?;
-    }
     let clients = admission.clients.unwrap_or(DEFAULT_CLIENTS).max(1);
     let server = Arc::new(server.with_interleave(clients));
     let precision = super::measure_precision();

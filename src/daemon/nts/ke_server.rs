@@ -39,6 +39,10 @@ pub struct KeLimits {
     /// (fairness among sources, not a cap on a crowd behind one address that no one
     /// else is waiting behind).
     pub handshakes: RateLimit,
+    /// New connections per source even when no other source waits: a crowd behind
+    /// one address gets this much, and one address never more (each handshake costs
+    /// about half a millisecond of CPU).
+    pub handshakes_alone: RateLimit,
     /// An exchange that has not reached its next stage (TLS handshake done, request
     /// read) for this long has stalled, and may be ended to make room. An honest client
     /// gets through each stage within a round trip or two.
@@ -55,6 +59,11 @@ impl Default for KeLimits {
             handshakes: RateLimit {
                 interval: 1.0 / 16.0,
                 burst: 64,
+                kiss_one_in: 0,
+            },
+            handshakes_alone: RateLimit {
+                interval: 1.0 / 400.0,
+                burst: 400,
                 kiss_one_in: 0,
             },
             stalled_after: Duration::from_secs(1),
@@ -169,6 +178,7 @@ struct InFlight {
     next_id: u64,
     connections: Vec<Connection>,
     handshakes: RateLimiter,
+    handshakes_alone: RateLimiter,
     /// The origin of the rate limiter's clock.
     epoch: Instant,
 }
@@ -180,20 +190,24 @@ impl InFlight {
             next_id: 0,
             connections: Vec::new(),
             handshakes: RateLimiter::new(limits.handshakes, HANDSHAKE_RATE_SLOTS),
+            handshakes_alone: RateLimiter::new(limits.handshakes_alone, HANDSHAKE_RATE_SLOTS),
             epoch: now,
         }
     }
 
     /// Decides on a new connection from `peer` at `now`. Over its source's handshake
-    /// rate it is refused if another source has an exchange in progress. If its source is at `max_per_source`, or the server at
+    /// rate it is refused if another source has an exchange in progress, and over the
+    /// higher rate for a source alone in any case. If its source is at
+    /// `max_per_source`, or the server at
     /// `max_concurrent`, the exchange (of that source, or of any) that has gone
     /// longest without progress is evicted, provided it has stalled; if none has, the
     /// newcomer is refused: a working exchange is never ended for it.
     fn admit(&mut self, peer: IpAddr, now: Instant) -> Result<Admitted, Refusal> {
         let seconds = now.saturating_duration_since(self.epoch).as_secs_f64();
         let over_rate = self.handshakes.check(peer, seconds) != Verdict::Allow;
+        let over_alone = self.handshakes_alone.check(peer, seconds) != Verdict::Allow;
         let source = source_key(peer);
-        if over_rate && self.connections.iter().any(|c| c.source != source) {
+        if over_alone || (over_rate && self.connections.iter().any(|c| c.source != source)) {
             return Err(Refusal::Rate);
         }
         let from_source = self
@@ -475,6 +489,11 @@ mod tests {
                 burst: 1000,
                 kiss_one_in: 0,
             },
+            handshakes_alone: RateLimit {
+                interval: 1e-3,
+                burst: 1000,
+                kiss_one_in: 0,
+            },
             stalled_after: STALLED,
             timeout: Duration::from_secs(3),
         }
@@ -568,15 +587,29 @@ mod tests {
             burst: 4,
             kiss_one_in: 0,
         };
+        slow.handshakes_alone = RateLimit {
+            interval: 0.125,
+            burst: 6,
+            kiss_one_in: 0,
+        };
         let mut in_flight = InFlight::new(slow, t0);
         for id in 0..4 {
             let admitted = in_flight.admit(ip(1), t0).unwrap();
             in_flight.finish(admitted.id);
             assert_eq!(admitted.id, id + 1);
         }
-        // Alone, the source is not held to its rate: no one else is waiting.
+        // Alone, the source is not held to its rate: no one else is waiting. It is
+        // held to the higher rate for a source alone (here 6 at once).
         let alone = in_flight.admit(ip(1), ms(t0, 5)).unwrap();
         in_flight.finish(alone.id);
+        let alone = in_flight.admit(ip(1), ms(t0, 5)).unwrap();
+        in_flight.finish(alone.id);
+        let capped = in_flight.admit(ip(1), ms(t0, 5)).map(|a| a.id);
+        assert_eq!(
+            capped,
+            Err(Refusal::Rate),
+            "over the rate for a source alone"
+        );
         assert!(in_flight.admit(ip(2), ms(t0, 10)).is_ok(), "another source");
         let refused = in_flight.admit(ip(1), ms(t0, 10)).map(|a| a.id);
         assert_eq!(
