@@ -200,7 +200,8 @@ enum Auth<'a> {
     Nts {
         uid: &'a [u8],
         keys: SessionKeys,
-        cookies: Vec<Vec<u8>>,
+        /// The new cookies, framed as fields: the reply's encrypted plaintext.
+        cookie_fields: Vec<u8>,
     },
     NtsNak {
         uid: &'a [u8],
@@ -494,13 +495,13 @@ impl Server {
             (Some(ServerNts::Nak { uid }), _) => Auth::NtsNak { uid },
             (Some(ServerNts::Valid { uid, keys, cookies }), Some(cookie_keys)) => {
                 // Sealed before the clock is read, to keep the transmit time late.
-                let new = (0..cookies)
-                    .filter_map(|_| cookie_keys.seal(&keys, rng))
-                    .collect();
+                let mut cookie_fields =
+                    Vec::with_capacity(cookies * (4 + nts::cookie::cookie_len(keys.algorithm())));
+                nts::ntp::write_cookie_fields(&mut cookie_fields, cookie_keys, &keys, cookies, rng);
                 Auth::Nts {
                     uid,
                     keys,
-                    cookies: new,
+                    cookie_fields,
                 }
             }
             _ => match packet.trailer {
@@ -586,8 +587,12 @@ impl Server {
                 Trailer::CryptoNak.write(reply);
                 Answer::CryptoNak
             }
-            Auth::Nts { uid, keys, cookies } => {
-                nts::ntp::write_response_fields(reply, uid, &keys.s2c, &cookies, rng)
+            Auth::Nts {
+                uid,
+                keys,
+                cookie_fields,
+            } => {
+                nts::ntp::write_response_fields(reply, uid, &keys.s2c, &cookie_fields, rng)
                     .ok_or(DropReason::Internal)?;
                 Answer::Nts
             }

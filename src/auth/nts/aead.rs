@@ -4,9 +4,10 @@
 //! §3, as chrony and NTPsec do) and puts the 16-byte tag before the ciphertext;
 //! AES-GCM-SIV (RFC 8452) takes a 12-byte nonce and appends the tag.
 
-use aes_gcm_siv::aead::{Aead as _, Payload};
+use aes_gcm_siv::aead::AeadInOut as _;
+use aes_gcm_siv::aead::inout::InOutBuf;
 use aes_siv::KeyInit;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 /// Length of every tag here.
 pub const TAG_LEN: usize = 16;
@@ -68,11 +69,29 @@ impl AeadAlgorithm {
     }
 }
 
-/// A key for one algorithm. Zeroized on drop; no `Debug` of the secret.
+/// The longest key of any algorithm here (AES-SIV-CMAC-512's).
+const MAX_KEY_LEN: usize = 64;
+
+/// A key for one algorithm, held inline (no allocation per session key opened from a
+/// cookie). Zeroized on drop; no `Debug` of the secret.
 #[derive(Clone)]
 pub struct AeadKey {
     algorithm: AeadAlgorithm,
-    key: Zeroizing<Vec<u8>>,
+    key: [u8; MAX_KEY_LEN],
+}
+
+impl Drop for AeadKey {
+    fn drop(&mut self) {
+        wipe(&mut self.key);
+    }
+}
+
+/// Out of line on purpose: inlined, its byte-wise volatile writes make the compiler
+/// split every value holding a key into single bytes, and moving a request's
+/// `ServerNts` then cost more than the rest of a plain answer.
+#[inline(never)]
+fn wipe(key: &mut [u8; MAX_KEY_LEN]) {
+    key.zeroize();
 }
 
 impl std::fmt::Debug for AeadKey {
@@ -84,10 +103,15 @@ impl std::fmt::Debug for AeadKey {
 impl AeadKey {
     /// `None` unless `key` has the algorithm's length.
     pub fn new(algorithm: AeadAlgorithm, key: &[u8]) -> Option<Self> {
-        (key.len() == algorithm.key_len()).then(|| Self {
+        if key.len() != algorithm.key_len() {
+            return None;
+        }
+        let mut new = Self {
             algorithm,
-            key: Zeroizing::new(key.to_vec()),
-        })
+            key: [0; MAX_KEY_LEN],
+        };
+        new.key.get_mut(..key.len())?.copy_from_slice(key);
+        Some(new)
     }
 
     pub fn algorithm(&self) -> AeadAlgorithm {
@@ -97,63 +121,121 @@ impl AeadKey {
     /// The secret, for sealing into cookies, persisting master keys, and
     /// `ntimed ke --export`.
     pub fn bytes(&self) -> &[u8] {
-        &self.key
+        self.key.get(..self.algorithm.key_len()).unwrap_or_default()
+    }
+
+    /// Encrypts `plaintext` into `sealed`, which must be `plaintext.len() + 16` bytes:
+    /// ciphertext and tag in the algorithm's layout. Writing into the caller's buffer
+    /// lets a reply be sealed where it is sent from. `None` for a nonce the algorithm
+    /// cannot take or a `sealed` of the wrong length.
+    pub fn seal_into(
+        &self,
+        nonce: &[u8],
+        plaintext: &[u8],
+        associated: &[u8],
+        sealed: &mut [u8],
+    ) -> Option<()> {
+        if sealed.len() != plaintext.len().checked_add(TAG_LEN)? {
+            return None;
+        }
+        match self.algorithm {
+            AeadAlgorithm::AesSivCmac256 => {
+                let mut siv = aes_siv::siv::Aes128Siv::new_from_slice(self.bytes()).ok()?;
+                let (tag, body) = sealed.split_at_mut(TAG_LEN);
+                let buffer = InOutBuf::new(plaintext, body).ok()?;
+                tag.copy_from_slice(
+                    &siv.encrypt_inout_detached([associated, nonce], buffer)
+                        .ok()?,
+                );
+            }
+            AeadAlgorithm::AesSivCmac512 => {
+                let mut siv = aes_siv::siv::Aes256Siv::new_from_slice(self.bytes()).ok()?;
+                let (tag, body) = sealed.split_at_mut(TAG_LEN);
+                let buffer = InOutBuf::new(plaintext, body).ok()?;
+                tag.copy_from_slice(
+                    &siv.encrypt_inout_detached([associated, nonce], buffer)
+                        .ok()?,
+                );
+            }
+            AeadAlgorithm::AesGcmSiv128 => {
+                let cipher = aes_gcm_siv::Aes128GcmSiv::new_from_slice(self.bytes()).ok()?;
+                let nonce = nonce.try_into().ok()?;
+                let (body, tag) = sealed.split_at_mut(plaintext.len());
+                let buffer = InOutBuf::new(plaintext, body).ok()?;
+                tag.copy_from_slice(
+                    &cipher
+                        .encrypt_inout_detached(nonce, associated, buffer)
+                        .ok()?,
+                );
+            }
+        }
+        Some(())
     }
 
     /// Encrypts `plaintext`; the result is ciphertext and tag (`plaintext.len() + 16`).
     /// `None` only for a nonce the algorithm cannot take.
     pub fn seal(&self, nonce: &[u8], plaintext: &[u8], associated: &[u8]) -> Option<Vec<u8>> {
-        match self.algorithm {
-            AeadAlgorithm::AesSivCmac256 => {
-                let mut siv = aes_siv::siv::Aes128Siv::new_from_slice(&self.key).ok()?;
-                siv.encrypt([associated, nonce], plaintext).ok()
-            }
-            AeadAlgorithm::AesSivCmac512 => {
-                let mut siv = aes_siv::siv::Aes256Siv::new_from_slice(&self.key).ok()?;
-                siv.encrypt([associated, nonce], plaintext).ok()
-            }
-            AeadAlgorithm::AesGcmSiv128 => {
-                let cipher = aes_gcm_siv::Aes128GcmSiv::new_from_slice(&self.key).ok()?;
-                let nonce = nonce.try_into().ok()?;
-                let payload = Payload {
-                    msg: plaintext,
-                    aad: associated,
-                };
-                cipher.encrypt(nonce, payload).ok()
-            }
-        }
+        let mut sealed = vec![0; plaintext.len().checked_add(TAG_LEN)?];
+        self.seal_into(nonce, plaintext, associated, &mut sealed)?;
+        Some(sealed)
     }
 
-    /// Decrypts and authenticates; `None` if anything is wrong.
+    /// Decrypts and authenticates `ciphertext` into `plain`, which must be 16 bytes
+    /// shorter. `None` if anything is wrong; `plain` then holds nothing of the secret.
+    pub fn open_into(
+        &self,
+        nonce: &[u8],
+        ciphertext: &[u8],
+        associated: &[u8],
+        plain: &mut [u8],
+    ) -> Option<()> {
+        if ciphertext.len() != plain.len().checked_add(TAG_LEN)? {
+            return None;
+        }
+        let opened = match self.algorithm {
+            AeadAlgorithm::AesSivCmac256 => {
+                let mut siv = aes_siv::siv::Aes128Siv::new_from_slice(self.bytes()).ok()?;
+                let (tag, body) = ciphertext.split_first_chunk::<TAG_LEN>()?;
+                let buffer = InOutBuf::new(body, plain).ok()?;
+                siv.decrypt_inout_detached([associated, nonce], buffer, &(*tag).into())
+                    .is_ok()
+            }
+            AeadAlgorithm::AesSivCmac512 => {
+                let mut siv = aes_siv::siv::Aes256Siv::new_from_slice(self.bytes()).ok()?;
+                let (tag, body) = ciphertext.split_first_chunk::<TAG_LEN>()?;
+                let buffer = InOutBuf::new(body, plain).ok()?;
+                siv.decrypt_inout_detached([associated, nonce], buffer, &(*tag).into())
+                    .is_ok()
+            }
+            AeadAlgorithm::AesGcmSiv128 => {
+                let cipher = aes_gcm_siv::Aes128GcmSiv::new_from_slice(self.bytes()).ok()?;
+                let nonce = nonce.try_into().ok()?;
+                let (body, tag) = ciphertext.split_last_chunk::<TAG_LEN>()?;
+                let buffer = InOutBuf::new(body, plain).ok()?;
+                cipher
+                    .decrypt_inout_detached(nonce, associated, buffer, &(*tag).into())
+                    .is_ok()
+            }
+        };
+        if !opened {
+            // What failed to authenticate is not handed on, even partly decrypted.
+            plain.zeroize();
+            return None;
+        }
+        Some(())
+    }
+
+    /// Decrypts and authenticates; `None` if anything is wrong. An empty plaintext (a
+    /// request's authenticator) allocates nothing.
     pub fn open(
         &self,
         nonce: &[u8],
         ciphertext: &[u8],
         associated: &[u8],
     ) -> Option<Zeroizing<Vec<u8>>> {
-        if ciphertext.len() < TAG_LEN {
-            return None;
-        }
-        let plain = match self.algorithm {
-            AeadAlgorithm::AesSivCmac256 => {
-                let mut siv = aes_siv::siv::Aes128Siv::new_from_slice(&self.key).ok()?;
-                siv.decrypt([associated, nonce], ciphertext).ok()?
-            }
-            AeadAlgorithm::AesSivCmac512 => {
-                let mut siv = aes_siv::siv::Aes256Siv::new_from_slice(&self.key).ok()?;
-                siv.decrypt([associated, nonce], ciphertext).ok()?
-            }
-            AeadAlgorithm::AesGcmSiv128 => {
-                let cipher = aes_gcm_siv::Aes128GcmSiv::new_from_slice(&self.key).ok()?;
-                let nonce = nonce.try_into().ok()?;
-                let payload = Payload {
-                    msg: ciphertext,
-                    aad: associated,
-                };
-                cipher.decrypt(nonce, payload).ok()?
-            }
-        };
-        Some(Zeroizing::new(plain))
+        let mut plain = Zeroizing::new(vec![0; ciphertext.len().checked_sub(TAG_LEN)?]);
+        self.open_into(nonce, ciphertext, associated, &mut plain)?;
+        Some(plain)
     }
 }
 
@@ -180,6 +262,43 @@ mod tests {
             out,
             hex("85632d07c6e8f37f950acd320a2ecc9340c02b9690c4dc04daef7f6afe5c")
         );
+    }
+
+    /// Sealing in place lays out tag and ciphertext as each crate's own `encrypt`
+    /// does (tag first for SIV, last for GCM-SIV), which is what peers expect.
+    #[test]
+    fn sealing_in_place_matches_each_crates_layout() {
+        use aes_gcm_siv::aead::Aead as _;
+        let (nonce, ad, pt) = ([3u8; 16], b"associated", b"plaintext of 19 b");
+        let siv_key = AeadKey::new(AeadAlgorithm::AesSivCmac256, &[5; 32]).unwrap();
+        let mut siv = aes_siv::siv::Aes128Siv::new_from_slice(&[5; 32]).unwrap();
+        assert_eq!(
+            siv_key.seal(&nonce, pt, ad).unwrap(),
+            siv.encrypt([&ad[..], &nonce], pt).unwrap()
+        );
+        let gcm_key = AeadKey::new(AeadAlgorithm::AesGcmSiv128, &[5; 16]).unwrap();
+        let gcm = aes_gcm_siv::Aes128GcmSiv::new_from_slice(&[5; 16]).unwrap();
+        let payload = aes_gcm_siv::aead::Payload { msg: pt, aad: ad };
+        assert_eq!(
+            gcm_key.seal(&nonce[..12], pt, ad).unwrap(),
+            gcm.encrypt(nonce[..12].try_into().unwrap(), payload)
+                .unwrap()
+        );
+    }
+
+    #[test]
+    fn buffers_of_the_wrong_length_are_refused_and_failed_opens_leave_nothing() {
+        for alg in AeadAlgorithm::PREFERENCE {
+            let key = AeadKey::new(alg, &vec![7; alg.key_len()]).unwrap();
+            let nonce = vec![1; alg.nonce_len()];
+            assert!(key.seal_into(&nonce, b"abc", b"", &mut [0; 18]).is_none());
+            let sealed = key.seal(&nonce, b"abc", b"").unwrap();
+            assert!(key.open_into(&nonce, &sealed, b"", &mut [0; 4]).is_none());
+            let mut plain = [9; 3];
+            assert!(key.open_into(&nonce, &sealed, b"x", &mut plain).is_none());
+            assert_eq!(plain, [0; 3], "{alg:?}: no partial plaintext");
+            assert_eq!(&key.open(&nonce, &sealed, b"").unwrap()[..], b"abc");
+        }
     }
 
     #[test]

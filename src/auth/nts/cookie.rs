@@ -16,11 +16,13 @@ use std::collections::BTreeMap;
 
 use zeroize::Zeroizing;
 
-use super::aead::{AeadAlgorithm, AeadKey};
+use super::aead::{AeadAlgorithm, AeadKey, TAG_LEN};
 
 /// Master keys are AES-SIV-CMAC-256 keys; cookie nonces are 16 bytes.
 const MASTER: AeadAlgorithm = AeadAlgorithm::AesSivCmac256;
 const NONCE_LEN: usize = 16;
+/// A cookie's plaintext at most: AEAD id, two zero bytes, and two of the longest keys.
+const MAX_PLAINTEXT_LEN: usize = 4 + 2 * 64;
 /// Fleet secrets shorter than this are refused.
 pub const MIN_FLEET_SECRET_LEN: usize = 32;
 const FLEET_SALT: &[u8] = b"ntimed fleet cookie master keys v1";
@@ -179,18 +181,46 @@ impl CookieKeys {
 
     /// A new cookie holding `keys`, under the current epoch's master key.
     pub fn seal(&self, keys: &SessionKeys, rng: &mut (impl CryptoRng + ?Sized)) -> Option<Vec<u8>> {
+        let mut cookie = Vec::with_capacity(cookie_len(keys.algorithm()));
+        self.seal_into(keys, rng, &mut cookie)?;
+        Some(cookie)
+    }
+
+    /// Appends a new cookie holding `keys` to `out`, sealed in place: an NTS reply
+    /// writes its cookies straight into the fields it encrypts. On failure `out` is
+    /// left as it was.
+    pub fn seal_into(
+        &self,
+        keys: &SessionKeys,
+        rng: &mut (impl CryptoRng + ?Sized),
+        out: &mut Vec<u8>,
+    ) -> Option<()> {
         let master = self.keys.get(&self.current)?;
-        let mut plaintext = Zeroizing::new(Vec::with_capacity(4 + 2 * keys.c2s.bytes().len()));
-        plaintext.extend_from_slice(&keys.algorithm().id().to_be_bytes());
-        plaintext.extend_from_slice(&[0, 0]);
-        plaintext.extend_from_slice(keys.c2s.bytes());
-        plaintext.extend_from_slice(keys.s2c.bytes());
+        let mut plaintext = Zeroizing::new([0u8; MAX_PLAINTEXT_LEN]);
+        let mut len = 0;
+        let id = keys.algorithm().id().to_be_bytes();
+        for part in [&id[..], &[0, 0], keys.c2s.bytes(), keys.s2c.bytes()] {
+            plaintext
+                .get_mut(len..len + part.len())?
+                .copy_from_slice(part);
+            len += part.len();
+        }
         let mut nonce = [0u8; NONCE_LEN];
         rng.fill_bytes(&mut nonce);
-        let mut cookie = self.current.to_be_bytes().to_vec();
-        cookie.extend_from_slice(&nonce);
-        cookie.extend_from_slice(&master.seal(&nonce, &plaintext, &self.current.to_be_bytes())?);
-        Some(cookie)
+        let start = out.len();
+        out.extend_from_slice(&self.current.to_be_bytes());
+        out.extend_from_slice(&nonce);
+        out.resize(start + cookie_len(keys.algorithm()), 0);
+        let sealed = out.get_mut(start + 4 + NONCE_LEN..)?;
+        let epoch = self.current.to_be_bytes();
+        if master
+            .seal_into(&nonce, plaintext.get(..len)?, &epoch, sealed)
+            .is_none()
+        {
+            out.truncate(start);
+            return None;
+        }
+        Some(())
     }
 
     /// The keys in a cookie, if it is one of ours, intact and unexpired.
@@ -198,7 +228,9 @@ impl CookieKeys {
         let (id, rest) = cookie.split_first_chunk::<4>()?;
         let (nonce, sealed) = rest.split_first_chunk::<NONCE_LEN>()?;
         let master = self.keys.get(&u32::from_be_bytes(*id))?;
-        let plain = master.open(nonce, sealed, id)?;
+        let mut opened = Zeroizing::new([0u8; MAX_PLAINTEXT_LEN]);
+        let plain = opened.get_mut(..sealed.len().checked_sub(TAG_LEN)?)?;
+        master.open_into(nonce, sealed, id, plain)?;
         let ([a, b, 0, 0], keys) = plain.split_first_chunk::<4>()? else {
             return None;
         };
@@ -212,6 +244,11 @@ impl CookieKeys {
             s2c: AeadKey::new(aead, s2c)?,
         })
     }
+}
+
+/// The length of a cookie carrying keys of `algorithm`.
+pub fn cookie_len(algorithm: AeadAlgorithm) -> usize {
+    4 + NONCE_LEN + TAG_LEN + 4 + 2 * algorithm.key_len()
 }
 
 /// The text form of persisted keys: one `epoch hex` line each. Sized up front and
@@ -271,6 +308,18 @@ mod tests {
         let mut keys = CookieKeys::random(Rotation::default(), vec![]);
         keys.update(NOW, &mut rand::rng());
         keys
+    }
+
+    #[test]
+    fn cookies_have_the_length_they_announce_and_fill_their_field() {
+        let mut keys = CookieKeys::random(Rotation::default(), vec![]);
+        keys.update(1_700_000_000, &mut rand::rng());
+        for alg in AeadAlgorithm::PREFERENCE {
+            let cookie = keys.seal(&session(alg), &mut rand::rng()).unwrap();
+            assert_eq!(cookie.len(), cookie_len(alg), "{alg:?}");
+            assert_eq!(cookie.len() % 4, 0, "{alg:?}: no padding after a cookie");
+            assert!(cookie.len() > 16);
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 
 use super::aead::{AeadKey, TAG_LEN};
-use super::cookie::{CookieKeys, SessionKeys};
+use super::cookie::{CookieKeys, SessionKeys, cookie_len};
 use super::ke::{MAX_COOKIE_LEN, MAX_COOKIES};
 use crate::wire::Reader;
 use crate::wire::packet::{ExtensionField, ExtensionType, HEADER_LEN, Packet};
@@ -27,24 +27,36 @@ fn write_field(out: &mut Vec<u8>, field_type: ExtensionType, body: &[u8]) {
 }
 
 /// Appends an authenticator field sealing `plaintext` under `key`, with everything
-/// already in `packet` as associated data.
+/// already in `packet` as associated data. The ciphertext is written in place, so a
+/// reply costs no buffer of its own. On failure `packet` is left as it was.
 fn write_authenticator(
     packet: &mut Vec<u8>,
     key: &AeadKey,
     plaintext: &[u8],
     rng: &mut (impl rand::CryptoRng + ?Sized),
 ) -> Option<()> {
-    let mut nonce = vec![0u8; key.algorithm().nonce_len()];
-    rng.fill_bytes(&mut nonce[..]);
-    let sealed = key.seal(&nonce, plaintext, packet)?;
-    let mut body = Vec::with_capacity(4 + pad4(nonce.len()) + pad4(sealed.len()));
-    body.extend_from_slice(&(nonce.len() as u16).to_be_bytes());
-    body.extend_from_slice(&(sealed.len() as u16).to_be_bytes());
-    body.extend_from_slice(&nonce);
-    body.resize(4 + pad4(nonce.len()), 0);
-    body.extend_from_slice(&sealed);
-    body.resize(4 + pad4(nonce.len()) + pad4(sealed.len()), 0);
-    write_field(packet, ExtensionType::NtsAuthenticator, &body);
+    let mut nonce_bytes = [0u8; 16];
+    let nonce = nonce_bytes.get_mut(..key.algorithm().nonce_len())?;
+    rng.fill_bytes(nonce);
+    let sealed_len = plaintext.len().checked_add(TAG_LEN)?;
+    let body_len = 4 + pad4(nonce.len()) + pad4(sealed_len);
+    let start = packet.len();
+    packet.extend_from_slice(&ExtensionType::NtsAuthenticator.to_u16().to_be_bytes());
+    packet.extend_from_slice(&u16::try_from(4 + body_len).ok()?.to_be_bytes());
+    packet.extend_from_slice(&u16::try_from(nonce.len()).ok()?.to_be_bytes());
+    packet.extend_from_slice(&u16::try_from(sealed_len).ok()?.to_be_bytes());
+    packet.extend_from_slice(nonce);
+    let sealed_at = start + 8 + pad4(nonce.len());
+    packet.resize(start + 4 + body_len, 0);
+    let (associated, field) = packet.split_at_mut(start);
+    let sealed = field.get_mut(sealed_at - start..sealed_at - start + sealed_len)?;
+    if key
+        .seal_into(nonce, plaintext, associated, sealed)
+        .is_none()
+    {
+        packet.truncate(start);
+        return None;
+    }
     Some(())
 }
 
@@ -65,11 +77,17 @@ fn parse_authenticator<'a>(body: &'a [u8], key: &AeadKey) -> Option<(&'a [u8], &
     Some((nonce, ciphertext))
 }
 
-/// The NTS fields of a packet, located.
+/// The NTS fields of a packet, located and counted (no allocation: every request
+/// is read this way).
+#[derive(Default)]
 struct Fields<'a> {
-    uids: Vec<&'a [u8]>,
-    cookies: Vec<&'a [u8]>,
-    placeholders: Vec<&'a [u8]>,
+    uid: Option<&'a [u8]>,
+    uids: usize,
+    cookie: Option<&'a [u8]>,
+    cookies: usize,
+    placeholders: usize,
+    /// The shortest and longest placeholder.
+    placeholder_lengths: Option<(usize, usize)>,
     /// Authenticator body and the length of what it authenticates.
     authenticator: Option<(&'a [u8], usize)>,
     authenticators: usize,
@@ -79,13 +97,7 @@ impl<'a> Fields<'a> {
     /// Collects the fields before the first authenticator; later ones are ignored, as
     /// they are not authenticated.
     fn collect(packet: &Packet<'a>) -> Self {
-        let mut fields = Fields {
-            uids: vec![],
-            cookies: vec![],
-            placeholders: vec![],
-            authenticator: None,
-            authenticators: 0,
-        };
+        let mut fields = Fields::default();
         let mut offset = HEADER_LEN;
         for ef in &packet.extensions {
             match ef.field_type {
@@ -96,9 +108,20 @@ impl<'a> Fields<'a> {
                     }
                 }
                 _ if fields.authenticator.is_some() => {}
-                ExtensionType::UniqueIdentifier => fields.uids.push(ef.body),
-                ExtensionType::NtsCookie => fields.cookies.push(ef.body),
-                ExtensionType::NtsCookiePlaceholder => fields.placeholders.push(ef.body),
+                ExtensionType::UniqueIdentifier => {
+                    fields.uids += 1;
+                    fields.uid.get_or_insert(ef.body);
+                }
+                ExtensionType::NtsCookie => {
+                    fields.cookies += 1;
+                    fields.cookie.get_or_insert(ef.body);
+                }
+                ExtensionType::NtsCookiePlaceholder => {
+                    let len = ef.body.len();
+                    fields.placeholders += 1;
+                    let (shortest, longest) = fields.placeholder_lengths.unwrap_or((len, len));
+                    fields.placeholder_lengths = Some((shortest.min(len), longest.max(len)));
+                }
                 ExtensionType::Unknown(_) => {}
             }
             offset += ef.encoded_len();
@@ -107,7 +130,17 @@ impl<'a> Fields<'a> {
     }
 
     fn is_nts(&self) -> bool {
-        !self.uids.is_empty() || !self.cookies.is_empty() || self.authenticators > 0
+        self.uids > 0 || self.cookies > 0 || self.authenticators > 0
+    }
+
+    /// The unique identifier, if there is exactly one.
+    fn only_uid(&self) -> Option<&'a [u8]> {
+        self.uid.filter(|_| self.uids == 1)
+    }
+
+    /// The cookie, if there is exactly one.
+    fn only_cookie(&self) -> Option<&'a [u8]> {
+        self.cookie.filter(|_| self.cookies == 1)
     }
 }
 
@@ -143,15 +176,20 @@ pub fn check_request<'a>(
     if !fields.is_nts() {
         return ServerNts::NotNts;
     }
-    let ([uid], [cookie], Some((auth, ad_len))) =
-        (&fields.uids[..], &fields.cookies[..], fields.authenticator)
-    else {
+    let (Some(uid), Some(cookie), Some((auth, ad_len))) = (
+        fields.only_uid(),
+        fields.only_cookie(),
+        fields.authenticator,
+    ) else {
         return ServerNts::Drop("not exactly one unique id, cookie and authenticator");
     };
     if uid.len() < UID_LEN {
         return ServerNts::Drop("unique id shorter than 32 bytes");
     }
-    if fields.placeholders.iter().any(|p| p.len() != cookie.len()) {
+    if fields
+        .placeholder_lengths
+        .is_some_and(|lengths| lengths != (cookie.len(), cookie.len()))
+    {
         return ServerNts::Drop("placeholder length differs from the cookie's");
     }
     let Some(keys) = cookie_keys.open(cookie) else {
@@ -169,25 +207,45 @@ pub fn check_request<'a>(
     ServerNts::Valid {
         uid,
         keys,
-        cookies: (1 + fields.placeholders.len()).min(MAX_COOKIES),
+        cookies: (1 + fields.placeholders).min(MAX_COOKIES),
+    }
+}
+
+/// Appends `count` new cookies holding `keys`, each in a cookie field of its own:
+/// the plaintext of a reply's authenticator. A cookie that cannot be sealed is left
+/// out.
+pub fn write_cookie_fields(
+    out: &mut Vec<u8>,
+    cookie_keys: &CookieKeys,
+    keys: &SessionKeys,
+    count: usize,
+    rng: &mut (impl rand::CryptoRng + ?Sized),
+) {
+    // Every cookie is a multiple of 4 bytes and longer than 16: it fills its field.
+    let Ok(field_len) = u16::try_from(4 + cookie_len(keys.algorithm())) else {
+        return;
+    };
+    for _ in 0..count {
+        let start = out.len();
+        out.extend_from_slice(&ExtensionType::NtsCookie.to_u16().to_be_bytes());
+        out.extend_from_slice(&field_len.to_be_bytes());
+        if cookie_keys.seal_into(keys, rng, out).is_none() {
+            out.truncate(start);
+        }
     }
 }
 
 /// Appends the reply's NTS fields after its header: the unique id, then an
-/// authenticator encrypting the new cookies.
+/// authenticator encrypting `cookie_fields` (from [`write_cookie_fields`]).
 pub fn write_response_fields(
     reply: &mut Vec<u8>,
     uid: &[u8],
     s2c: &AeadKey,
-    cookies: &[Vec<u8>],
+    cookie_fields: &[u8],
     rng: &mut (impl rand::CryptoRng + ?Sized),
 ) -> Option<()> {
     write_field(reply, ExtensionType::UniqueIdentifier, uid);
-    let mut plaintext = Vec::new();
-    for cookie in cookies {
-        write_field(&mut plaintext, ExtensionType::NtsCookie, cookie);
-    }
-    write_authenticator(reply, s2c, &plaintext, rng)
+    write_authenticator(reply, s2c, cookie_fields, rng)
 }
 
 /// Appends the fields of an NTSN kiss: the unique id only.
@@ -273,8 +331,8 @@ impl NtsSession {
     /// Whether an NTSN kiss carries the unique id of the request in flight, the most
     /// an unauthenticated NTSN can prove.
     pub fn nak_matches(&self, packet: &Packet<'_>) -> bool {
-        let fields = Fields::collect(packet);
-        matches!((&fields.uids[..], self.outstanding_uid), ([uid], Some(ours)) if *uid == ours)
+        let uid = Fields::collect(packet).only_uid();
+        matches!((uid, self.outstanding_uid), (Some(uid), Some(ours)) if *uid == ours)
     }
 
     /// Checks a reply and, only if it verifies, takes its cookies and retires the
@@ -282,7 +340,7 @@ impl NtsSession {
     pub fn check_response(&mut self, packet: &Packet<'_>, bytes: &[u8]) -> Result<(), NtsReject> {
         let ours = self.outstanding_uid.ok_or(NtsReject::NotExpected)?;
         let fields = Fields::collect(packet);
-        if !matches!(&fields.uids[..], [uid] if *uid == ours) {
+        if fields.only_uid() != Some(&ours[..]) {
             return Err(NtsReject::WrongUid);
         }
         let (auth, ad_len) = fields.authenticator.ok_or(NtsReject::Unauthenticated)?;
@@ -355,9 +413,8 @@ mod tests {
         let ServerNts::Valid { uid, keys, cookies } = result else {
             panic!("request refused: {result:?}")
         };
-        let new: Vec<Vec<u8>> = (0..cookies)
-            .map(|_| server.seal(&keys, &mut rand::rng()).unwrap())
-            .collect();
+        let mut new = Vec::new();
+        write_cookie_fields(&mut new, server, &keys, cookies, &mut rand::rng());
         let mut reply = request[..48].to_vec();
         write_response_fields(&mut reply, uid, &keys.s2c, &new, &mut rand::rng()).unwrap();
         reply
