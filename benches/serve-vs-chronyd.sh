@@ -2,7 +2,9 @@
 # Server CPU per answered request, ntimed next to chronyd 4.3 in the same run: ntpperf
 # at a fixed rate from 127.18.0.0/16 in a network namespace of its own, the server
 # pinned to core 0 and ntpperf to core 1. CPU is utime+stime of every process of the
-# server (all threads, privsep children too) over the requests answered.
+# server (all threads, privsep children too) over the requests answered. PROFILE=1
+# also samples the server's core with perf and gives the share of the server's time
+# spent in the kernel, the part no user-space work can go below.
 #
 # Usage (root; ntpperf built by /work/shared/ntpperf/build.sh target/ntpperf):
 #   benches/serve-vs-chronyd.sh [REPEATS]
@@ -93,15 +95,34 @@ nts_option() {
 
 # CPU µs per answered request at a fixed rate.
 cpu_per_request() {
-    local mode=$1 rate=$2 before after line sent lost answered
+    local mode=$1 rate=$2 before after line sent lost answered kernel=
     before=$(server_ticks)
+    if [ -n "${PROFILE:-}" ]; then
+        perf record -q -o "$DIR/perf.data" -e cpu-clock -F 4000 -C 0 -- \
+            sleep "$RUN_SECONDS" >/dev/null 2>&1 &
+        local perf_pid=$!
+    fi
     line=$(load "$mode" "$rate" "$RUN_SECONDS")
     after=$(server_ticks)
+    if [ -n "${PROFILE:-}" ]; then
+        wait "$perf_pid"
+        kernel=", $(kernel_share)"
+    fi
     # ntpperf: rate clients lost invalid ...; lost and invalid in %.
     lost=$(echo "$line" | awk '{print $3}')
     answered=$(awk -v r="$rate" -v s="$RUN_SECONDS" -v l="$lost" 'BEGIN {print r * s * (1 - l / 100)}')
     awk -v t=$((after - before)) -v a="$answered" -v hz="$(getconf CLK_TCK)" -v l="$lost" \
-        'BEGIN {printf "%.1f µs (%.2f %% lost)", t / hz * 1e6 / a, l}'
+        -v k="$kernel" 'BEGIN {printf "%.1f µs%s (%.2f %% lost)", t / hz * 1e6 / a, k, l}'
+}
+
+# Of the samples on the server's core that are not idle, the share in the kernel:
+# system calls, UDP and IP, loopback delivery (and, in the server's context, the copy
+# ntpperf's capture takes of each reply). The rest is the server's own code.
+kernel_share() {
+    perf report -i "$DIR/perf.data" --no-children --sort comm,dso -g none 2>/dev/null |
+        awk '$1 ~ /%$/ && $2 != "swapper" && $2 !~ /^kworker|^kdamond|^ksoftirqd/ {
+                 p = $1 + 0; total += p; if ($3 == "[kernel.kallsyms]") kernel += p }
+             END {printf "%.0f %% in the kernel", total ? 100 * kernel / total : 0}'
 }
 
 max_rate() {
