@@ -72,26 +72,20 @@ impl AeadAlgorithm {
 /// The longest key of any algorithm here (AES-SIV-CMAC-512's).
 const MAX_KEY_LEN: usize = 64;
 
-/// A key for one algorithm, held inline (no allocation per session key opened from a
-/// cookie). Zeroized on drop; no `Debug` of the secret.
+/// A key for one algorithm. The bytes live in one heap block from creation to wipe:
+/// moving an `AeadKey` (into a map, through a channel, out of a growing vector) moves
+/// only the pointer, so no stale copy of a master or session key is left behind.
+/// Zeroized on drop; no `Debug` of the secret.
 #[derive(Clone)]
 pub struct AeadKey {
     algorithm: AeadAlgorithm,
-    key: [u8; MAX_KEY_LEN],
+    key: Box<[u8; MAX_KEY_LEN]>,
 }
 
 impl Drop for AeadKey {
     fn drop(&mut self) {
-        wipe(&mut self.key);
+        self.key.zeroize();
     }
-}
-
-/// Out of line on purpose: inlined, its byte-wise volatile writes make the compiler
-/// split every value holding a key into single bytes, and moving a request's
-/// `ServerNts` then cost more than the rest of a plain answer.
-#[inline(never)]
-fn wipe(key: &mut [u8; MAX_KEY_LEN]) {
-    key.zeroize();
 }
 
 impl std::fmt::Debug for AeadKey {
@@ -108,7 +102,7 @@ impl AeadKey {
         }
         let mut new = Self {
             algorithm,
-            key: [0; MAX_KEY_LEN],
+            key: Box::new([0; MAX_KEY_LEN]),
         };
         new.key.get_mut(..key.len())?.copy_from_slice(key);
         Some(new)

@@ -205,22 +205,21 @@ impl CookieKeys {
                 .copy_from_slice(part);
             len += part.len();
         }
+        let plaintext = plaintext.get(..len)?;
         let mut nonce = [0u8; NONCE_LEN];
         rng.fill_bytes(&mut nonce);
+        let epoch = self.current.to_be_bytes();
         let start = out.len();
-        out.extend_from_slice(&self.current.to_be_bytes());
+        out.extend_from_slice(&epoch);
         out.extend_from_slice(&nonce);
         out.resize(start + cookie_len(keys.algorithm()), 0);
-        let sealed = out.get_mut(start + 4 + NONCE_LEN..)?;
-        let epoch = self.current.to_be_bytes();
-        if master
-            .seal_into(&nonce, plaintext.get(..len)?, &epoch, sealed)
-            .is_none()
-        {
+        let sealed = out
+            .get_mut(start + 4 + NONCE_LEN..)
+            .and_then(|sealed| master.seal_into(&nonce, plaintext, &epoch, sealed));
+        if sealed.is_none() {
             out.truncate(start);
-            return None;
         }
-        Some(())
+        sealed
     }
 
     /// The keys in a cookie, if it is one of ours, intact and unexpired.

@@ -40,24 +40,28 @@ fn write_authenticator(
     rng.fill_bytes(nonce);
     let sealed_len = plaintext.len().checked_add(TAG_LEN)?;
     let body_len = 4 + pad4(nonce.len()) + pad4(sealed_len);
+    let lengths = [4 + body_len, nonce.len(), sealed_len].map(u16::try_from);
+    let [Ok(field_len), Ok(nonce_len), Ok(sealed_len16)] = lengths else {
+        return None;
+    };
     let start = packet.len();
     packet.extend_from_slice(&ExtensionType::NtsAuthenticator.to_u16().to_be_bytes());
-    packet.extend_from_slice(&u16::try_from(4 + body_len).ok()?.to_be_bytes());
-    packet.extend_from_slice(&u16::try_from(nonce.len()).ok()?.to_be_bytes());
-    packet.extend_from_slice(&u16::try_from(sealed_len).ok()?.to_be_bytes());
+    for length in [field_len, nonce_len, sealed_len16] {
+        packet.extend_from_slice(&length.to_be_bytes());
+    }
     packet.extend_from_slice(nonce);
-    let sealed_at = start + 8 + pad4(nonce.len());
+    // The ciphertext's place in the field: after type, length, the two lengths and
+    // the padded nonce.
+    let sealed_from = 8 + pad4(nonce.len());
     packet.resize(start + 4 + body_len, 0);
     let (associated, field) = packet.split_at_mut(start);
-    let sealed = field.get_mut(sealed_at - start..sealed_at - start + sealed_len)?;
-    if key
-        .seal_into(nonce, plaintext, associated, sealed)
-        .is_none()
-    {
+    let sealed = field
+        .get_mut(sealed_from..sealed_from + sealed_len)
+        .and_then(|sealed| key.seal_into(nonce, plaintext, associated, sealed));
+    if sealed.is_none() {
         packet.truncate(start);
-        return None;
     }
-    Some(())
+    sealed
 }
 
 /// The nonce and ciphertext of an authenticator body, bounds-checked (ADVERSARIAL 13).
