@@ -495,8 +495,7 @@ impl Server {
             (Some(ServerNts::Nak { uid }), _) => Auth::NtsNak { uid },
             (Some(ServerNts::Valid { uid, keys, cookies }), Some(cookie_keys)) => {
                 // Sealed before the clock is read, to keep the transmit time late.
-                let mut cookie_fields =
-                    Vec::with_capacity(cookies * (4 + nts::cookie::cookie_len(keys.algorithm())));
+                let mut cookie_fields = Vec::new();
                 nts::ntp::write_cookie_fields(&mut cookie_fields, cookie_keys, &keys, cookies, rng);
                 Auth::Nts {
                     uid,

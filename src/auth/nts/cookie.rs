@@ -349,6 +349,10 @@ mod tests {
         }
         assert!(keys.open(&cookie[..cookie.len() - 1]).is_none());
         assert!(keys.open(&[]).is_none());
+        // Longer than any cookie this server makes: refused before any decryption.
+        let mut oversized = cookie[..20].to_vec();
+        oversized.resize(20 + TAG_LEN + MAX_PLAINTEXT_LEN + 1, 7);
+        assert!(keys.open(&oversized).is_none());
         assert!(random().open(&cookie).is_none(), "another server's keys");
     }
 

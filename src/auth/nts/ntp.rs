@@ -229,6 +229,7 @@ pub fn write_cookie_fields(
     let Ok(field_len) = u16::try_from(4 + cookie_len(keys.algorithm())) else {
         return;
     };
+    out.reserve(count * usize::from(field_len));
     for _ in 0..count {
         let start = out.len();
         out.extend_from_slice(&ExtensionType::NtsCookie.to_u16().to_be_bytes());
