@@ -12,6 +12,10 @@
 //! limits the handshake rate of each address (16/s after a burst of 64); with
 //! `KE_ONE_ADDRESS` set, all come from 127.1.0.1 (clients behind one NAT).
 //!
+//! `KE_BASELINE` names another ntimed binary (an older build, say) to measure in the
+//! same run, after this one: runs drift by a tenth on this machine, so only figures
+//! from one run compare.
+//!
 //! Run as root, ntimed would separate privileges and do its work in a child; the bench
 //! starts it as `nobody` instead (one process, as measured), in a directory it owns.
 
@@ -40,10 +44,11 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// CPU seconds used so far by `pid`, its threads and its child processes.
+/// CPU seconds used so far by `pid`, its threads and its child processes: the
+/// scheduler's run time of each thread (`/proc/*/task/*/schedstat`, in nanoseconds),
+/// where utime and stime are sampled at each clock tick and scatter by a tenth over a
+/// few thousand exchanges.
 fn cpu_seconds(pid: u32) -> f64 {
-    let ticks = 100.0; // USER_HZ on Linux
-    let mut total = 0.0;
     let mut pids = vec![pid];
     if let Ok(children) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {
         pids.extend(
@@ -52,17 +57,19 @@ fn cpu_seconds(pid: u32) -> f64 {
                 .filter_map(|p| p.parse::<u32>().ok()),
         );
     }
+    let mut nanos = 0u64;
     for p in pids {
-        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) {
-            // Fields after the command name: utime is the 14th, stime the 15th field.
-            let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            let utime: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-            let stime: f64 = fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-            total += (utime + stime) / ticks;
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let ran = std::fs::read_to_string(task.path().join("schedstat"))
+                .ok()
+                .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok());
+            nanos += ran.unwrap_or(0);
         }
     }
-    total
+    nanos as f64 * 1e-9
 }
 
 fn free_port() -> u16 {
@@ -102,7 +109,7 @@ fn is_root() -> bool {
     })
 }
 
-fn start_ntimed(dir: &Path, ke_port: u16, threads: usize) -> Proc {
+fn start_ntimed(binary: &Path, dir: &Path, ke_port: u16, threads: usize) -> Proc {
     let config = dir.join("ntimed.toml");
     std::fs::write(
         &config,
@@ -121,10 +128,9 @@ fn start_ntimed(dir: &Path, ke_port: u16, threads: usize) -> Proc {
             "--bounding-set",
             "-sys_time",
             "--",
-            env!("CARGO_BIN_EXE_ntimed"),
-            "run",
-            "--config",
         ])
+        .arg(binary)
+        .args(["run", "--config"])
         .arg(&config)
         .env("TOKIO_WORKER_THREADS", threads.to_string())
         .stderr(Stdio::null())
@@ -307,17 +313,23 @@ fn main() {
         Ok(cpus) => cpus.split(',').count(),
         Err(_) => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
-    for threads in (1..=cores).collect::<Vec<_>>() {
-        let port = free_port();
-        let server = start_ntimed(dir.path(), port, threads);
-        measure(
-            &format!("ntimed ({threads} worker threads)"),
-            server.0.id(),
-            port,
-            &ca,
-            total,
-            parallel,
-        );
+    let mut binaries = vec![("ntimed", PathBuf::from(env!("CARGO_BIN_EXE_ntimed")))];
+    if let Some(baseline) = std::env::var_os("KE_BASELINE") {
+        binaries.push(("baseline", PathBuf::from(baseline)));
+    }
+    for threads in 1..=cores {
+        for (name, binary) in &binaries {
+            let port = free_port();
+            let server = start_ntimed(binary, dir.path(), port, threads);
+            measure(
+                &format!("{name} ({threads} worker threads)"),
+                server.0.id(),
+                port,
+                &ca,
+                total,
+                parallel,
+            );
+        }
     }
     let port = free_port();
     if let Some((_server, pid)) = start_chronyd(dir.path(), port) {

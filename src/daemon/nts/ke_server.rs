@@ -453,7 +453,9 @@ async fn serve_one(
     let mut response = Vec::with_capacity(1024);
     ke::write_response(&decision, &cookies, endpoint, &mut response);
     let io = |e: std::io::Error| Failure::Io(e.to_string());
-    tls.write_all(&response).await.map_err(io)?;
+    // The answer and close_notify leave in one write: each write on a TCP socket costs
+    // a trip through the stack, here a tenth of the exchange's CPU.
+    std::io::Write::write_all(&mut tls.get_mut().1.writer(), &response).map_err(io)?;
     tls.shutdown().await.map_err(io)?;
     if let KeDecision::Refuse { why, .. } = decision {
         return Err(Failure::BadRequest(format!("refused: {why}")));
