@@ -124,11 +124,7 @@ fn start_ntimed(binary: &Path, dir: &Path, ke_port: u16, threads: usize) -> Proc
         cmd.args(["--reuid", "65534", "--regid", "65534", "--clear-groups"]);
     }
     let child = cmd
-        .args([
-            "--bounding-set",
-            "-sys_time",
-            "--",
-        ])
+        .args(["--bounding-set", "-sys_time", "--"])
         .arg(binary)
         .args(["run", "--config"])
         .arg(&config)

@@ -1271,25 +1271,48 @@ mod tests {
 // ---------------------------------------------------------------------------------
 // Datagrams in batches: `recvmmsg(2)` with the kernel's receive time of each
 // (`SO_TIMESTAMPNS`), `sendmmsg(2)`, and `poll(2)` to wait on a non-blocking socket. The
-// server answers a whole batch with one system call each way.
+// server answers a whole batch with one system call each way. Replies may ask for the
+// kernel's transmit time (`SO_TIMESTAMPING`), which comes back on the socket's error
+// queue with a copy of the packet.
 
-/// Room for one `SCM_TIMESTAMPNS` control message, in `u64`s so that it is aligned as
-/// `cmsghdr` needs.
-const TIMESTAMP_CONTROL_WORDS: usize = 8;
+/// Room for the control messages of one datagram, in `u64`s so that it is aligned as
+/// `cmsghdr` needs: an `SCM_TIMESTAMPNS` (32 bytes) on a request; on a transmit time
+/// that, an `SCM_TIMESTAMPING` (64) and an `IP_RECVERR` or `IPV6_RECVERR` (up to 64).
+const TIMESTAMP_CONTROL_WORDS: usize = 20;
 
-/// Asks the kernel to attach its receive time (`CLOCK_REALTIME`, ns) to each datagram.
-pub fn enable_receive_timestamps(fd: BorrowedFd<'_>) -> io::Result<()> {
-    let on: libc::c_int = 1;
+fn set_socket_option(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: the option value is a live c_int and its exact size is passed.
     check(unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_TIMESTAMPNS,
-            (&raw const on).cast(),
+            level,
+            name,
+            (&raw const value).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     })
+}
+
+/// Asks the kernel to attach its receive time (`CLOCK_REALTIME`, ns) to each datagram.
+pub fn enable_receive_timestamps(fd: BorrowedFd<'_>) -> io::Result<()> {
+    set_socket_option(fd, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1)
+}
+
+/// Lets replies ask for the kernel's software transmit time, one by one
+/// ([`SendBatch::queue`]); each comes back on the error queue with a copy of the packet
+/// ([`ReceiveBatch::receive_transmit_times`]). Receive times stay `SO_TIMESTAMPNS`.
+pub fn enable_transmit_timestamps(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let report = libc::SOF_TIMESTAMPING_SOFTWARE as libc::c_int;
+    // RX_FILTER keeps requests from carrying an SCM_TIMESTAMPING as well; kernels
+    // without it add one, for which the control buffer has room.
+    let filter = libc::SOF_TIMESTAMPING_OPT_RX_FILTER as libc::c_int;
+    set_socket_option(fd, libc::SOL_SOCKET, libc::SO_TIMESTAMPING, report | filter)
+        .or_else(|_| set_socket_option(fd, libc::SOL_SOCKET, libc::SO_TIMESTAMPING, report))
 }
 
 /// Waits until `fd` is readable or `timeout` has passed; false on a timeout. A signal
@@ -1368,6 +1391,22 @@ impl ReceiveBatch {
     /// Reads what is queued on `fd`, up to the capacity, without waiting
     /// (`MSG_DONTWAIT`): `WouldBlock` when nothing is. Returns how many came.
     pub fn receive(&mut self, fd: BorrowedFd<'_>) -> io::Result<usize> {
+        self.receive_with(fd, libc::MSG_DONTWAIT)
+    }
+
+    /// Reads the transmit times waiting on `fd`'s error queue (see
+    /// [`enable_transmit_timestamps`]), as [`receive`](Self::receive) reads datagrams;
+    /// [`transmit_times`](Self::transmit_times) gives them.
+    pub fn receive_transmit_times(&mut self, fd: BorrowedFd<'_>) -> io::Result<usize> {
+        self.receive_with(fd, libc::MSG_DONTWAIT | libc::MSG_ERRQUEUE)
+    }
+
+    /// Slots read at once.
+    pub fn capacity(&self) -> usize {
+        self.headers.len()
+    }
+
+    fn receive_with(&mut self, fd: BorrowedFd<'_>, flags: libc::c_int) -> io::Result<usize> {
         self.received = 0;
         let slots = self.buffers.chunks_exact_mut(self.slot_len);
         let parts = self
@@ -1399,7 +1438,7 @@ impl ReceiveBatch {
                 fd.as_raw_fd(),
                 self.headers.as_mut_ptr(),
                 count,
-                libc::MSG_DONTWAIT,
+                flags,
                 std::ptr::null_mut(),
             )
         };
@@ -1423,9 +1462,26 @@ impl ReceiveBatch {
                 Some(Datagram {
                     data: slot.get(..len)?,
                     from: socket_address(address, header.msg_hdr.msg_namelen)?,
-                    kernel_time: receive_time(&header.msg_hdr),
+                    kernel_time: control_time(&header.msg_hdr, libc::SCM_TIMESTAMPNS),
                     truncated: header.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
                 })
+            })
+    }
+
+    /// What the last [`receive_transmit_times`](Self::receive_transmit_times) read:
+    /// each sent packet whole as the kernel looped it back (link, network and transport
+    /// headers, then the reply) with the time it left, Unix seconds and nanoseconds.
+    /// Packets cut short and reports without a software time are left out.
+    pub fn transmit_times(&self) -> impl Iterator<Item = (&[u8], (i64, u32))> {
+        self.headers
+            .iter()
+            .zip(self.buffers.chunks_exact(self.slot_len))
+            .take(self.received)
+            .filter(|(header, _)| header.msg_hdr.msg_flags & libc::MSG_TRUNC == 0)
+            .filter_map(|(header, slot)| {
+                let len = (header.msg_len as usize).min(slot.len());
+                let time = control_time(&header.msg_hdr, libc::SCM_TIMESTAMPING)?;
+                Some((slot.get(..len)?, time))
             })
     }
 }
@@ -1458,8 +1514,10 @@ fn socket_address(
     }
 }
 
-/// The `SCM_TIMESTAMPNS` in a received message's control data, if any.
-fn receive_time(header: &libc::msghdr) -> Option<(i64, u32)> {
+/// The time in a received message's `SCM_TIMESTAMPNS` (a timespec) or
+/// `SCM_TIMESTAMPING` (three, of which the first is the software time; zero if none)
+/// control message, as `kind` says.
+fn control_time(header: &libc::msghdr, kind: libc::c_int) -> Option<(i64, u32)> {
     if header.msg_controllen == 0 || header.msg_flags & libc::MSG_CTRUNC != 0 {
         return None;
     }
@@ -1469,7 +1527,7 @@ fn receive_time(header: &libc::msghdr) -> Option<(i64, u32)> {
         let mut cmsg = libc::CMSG_FIRSTHDR(header);
         while !cmsg.is_null() {
             if (*cmsg).cmsg_level == libc::SOL_SOCKET
-                && (*cmsg).cmsg_type == libc::SCM_TIMESTAMPNS
+                && (*cmsg).cmsg_type == kind
                 && (*cmsg).cmsg_len as usize
                     >= libc::CMSG_LEN(std::mem::size_of::<libc::timespec>() as u32) as usize
             {
@@ -1479,6 +1537,9 @@ fn receive_time(header: &libc::msghdr) -> Option<(i64, u32)> {
                 let nanos = u32::try_from(time.tv_nsec)
                     .ok()
                     .filter(|n| *n < 1_000_000_000)?;
+                if time.tv_sec == 0 && nanos == 0 {
+                    return None;
+                }
                 return Some((wide(time.tv_sec), nanos));
             }
             cmsg = libc::CMSG_NXTHDR(header, cmsg);
@@ -1492,9 +1553,33 @@ fn receive_time(header: &libc::msghdr) -> Option<(i64, u32)> {
 pub struct SendBatch {
     replies: Vec<Vec<u8>>,
     destinations: Vec<socket2::SockAddr>,
+    /// Whether each reply asks for its kernel transmit time.
+    timestamped: Vec<bool>,
     queued: usize,
     headers: Vec<libc::mmsghdr>,
     iovecs: Vec<libc::iovec>,
+    /// The control message that asks for a transmit time, shared (read only) by every
+    /// reply that asks, and its length.
+    transmit_request: ([u64; 4], usize),
+}
+
+/// An `SO_TIMESTAMPING` control message asking for this packet's software transmit
+/// time, and its length.
+fn transmit_request() -> ([u64; 4], usize) {
+    let mut words = [0u64; 4];
+    // SAFETY: CMSG_SPACE(4) is 24 bytes, within the 32 of `words`, which is aligned for
+    // cmsghdr; CMSG_DATA points inside it.
+    let len = unsafe {
+        let header = words.as_mut_ptr().cast::<libc::cmsghdr>();
+        (*header).cmsg_level = libc::SOL_SOCKET;
+        (*header).cmsg_type = libc::SO_TIMESTAMPING;
+        (*header).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u32>() as u32) as _;
+        libc::CMSG_DATA(header)
+            .cast::<u32>()
+            .write_unaligned(libc::SOF_TIMESTAMPING_TX_SOFTWARE);
+        libc::CMSG_SPACE(std::mem::size_of::<u32>() as u32) as usize
+    };
+    (words, len)
 }
 
 // SAFETY: as for ReceiveBatch: the pointers point into the batch itself and are
@@ -1510,6 +1595,7 @@ impl SendBatch {
                 .map(|_| Vec::with_capacity(reply_capacity))
                 .collect(),
             destinations: vec![socket2::SockAddr::from(unspecified); capacity],
+            timestamped: vec![false; capacity],
             queued: 0,
             // SAFETY: all-zero is a valid mmsghdr (null pointers, zero lengths).
             headers: (0..capacity)
@@ -1521,6 +1607,7 @@ impl SendBatch {
                     iov_len: 0,
                 })
                 .collect(),
+            transmit_request: transmit_request(),
         }
     }
 
@@ -1540,10 +1627,17 @@ impl SendBatch {
         Some(reply)
     }
 
-    /// Queues the reply written into [`next_reply`](Self::next_reply)'s buffer.
-    pub fn queue(&mut self, to: std::net::SocketAddr) {
-        if let Some(destination) = self.destinations.get_mut(self.queued) {
+    /// Queues the reply written into [`next_reply`](Self::next_reply)'s buffer; with
+    /// `timestamped`, it asks for its kernel transmit time (on a socket where
+    /// [`enable_transmit_timestamps`] succeeded).
+    pub fn queue(&mut self, to: std::net::SocketAddr, timestamped: bool) {
+        let slot = self
+            .destinations
+            .get_mut(self.queued)
+            .zip(self.timestamped.get_mut(self.queued));
+        if let Some((destination, asks)) = slot {
             *destination = socket2::SockAddr::from(to);
+            *asks = timestamped;
             self.queued += 1;
         }
     }
@@ -1561,22 +1655,29 @@ impl SendBatch {
     /// sent and the first error.
     pub fn send(&mut self, fd: BorrowedFd<'_>) -> (usize, Option<io::Error>) {
         let queued = std::mem::take(&mut self.queued);
+        let request = &raw mut self.transmit_request.0;
+        let request_len = self.transmit_request.1;
         let parts = self
             .headers
             .iter_mut()
             .zip(self.iovecs.iter_mut())
             .zip(self.replies.iter_mut())
-            .zip(&self.destinations)
+            .zip(self.destinations.iter().zip(&self.timestamped))
             .take(queued);
-        for (((header, iovec), reply), destination) in parts {
+        for (((header, iovec), reply), (destination, timestamped)) in parts {
             iovec.iov_base = reply.as_mut_ptr().cast();
             iovec.iov_len = reply.len();
             header.msg_hdr.msg_name = destination.as_ptr().cast_mut().cast();
             header.msg_hdr.msg_namelen = destination.len();
             header.msg_hdr.msg_iov = &raw mut *iovec;
             header.msg_hdr.msg_iovlen = 1;
-            header.msg_hdr.msg_control = std::ptr::null_mut();
-            header.msg_hdr.msg_controllen = 0;
+            if *timestamped {
+                header.msg_hdr.msg_control = request.cast();
+                header.msg_hdr.msg_controllen = request_len as _;
+            } else {
+                header.msg_hdr.msg_control = std::ptr::null_mut();
+                header.msg_hdr.msg_controllen = 0;
+            }
             header.msg_hdr.msg_flags = 0;
             header.msg_len = 0;
         }
@@ -1586,8 +1687,9 @@ impl SendBatch {
                 break;
             };
             let count = libc::c_uint::try_from(rest.len()).unwrap_or(libc::c_uint::MAX);
-            // SAFETY: each header in `rest` points at its reply and destination, alive
-            // and unchanged during the call; the count is the length of `rest`.
+            // SAFETY: each header in `rest` points at its reply, destination and (if it
+            // asks for a transmit time) the shared control message, alive and
+            // unchanged during the call; the count is the length of `rest`.
             let rc = unsafe { libc::sendmmsg(fd.as_raw_fd(), rest.as_mut_ptr(), count, 0) };
             if rc > 0 {
                 let done = usize::try_from(rc).unwrap_or(0);
@@ -1701,7 +1803,7 @@ mod datagram_tests {
         let mut batch = SendBatch::new(4, 64);
         for (byte, to) in [(1u8, &client), (2, &other), (3, &client)] {
             batch.next_reply().unwrap().extend_from_slice(&[byte; 48]);
-            batch.queue(to.local_addr().unwrap());
+            batch.queue(to.local_addr().unwrap(), false);
         }
         assert_eq!(batch.len(), 3);
         let (sent, error) = batch.send(server.as_fd());
@@ -1719,12 +1821,51 @@ mod datagram_tests {
     }
 
     #[test]
+    fn replies_that_ask_get_their_kernel_transmit_time_back_with_the_packet() {
+        let (server, client) = loopback_pair();
+        enable_receive_timestamps(server.as_fd()).unwrap();
+        enable_transmit_timestamps(server.as_fd()).unwrap();
+        let mut batch = SendBatch::new(4, 64);
+        for (byte, asks) in [(1u8, true), (2, false), (3, true)] {
+            batch.next_reply().unwrap().extend_from_slice(&[byte; 48]);
+            batch.queue(client.local_addr().unwrap(), asks);
+        }
+        let before = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+        assert_eq!(batch.send(server.as_fd()).0, 3);
+        let after = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+        let mut reports = ReceiveBatch::new(4, 256);
+        let mut stamped = Vec::new();
+        while stamped.len() < 2 {
+            assert!(wait_readable(server.as_fd(), Duration::from_secs(5)).unwrap());
+            reports.receive_transmit_times(server.as_fd()).unwrap();
+            stamped.extend(reports.transmit_times().map(|(packet, (secs, nanos))| {
+                // The packet with its headers: the reply is its tail.
+                assert!(packet.len() >= 48 + 28);
+                let at = Duration::new(secs as u64, nanos);
+                assert!(before <= at && at <= after, "{before:?} {at:?} {after:?}");
+                packet[packet.len() - 48..].to_vec()
+            }));
+        }
+        assert_eq!(stamped, vec![vec![1u8; 48], vec![3u8; 48]]);
+        // Requests still carry SCM_TIMESTAMPNS alone.
+        client
+            .send_to(&[4; 48], server.local_addr().unwrap())
+            .unwrap();
+        let mut requests = ReceiveBatch::new(4, 64);
+        receive_all(&server, &mut requests, 1);
+        assert!(requests.datagrams().next().unwrap().kernel_time.is_some());
+        // Nothing is left on the error queue.
+        let left = reports.receive_transmit_times(server.as_fd());
+        assert_eq!(left.unwrap_err().kind(), io::ErrorKind::WouldBlock);
+    }
+
+    #[test]
     fn a_full_send_batch_takes_no_more_replies() {
         let mut batch = SendBatch::new(1, 64);
         batch.next_reply().unwrap().push(1);
-        batch.queue("127.0.0.1:9".parse().unwrap());
+        batch.queue("127.0.0.1:9".parse().unwrap(), false);
         assert!(batch.next_reply().is_none());
-        batch.queue("127.0.0.1:9".parse().unwrap());
+        batch.queue("127.0.0.1:9".parse().unwrap(), false);
         assert_eq!(batch.len(), 1);
     }
 

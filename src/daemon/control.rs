@@ -149,6 +149,9 @@ pub struct Answered {
     /// Of all three: answers in interleaved mode (RFC 9769).
     #[serde(default)]
     pub interleaved: u64,
+    /// Replies whose transmit time the kernel reported, for interleaved answers.
+    #[serde(default)]
+    pub kernel_transmit_times: u64,
 }
 
 /// The counters of every `[[nts-ke-server]]`, summed.
@@ -589,6 +592,7 @@ impl Control {
             c.answered.nts += get(&s.nts);
             c.answered.peer += get(&s.peer);
             c.answered.interleaved += get(&s.interleaved);
+            c.answered.kernel_transmit_times += get(&s.kernel_transmit_times);
             c.nts_naks += get(&s.nts_naks_sent);
             c.crypto_naks += get(&s.crypto_naks_sent);
             c.rate_kisses += get(&s.rate_kisses_sent);
@@ -737,6 +741,7 @@ fn notes(r: &SourceRow) -> String {
 pub fn render_server(c: &ServerCounters) -> String {
     format!(
         "answered        plain {} / keyed {} / NTS {} (peers {}, interleaved {})\n\
+         transmit times  {} from the kernel\n\
          NTS NAKs (NTSN) {}\n\
          crypto-NAKs     {}\n\
          RATE kisses     {}\n\
@@ -750,6 +755,7 @@ pub fn render_server(c: &ServerCounters) -> String {
         c.answered.nts,
         c.answered.peer,
         c.answered.interleaved,
+        c.answered.kernel_transmit_times,
         c.nts_naks,
         c.crypto_naks,
         c.rate_kisses,

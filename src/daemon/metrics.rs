@@ -439,6 +439,13 @@ fn register_server(r: &mut Registry, c: &ServerCounters) {
         None,
         ConstCounter::new(c.answered.interleaved),
     );
+    single(
+        r,
+        "server_kernel_transmit_times",
+        "Replies whose transmit time the kernel reported, which the client's next interleaved answer carries",
+        None,
+        ConstCounter::new(c.answered.kernel_transmit_times),
+    );
     let d = &c.dropped;
     ordered(
         r,

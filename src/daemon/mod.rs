@@ -25,6 +25,7 @@ pub mod query;
 pub mod refclock;
 pub mod reload;
 pub mod run;
+pub mod sent_replies;
 pub mod serve;
 
 use crate::wire::NtpTimestamp;

@@ -5,8 +5,10 @@
 //! requests with one `recvmmsg`, each stamped by the kernel on arrival, and sends the
 //! batch's replies with one `sendmmsg`. Clients may ask for interleaved mode (RFC
 //! 9769): the clock is read again right after a batch is sent, and the responder keeps
-//! that time for each client's next request. Around a leap second, served times may be
-//! smeared (`crate::proto::smear`).
+//! that time for each client's next request; each reply also asks the kernel for the
+//! time it left, which replaces that estimate when the kernel reports it (on the
+//! socket's error queue, read after each batch). Around a leap second, served times may
+//! be smeared (`crate::proto::smear`), and the late estimate is kept.
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
@@ -19,6 +21,7 @@ use tokio::net::UdpSocket;
 
 use super::leap::SharedLeapFile;
 use super::peer::PeerRoutes;
+use super::sent_replies::SentReplies;
 use crate::clock::Clock;
 use crate::proto::access::AccessList;
 use crate::proto::ratelimit::{KissThrottle, RateLimit, RateLimiter, Verdict};
@@ -35,6 +38,15 @@ const MAX_REQUEST_LEN: usize = 65_536;
 const BATCH: usize = 32;
 /// Room kept for each reply; an NTS reply with 8 cookies fits.
 const REPLY_CAPACITY: usize = 2048;
+/// Room for a reply as the kernel loops it back with its transmit time: the reply and
+/// its link, IPv6 and UDP headers.
+const LOOPED_CAPACITY: usize = REPLY_CAPACITY + 128;
+/// Replies remembered while their transmit time is on its way: reports are read after
+/// every batch, so a few batches' worth.
+const AWAITING_TRANSMIT_TIMES: usize = 4 * BATCH;
+/// A kernel transmit time more than this after the request's arrival is not believed
+/// (the clock was stepped in between, say); the late estimate stays.
+const MAX_TRANSMIT_DELAY: f64 = 1.0;
 /// Pause after a receive error before trying again.
 const RECV_ERROR_PAUSE: Duration = Duration::from_millis(10);
 /// How long an idle worker waits before it looks whether the server was stopped.
@@ -165,9 +177,16 @@ pub fn start_on(
         return Err(std::io::Error::other("no socket to serve on"));
     };
     let local_addr = first.local_addr()?;
+    let mut transmit_times = Vec::with_capacity(sockets.len());
     for socket in &sockets {
         socket.set_nonblocking(true)?;
         crate::sys::enable_receive_timestamps(socket.as_fd())?;
+        // Without kernel transmit times, interleaved replies carry the late estimate.
+        let enabled = crate::sys::enable_transmit_timestamps(socket.as_fd());
+        if let Err(e) = &enabled {
+            tracing::debug!("no kernel transmit timestamps on {local_addr}: {e}");
+        }
+        transmit_times.push(enabled.is_ok());
     }
     // The workers read on their own threads; tokio's copy only sends (for peers).
     let tokio_socket = match peers {
@@ -196,9 +215,10 @@ pub fn start_on(
     });
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::with_capacity(sockets.len());
-    for (index, socket) in sockets.into_iter().enumerate() {
+    for (index, (socket, transmit_times)) in sockets.into_iter().zip(transmit_times).enumerate() {
         let worker = Worker {
             socket,
+            transmit_times,
             server: server.clone(),
             limiter: limiter.clone(),
             access: access.clone(),
@@ -234,9 +254,21 @@ pub fn start_on(
     })
 }
 
+/// Whether `reply` answered `request` in interleaved mode: its origin echoes the
+/// request's receive field, where a basic reply's echoes the transmit field (RFC 9769
+/// §2; the server answers interleaved only when the two differ).
+fn answered_interleaved(request: &[u8], reply: &[u8]) -> bool {
+    match (request.get(40..48), reply.get(24..32)) {
+        (Some(transmit), Some(origin)) => transmit != origin,
+        _ => false,
+    }
+}
+
 /// One thread answering requests on a shared socket.
 struct Worker {
     socket: std::net::UdpSocket,
+    /// The socket reports when each reply left (`sys::enable_transmit_timestamps`).
+    transmit_times: bool,
     server: Arc<Server>,
     limiter: Option<Arc<Mutex<RateLimiter>>>,
     access: Arc<AccessList>,
@@ -273,6 +305,13 @@ struct BatchClock {
 }
 
 impl BatchClock {
+    /// The disciplined clock's reading for a kernel time (Unix seconds and nanoseconds
+    /// of the system clock).
+    fn kernel_reading(&self, (seconds, nanos): (i64, u32)) -> NtpTimestamp {
+        let system = NtpTimestamp::from_unix(seconds, nanos);
+        NtpTimestamp::from_bits(system.to_bits().wrapping_add(self.offset))
+    }
+
     /// The time to serve for `reading`, a receive time taken before the batch's.
     fn served_before(&self, reading: NtpTimestamp) -> NtpTimestamp {
         self.smear
@@ -287,17 +326,42 @@ impl Worker {
         // For each queued reply the responder answered (not a kiss): who and when its
         // request arrived, for interleaved mode.
         let mut answered: Vec<Option<(IpAddr, NtpTimestamp)>> = Vec::with_capacity(BATCH);
+        // Replies waiting for their kernel transmit time, and room to read the reports.
+        let mut awaiting = self.transmit_times.then(|| {
+            (
+                SentReplies::new(AWAITING_TRANSMIT_TIMES),
+                ReceiveBatch::new(BATCH, LOOPED_CAPACITY),
+            )
+        });
         let mut drop_log = crate::util::LogLimit::new(DROP_LOG_INTERVAL);
         let started = Instant::now();
         let fd = self.socket.as_fd();
+        // poll said the socket was ready and no request has been read since: a
+        // transmit time was.
+        let mut woken = false;
         while !self.stop.load(Ordering::Relaxed) {
             match requests.receive(fd) {
-                Ok(_) => {}
+                Ok(_) => woken = false,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if let Err(e) = crate::sys::wait_readable(fd, STOP_CHECK_INTERVAL) {
-                        tracing::debug!("poll: {e}");
-                        std::thread::sleep(RECV_ERROR_PAUSE);
+                    if let Some((sent, reports)) = &mut awaiting
+                        && (woken || !sent.is_empty())
+                    {
+                        // Reports that came after their batch's were read (an error
+                        // queue that is not empty also makes poll return at once).
+                        if self.read_transmit_times(sent, reports, &self.batch_clock()) == 0 {
+                            // None is on its way: the replies still waiting keep the
+                            // late estimate.
+                            sent.clear();
+                        }
                     }
+                    woken = match crate::sys::wait_readable(fd, STOP_CHECK_INTERVAL) {
+                        Ok(ready) => ready,
+                        Err(e) => {
+                            tracing::debug!("poll: {e}");
+                            std::thread::sleep(RECV_ERROR_PAUSE);
+                            false
+                        }
+                    };
                     // Idle too, the smear must see the clock step at the leap.
                     self.smear_view(self.clock.now());
                     continue;
@@ -313,10 +377,9 @@ impl Worker {
             let clock = self.batch_clock();
             answered.clear();
             for request in requests.datagrams() {
-                let received = request.kernel_time.map_or(clock.now, |(seconds, nanos)| {
-                    let system = NtpTimestamp::from_unix(seconds, nanos);
-                    NtpTimestamp::from_bits(system.to_bits().wrapping_add(clock.offset))
-                });
+                let received = request
+                    .kernel_time
+                    .map_or(clock.now, |time| clock.kernel_reading(time));
                 if request.truncated {
                     // Larger than any request we answer (ADVERSARIAL 36).
                     self.server.stats.malformed.fetch_add(1, Ordering::Relaxed);
@@ -330,8 +393,22 @@ impl Worker {
                     self.answer(request.from, request.data, received, &clock, started, reply);
                 match result {
                     Ok(_) => {
-                        replies.queue(request.from);
-                        answered.push(answered_at.map(|at| (request.from.ip(), at)));
+                        let answered_at = answered_at.map(|at| (request.from.ip(), at));
+                        // Only answers to clients in interleaved mode ask: the kernel's
+                        // report costs about 1.5 µs a reply, which a basic client would
+                        // never use. A smeared time is not the kernel's.
+                        let timestamped = match (&mut awaiting, answered_at) {
+                            (Some((sent, _)), Some((client, at)))
+                                if clock.smear.is_none()
+                                    && answered_interleaved(request.data, reply) =>
+                            {
+                                sent.handle_sent(client, at, reply);
+                                true
+                            }
+                            _ => false,
+                        };
+                        replies.queue(request.from, timestamped);
+                        answered.push(answered_at);
                     }
                     Err(Some(reason)) => {
                         self.log_drop(&mut drop_log, request.from, &reason.to_string());
@@ -350,6 +427,45 @@ impl Worker {
             let transmitted = self.served_now(&clock);
             for (client, received) in answered.iter().flatten() {
                 self.server.handle_sent(*client, *received, transmitted);
+            }
+            if let Some((sent, reports)) = &mut awaiting {
+                self.read_transmit_times(sent, reports, &clock);
+            }
+        }
+    }
+
+    /// Reads the kernel's transmit times waiting on the error queue and gives each to
+    /// the responder for its reply's client, in place of the late estimate. Returns
+    /// how many reports were read.
+    fn read_transmit_times(
+        &self,
+        sent: &mut SentReplies,
+        reports: &mut ReceiveBatch,
+        clock: &BatchClock,
+    ) -> usize {
+        let fd = self.socket.as_fd();
+        let mut read = 0;
+        loop {
+            let Ok(count) = reports.receive_transmit_times(fd) else {
+                return read;
+            };
+            read += count;
+            for (packet, kernel_time) in reports.transmit_times() {
+                let Some((client, received)) = sent.handle_report(packet) else {
+                    continue;
+                };
+                let transmitted = clock.kernel_reading(kernel_time);
+                let delay = transmitted.to_bits().wrapping_sub(received.to_bits()) as i64;
+                if (0.0..MAX_TRANSMIT_DELAY).contains(&(delay as f64 / 4_294_967_296.0)) {
+                    self.server.handle_sent(client, received, transmitted);
+                    self.server
+                        .stats
+                        .kernel_transmit_times
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            if count < reports.capacity() {
+                return read;
             }
         }
     }
@@ -627,6 +743,49 @@ mod tests {
         assert_eq!(running.server.stats.interleaved.load(Ordering::Relaxed), 1);
         // The transmit time is the one read after the first reply left.
         assert!(interleaved.transmit_time.seconds_since(basic.transmit_time) >= 0.0);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn interleaved_answers_carry_the_kernels_transmit_time_on_the_servers_clock() {
+        let offset = 1000.0;
+        let running = server(offset, Admission::default()).await;
+        let socket = client();
+        let reported = || {
+            (running.server.stats)
+                .kernel_transmit_times
+                .load(Ordering::Relaxed)
+        };
+        let interleaved_after = |previous: &Header, n: u64| {
+            let mut header = Header::parse(&request(n)).unwrap();
+            header.origin_time = previous.receive_time;
+            header.receive_time = NtpTimestamp::from_bits(n + 100);
+            let mut bytes = Vec::new();
+            header.write(&mut bytes);
+            socket.send_to(&bytes, running.local_addr).unwrap();
+            let answer = reply(&socket).unwrap();
+            assert_eq!(answer.origin_time, NtpTimestamp::from_bits(n + 100));
+            answer
+        };
+        socket.send_to(&request(1), running.local_addr).unwrap();
+        let basic = reply(&socket).unwrap();
+        // A basic client's reply does not ask for the kernel's time.
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(reported(), 0);
+        let first = interleaved_after(&basic, 2);
+        let got_first = system_now().add_seconds(offset);
+        let waited = Instant::now();
+        while reported() == 0 && waited.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(reported(), 1);
+        let second = interleaved_after(&first, 3);
+        // The kernel's time of the first interleaved reply, on the server's clock: after
+        // that reply's own transmit timestamp (written before the send) and before it
+        // arrived.
+        let after_written = second.transmit_time.seconds_since(first.transmit_time);
+        assert!((0.0..0.1).contains(&after_written), "{after_written}");
+        assert!(got_first.seconds_since(second.transmit_time) >= 0.0);
+        assert_eq!(running.server.stats.interleaved.load(Ordering::Relaxed), 2);
     }
 
     #[tokio::test(flavor = "multi_thread")]

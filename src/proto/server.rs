@@ -160,6 +160,9 @@ pub struct ServerStats {
     pub nts: AtomicU64,
     /// Of the `plain`, `keyed` and `nts` answers, those in interleaved mode.
     pub interleaved: AtomicU64,
+    /// Replies whose transmit time the kernel reported, kept for the client's next
+    /// interleaved answer in place of the late estimate.
+    pub kernel_transmit_times: AtomicU64,
     /// Of the `plain` and `keyed` answers, those to symmetric-active packets (in
     /// symmetric-passive mode): unconfigured peers.
     pub peer: AtomicU64,
