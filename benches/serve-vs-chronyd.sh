@@ -10,7 +10,10 @@
 #   benches/serve-vs-chronyd.sh [REPEATS]
 # Environment: NTIMED, CHRONYD, NTPPERF (binaries), SECONDS_PER_RUN, PLAIN_RATE,
 # NTS_RATE, SWEEP=1 to also find the highest rate answered with < 1 % loss, BASELINE
-# (another ntimed binary, measured in the same run as "ntimed-baseline").
+# (another ntimed binary, measured in the same run as "ntimed-baseline"), LATENCY_RATE
+# to also give response times while ntpperf loads the server with plain requests at
+# that rate: `ntimed bench` probes it at 1000 requests/s from 10 clients (on core 1
+# with ntpperf) and reports the probe's p50 and p99.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPEATS=${1:-3}
@@ -125,6 +128,21 @@ kernel_share() {
              END {printf "%.0f %% in the kernel", total ? 100 * kernel / total : 0}'
 }
 
+# The probe's response times (p50 / p99) while ntpperf sends plain requests at a rate.
+probe_under_load() {
+    local rate=$1
+    in_ns taskset -c 1 "$NTPPERF" -i lo -m 00:00:00:00:00:00 -d 127.0.0.1 \
+        -s 127.18.0.0/16 -B -r "$rate-$rate" -t $((RUN_SECONDS + 2)) -l >/dev/null 2>&1 &
+    local generator=$!
+    sleep 1
+    in_ns taskset -c 1 "$NTIMED" bench 127.0.0.1:123 --rate 1000 --clients 10 \
+        --duration "$RUN_SECONDS" --json 2>/dev/null |
+        python3 -c 'import json, sys
+s = json.loads(sys.stdin.readline())
+print("p50 %.0f µs, p99 %.0f µs (%.2f %% lost)" % (s["p50_us"], s["p99_us"], s["lost_percent"]))'
+    wait "$generator"
+}
+
 max_rate() {
     local mode=$1
     in_ns taskset -c 1 "$NTPPERF" -i lo -m 00:00:00:00:00:00 -d 127.0.0.1 \
@@ -132,8 +150,8 @@ max_rate() {
         awk '$1 ~ /^[0-9]+$/ && $3 + $4 < 1 {best = $1} END {print best + 0}'
 }
 
-echo "| run | server | plain @ $PLAIN_RATE/s | NTS @ $NTS_RATE/s |${SWEEP:+ max plain | max NTS |}"
-echo "|---|---|---|---|${SWEEP:+---|---|}"
+echo "| run | server | plain @ $PLAIN_RATE/s | NTS @ $NTS_RATE/s |${SWEEP:+ max plain | max NTS |}${LATENCY_RATE:+ probe @ $LATENCY_RATE/s |}"
+echo "|---|---|---|---|${SWEEP:+---|---|}${LATENCY_RATE:+---|}"
 for run in $(seq "$REPEATS"); do
     for server in ntimed ${BASELINE:+ntimed-baseline} chronyd; do
         start_server "$server"
@@ -142,6 +160,9 @@ for run in $(seq "$REPEATS"); do
         extra=
         if [ -n "${SWEEP:-}" ]; then
             extra=" $(max_rate -B) | $(nts_option >/dev/null && max_rate "$(nts_option)") |"
+        fi
+        if [ -n "${LATENCY_RATE:-}" ]; then
+            extra="$extra $(probe_under_load "$LATENCY_RATE") |"
         fi
         echo "| $run | $server | $plain | $nts |$extra"
         stop_server

@@ -7,10 +7,15 @@
 //!
 //! Per rate step: requests sent, the share answered (an accepted reply before the
 //! client's next request), response times, and with `--xleave` the share answered in
-//! interleaved mode. The load is measured, never asserted.
+//! interleaved mode. A response time runs from the clock read just before the request
+//! is sent to the kernel's receive time of the reply (`SO_TIMESTAMPNS`), so that how
+//! soon the generator gets round to reading a reply does not count. The load is
+//! measured, never asserted.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
+
+use std::os::fd::AsFd;
 
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
@@ -183,6 +188,8 @@ pub async fn run(options: &BenchOptions) -> Result<Vec<StepReport>, String> {
             .connect(options.server)
             .await
             .map_err(|e| format!("cannot reach {} from {ip}: {e}", options.server))?;
+        crate::sys::enable_receive_timestamps(socket.as_fd())
+            .map_err(|e| format!("receive timestamps: {e}"))?;
         sockets.push(std::sync::Arc::new(socket));
     }
     let mut reports = Vec::new();
@@ -269,7 +276,7 @@ async fn client(
 ) -> Tally {
     let mut tally = Tally::new(keep);
     let mut request = Vec::with_capacity(1024);
-    let mut buf = vec![0u8; 2048];
+    let mut replies = crate::sys::ReceiveBatch::new(1, 2048);
     let mut due = first;
     while due < end {
         tokio::time::sleep_until(due).await;
@@ -284,23 +291,34 @@ async fn client(
             tally.sent += 1;
             continue;
         }
-        let sent = Instant::now();
+        let sent = NtpTimestamp::from_system_time(std::time::SystemTime::now());
         if socket.send(&request).await.is_err() {
             tally.sent += 1;
             continue;
         }
         tally.sent += 1;
-        while let Ok(Ok(len)) = tokio::time::timeout_at(next, socket.recv(&mut buf)).await {
-            let received = NtpTimestamp::from_system_time(std::time::SystemTime::now());
-            let reply = buf.get(..len).unwrap_or_default();
-            match exchange.handle_response(reply, received) {
+        loop {
+            let readable = tokio::io::Interest::READABLE;
+            let read = socket.async_io(readable, || replies.receive(socket.as_fd()));
+            if !matches!(tokio::time::timeout_at(next, read).await, Ok(Ok(_))) {
+                break;
+            }
+            let Some(reply) = replies.datagrams().next() else {
+                continue;
+            };
+            let received = reply.kernel_time.map_or_else(
+                || NtpTimestamp::from_system_time(std::time::SystemTime::now()),
+                |(seconds, nanos)| NtpTimestamp::from_unix(seconds, nanos),
+            );
+            let after = received.seconds_since(sent);
+            match exchange.handle_response(reply.data, received) {
                 Ok(Response::Sample(_)) => {
                     let interleaved = exchange.last_sample_interleaved();
-                    tally.answered_after(sent.elapsed().as_secs_f64(), interleaved);
+                    tally.answered_after(after, interleaved);
                     break;
                 }
                 Ok(Response::Kiss(_)) => {
-                    tally.answered_after(sent.elapsed().as_secs_f64(), false);
+                    tally.answered_after(after, false);
                     break;
                 }
                 Err(_) => tally.rejected += 1,
