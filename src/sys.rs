@@ -1277,8 +1277,9 @@ mod tests {
 
 /// Room for the control messages of one datagram, in `u64`s so that it is aligned as
 /// `cmsghdr` needs: an `SCM_TIMESTAMPNS` (32 bytes) on a request; on a transmit time
-/// that, an `SCM_TIMESTAMPING` (64) and an `IP_RECVERR` or `IPV6_RECVERR` (up to 64).
-const TIMESTAMP_CONTROL_WORDS: usize = 20;
+/// that, an `SCM_TIMESTAMPING` (64) and an `IP_RECVERR` (48) or `IPV6_RECVERR` (64),
+/// with room to spare: a message cut short (`MSG_CTRUNC`) loses its time.
+const TIMESTAMP_CONTROL_WORDS: usize = 32;
 
 fn set_socket_option(
     fd: BorrowedFd<'_>,
@@ -1822,7 +1823,17 @@ mod datagram_tests {
 
     #[test]
     fn replies_that_ask_get_their_kernel_transmit_time_back_with_the_packet() {
-        let (server, client) = loopback_pair();
+        transmit_times_come_back_on("127.0.0.1:0");
+        transmit_times_come_back_on("[::1]:0");
+    }
+
+    fn transmit_times_come_back_on(address: &str) {
+        let server = UdpSocket::bind(address).unwrap();
+        let client = UdpSocket::bind(address).unwrap();
+        server.set_nonblocking(true).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
         enable_receive_timestamps(server.as_fd()).unwrap();
         enable_transmit_timestamps(server.as_fd()).unwrap();
         let mut batch = SendBatch::new(4, 64);
@@ -1839,7 +1850,7 @@ mod datagram_tests {
             assert!(wait_readable(server.as_fd(), Duration::from_secs(5)).unwrap());
             reports.receive_transmit_times(server.as_fd()).unwrap();
             stamped.extend(reports.transmit_times().map(|(packet, (secs, nanos))| {
-                // The packet with its headers: the reply is its tail.
+                // The packet with its headers (IPv6's too, whole): the reply is its tail.
                 assert!(packet.len() >= 48 + 28);
                 let at = Duration::new(secs as u64, nanos);
                 assert!(before <= at && at <= after, "{before:?} {at:?} {after:?}");

@@ -72,20 +72,6 @@ impl SentReplies {
         let sent = self.waiting.remove(index)?;
         Some((sent.client, sent.received))
     }
-
-    /// Forgets every waiting reply: their reports are not coming.
-    pub fn clear(&mut self) {
-        self.waiting.clear();
-    }
-
-    /// Replies still waiting.
-    pub fn len(&self) -> usize {
-        self.waiting.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.waiting.is_empty()
-    }
 }
 
 #[cfg(test)]
@@ -123,7 +109,7 @@ mod tests {
         assert_eq!(sent.handle_report(&looped(&reply(3, 120))), Some((A, t(3))));
         assert_eq!(sent.handle_report(&looped(&reply(2, 48))), None);
         assert_eq!(sent.handle_report(&looped(&reply(1, 48))), Some((A, t(1))));
-        assert!(sent.is_empty());
+        assert_eq!(sent.waiting.len(), 0);
     }
 
     #[test]
@@ -135,7 +121,7 @@ mod tests {
         assert_eq!(sent.handle_report(&looped(&reply(9, 48))), None);
         assert_eq!(sent.handle_report(&[]), None);
         assert_eq!(sent.handle_report(&reply(1, 48)[..40]), None);
-        assert_eq!(sent.len(), 1);
+        assert_eq!(sent.waiting.len(), 1);
     }
 
     #[test]
@@ -144,11 +130,11 @@ mod tests {
         for n in 1..=3 {
             sent.handle_sent(A, t(n.into()), &reply(n, 48));
         }
-        assert_eq!(sent.len(), 2);
+        assert_eq!(sent.waiting.len(), 2);
         assert_eq!(sent.handle_report(&looped(&reply(1, 48))), None);
         assert_eq!(sent.handle_report(&looped(&reply(3, 48))), Some((A, t(3))));
         // Too short to be NTP: not remembered.
         sent.handle_sent(A, t(4), &[0; 40]);
-        assert_eq!(sent.len(), 1);
+        assert_eq!(sent.waiting.len(), 1);
     }
 }

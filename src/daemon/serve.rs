@@ -7,7 +7,7 @@
 //! 9769): the clock is read again right after a batch is sent, and the responder keeps
 //! that time for each client's next request; each reply also asks the kernel for the
 //! time it left, which replaces that estimate when the kernel reports it (on the
-//! socket's error queue, read after each batch). Around a leap second, served times may
+//! socket's error queue, read after the batch, or when poll says a report came later). Around a leap second, served times may
 //! be smeared (`crate::proto::smear`), and the late estimate is kept.
 
 use std::net::{IpAddr, SocketAddr};
@@ -344,14 +344,15 @@ impl Worker {
                 Ok(_) => woken = false,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     if let Some((sent, reports)) = &mut awaiting
-                        && (woken || !sent.is_empty())
+                        && woken
                     {
-                        // Reports that came after their batch's were read (an error
-                        // queue that is not empty also makes poll return at once).
-                        if self.read_transmit_times(sent, reports, &self.batch_clock()) == 0 {
-                            // None is on its way: the replies still waiting keep the
-                            // late estimate.
-                            sent.clear();
+                        // A report that came after its batch's were read: an error queue
+                        // that is not empty makes poll return at once (POLLERR).
+                        let clock = self.batch_clock();
+                        if let Err(e) = self.read_transmit_times(sent, reports, &clock) {
+                            // Reading dequeues even on failure; never spin on one.
+                            tracing::debug!("transmit times: {e}");
+                            std::thread::sleep(RECV_ERROR_PAUSE);
                         }
                     }
                     woken = match crate::sys::wait_readable(fd, STOP_CHECK_INTERVAL) {
@@ -376,6 +377,7 @@ impl Worker {
             }
             let clock = self.batch_clock();
             answered.clear();
+            let mut asked = false;
             for request in requests.datagrams() {
                 let received = request
                     .kernel_time
@@ -403,6 +405,7 @@ impl Worker {
                                     && answered_interleaved(request.data, reply) =>
                             {
                                 sent.handle_sent(client, at, reply);
+                                asked = true;
                                 true
                             }
                             _ => false,
@@ -428,32 +431,33 @@ impl Worker {
             for (client, received) in answered.iter().flatten() {
                 self.server.handle_sent(*client, *received, transmitted);
             }
-            // Only when a reply asked: a system call that finds nothing costs as much
-            // as a small reply.
+            // Only when a reply of this batch asked: a system call that finds nothing
+            // costs as much as a small reply. A report that comes later wakes poll.
             if let Some((sent, reports)) = &mut awaiting
-                && !sent.is_empty()
+                && asked
             {
-                self.read_transmit_times(sent, reports, &clock);
+                let _ = self.read_transmit_times(sent, reports, &clock);
             }
         }
     }
 
     /// Reads the kernel's transmit times waiting on the error queue and gives each to
-    /// the responder for its reply's client, in place of the late estimate. Returns
-    /// how many reports were read.
+    /// the responder for its reply's client, in place of the late estimate. A reply
+    /// whose report never comes (its send failed, the kernel dropped the report) stays
+    /// among the waiting until newer ones push it out; it matches nothing else.
     fn read_transmit_times(
         &self,
         sent: &mut SentReplies,
         reports: &mut ReceiveBatch,
         clock: &BatchClock,
-    ) -> usize {
+    ) -> std::io::Result<()> {
         let fd = self.socket.as_fd();
-        let mut read = 0;
         loop {
-            let Ok(count) = reports.receive_transmit_times(fd) else {
-                return read;
+            let count = match reports.receive_transmit_times(fd) {
+                Ok(count) => count,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
             };
-            read += count;
             for (packet, kernel_time) in reports.transmit_times() {
                 let Some((client, received)) = sent.handle_report(packet) else {
                     continue;
@@ -469,7 +473,7 @@ impl Worker {
                 }
             }
             if count < reports.capacity() {
-                return read;
+                return Ok(());
             }
         }
     }
