@@ -28,12 +28,13 @@ server_pids() {
     echo "$pids"
 }
 
-# Ticks of CPU (user + system) used so far by the server's processes.
-server_ticks() {
+# Nanoseconds of CPU used so far by the server's processes: the scheduler's run time of
+# each thread (/proc/PID/task/TID/schedstat), where utime and stime are sampled at clock
+# ticks and scatter by a tenth over a few seconds.
+server_cpu_ns() {
     for p in $(server_pids); do
-        # Fields 14 and 15 after the command name, which may contain spaces.
-        sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12 + $13}'
-    done | awk '{s += $1} END {print s + 0}'
+        cat /proc/"$p"/task/*/schedstat 2>/dev/null | awk '{print $1}'
+    done | awk '{s += $1} END {printf "%.0f\n", s}'
 }
 
 # Sum of a /proc/PID/status field (kB) over the server's processes, in MiB.

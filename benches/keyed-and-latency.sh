@@ -2,9 +2,9 @@
 # Server CPU per answered request and response-time percentiles, plain and keyed
 # (SHA256 and AES128-CMAC MACs), ntimed next to chronyd 4.3 in the same run: `ntimed
 # bench` at a fixed rate from 100 loopback addresses, the server pinned to core 0 and
-# the generator to core 1. CPU is utime+stime of every process of the server (privsep
-# children too) over the requests answered; p50/p99 are the generator's request to
-# response times.
+# the generator to core 1. CPU is the scheduler's run time of every thread of the
+# server (privsep children too) over the requests answered; p50/p99 are the
+# generator's request to response times (to the kernel's receive time of the reply).
 #
 # Usage (root): benches/keyed-and-latency.sh [REPEATS]
 # Environment: NTIMED, CHRONYD (binaries), RATE (requests/s, default 20000),
@@ -65,13 +65,13 @@ start_server() {
 # One fixed-rate step: "CPU µs/answer, p50, p99, answered %".
 measure() {
     local before after line
-    before=$(server_ticks)
+    before=$(server_cpu_ns)
     line=$(taskset -c 1 "$NTIMED" bench "127.0.0.1:$PORT" --rate "$RATE" \
         --duration "$RUN_SECONDS" "$@" | awk '$1 ~ /^[0-9]+$/' | tail -1)
-    after=$(server_ticks)
+    after=$(server_cpu_ns)
     # rate sent answered% lost% rejected p50 p99 max
-    echo "$line" | awk -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" \
-        '{a = $2 * $3 / 100; printf "%.1f µs, p50 %.0f µs, p99 %.0f µs (%s)", t / hz * 1e6 / a, $6, $7, $3}'
+    echo "$line" | awk -v t=$((after - before)) \
+        '{a = $2 * $3 / 100; printf "%.1f µs, p50 %.0f µs, p99 %.0f µs (%s)", t / 1e3 / a, $6, $7, $3}'
 }
 
 # Keyed runs are bracketed by a plain run before and after, and compared with their

@@ -1,8 +1,8 @@
 #!/bin/bash
 # Server CPU per answered request, ntimed next to chronyd 4.3 in the same run: ntpperf
 # at a fixed rate from 127.18.0.0/16 in a network namespace of its own, the server
-# pinned to core 0 and ntpperf to core 1. CPU is utime+stime of every process of the
-# server (all threads, privsep children too) over the requests answered. PROFILE=1
+# pinned to core 0 and ntpperf to core 1. CPU is the scheduler's run time of every
+# thread of the server (privsep children too) over the requests answered. PROFILE=1
 # also samples the server's core with perf and gives the share of the server's time
 # spent in the kernel, the part no user-space work can go below.
 #
@@ -99,14 +99,14 @@ nts_option() {
 # CPU µs per answered request at a fixed rate.
 cpu_per_request() {
     local mode=$1 rate=$2 before after line sent lost answered kernel=
-    before=$(server_ticks)
+    before=$(server_cpu_ns)
     if [ -n "${PROFILE:-}" ]; then
         perf record -q -o "$DIR/perf.data" -e cpu-clock -F 4000 -C 0 -- \
             sleep "$RUN_SECONDS" >/dev/null 2>&1 &
         local perf_pid=$!
     fi
     line=$(load "$mode" "$rate" "$RUN_SECONDS")
-    after=$(server_ticks)
+    after=$(server_cpu_ns)
     if [ -n "${PROFILE:-}" ]; then
         wait "$perf_pid"
         kernel=", $(kernel_share)"
@@ -114,8 +114,8 @@ cpu_per_request() {
     # ntpperf: rate clients lost invalid ...; lost and invalid in %.
     lost=$(echo "$line" | awk '{print $3}')
     answered=$(awk -v r="$rate" -v s="$RUN_SECONDS" -v l="$lost" 'BEGIN {print r * s * (1 - l / 100)}')
-    awk -v t=$((after - before)) -v a="$answered" -v hz="$(getconf CLK_TCK)" -v l="$lost" \
-        -v k="$kernel" 'BEGIN {printf "%.1f µs%s (%.2f %% lost)", t / hz * 1e6 / a, k, l}'
+    awk -v t=$((after - before)) -v a="$answered" -v l="$lost" \
+        -v k="$kernel" 'BEGIN {printf "%.1f µs%s (%.2f %% lost)", t / 1e3 / a, k, l}'
 }
 
 # Of the samples on the server's core that are not idle, the share in the kernel:
