@@ -13,7 +13,9 @@
 # (another ntimed binary, measured in the same run as "ntimed-baseline"), LATENCY_RATE
 # to also give response times while ntpperf loads the server with plain requests at
 # that rate: `ntimed bench` probes it at 1000 requests/s from 10 clients (on core 1
-# with ntpperf) and reports the probe's p50 and p99.
+# with ntpperf) and reports the probe's p50 and p99. XLEAVE=1 also runs ntpperf's
+# interleaved requests (-I) from 1000 to 64000/s against each server and prints its
+# table after the others: the share of replies that were interleaved.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPEATS=${1:-3}
@@ -164,7 +166,13 @@ for run in $(seq "$REPEATS"); do
         if [ -n "${LATENCY_RATE:-}" ]; then
             extra="$extra $(probe_under_load "$LATENCY_RATE") |"
         fi
+        if [ -n "${XLEAVE:-}" ]; then
+            echo "run $run, $server, ntpperf -I" >>"$DIR/xleave.txt"
+            in_ns taskset -c 1 "$NTPPERF" -i lo -m 00:00:00:00:00:00 -d 127.0.0.1 \
+                -s 127.18.0.0/16 -I -r 1000-64000 -x 2 -t 2 -l 2>/dev/null >>"$DIR/xleave.txt"
+        fi
         echo "| $run | $server | $plain | $nts |$extra"
         stop_server
     done
 done
+[ -f "$DIR/xleave.txt" ] && cat "$DIR/xleave.txt"
