@@ -13,9 +13,10 @@
 # (another ntimed binary, measured in the same run as "ntimed-baseline"), LATENCY_RATE
 # to also give response times while ntpperf loads the server with plain requests at
 # that rate: `ntimed bench` probes it at 1000 requests/s from 10 clients (on core 1
-# with ntpperf) and reports the probe's p50 and p99. XLEAVE=1 also runs ntpperf's
-# interleaved requests (-I) from 1000 to 64000/s against each server and prints its
-# table after the others: the share of replies that were interleaved.
+# with ntpperf) and reports the probe's p50 and p99. XLEAVE=1 also gives the CPU per
+# interleaved request (ntpperf -I at XLEAVE_RATE, default 32000/s) and runs ntpperf's
+# interleaved requests from 1000 to 64000/s against each server, printing its table
+# after the others: the share of replies that were interleaved.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPEATS=${1:-3}
@@ -152,8 +153,9 @@ max_rate() {
         awk '$1 ~ /^[0-9]+$/ && $3 + $4 < 1 {best = $1} END {print best + 0}'
 }
 
-echo "| run | server | plain @ $PLAIN_RATE/s | NTS @ $NTS_RATE/s |${SWEEP:+ max plain | max NTS |}${LATENCY_RATE:+ probe @ $LATENCY_RATE/s |}"
-echo "|---|---|---|---|${SWEEP:+---|---|}${LATENCY_RATE:+---|}"
+XLEAVE_RATE=${XLEAVE_RATE:-32000}
+echo "| run | server | plain @ $PLAIN_RATE/s | NTS @ $NTS_RATE/s |${SWEEP:+ max plain | max NTS |}${LATENCY_RATE:+ probe @ $LATENCY_RATE/s |}${XLEAVE:+ interleaved @ $XLEAVE_RATE/s |}"
+echo "|---|---|---|---|${SWEEP:+---|---|}${LATENCY_RATE:+---|}${XLEAVE:+---|}"
 for run in $(seq "$REPEATS"); do
     for server in ntimed ${BASELINE:+ntimed-baseline} chronyd; do
         start_server "$server"
@@ -167,6 +169,7 @@ for run in $(seq "$REPEATS"); do
             extra="$extra $(probe_under_load "$LATENCY_RATE") |"
         fi
         if [ -n "${XLEAVE:-}" ]; then
+            extra="$extra $(cpu_per_request -I "$XLEAVE_RATE") |"
             echo "run $run, $server, ntpperf -I" >>"$DIR/xleave.txt"
             in_ns taskset -c 1 "$NTPPERF" -i lo -m 00:00:00:00:00:00 -d 127.0.0.1 \
                 -s 127.18.0.0/16 -I -r 1000-64000 -x 2 -t 2 -l 2>/dev/null >>"$DIR/xleave.txt"
