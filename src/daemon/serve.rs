@@ -5,10 +5,11 @@
 //! requests with one `recvmmsg`, each stamped by the kernel on arrival, and sends the
 //! batch's replies with one `sendmmsg`. Clients may ask for interleaved mode (RFC
 //! 9769): the clock is read again right after a batch is sent, and the responder keeps
-//! that time for each client's next request; each reply also asks the kernel for the
-//! time it left, which replaces that estimate when the kernel reports it (on the
-//! socket's error queue, read after the batch, or when poll says a report came later). Around a leap second, served times may
-//! be smeared (`crate::proto::smear`), and the late estimate is kept.
+//! that time for each client's next request. A reply in interleaved mode also asks
+//! the kernel for the time it left, which replaces that estimate when the kernel
+//! reports it (on the socket's error queue, read after the batch, or when poll says a
+//! report came later). Around a leap second, served times may be smeared
+//! (`crate::proto::smear`), and the late estimate is kept.
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
@@ -42,7 +43,7 @@ const REPLY_CAPACITY: usize = 2048;
 /// its link, IPv6 and UDP headers.
 const LOOPED_CAPACITY: usize = REPLY_CAPACITY + 128;
 /// Replies remembered while their transmit time is on its way: reports are read after
-/// every batch, so a few batches' worth.
+/// each batch that asked, so a few batches' worth.
 const AWAITING_TRANSMIT_TIMES: usize = 4 * BATCH;
 /// A kernel transmit time more than this after the request's arrival is not believed
 /// (the clock was stepped in between, say); the late estimate stays.
@@ -463,8 +464,7 @@ impl Worker {
                     continue;
                 };
                 let transmitted = clock.kernel_reading(kernel_time);
-                let delay = transmitted.to_bits().wrapping_sub(received.to_bits()) as i64;
-                if (0.0..MAX_TRANSMIT_DELAY).contains(&(delay as f64 / 4_294_967_296.0)) {
+                if (0.0..MAX_TRANSMIT_DELAY).contains(&transmitted.seconds_since(received)) {
                     self.server.handle_sent(client, received, transmitted);
                     self.server
                         .stats

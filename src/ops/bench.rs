@@ -13,9 +13,8 @@
 //! measured, never asserted.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::time::Duration;
-
 use std::os::fd::AsFd;
+use std::time::Duration;
 
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
